@@ -1,0 +1,92 @@
+"""Settings shared by every process, read from the environment (and `.env`).
+
+OpenTelemetry itself is configured by the standard ``OTEL_*`` variables, which the SDK
+reads directly; only what the SDK does not cover lives here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # Where embedded mode keeps PostgreSQL, Valkey, the console store and logs.
+    data_dir: Path = Field(Path(".otel-lab"), alias="OTEL_LAB_DATA_DIR")
+    environment: str = Field("local", alias="DEPLOYMENT_ENVIRONMENT")
+
+    # External servers; when unset, `otel-lab up` starts embedded ones.
+    database_url: str | None = Field(None, alias="DATABASE_URL")
+    redis_url: str | None = Field(None, alias="REDIS_URL")
+
+    # Ports (embedded mode binds 127.0.0.1).
+    host: str = Field("127.0.0.1", alias="OTEL_LAB_HOST")
+    gateway_port: int = Field(8080, alias="GATEWAY_PORT")
+    api_port: int = Field(8000, alias="API_PORT")
+    user_service_port: int = Field(5001, alias="USER_SERVICE_PORT")
+    order_service_port: int = Field(5002, alias="ORDER_SERVICE_PORT")
+    audit_service_port: int = Field(5003, alias="AUDIT_SERVICE_PORT")
+    weather_upstream_port: int = Field(8090, alias="WEATHER_UPSTREAM_PORT")
+    console_otlp_port: int = Field(4318, alias="CONSOLE_OTLP_PORT")
+    console_ui_port: int = Field(16686, alias="CONSOLE_UI_PORT")
+
+    # Where services find each other; default to the local ports above.
+    api_url: str | None = Field(None, alias="API_URL")
+    user_service_url: str | None = Field(None, alias="USER_SERVICE_URL")
+    order_service_url: str | None = Field(None, alias="ORDER_SERVICE_URL")
+    audit_service_url: str | None = Field(None, alias="AUDIT_SERVICE_URL")
+    weather_api_url: str | None = Field(None, alias="WEATHER_API_URL")
+
+    # Cache-aside for items.
+    cache_ttl_seconds: int = Field(300, alias="CACHE_TTL_SECONDS")
+    # A dependency call that takes longer than this fails fast (DB down -> 503, not a hang).
+    dependency_timeout_seconds: float = Field(2.0, alias="DEPENDENCY_TIMEOUT_SECONDS")
+
+    # Chaos mode (seed 001): a share of requests gets an injected delay.
+    chaos_enabled: bool = Field(False, alias="CHAOS_ENABLED")
+    chaos_rate: float = Field(0.05, ge=0.0, le=1.0, alias="CHAOS_RATE")
+    chaos_min_delay_ms: int = Field(100, ge=0, alias="CHAOS_MIN_DELAY_MS")
+    chaos_max_delay_ms: int = Field(200, ge=0, alias="CHAOS_MAX_DELAY_MS")
+
+    log_level: str = Field("INFO", alias="LOG_LEVEL")
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_driver(cls, url: str | None) -> str | None:
+        """Accept plain ``postgresql://`` URLs (as compose files and PaaS give them)."""
+        if url and url.startswith(("postgresql://", "postgres://")):
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
+        return url
+
+    def url_of(self, port: int, explicit: str | None) -> str:
+        return (explicit or f"http://{self.host}:{port}").rstrip("/")
+
+    @property
+    def api_base_url(self) -> str:
+        return self.url_of(self.api_port, self.api_url)
+
+    @property
+    def user_service_base_url(self) -> str:
+        return self.url_of(self.user_service_port, self.user_service_url)
+
+    @property
+    def order_service_base_url(self) -> str:
+        return self.url_of(self.order_service_port, self.order_service_url)
+
+    @property
+    def audit_service_base_url(self) -> str:
+        return self.url_of(self.audit_service_port, self.audit_service_url)
+
+    @property
+    def weather_base_url(self) -> str:
+        return self.url_of(self.weather_upstream_port, self.weather_api_url)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
