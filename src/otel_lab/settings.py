@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     user_service_port: int = Field(5001, alias="USER_SERVICE_PORT")
     order_service_port: int = Field(5002, alias="ORDER_SERVICE_PORT")
     audit_service_port: int = Field(5003, alias="AUDIT_SERVICE_PORT")
+    worker_metrics_port: int = Field(9101, alias="WORKER_METRICS_PORT")
     weather_upstream_port: int = Field(8090, alias="WEATHER_UPSTREAM_PORT")
     console_otlp_port: int = Field(4318, alias="CONSOLE_OTLP_PORT")
     console_ui_port: int = Field(16686, alias="CONSOLE_UI_PORT")

@@ -1,0 +1,56 @@
+"""Redis/Valkey clients with short timeouts: a cache outage degrades to the database.
+
+Only these clients are traced (``instrument_client``), not the redis module: the Celery
+broker's polling would otherwise fill the trace store with meaningless root spans.
+"""
+
+from __future__ import annotations
+
+import redis
+import redis.asyncio
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+from otel_lab.settings import Settings, get_settings
+from otel_lab.telemetry.setup import telemetry_enabled
+
+_CACHE_TIMEOUT_SECONDS = 0.5
+
+
+class CacheNotConfiguredError(RuntimeError):
+    pass
+
+
+def redis_url(settings: Settings | None = None) -> str:
+    url = (settings or get_settings()).redis_url
+    if not url:
+        raise CacheNotConfiguredError(
+            "REDIS_URL is not set; start the system with `otel-lab up`, "
+            "or point REDIS_URL at a Redis or Valkey server"
+        )
+    return url
+
+
+def create_async_redis(
+    settings: Settings | None = None, *, traced: bool = True
+) -> redis.asyncio.Redis:
+    client = redis.asyncio.Redis.from_url(
+        redis_url(settings),
+        socket_timeout=_CACHE_TIMEOUT_SECONDS,
+        socket_connect_timeout=_CACHE_TIMEOUT_SECONDS,
+        decode_responses=True,
+    )
+    if traced and telemetry_enabled():
+        RedisInstrumentor.instrument_client(client)
+    return client
+
+
+def create_redis(settings: Settings | None = None, *, traced: bool = True) -> redis.Redis:
+    client = redis.Redis.from_url(
+        redis_url(settings),
+        socket_timeout=_CACHE_TIMEOUT_SECONDS,
+        socket_connect_timeout=_CACHE_TIMEOUT_SECONDS,
+        decode_responses=True,
+    )
+    if traced and telemetry_enabled():
+        RedisInstrumentor.instrument_client(client)
+    return client

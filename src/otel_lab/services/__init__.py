@@ -1,0 +1,1 @@
+"""The HTTP services, each a FastAPI app built by ``services.base.create_service``."""

@@ -1,0 +1,119 @@
+"""What every HTTP service shares: telemetry, health, readiness, metrics and JSON errors.
+
+A service module builds its app with :func:`create_service` and adds its own routers, so
+each service file holds only what that service owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from otel_lab import __version__
+from otel_lab.telemetry import TelemetryMiddleware, setup_telemetry, shutdown_telemetry
+from otel_lab.telemetry import metrics as prom
+from otel_lab.telemetry.context import request_id_var
+from otel_lab.telemetry.setup import telemetry_enabled
+
+logger = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[FastAPI], Awaitable[object]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+_READINESS_TIMEOUT_SECONDS = 2.0
+
+
+def record_error(exc: BaseException, error_type: str) -> None:
+    """Mark the current span failed with the exception, and count it."""
+    span = trace.get_current_span()
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, error_type))
+    span.set_attribute("error.type", error_type)
+    prom.ERRORS.labels(error_type).inc()
+
+
+def error_response(status_code: int, detail: str, **extra: object) -> JSONResponse:
+    return JSONResponse(
+        {"detail": detail, "request_id": request_id_var.get(), **extra}, status_code=status_code
+    )
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    record_error(exc, "database_unavailable")
+    logger.warning("database_unavailable", extra={"error": str(exc).splitlines()[0][:200]})
+    return error_response(503, "database unavailable, try again shortly")
+
+
+async def _cache_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    record_error(exc, "cache_unavailable")
+    return error_response(503, "cache unavailable, try again shortly")
+
+
+def create_service(
+    service_name: str,
+    *,
+    title: str,
+    description: str = "",
+    lifespan: Lifespan | None = None,
+    readiness_checks: Mapping[str, ReadinessCheck] | None = None,
+) -> FastAPI:
+    """A FastAPI app with the shared telemetry, `/health`, `/ready`, `/metrics` and errors."""
+    setup_telemetry(service_name)
+    checks = dict(readiness_checks or {})
+
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            shutdown_telemetry()
+
+    app = FastAPI(title=title, description=description, version=__version__, lifespan=run)
+    app.state.service_name = service_name
+    if telemetry_enabled():
+        app.add_middleware(TelemetryMiddleware)
+    for exc_type in (OperationalError, DBAPIError, PoolTimeoutError, ConnectionRefusedError):
+        app.add_exception_handler(exc_type, _database_unavailable)
+    app.add_exception_handler(RedisError, _cache_unavailable)
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers. Dependencies are `/ready`'s business."""
+        return {"status": "ok", "service": service_name}
+
+    @app.get("/ready", tags=["operations"])
+    async def ready() -> JSONResponse:
+        """Readiness: every dependency answers within a short timeout."""
+        results: dict[str, str] = {}
+        for name, check in checks.items():
+            try:
+                await asyncio.wait_for(check(app), _READINESS_TIMEOUT_SECONDS)
+                results[name] = "ok"
+            except Exception as exc:
+                results[name] = f"unavailable: {type(exc).__name__}"
+        ok = all(v == "ok" for v in results.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "service": service_name, "checks": results},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus pull, OpenMetrics with exemplars (sync: collectors may block briefly)."""
+        return Response(prom.render_metrics(), media_type=prom.METRICS_CONTENT_TYPE)
+
+    return app

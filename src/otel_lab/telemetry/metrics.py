@@ -1,0 +1,50 @@
+"""Prometheus metrics served on every service's ``/metrics`` (OpenMetrics, with exemplars).
+
+The names follow the seeds (``requests_total``, ``request_latency_seconds``, ...) so their
+dashboards work unchanged; ``path`` is always a route template, never a raw path.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import REGISTRY
+
+# `_created` series double the exposition size and no dashboard here uses them.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter(
+    "requests", "Total number of HTTP requests processed.", ["method", "path", "status"]
+)
+REQUEST_LATENCY = Histogram(
+    "request_latency_seconds",
+    "Request latency in seconds.",
+    ["method", "path"],
+    buckets=LATENCY_BUCKETS,
+)
+ERRORS = Counter("errors", "Application errors by type.", ["error_type"])
+CONCURRENT_REQUESTS = Gauge("concurrent_requests", "HTTP requests being served right now.")
+DB_OPERATION = Histogram(
+    "db_operation_seconds", "Database operation time.", ["operation"], buckets=LATENCY_BUCKETS
+)
+API_OPERATION = Histogram(
+    "api_operation_seconds", "Outbound API call time.", ["operation"], buckets=LATENCY_BUCKETS
+)
+CACHE_HITS = Counter("cache_hits", "Cache lookups answered from the cache.", ["cache"])
+CACHE_MISSES = Counter("cache_misses", "Cache lookups that fell through.", ["cache"])
+
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def render_metrics() -> bytes:
+    """The process's metrics in OpenMetrics text, the format that carries exemplars."""
+    return generate_latest(REGISTRY)
+
+
+def exemplar_for(span_context) -> dict[str, str] | None:
+    """An exemplar linking a metric sample to its trace, when the trace was sampled."""
+    if span_context is None or not span_context.is_valid or not span_context.trace_flags.sampled:
+        return None
+    return {"trace_id": format(span_context.trace_id, "032x")}

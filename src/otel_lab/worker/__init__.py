@@ -1,0 +1,1 @@
+"""The Celery worker: work that is better done off the request path."""

@@ -1,0 +1,68 @@
+"""Worker entry point: ``celery -A otel_lab.worker.app worker --pool threads``.
+
+Telemetry starts in the worker process itself (``worker_init`` for the solo and threads
+pools, ``worker_process_init`` for prefork children), never in a parent before a fork.
+The threads pool keeps one process per worker, so its Prometheus metrics stay coherent.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
+from prometheus_client import Counter, Histogram, start_http_server
+
+from otel_lab.settings import get_settings
+from otel_lab.telemetry import setup_telemetry, shutdown_telemetry
+from otel_lab.telemetry.metrics import LATENCY_BUCKETS
+from otel_lab.worker.queue import create_celery_app, instrument_celery
+
+SERVICE_NAME = "worker"
+
+app = create_celery_app(include=["otel_lab.worker.tasks"])
+
+TASKS = Counter("celery_tasks", "Celery tasks run, by outcome.", ["task", "state"])
+TASK_DURATION = Histogram(
+    "celery_task_duration_seconds", "Celery task run time.", ["task"], buckets=LATENCY_BUCKETS
+)
+_task_started: dict[str, float] = {}
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _start_telemetry(**_: Any) -> None:
+    setup_telemetry(SERVICE_NAME)
+    instrument_celery()
+
+
+@worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    settings = get_settings()
+    start_http_server(settings.worker_metrics_port, addr=settings.host)
+
+
+@task_prerun.connect
+def _task_started_at(task_id: str, **_: Any) -> None:
+    _task_started[task_id] = time.perf_counter()
+
+
+@task_postrun.connect
+def _task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
+    started = _task_started.pop(task_id, None)
+    if started is not None:
+        TASK_DURATION.labels(task.name).observe(time.perf_counter() - started)
+    TASKS.labels(task.name, state or "UNKNOWN").inc()
+
+
+@worker_shutdown.connect
+@worker_process_shutdown.connect
+def _stop_telemetry(**_: Any) -> None:
+    shutdown_telemetry()

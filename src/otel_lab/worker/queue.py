@@ -1,0 +1,52 @@
+"""The Celery app as both sides see it: the services publish, the worker consumes.
+
+Publishers use task names, not the task functions, so a service never imports worker code.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+from otel_lab.cache import redis_url
+from otel_lab.telemetry import telemetry_enabled
+
+ITEM_ENRICHMENT = "item_enrichment"
+DEFAULT_QUEUE = "celery"
+
+
+def instrument_celery() -> None:
+    """Both sides are instrumented: publishers inject the trace context into the message
+    headers, and the worker continues the trace from them."""
+    instrumentor = CeleryInstrumentor()
+    if telemetry_enabled() and not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
+
+
+def create_celery_app(*, include: list[str] | None = None) -> Celery:
+    instrument_celery()
+    broker = redis_url()
+    app = Celery("otel_lab", broker=broker, include=include or [])
+    app.conf.update(
+        task_default_queue=DEFAULT_QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        # A task is acknowledged only once it has run, so a killed worker does not lose it;
+        # the broker hands it out again after the visibility timeout.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": 300},
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2,
+        # A broker outage must not hang the request that publishes.
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        worker_hijack_root_logger=False,
+        task_ignore_result=True,
+    )
+    return app

@@ -1,0 +1,68 @@
+"""Celery tasks. Each runs in the trace of the request that queued it."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+from functools import lru_cache
+
+from celery import shared_task
+from opentelemetry import trace
+from redis.exceptions import RedisError
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from otel_lab.cache import create_redis
+from otel_lab.db import create_blocking_engine
+from otel_lab.services.api.models import Item
+from otel_lab.worker.queue import ITEM_ENRICHMENT
+
+logger = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+
+@lru_cache(maxsize=1)
+def _engine() -> Engine:
+    return create_blocking_engine()
+
+
+@lru_cache(maxsize=1)
+def _cache():
+    return create_redis()
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:220]
+
+
+@shared_task(
+    name=ITEM_ENRICHMENT,
+    autoretry_for=(OperationalError,),  # database briefly down: try again, with backoff
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=5,
+)
+def item_enrichment(item_id: int) -> None:
+    """Derive an item's slug and word count, mark it enriched, and drop its cached copy."""
+    with tracer.start_as_current_span("item.enrich", attributes={"item.id": item_id}) as span:
+        with Session(_engine()) as session:
+            item = session.get(Item, item_id)
+            if item is None:
+                span.set_attribute("item.found", False)
+                logger.warning("item_enrichment_skipped", extra={"item_id": item_id})
+                return
+            text = f"{item.name} {item.description or ''}"
+            item.slug = slugify(item.name)
+            item.word_count = len(text.split())
+            item.status = "enriched"
+            item.enriched_at = datetime.now(UTC)
+            session.commit()
+            span.set_attributes({"item.found": True, "item.word_count": item.word_count})
+        try:
+            _cache().delete(Item.cache_key(item_id))
+        except RedisError as exc:
+            # The cached copy expires on its own; the database already holds the truth.
+            span.add_event("cache.invalidate_failed", {"error": str(exc)})
+        logger.info("item_enriched", extra={"item_id": item_id, "word_count": item.word_count})
