@@ -72,6 +72,12 @@ def setup_telemetry(service_name: str) -> None:
         _state["disabled"] = True
         return
 
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        # Zero-code mode: `opentelemetry-instrument` installed the providers before us.
+        configure_logging(service_name, settings.log_level, otlp_handler=LoggingHandler())
+        _state["external"] = True
+        return
+
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     resource = build_resource(service_name)
     timeout = _timeout()

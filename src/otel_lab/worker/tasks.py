@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 from otel_lab.cache import create_redis
 from otel_lab.db import create_blocking_engine
 from otel_lab.services.api.models import Item
+from otel_lab.services.api.schemas import ItemOut
+from otel_lab.settings import get_settings
 from otel_lab.worker.queue import ITEM_ENRICHMENT
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ def slugify(text: str) -> str:
     max_retries=5,
 )
 def item_enrichment(item_id: int) -> None:
-    """Derive an item's slug and word count, mark it enriched, and drop its cached copy."""
+    """Derive an item's slug and word count, mark it enriched, and refresh its cached copy."""
     with tracer.start_as_current_span("item.enrich", attributes={"item.id": item_id}) as span:
         with Session(_engine()) as session:
             item = session.get(Item, item_id)
@@ -60,9 +62,12 @@ def item_enrichment(item_id: int) -> None:
             item.enriched_at = datetime.now(UTC)
             session.commit()
             span.set_attributes({"item.found": True, "item.word_count": item.word_count})
+            fresh = ItemOut.model_validate(item).model_dump_json()
         try:
-            _cache().delete(Item.cache_key(item_id))
+            # Write-through rather than delete: a reader that loaded the old row before this
+            # commit fills the cache with SET NX, so it cannot overwrite the fresh copy.
+            _cache().set(Item.cache_key(item_id), fresh, ex=get_settings().cache_ttl_seconds)
         except RedisError as exc:
             # The cached copy expires on its own; the database already holds the truth.
-            span.add_event("cache.invalidate_failed", {"error": str(exc)})
+            span.add_event("cache.update_failed", {"error.type": type(exc).__name__})
         logger.info("item_enriched", extra={"item_id": item_id, "word_count": item.word_count})

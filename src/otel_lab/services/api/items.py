@@ -76,7 +76,8 @@ async def read_item(item_id: ItemId, request: Request) -> ItemOut:
         raise HTTPException(status_code=404, detail=f"item {item_id} not found")
     out = ItemOut.model_validate(item)
     try:
-        await redis.set(key, out.model_dump_json(), ex=get_settings().cache_ttl_seconds)
+        # NX: if the worker has written a fresher copy meanwhile, keep it.
+        await redis.set(key, out.model_dump_json(), ex=get_settings().cache_ttl_seconds, nx=True)
     except RedisError as exc:
         span.add_event("cache.fill_failed", {"error.type": type(exc).__name__})
     return out
