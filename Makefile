@@ -1,0 +1,57 @@
+# Otel Lab: `make demo` starts everything, `make test` runs the tests.
+# Needs only python3 (3.11+); uv is installed into .tools/ when it is not on PATH.
+
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/uv/bin/uv)
+UV_BOOTSTRAP := $(filter .tools/%,$(UV))
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= .otel-lab
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo run test lint fmt bench clean reset
+
+help: ## Show the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+# pip --target skips the "externally managed" check of a Debian system Python;
+# without pip, a throwaway venv provides one.
+.tools/uv/bin/uv:
+	@echo "installing uv into .tools/ ..."
+	@if python3 -m pip --version >/dev/null 2>&1; then \
+		python3 -m pip install --quiet --disable-pip-version-check --target .tools/uv uv; \
+	else \
+		python3 -m venv .tools/venv && .tools/venv/bin/pip install --quiet uv && \
+		mkdir -p .tools/uv/bin && ln -sf ../../venv/bin/uv .tools/uv/bin/uv; \
+	fi
+
+install: $(UV_BOOTSTRAP) ## Create .venv with the locked dependencies
+	$(UV) sync --frozen
+
+demo: install ## Start everything (embedded PostgreSQL, Valkey, console, services, worker)
+	$(VENV)/bin/otel-lab up
+
+run: demo ## Same as demo
+
+test: install ## Run the test suite against real servers
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: install ## Format and fix what ruff can
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install ## Telemetry cost: throughput with telemetry on versus off
+	$(PY) scripts/bench.py
+
+clean: ## Remove caches (keeps .venv and the data in .otel-lab)
+	rm -rf .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -not -path './.venv/*' -not -path './.tools/*' -prune -exec rm -rf {} +
+
+reset: ## Delete the embedded data and logs in .otel-lab (stop `otel-lab up` first)
+	@if $(VENV)/bin/otel-lab status --data-dir $(DATA_DIR) >/dev/null 2>&1; then \
+		echo "otel-lab up is running on $(DATA_DIR): stop it first"; exit 1; fi
+	rm -rf $(DATA_DIR)

@@ -1,0 +1,275 @@
+"""What ``otel-lab up`` runs: the one table of services, and how each child is started.
+
+To add a service, add a :class:`ServiceSpec` to :data:`SERVICES`. Entries whose module
+does not exist yet are skipped with a log line, so the table can run ahead of the code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import otel_lab
+from otel_lab.runtime.supervisor import (
+    ChildSpec,
+    PortClaim,
+    ReadyCheck,
+    any_of,
+    every,
+    http_ok,
+    log_matches,
+)
+from otel_lab.settings import Settings
+
+PACKAGE_DIR = Path(otel_lab.__file__).resolve().parent
+MIGRATIONS_INI = PACKAGE_DIR / "migrations" / "alembic.ini"
+CONSOLE_MODULE = "otel_lab.console"
+WORKER_MODULE = "otel_lab.worker.app"
+TRAFFIC_MODULE = "otel_lab.loadgen"
+WORKER_NODE = "worker@%h"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """An ASGI service run by uvicorn on the port held by ``port_field`` in Settings."""
+
+    name: str  # also OTEL_SERVICE_NAME and the log file name
+    module: str  # imported by uvicorn as ``module:attr``
+    port_field: str  # a Settings field, e.g. "api_port" (env API_PORT)
+    attr: str = "app"
+    health_path: str = "/health"
+    # A module with ``wrap_argv(argv, settings)`` and ``environment(settings)`` that may
+    # change how the service starts (e.g. under ``opentelemetry-instrument``).
+    launcher: str | None = None
+
+
+# Listed in start order (a group starts together); the gateway routes to the others.
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec(
+        "weather-upstream",
+        "otel_lab.services.weather_upstream.app",
+        "weather_upstream_port",
+        launcher="otel_lab.services.weather_upstream.launch",
+    ),
+    ServiceSpec("api", "otel_lab.services.api.app", "api_port"),
+    ServiceSpec("user-service", "otel_lab.services.users.app", "user_service_port"),
+    ServiceSpec("order-service", "otel_lab.services.orders.app", "order_service_port"),
+    ServiceSpec("audit-service", "otel_lab.services.audit.app", "audit_service_port"),
+    ServiceSpec("gateway", "otel_lab.services.gateway.app", "gateway_port"),
+)
+
+
+def module_exists(module: str, *, runnable: bool = False) -> bool:
+    """Whether ``module`` (under otel_lab) exists on disk, without importing it.
+
+    ``runnable`` asks for ``python -m module``: a module file or a package ``__main__``.
+    """
+    parts = module.split(".")
+    if parts[0] != "otel_lab":
+        raise ValueError(f"not an otel_lab module: {module}")
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    if base.with_suffix(".py").is_file():
+        return True
+    return (base / ("__main__.py" if runnable else "__init__.py")).is_file()
+
+
+def setting_name(field_name: str) -> str:
+    """The environment variable of a Settings field (``api_port`` -> ``API_PORT``)."""
+    alias = Settings.model_fields[field_name].alias
+    return alias or field_name.upper()
+
+
+def connect_host(settings: Settings) -> str:
+    """Where to reach our own servers: a wildcard bind is still reached on loopback."""
+    return "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host
+
+
+def port_env(settings: Settings) -> dict[str, str]:
+    """Every ``*_port`` setting as its environment variable, so children agree on ports."""
+    env = {"OTEL_LAB_HOST": settings.host}
+    for field_name in Settings.model_fields:
+        if field_name.endswith("_port"):
+            env[setting_name(field_name)] = str(getattr(settings, field_name))
+    return env
+
+
+def child_env(
+    settings: Settings, data_dir: Path, database_url: str, redis_url: str
+) -> dict[str, str]:
+    """Environment shared by every child; each spec adds its own OTEL_SERVICE_NAME."""
+    host = connect_host(settings)
+    return {
+        **port_env(settings),
+        "OTEL_LAB_DATA_DIR": str(data_dir),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{host}:{settings.console_otlp_port}",
+        "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
+        "PYTHONUNBUFFERED": "1",  # logs reach the log file as they happen
+    }
+
+
+def _claim(settings: Settings, field_name: str) -> PortClaim:
+    return PortClaim(getattr(settings, field_name), setting_name(field_name), settings.host)
+
+
+def migrations_spec(env: Mapping[str, str]) -> ChildSpec | None:
+    """``alembic upgrade head``; None until the migrations package exists."""
+    if not MIGRATIONS_INI.is_file():
+        return None
+    argv = [sys.executable, "-m", "alembic", "-c", str(MIGRATIONS_INI), "upgrade", "head"]
+    return ChildSpec("migrations", argv, env={**env, "OTEL_SERVICE_NAME": "migrations"})
+
+
+def console_spec(settings: Settings, data_dir: Path, env: Mapping[str, str]) -> ChildSpec | None:
+    """The built-in telemetry console (OTLP receiver + UI); None until it exists."""
+    if not module_exists(CONSOLE_MODULE, runnable=True):
+        return None
+    ui = f"http://{connect_host(settings)}:{settings.console_ui_port}"
+    db = data_dir / "console" / "telemetry.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", CONSOLE_MODULE,
+            "--otlp-port", str(settings.console_otlp_port),
+            "--ui-port", str(settings.console_ui_port), "--db", str(db)]  # fmt: skip
+    return ChildSpec(
+        "console", argv, env={**env, "OTEL_SERVICE_NAME": "console"},
+        ready=http_ok(f"{ui}/api/health"), url=ui,
+        ports=(_claim(settings, "console_otlp_port"), _claim(settings, "console_ui_port")),
+    )  # fmt: skip
+
+
+def service_spec(service: ServiceSpec, settings: Settings, env: Mapping[str, str]) -> ChildSpec:
+    port = getattr(settings, service.port_field)
+    url = f"http://{connect_host(settings)}:{port}"
+    argv = [sys.executable, "-m", "uvicorn", f"{service.module}:{service.attr}",
+            "--host", settings.host, "--port", str(port),
+            "--no-access-log",  # request logs come from our middleware, with trace ids
+            "--timeout-graceful-shutdown", "3"]  # fmt: skip
+    extra_env: dict[str, str] = {}
+    if service.launcher and module_exists(service.launcher):
+        launcher = importlib.import_module(service.launcher)
+        argv = launcher.wrap_argv(argv, settings)
+        extra_env = launcher.environment(settings)
+    return ChildSpec(
+        service.name, argv, env={**env, "OTEL_SERVICE_NAME": service.name, **extra_env},
+        ready=http_ok(url + service.health_path), ready_timeout=60.0, url=url,
+        ports=(_claim(settings, service.port_field),),
+    )  # fmt: skip
+
+
+def _celery_ping(broker_url: str, node: str) -> ReadyCheck:
+    """Ready when the worker answers a broadcast ping (independent of its log format)."""
+
+    def check() -> bool:
+        from celery import Celery
+
+        probe = Celery("otel-lab-probe", broker=broker_url)
+        try:
+            replies = probe.control.ping(destination=[node], timeout=0.5) or []
+        except Exception:  # broker hiccup: not ready yet
+            return False
+        finally:
+            probe.close()
+        return any(node in reply for reply in replies)
+
+    return check
+
+
+def worker_spec(
+    settings: Settings, env: Mapping[str, str], log_dir: Path, redis_url: str
+) -> ChildSpec | None:
+    """The Celery worker; None until its module exists.
+
+    The threads pool keeps one process, so telemetry and Prometheus metrics stay coherent
+    (see ``otel_lab.worker.app``). Ready on Celery's "<node> ready." log line, or, should
+    the log format hide it, on a control ping.
+    """
+    if not module_exists(WORKER_MODULE):
+        return None
+    import socket
+
+    node = WORKER_NODE.replace("%h", socket.gethostname())
+    argv = [sys.executable, "-m", "celery", "-A", WORKER_MODULE, "worker",
+            "--loglevel", "INFO", "--pool", "threads", "--concurrency", "2", "-Q", "celery",
+            "-n", node, "--without-mingle", "--without-gossip"]  # fmt: skip
+    ready = any_of(
+        log_matches(log_dir / "worker.log", r"\bready\."),
+        every(2.0, _celery_ping(redis_url, node)),
+    )
+    return ChildSpec(
+        "worker", argv, env={**env, "OTEL_SERVICE_NAME": "worker"}, ready=ready,
+        ready_timeout=60.0, ports=(_claim(settings, "worker_metrics_port"),),
+        url=f"http://{connect_host(settings)}:{settings.worker_metrics_port}/metrics",
+    )  # fmt: skip
+
+
+def traffic_spec(settings: Settings, env: Mapping[str, str]) -> ChildSpec | None:
+    """Background traffic through the gateway (``--traffic``, the default).
+
+    ``python -m otel_lab.loadgen`` (the same as ``otel-lab load``) with a long duration and
+    a gentle rate, so the console always has fresh traces; None until it exists.
+    """
+    if not module_exists(TRAFFIC_MODULE, runnable=True):
+        return None
+    argv = [sys.executable, "-m", TRAFFIC_MODULE, "--quiet", "--duration", str(365 * 86400),
+            "--concurrency", "2", "--delay", "1.0"]  # fmt: skip
+    return ChildSpec("traffic", argv, env={**env, "OTEL_SERVICE_NAME": "loadgen"})
+
+
+@dataclass
+class Plan:
+    """What starts after the datastores: the migrations, then groups of children in order.
+
+    A group's children start side by side; the next group starts once all are ready:
+    the console first (so the first telemetry has a receiver), then the services and
+    the worker, then the background traffic.
+    """
+
+    migrations: ChildSpec | None
+    groups: list[list[ChildSpec]]
+    skipped: list[str]
+
+    @property
+    def children(self) -> list[ChildSpec]:
+        return [spec for group in self.groups for spec in group]
+
+    @property
+    def port_claims(self) -> list[PortClaim]:
+        return [claim for spec in self.children for claim in spec.ports]
+
+
+def plan_children(
+    settings: Settings, data_dir: Path, env: Mapping[str, str], *, traffic: bool = True
+) -> Plan:
+    """Everything ``otel-lab up`` starts after PostgreSQL and Valkey, in start order."""
+    skipped: list[str] = []
+    migrations = migrations_spec(env)
+    if migrations is None:
+        skipped.append(f"migrations ({MIGRATIONS_INI} does not exist yet)")
+    console = console_spec(settings, data_dir, env)
+    if console is None:
+        skipped.append(f"console (module {CONSOLE_MODULE} has no __main__ yet)")
+    apps: list[ChildSpec] = []
+    for service in SERVICES:
+        if module_exists(service.module):
+            apps.append(service_spec(service, settings, env))
+        else:
+            skipped.append(f"{service.name} (module {service.module} does not exist yet)")
+    worker = worker_spec(settings, env, data_dir / "logs", env.get("REDIS_URL", ""))
+    if worker is None:
+        skipped.append(f"worker (module {WORKER_MODULE} does not exist yet)")
+    else:
+        apps.append(worker)
+    load = None
+    if traffic:
+        load = traffic_spec(settings, env)
+        if load is None:
+            skipped.append(f"traffic (module {TRAFFIC_MODULE} has no __main__ yet)")
+        elif not any(spec.name == "gateway" for spec in apps):
+            skipped.append("traffic (it goes through the gateway, which is not running)")
+            load = None
+    groups = [[console] if console else [], apps, [load] if load else []]
+    return Plan(migrations, [group for group in groups if group], skipped)

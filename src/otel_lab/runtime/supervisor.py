@@ -1,0 +1,383 @@
+"""Start child processes in order, wait until each is ready, stop them all in reverse.
+
+Deliberately simple: no restarts. If a child fails to start, or dies later, the supervisor
+says which one and shows the end of its log, then stops everything and exits non-zero.
+A developer sees the real error at once instead of a half-working system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Protocol
+
+import psutil
+from rich.console import Console
+
+from otel_lab.runtime.procs import (
+    LOOPBACK,
+    ChildFailedError,
+    PortInUseError,
+    RuntimeFailure,
+    begin_stop,
+    finish_stop,
+    port_is_free,
+    rotate_log,
+    spawn,
+    stop_process,
+    tail,
+    tcp_open,
+)
+
+ReadyCheck = Callable[[], bool]
+"""Returns True once the child serves requests. Must return quickly (use short timeouts)."""
+
+
+class ShutdownRequested(RuntimeFailure):
+    """Ctrl-C or SIGTERM arrived while we were starting children."""
+
+
+# -- readiness checks ---------------------------------------------------------------------
+
+
+def http_ok(url: str, timeout: float = 1.0) -> ReadyCheck:
+    """Ready when ``GET url`` answers 200."""
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    return check
+
+
+def port_open(port: int, host: str = LOOPBACK) -> ReadyCheck:
+    """Ready when something accepts TCP connections on ``host:port``."""
+    return lambda: tcp_open(host, port)
+
+
+def log_matches(path: Path, pattern: str) -> ReadyCheck:
+    """Ready when the child's log (this run's, see ``rotate_log``) matches ``pattern``."""
+    regex = re.compile(pattern.encode())
+
+    def check() -> bool:
+        try:
+            return regex.search(path.read_bytes()) is not None
+        except OSError:
+            return False
+
+    return check
+
+
+def any_of(*checks: ReadyCheck) -> ReadyCheck:
+    return lambda: any(check() for check in checks)
+
+
+def every(seconds: float, check: ReadyCheck) -> ReadyCheck:
+    """Run an expensive check at most once per ``seconds``."""
+    last = 0.0
+
+    def limited() -> bool:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < seconds:
+            return False
+        last = now
+        return check()
+
+    return limited
+
+
+# -- what the supervisor runs -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PortClaim:
+    """A port a child will bind, and the setting that changes it (for the error message)."""
+
+    port: int
+    setting: str
+    host: str = LOOPBACK
+
+
+@dataclass
+class ChildSpec:
+    """One supervised process. ``env`` is added to this process's environment."""
+
+    name: str
+    argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    ready: ReadyCheck | None = None  # None: ready as soon as it started
+    ready_timeout: float = 30.0
+    ports: Sequence[PortClaim] = ()
+    url: str | None = None  # shown in the table
+    cwd: Path | None = None
+    stop_signal: signal.Signals = signal.SIGTERM
+
+
+class Managed(Protocol):
+    """What the supervisor needs of a running child (a spawned spec or an embedded server)."""
+
+    name: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+
+@dataclass
+class Running:
+    """A started child, as listed in the table."""
+
+    child: Managed
+    url: str | None = None
+    group: int = 0  # start group: stopped in reverse order of groups
+
+    @property
+    def name(self) -> str:
+        return self.child.name
+
+
+class ManagedProcess:
+    """A child process started from a :class:`ChildSpec`."""
+
+    def __init__(self, spec: ChildSpec, log_path: Path) -> None:
+        self.spec, self.name, self.log_path = spec, spec.name, log_path
+        rotate_log(log_path)
+        self.proc: subprocess.Popen[bytes] = spawn(
+            spec.argv,
+            log_path=log_path,
+            env={**os.environ, **spec.env},
+            cwd=spec.cwd,
+            death_signal=spec.stop_signal,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        stop_process(self.proc, sig=self.spec.stop_signal, timeout=timeout)
+
+    def begin_stop(self) -> list[psutil.Process]:
+        return begin_stop(self.proc, self.spec.stop_signal)
+
+    def finish_stop(self, descendants: list[psutil.Process], timeout: float) -> None:
+        finish_stop(self.proc, descendants, timeout)
+
+
+class Supervisor:
+    """Owns the children; use as a context manager so they are stopped on any exit.
+
+    ``stop_timeout`` bounds the whole shutdown: each child gets SIGTERM (or its own stop
+    signal) and what is left of the shared budget before SIGKILL.
+    """
+
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        console: Console | None = None,
+        stop_timeout: float = 10.0,
+        per_child_grace: float = 5.0,
+    ) -> None:
+        self.log_dir = log_dir
+        self.console = console or Console(stderr=True)
+        self.stop_timeout = stop_timeout
+        self.per_child_grace = per_child_grace
+        self.running: list[Running] = []
+        self.stop_requested: signal.Signals | None = None
+        self._group = 0
+        self._previous_handlers: dict[int, object] = {}
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """Ctrl-C, SIGTERM and SIGHUP ask for an orderly shutdown.
+
+        The handler only sets a flag: every wait loop checks it within 0.1 s, and the
+        shutdown itself is bounded by ``stop_timeout``, so a second Ctrl-C is not needed.
+        """
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def restore_signal_handlers(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous_handlers.clear()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stop_requested is None:
+            self.stop_requested = signal.Signals(signum)
+
+    def _check_stop(self) -> None:
+        if self.stop_requested is not None:
+            raise ShutdownRequested(f"received {self.stop_requested.name}")
+
+    # -- starting ---------------------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}", highlight=False)
+
+    @staticmethod
+    def check_ports(claims: Sequence[PortClaim]) -> None:
+        """Fail fast, before anything starts, if a port is taken or claimed twice."""
+        seen: dict[int, str] = {}
+        for claim in claims:
+            if claim.port in seen and seen[claim.port] != claim.setting:
+                raise RuntimeFailure(
+                    f"{claim.setting} and {seen[claim.port]} are both {claim.port}: "
+                    "give each a port of its own"
+                )
+            seen[claim.port] = claim.setting
+            if not port_is_free(claim.port, claim.host):
+                raise PortInUseError(claim.port, claim.setting, claim.host)
+
+    def adopt(self, child: Managed, url: str | None = None) -> None:
+        """Track an already started child (an embedded server) so it is stopped with the rest."""
+        self._group += 1
+        self.running.append(Running(child, url, self._group))
+
+    def start(self, spec: ChildSpec) -> ManagedProcess:
+        """Start ``spec`` and block until it is ready; raise ChildFailedError if it is not."""
+        return self.start_group([spec])[0]
+
+    def start_group(self, specs: Sequence[ChildSpec]) -> list[ManagedProcess]:
+        """Start children that do not depend on each other together; wait until all are ready.
+
+        On two cores, Python services spend their start-up importing; starting them side by
+        side roughly halves the wait. Groups still start (and stop, in reverse) in order.
+        """
+        self._check_stop()
+        self.check_ports([claim for spec in specs for claim in spec.ports])
+        self._group += 1
+        started = time.monotonic()
+        waiting: list[ManagedProcess] = []
+        for spec in specs:
+            self.say(f"starting [bold]{spec.name}[/] ...")
+            child = ManagedProcess(spec, self.log_dir / f"{spec.name}.log")
+            self.running.append(Running(child, spec.url, self._group))
+            waiting.append(child)
+        children = list(waiting)
+        while waiting:
+            for child in list(waiting):
+                spec = child.spec
+                code = child.poll()
+                if code is not None:
+                    raise ChildFailedError(
+                        spec.name, f"exited with code {code} during start-up", child.log_path
+                    )
+                if spec.ready is None or spec.ready():
+                    waiting.remove(child)
+                    self.say(
+                        f"[green]ready[/] [bold]{spec.name}[/] in "
+                        f"{time.monotonic() - started:.1f} s (pid {child.pid})"
+                    )
+                elif time.monotonic() > started + spec.ready_timeout:
+                    raise ChildFailedError(
+                        spec.name,
+                        f"did not get ready within {spec.ready_timeout:.0f} s",
+                        child.log_path,
+                    )
+            if waiting:
+                self._check_stop()
+                time.sleep(0.1)
+        return children
+
+    def run_task(self, spec: ChildSpec, timeout: float = 120.0) -> None:
+        """Run a one-shot step (migrations) to completion; raise if it fails."""
+        self._check_stop()
+        started = time.monotonic()
+        self.say(f"running [bold]{spec.name}[/] ...")
+        child = ManagedProcess(spec, self.log_dir / f"{spec.name}.log")
+        deadline = started + timeout
+        while child.poll() is None:
+            if time.monotonic() > deadline or self.stop_requested is not None:
+                child.stop(timeout=2)
+                self._check_stop()
+                raise ChildFailedError(spec.name, f"took longer than {timeout:.0f} s",
+                                       child.log_path)  # fmt: skip
+            time.sleep(0.05)
+        stop_process(child.proc, timeout=0)
+        if child.proc.returncode != 0:
+            raise ChildFailedError(spec.name, f"failed with code {child.proc.returncode}",
+                                   child.log_path)  # fmt: skip
+        self.say(f"[green]done[/] [bold]{spec.name}[/] in {time.monotonic() - started:.1f} s")
+
+    # -- running ----------------------------------------------------------------------------
+
+    def wait(self, poll_interval: float = 0.2) -> int:
+        """Block until a signal (returns 0) or a child dies (reports it, returns 1)."""
+        while self.stop_requested is None:
+            for entry in self.running:
+                code = entry.child.poll()
+                if code is not None:
+                    failure = ChildFailedError(
+                        entry.name, f"exited unexpectedly with code {code}", entry.child.log_path
+                    )
+                    self.console.print(f"[red]error:[/] {failure.details()}", highlight=False)
+                    return 1
+            time.sleep(poll_interval)
+        self.say(f"received {self.stop_requested.name}, stopping")
+        return 0
+
+    def stop_all(self) -> None:
+        """Stop everything, start groups in reverse order, within ``stop_timeout`` in total.
+
+        The children of a group get their stop signal together and are waited for together,
+        so a slow one costs ``per_child_grace`` once per group, not once per child. Later
+        groups stop first: the services before the console that receives their last
+        telemetry, and everything before the datastores.
+        """
+        deadline = time.monotonic() + self.stop_timeout
+        entries, self.running = self.running, []
+        for group in sorted({e.group for e in entries}, reverse=True):
+            members = [e for e in reversed(entries) if e.group == group]
+            grace = max(0.5, min(self.per_child_grace, deadline - time.monotonic()))
+            grace_end = time.monotonic() + grace
+            stopping = []
+            for entry in members:
+                was_running = entry.child.poll() is None
+                if isinstance(entry.child, ManagedProcess):
+                    with contextlib.suppress(Exception):
+                        stopping.append((entry, was_running, entry.child.begin_stop()))
+                else:
+                    with contextlib.suppress(Exception):
+                        entry.child.stop(timeout=grace)
+                    if was_running:
+                        self.say(f"stopped {entry.name}")
+            for entry, was_running, descendants in stopping:
+                assert isinstance(entry.child, ManagedProcess)
+                with contextlib.suppress(Exception):
+                    entry.child.finish_stop(descendants, grace_end - time.monotonic())
+                if was_running:
+                    self.say(f"stopped {entry.name} (exit code {entry.child.poll()})")
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+        self.restore_signal_handlers()
+
+    def tail(self, name: str, lines: int = 20) -> list[str]:
+        return tail(self.log_dir / f"{name}.log", lines)

@@ -1,0 +1,198 @@
+"""The supervisor with real child processes: readiness, failures, and a clean stop."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from rich.console import Console
+
+from otel_lab.runtime.procs import ChildFailedError, PortInUseError, free_port
+from otel_lab.runtime.supervisor import ChildSpec, PortClaim, Supervisor, http_ok, log_matches
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def make_supervisor(tmp_path: Path, **kwargs: float) -> tuple[Supervisor, io.StringIO]:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=200)
+    return Supervisor(tmp_path / "logs", console=console, **kwargs), buffer
+
+
+def gone(pids: list[int]) -> bool:
+    return not any(psutil.pid_exists(pid) for pid in pids)
+
+
+def test_http_ready_child_starts_and_stops(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    supervisor, output = make_supervisor(tmp_path)
+    with supervisor:
+        child = supervisor.start(ChildSpec("web", argv, ready=http_ok(url), ready_timeout=10))
+        assert http_ok(url)()
+        pid = child.pid
+    assert pid is not None and gone([pid])
+    assert "ready web" in output.getvalue() and "stopped web" in output.getvalue()
+
+
+def test_child_that_exits_during_startup_reports_its_log(tmp_path: Path) -> None:
+    argv = python("""
+        import sys
+        print("loading settings")
+        print("ImportError: no module named nowhere", flush=True)
+        sys.exit(3)
+    """)
+    supervisor, _ = make_supervisor(tmp_path)
+    started = time.monotonic()
+    with supervisor, pytest.raises(ChildFailedError) as caught:
+        supervisor.start(ChildSpec("broken", argv, ready=lambda: False, ready_timeout=30))
+    assert time.monotonic() - started < 5  # no waiting for the timeout
+    assert "exited with code 3" in str(caught.value)
+    assert caught.value.log_tail[-1] == "ImportError: no module named nowhere"
+    assert "loading settings" in caught.value.details()
+
+
+def test_child_that_never_gets_ready_times_out(tmp_path: Path) -> None:
+    argv = python("import time; print('still booting', flush=True); time.sleep(60)")
+    supervisor, _ = make_supervisor(tmp_path)
+    with supervisor:
+        with pytest.raises(ChildFailedError, match="did not get ready within 1 s") as caught:
+            supervisor.start(ChildSpec("slow", argv, ready=lambda: False, ready_timeout=1))
+        pid = supervisor.running[-1].child.pid
+    assert caught.value.log_tail == ["still booting"]
+    assert pid is not None and gone([pid])
+
+
+def test_ready_on_log_line(tmp_path: Path) -> None:
+    argv = python("""
+        import time
+        time.sleep(0.3)
+        print("celery@host ready.", flush=True)
+        time.sleep(60)
+    """)
+    supervisor, _ = make_supervisor(tmp_path)
+    log = tmp_path / "logs" / "worker.log"
+    with supervisor:
+        supervisor.start(ChildSpec("worker", argv, ready=log_matches(log, r"\bready\.")))
+        assert "ready." in log.read_text()
+
+
+def test_stop_kills_whole_tree_even_when_sigterm_is_ignored(tmp_path: Path) -> None:
+    # A parent and a grandchild that both ignore SIGTERM, and a great-grandchild that left
+    # the process group (setsid): all must be gone after stop_all, within the grace time.
+    argv = python("""
+        import os, signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN)"
+        stubborn = f"import signal, time; {ignore}; time.sleep(60)"
+        subprocess.Popen([sys.executable, "-c", stubborn])
+        sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+        subprocess.Popen(sleeper, start_new_session=True)
+        print("children started", flush=True)
+        time.sleep(60)
+    """)
+    supervisor, output = make_supervisor(tmp_path, per_child_grace=1.0)
+    log = tmp_path / "logs" / "tree.log"
+    supervisor.start(ChildSpec("tree", argv, ready=log_matches(log, "children started")))
+    root = psutil.Process(supervisor.running[0].child.pid)
+    deadline = time.monotonic() + 10
+    while len(root.children(recursive=True)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = [root.pid, *(p.pid for p in root.children(recursive=True))]
+    assert len(pids) == 3
+    started = time.monotonic()
+    supervisor.stop_all()
+    assert time.monotonic() - started < 4
+    assert gone(pids), [p for p in pids if psutil.pid_exists(p)]
+    assert "stopped tree (exit code -9)" in output.getvalue()
+
+
+def test_child_dying_while_running_is_reported(tmp_path: Path) -> None:
+    supervisor, output = make_supervisor(tmp_path)
+    survivor = python("import time; time.sleep(60)")
+    doomed = python("""
+        import time
+        time.sleep(0.5)
+        print("database connection lost", flush=True)
+        raise SystemExit(7)
+    """)
+    with supervisor:
+        supervisor.start(ChildSpec("steady", survivor))
+        supervisor.start(ChildSpec("flaky", doomed))
+        started = time.monotonic()
+        assert supervisor.wait(poll_interval=0.05) == 1
+        assert time.monotonic() - started < 5
+        steady_pid = supervisor.running[0].child.pid
+    text = output.getvalue()
+    assert "flaky exited unexpectedly with code 7" in text
+    assert "database connection lost" in text
+    assert steady_pid is not None and gone([steady_pid])
+
+
+def test_sigterm_to_supervisor_stops_waiting(tmp_path: Path) -> None:
+    supervisor, _ = make_supervisor(tmp_path)
+    supervisor.install_signal_handlers()
+    try:
+        with supervisor:
+            supervisor.start(ChildSpec("idle", python("import time; time.sleep(60)")))
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert supervisor.wait(poll_interval=0.05) == 0
+            assert supervisor.stop_requested == signal.SIGTERM
+    finally:
+        supervisor.restore_signal_handlers()
+
+
+def test_port_check_names_the_setting(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PortInUseError) as caught:
+            Supervisor.check_ports([PortClaim(free_port(), "GATEWAY_PORT"),
+                                    PortClaim(port, "API_PORT")])  # fmt: skip
+    message = str(caught.value)
+    assert f"port {port}" in message and "set API_PORT to a free port" in message
+    assert f"pid {os.getpid()}" in message  # who holds it, when we can tell
+
+
+def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    # SIGKILL gives the supervisor no chance to clean up: the kernel's parent-death
+    # signal (setpriv --pdeathsig) must stop the children anyway.
+    script = f"""
+        import sys, time
+        from pathlib import Path
+        from otel_lab.runtime.supervisor import ChildSpec, Supervisor, log_matches
+        logs = Path({str(tmp_path)!r}) / "logs"
+        supervisor = Supervisor(logs)
+        sleeper = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
+        ready = log_matches(logs / "sleeper.log", "up")  # setpriv has armed the signal by then
+        child = supervisor.start(ChildSpec("sleeper", sleeper, ready=ready))
+        print(child.pid, flush=True)
+        time.sleep(60)
+    """
+    proc = subprocess.Popen(python(script), stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        child_pid = int(proc.stdout.readline())
+        assert psutil.pid_exists(child_pid)
+        proc.kill()
+        proc.wait(5)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(child_pid).wait(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not psutil.pid_exists(child_pid)
