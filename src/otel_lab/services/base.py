@@ -31,6 +31,7 @@ ReadinessCheck = Callable[[FastAPI], Awaitable[object]]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 _READINESS_TIMEOUT_SECONDS = 2.0
+NATIVE_TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
 def record_error(exc: BaseException, error_type: str) -> None:
@@ -82,7 +83,15 @@ def create_service(
         finally:
             shutdown_telemetry()
 
-    app = FastAPI(title=title, description=description, version=__version__, lifespan=run)
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=__version__,
+        lifespan=run,
+        # FastAPI's native telemetry would add a second server span and three operation
+        # spans per request; TelemetryMiddleware already covers the request, more cheaply.
+        telemetry=NATIVE_TELEMETRY_OFF,
+    )
     app.state.service_name = service_name
     if telemetry_enabled():
         app.add_middleware(TelemetryMiddleware)

@@ -49,7 +49,7 @@ def slugify(text: str) -> str:
 def item_enrichment(item_id: int) -> None:
     """Derive an item's slug and word count, mark it enriched, and refresh its cached copy."""
     with tracer.start_as_current_span("item.enrich", attributes={"item.id": item_id}) as span:
-        with Session(_engine()) as session:
+        with Session(_engine(), expire_on_commit=False) as session:
             item = session.get(Item, item_id)
             if item is None:
                 span.set_attribute("item.found", False)
