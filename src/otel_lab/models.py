@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib
 
 # Each service owns its tables in its own models module.
-MODEL_MODULES = ("otel_lab.services.api.models",)
+MODEL_MODULES = (
+    "otel_lab.services.api.models",
+    "otel_lab.services.users.models",
+    "otel_lab.services.orders.models",
+    "otel_lab.services.audit.models",
+)
 
 
 def import_all_models() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,21 @@ class Settings(BaseSettings):
     chaos_max_delay_ms: int = Field(200, ge=0, alias="CHAOS_MAX_DELAY_MS")
 
     log_level: str = Field("INFO", alias="LOG_LEVEL")
+
+    # Outbound weather call (seed 004): each attempt times out on its own, retries back off
+    # exponentially, and the whole call never outlives the deadline (then 504).
+    weather_timeout_seconds: float = Field(2.0, gt=0, le=60, alias="WEATHER_TIMEOUT_SECONDS")
+    weather_max_retries: int = Field(2, ge=0, le=5, alias="WEATHER_MAX_RETRIES")
+    weather_backoff_seconds: float = Field(0.1, ge=0, le=5, alias="WEATHER_BACKOFF_SECONDS")
+    weather_deadline_seconds: float = Field(5.0, gt=0, le=120, alias="WEATHER_DEADLINE_SECONDS")
+    # Share of /error-simulation requests that fail on purpose (seed 004); ?probability=
+    # overrides it per request.
+    error_simulation_rate: float = Field(0.5, ge=0.0, le=1.0, alias="ERROR_SIMULATION_RATE")
+    # How the weather upstream is instrumented (seed 003): "manual" is our telemetry package,
+    # "zero-code" runs it under `opentelemetry-instrument` (see docs/instrumentation.md).
+    instrumentation_mode: Literal["manual", "zero-code"] = Field(
+        "manual", alias="INSTRUMENTATION_MODE"
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -34,6 +34,11 @@ API_OPERATION = Histogram(
 )
 CACHE_HITS = Counter("cache_hits", "Cache lookups answered from the cache.", ["cache"])
 CACHE_MISSES = Counter("cache_misses", "Cache lookups that fell through.", ["cache"])
+CIRCUIT_BREAKER_STATE = Gauge(
+    "circuit_breaker_state",
+    "Circuit breaker per downstream service: 0 closed, 1 half-open, 2 open.",
+    ["downstream"],
+)
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -48,3 +53,11 @@ def exemplar_for(span_context) -> dict[str, str] | None:
     if span_context is None or not span_context.is_valid or not span_context.trace_flags.sampled:
         return None
     return {"trace_id": format(span_context.trace_id, "032x")}
+
+
+# Outbound calls retried after a transient failure (timeout, connection error, 502/503/504).
+API_OPERATION_RETRIES = Counter(
+    "api_operation_retries",
+    "Outbound API call attempts retried after a transient failure.",
+    ["operation", "reason"],
+)

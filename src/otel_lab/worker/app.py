@@ -7,6 +7,8 @@ The threads pool keeps one process per worker, so its Prometheus metrics stay co
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from typing import Any
 
@@ -16,6 +18,7 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutdown,
 )
 from prometheus_client import Counter, Histogram, start_http_server
@@ -26,6 +29,9 @@ from otel_lab.telemetry.metrics import LATENCY_BUCKETS
 from otel_lab.worker.queue import create_celery_app, instrument_celery
 
 SERVICE_NAME = "worker"
+PENDING_SWEEP_SECONDS = 30.0
+
+logger = logging.getLogger(__name__)
 
 app = create_celery_app(include=["otel_lab.worker.tasks"])
 
@@ -47,6 +53,23 @@ def _start_telemetry(**_: Any) -> None:
 def _serve_metrics(**_: Any) -> None:
     settings = get_settings()
     start_http_server(settings.worker_metrics_port, addr=settings.host)
+
+
+@worker_ready.connect
+def _sweep_pending_items(**_: Any) -> None:
+    """Items written while the broker was down are enriched once it is back: at start-up
+    and then periodically, off the consumer thread."""
+    from otel_lab.worker.tasks import requeue_pending_items
+
+    def loop() -> None:
+        while True:
+            try:
+                requeue_pending_items()
+            except Exception:
+                logger.warning("pending_items_sweep_failed", exc_info=True)
+            time.sleep(PENDING_SWEEP_SECONDS)
+
+    threading.Thread(target=loop, name="pending-sweep", daemon=True).start()
 
 
 @task_prerun.connect

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from celery import shared_task
 from opentelemetry import trace
 from redis.exceptions import RedisError
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,25 @@ def _cache():
 
 def slugify(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:220]
+
+
+def requeue_pending_items(older_than_seconds: float = 30.0) -> int:
+    """Queue enrichment again for items left pending, e.g. written while the broker was down.
+
+    Enrichment is idempotent, so a task that was in fact still queued does no harm.
+    """
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+    with tracer.start_as_current_span("items.requeue_pending") as span:
+        with Session(_engine()) as session:
+            pending = session.scalars(
+                select(Item.id).where(Item.status == "pending", Item.created_at < cutoff)
+            ).all()
+        for item_id in pending:
+            item_enrichment.delay(item_id)
+        span.set_attribute("items.requeued", len(pending))
+    if pending:
+        logger.info("pending_items_requeued", extra={"count": len(pending)})
+    return len(pending)
 
 
 @shared_task(

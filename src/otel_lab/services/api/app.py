@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from otel_lab.cache import create_async_redis, create_redis
 from otel_lab.db import create_engine, session_factory
-from otel_lab.services.api import items
+from otel_lab.services.api import analyze, items, showcase, weather
 from otel_lab.services.api.queue_metrics import register_queue_depth
 from otel_lab.services.base import create_service
 from otel_lab.worker.queue import create_celery_app
@@ -26,9 +26,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.redis = create_async_redis()
     app.state.celery = create_celery_app()
     register_queue_depth(create_redis(traced=False))
+    app.state.weather = weather.WeatherClient.from_settings()
     try:
         yield
     finally:
+        await app.state.weather.aclose()
         await app.state.redis.aclose()
         await engine.dispose()
 
@@ -50,3 +52,5 @@ app = create_service(
     readiness_checks={"database": _database_ready, "cache": _cache_ready},
 )
 app.include_router(items.router)
+for router in (analyze.router, weather.router, showcase.router):
+    app.include_router(router)

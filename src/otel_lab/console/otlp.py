@@ -1,0 +1,606 @@
+"""Decode OTLP export requests (protobuf or OTLP JSON) into rows for the store.
+
+Everything here is pure and synchronous: the receiver calls it inside the request, so the
+writer thread only ever sees ready-made tuples and the cost of decoding stays with the
+client that caused it. Rows are plain tuples in the column order of ``store.py``'s tables,
+because ``executemany`` over tuples is the fastest way into SQLite.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsPartialSuccess,
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsPartialSuccess,
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+Signal = Literal["traces", "metrics", "logs"]
+Format = Literal["proto", "json"]
+
+# A request that inflates beyond this is refused (413): a zip bomb must not cost memory.
+MAX_DECODED_BYTES = 64 * 1024 * 1024
+
+UNKNOWN_SERVICE = "unknown_service"
+# OTLP timestamps are unsigned 64-bit; SQLite integers are signed. Larger ones are rejected.
+MAX_TIME = 2**63 - 1
+TIME_RANGE = "timestamps must be below 2^63 ns"
+_ZERO_TRACE = bytes(16)
+_ZERO_SPAN = bytes(8)
+
+
+class DecodeError(ValueError):
+    """The body cannot be decoded as the OTLP message it claims to be (HTTP 400)."""
+
+
+class BodyTooLarge(ValueError):
+    """The (decompressed) body is larger than ``MAX_DECODED_BYTES`` (HTTP 413)."""
+
+
+# --------------------------------------------------------------------------- JSON values
+
+
+def _sanitize(value: Any) -> Any:
+    """Replace NaN/Infinity, which JSON (and SQLite's JSON functions) cannot hold."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _sanitize(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_sanitize(v) for v in value]
+    return value
+
+
+_encode_strict = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON; the fast path never pays for the NaN check unless it fails."""
+    try:
+        return _encode_strict(value)
+    except ValueError:
+        return _encode_strict(_sanitize(value))
+
+
+def any_value(v: AnyValue) -> Any:
+    """AnyValue -> native Python (bytes become base64 text, as in OTLP JSON)."""
+    kind = v.WhichOneof("value")
+    if kind == "string_value":
+        return v.string_value
+    if kind == "int_value":
+        return v.int_value
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "double_value":
+        return v.double_value
+    if kind == "array_value":
+        return [any_value(x) for x in v.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: any_value(kv.value) for kv in v.kvlist_value.values}
+    if kind == "bytes_value":
+        return base64.b64encode(v.bytes_value).decode("ascii")
+    return None
+
+
+def attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
+    """KeyValue list -> dict; strings and ints (most attributes) skip the generic path."""
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        if kind == "string_value":
+            out[kv.key] = value.string_value
+        elif kind == "int_value":
+            out[kv.key] = value.int_value
+        else:
+            out[kv.key] = any_value(value)
+    return out
+
+
+def attributes_json(kvs: Any) -> str | None:
+    """Attributes as compact JSON, or None (NULL costs no bytes) when there are none."""
+    if not kvs:
+        return None
+    return dumps(attributes(kvs))
+
+
+def stable_id(*parts: str) -> int:
+    """A 63-bit id derived from content, so dedup needs no lookup round trip."""
+    digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def metric_id(name: str) -> int:
+    return stable_id("metric", name)
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclass(slots=True)
+class Batch:
+    """Rows decoded from one export request, ready for the writer thread."""
+
+    resources: dict[int, tuple[int, str, str | None]] = field(default_factory=dict)
+    scopes: dict[int, tuple[int, str, str | None, str | None]] = field(default_factory=dict)
+    spans: list[tuple[Any, ...]] = field(default_factory=list)
+    logs: list[tuple[Any, ...]] = field(default_factory=list)
+    metrics: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    metric_services: set[tuple[int, str]] = field(default_factory=set)
+    points: list[tuple[Any, ...]] = field(default_factory=list)
+    rejected: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.spans) + len(self.logs) + len(self.points)
+
+    def reject(self, reason: str, count: int = 1) -> None:
+        self.rejected += count
+        if len(self.problems) < 5 and reason not in self.problems:
+            self.problems.append(reason)
+
+    def add_resource(self, resource: Resource) -> tuple[int, str]:
+        attrs = attributes(resource.attributes)
+        service = attrs.get("service.name")
+        service = service if isinstance(service, str) and service else UNKNOWN_SERVICE
+        canonical = dumps(dict(sorted(attrs.items()))) if attrs else None
+        rid = stable_id("resource", canonical or "")
+        self.resources[rid] = (rid, service, canonical)
+        return rid, service
+
+    def add_scope(self, scope: InstrumentationScope) -> int:
+        attrs = attributes_json(scope.attributes)
+        sid = stable_id("scope", scope.name, scope.version, attrs or "")
+        self.scopes[sid] = (sid, scope.name, scope.version or None, attrs)
+        return sid
+
+
+def _events_json(events: Any) -> str | None:
+    if not events:
+        return None
+    return dumps(
+        [
+            {
+                "name": e.name,
+                "time_unix_nano": e.time_unix_nano,
+                "attributes": attributes(e.attributes),
+            }
+            for e in events
+        ]
+    )
+
+
+def _links_json(links: Any) -> str | None:
+    if not links:
+        return None
+    out = []
+    for link in links:
+        item: dict[str, Any] = {
+            "trace_id": link.trace_id.hex(),
+            "span_id": link.span_id.hex(),
+            "attributes": attributes(link.attributes),
+        }
+        if link.trace_state:
+            item["trace_state"] = link.trace_state
+        out.append(item)
+    return dumps(out)
+
+
+def decode_traces(req: ExportTraceServiceRequest) -> Batch:
+    """Span rows: (trace_id, span_id, parent_span_id, name, kind, service_name, start_ns,
+    end_ns, duration_ns, status_code, status_message, attributes, events, links,
+    resource_id, scope_id)."""
+    batch = Batch()
+    rows = batch.spans
+    for rs in req.resource_spans:
+        rid, service = batch.add_resource(rs.resource)
+        for ss in rs.scope_spans:
+            sid = batch.add_scope(ss.scope)
+            for sp in ss.spans:
+                trace_id = sp.trace_id
+                span_id = sp.span_id
+                parent = sp.parent_span_id or None
+                if len(trace_id) != 16 or trace_id == _ZERO_TRACE:
+                    batch.reject(f"span trace_id must be 16 non-zero bytes, got {len(trace_id)}")
+                    continue
+                if len(span_id) != 8 or span_id == _ZERO_SPAN:
+                    batch.reject(f"span span_id must be 8 non-zero bytes, got {len(span_id)}")
+                    continue
+                if parent is not None and len(parent) != 8:
+                    batch.reject(f"span parent_span_id must be 8 bytes, got {len(parent)}")
+                    continue
+                start = sp.start_time_unix_nano
+                end = sp.end_time_unix_nano
+                if start > MAX_TIME or end > MAX_TIME:
+                    batch.reject(TIME_RANGE)
+                    continue
+                status = sp.status
+                rows.append(
+                    (
+                        trace_id,
+                        span_id,
+                        parent,
+                        sp.name,
+                        sp.kind,
+                        service,
+                        start,
+                        end,
+                        end - start if end > start else 0,
+                        status.code,
+                        status.message or None,
+                        attributes_json(sp.attributes),
+                        _events_json(sp.events),
+                        _links_json(sp.links),
+                        rid,
+                        sid,
+                    )
+                )
+    return batch
+
+
+def decode_logs(req: ExportLogsServiceRequest) -> Batch:
+    """Log rows: (time_ns, observed_ns, severity_number, severity_text, body, body_is_json,
+    attributes, trace_id, span_id, event_name, service_name, resource_id, scope_id)."""
+    batch = Batch()
+    rows = batch.logs
+    for rl in req.resource_logs:
+        rid, service = batch.add_resource(rl.resource)
+        for sl in rl.scope_logs:
+            sid = batch.add_scope(sl.scope)
+            for lr in sl.log_records:
+                trace_id = lr.trace_id or None
+                span_id = lr.span_id or None
+                if trace_id is not None and len(trace_id) != 16:
+                    batch.reject(f"log trace_id must be 16 bytes, got {len(trace_id)}")
+                    continue
+                if span_id is not None and len(span_id) != 8:
+                    batch.reject(f"log span_id must be 8 bytes, got {len(span_id)}")
+                    continue
+                body_kind = lr.body.WhichOneof("value")
+                if body_kind == "string_value":
+                    body, body_is_json = lr.body.string_value, 0
+                elif body_kind is None:
+                    body, body_is_json = None, 0
+                else:
+                    body, body_is_json = dumps(any_value(lr.body)), 1
+                observed = lr.observed_time_unix_nano
+                if lr.time_unix_nano > MAX_TIME or observed > MAX_TIME:
+                    batch.reject(TIME_RANGE)
+                    continue
+                rows.append(
+                    (
+                        lr.time_unix_nano or observed,
+                        observed or None,
+                        lr.severity_number,
+                        lr.severity_text or None,
+                        body,
+                        body_is_json,
+                        attributes_json(lr.attributes),
+                        trace_id,
+                        span_id,
+                        lr.event_name or None,
+                        service,
+                        rid,
+                        sid,
+                    )
+                )
+    return batch
+
+
+def _exemplars_json(exemplars: Any) -> str | None:
+    if not exemplars:
+        return None
+    out = []
+    for ex in exemplars:
+        value = ex.as_double if ex.WhichOneof("value") == "as_double" else ex.as_int
+        out.append(
+            {
+                "time_unix_nano": ex.time_unix_nano,
+                "value": value,
+                "trace_id": ex.trace_id.hex() or None,
+                "span_id": ex.span_id.hex() or None,
+                "attributes": attributes(ex.filtered_attributes),
+            }
+        )
+    return dumps(out)
+
+
+def _number(dp: Any) -> int | float:
+    return dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int
+
+
+def _histogram(dp: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "count": dp.count,
+        "sum": dp.sum if dp.HasField("sum") else None,
+        "bucket_counts": list(dp.bucket_counts),
+        "explicit_bounds": list(dp.explicit_bounds),
+    }
+    if dp.HasField("min"):
+        data["min"] = dp.min
+    if dp.HasField("max"):
+        data["max"] = dp.max
+    return data
+
+
+def _exponential_histogram(dp: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "count": dp.count,
+        "sum": dp.sum if dp.HasField("sum") else None,
+        "scale": dp.scale,
+        "zero_count": dp.zero_count,
+        "zero_threshold": dp.zero_threshold,
+        "positive": {
+            "offset": dp.positive.offset,
+            "bucket_counts": list(dp.positive.bucket_counts),
+        },
+        "negative": {
+            "offset": dp.negative.offset,
+            "bucket_counts": list(dp.negative.bucket_counts),
+        },
+    }
+    if dp.HasField("min"):
+        data["min"] = dp.min
+    if dp.HasField("max"):
+        data["max"] = dp.max
+    return data
+
+
+def _summary(dp: Any) -> dict[str, Any]:
+    return {
+        "count": dp.count,
+        "sum": dp.sum,
+        "quantile_values": [{"quantile": q.quantile, "value": q.value} for q in dp.quantile_values],
+    }
+
+
+# Metric type name -> how to turn one data point into (value, data-JSON-dict).
+_POINT_DECODERS: dict[str, Callable[[Any], tuple[int | float | None, dict[str, Any] | None]]] = {
+    "gauge": lambda dp: (_number(dp), None),
+    "sum": lambda dp: (_number(dp), None),
+    "histogram": lambda dp: (None, _histogram(dp)),
+    "exponential_histogram": lambda dp: (None, _exponential_histogram(dp)),
+    "summary": lambda dp: (None, _summary(dp)),
+}
+
+
+def decode_metrics(req: ExportMetricsServiceRequest) -> Batch:
+    """Metric rows (id, name, type, unit, description, is_monotonic, temporality) and point
+    rows (metric_id, service_name, attributes, start_ns, time_ns, value, data, exemplars,
+    resource_id, scope_id)."""
+    batch = Batch()
+    rows = batch.points
+    for rm in req.resource_metrics:
+        rid, service = batch.add_resource(rm.resource)
+        for sm in rm.scope_metrics:
+            sid = batch.add_scope(sm.scope)
+            for metric in sm.metrics:
+                kind = metric.WhichOneof("data")
+                if kind is None:
+                    batch.reject(f"metric {metric.name!r} has no data", count=0)
+                    continue
+                data = getattr(metric, kind)
+                if not metric.name:
+                    batch.reject("metric without a name", count=len(data.data_points))
+                    continue
+                mid = metric_id(metric.name)
+                monotonic = int(data.is_monotonic) if kind == "sum" else None
+                temporality = getattr(data, "aggregation_temporality", None) or None
+                batch.metrics[mid] = (
+                    mid,
+                    metric.name,
+                    kind,
+                    metric.unit or None,
+                    metric.description or None,
+                    monotonic,
+                    temporality,
+                )
+                batch.metric_services.add((mid, service))
+                decode_point = _POINT_DECODERS[kind]
+                for dp in data.data_points:
+                    if dp.time_unix_nano > MAX_TIME or dp.start_time_unix_nano > MAX_TIME:
+                        batch.reject(TIME_RANGE)
+                        continue
+                    value, extra = decode_point(dp)
+                    rows.append(
+                        (
+                            mid,
+                            service,
+                            attributes_json(dp.attributes),
+                            dp.start_time_unix_nano or None,
+                            dp.time_unix_nano,
+                            value,
+                            dumps(extra) if extra is not None else None,
+                            _exemplars_json(getattr(dp, "exemplars", None)),
+                            rid,
+                            sid,
+                        )
+                    )
+    return batch
+
+
+# --------------------------------------------------------------------------- requests
+
+REQUEST_TYPES: dict[str, type[Message]] = {
+    "traces": ExportTraceServiceRequest,
+    "metrics": ExportMetricsServiceRequest,
+    "logs": ExportLogsServiceRequest,
+}
+DECODERS: dict[str, Callable[[Any], Batch]] = {
+    "traces": decode_traces,
+    "metrics": decode_metrics,
+    "logs": decode_logs,
+}
+
+
+def decompress(body: bytes, encoding: str) -> bytes:
+    """Undo Content-Encoding (gzip or deflate), bounded by ``MAX_DECODED_BYTES``."""
+    if encoding in ("", "identity"):
+        return body
+    wbits = {"gzip": 31, "x-gzip": 31, "deflate": 15}.get(encoding)
+    if wbits is None:
+        raise ValueError(encoding)
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, MAX_DECODED_BYTES)
+    except zlib.error as exc:
+        raise DecodeError(f"body is not valid {encoding} data: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise BodyTooLarge(f"decompressed body exceeds {MAX_DECODED_BYTES} bytes")
+    if not inflater.eof:
+        raise DecodeError(f"body is truncated {encoding} data")
+    return out
+
+
+def parse_request(signal: Signal, body: bytes, fmt: Format) -> Message:
+    """Parse an export request body; raise DecodeError with a message a human can act on."""
+    message = REQUEST_TYPES[signal]()
+    if fmt == "proto":
+        try:
+            message.ParseFromString(body)
+        except (ProtobufDecodeError, RuntimeError, ValueError) as exc:
+            raise DecodeError(
+                f"body is not a valid protobuf {message.DESCRIPTOR.name}: {exc}"
+            ) from None
+        return message
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(f"body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise DecodeError(f"OTLP JSON body must be an object, got {type(document).__name__}")
+    _hex_ids_to_base64(signal, document)
+    try:
+        json_format.ParseDict(document, message, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise DecodeError(
+            f"body is not a valid OTLP JSON {message.DESCRIPTOR.name}: {exc}"
+        ) from None
+    return message
+
+
+# OTLP JSON encodes trace and span ids as hex; protobuf's JSON mapping expects base64.
+# These are the places ids occur, in both spellings json_format accepts.
+def _items(obj: Any, *names: str) -> list[Any]:
+    if not isinstance(obj, dict):
+        return []
+    for name in names:
+        value = obj.get(name)
+        if isinstance(value, list):
+            return value
+    return []
+
+
+def _fix_ids(obj: Any, where: str) -> None:
+    if not isinstance(obj, dict):
+        return
+    for camel, snake in (
+        ("traceId", "trace_id"),
+        ("spanId", "span_id"),
+        ("parentSpanId", "parent_span_id"),
+    ):
+        for key in (camel, snake):
+            if key not in obj:
+                continue
+            value = obj[key]
+            if not isinstance(value, str):
+                raise DecodeError(f"{where}.{key} must be a hex string, got {type(value).__name__}")
+            try:
+                raw = bytes.fromhex(value)
+            except ValueError:
+                raise DecodeError(
+                    f"{where}.{key} {value[:64]!r} is not hex (OTLP JSON encodes ids as hex)"
+                ) from None
+            obj[key] = base64.b64encode(raw).decode("ascii")
+
+
+def _hex_ids_to_base64(signal: Signal, doc: dict[str, Any]) -> None:
+    if signal == "traces":
+        for rs in _items(doc, "resourceSpans", "resource_spans"):
+            for ss in _items(rs, "scopeSpans", "scope_spans"):
+                for span in _items(ss, "spans"):
+                    _fix_ids(span, "span")
+                    for link in _items(span, "links"):
+                        _fix_ids(link, "span.link")
+    elif signal == "logs":
+        for rl in _items(doc, "resourceLogs", "resource_logs"):
+            for sl in _items(rl, "scopeLogs", "scope_logs"):
+                for record in _items(sl, "logRecords", "log_records"):
+                    _fix_ids(record, "logRecord")
+    else:
+        for rm in _items(doc, "resourceMetrics", "resource_metrics"):
+            for sm in _items(rm, "scopeMetrics", "scope_metrics"):
+                for metric in _items(sm, "metrics"):
+                    if not isinstance(metric, dict):
+                        continue
+                    for kind in (
+                        "gauge",
+                        "sum",
+                        "histogram",
+                        "exponentialHistogram",
+                        "exponential_histogram",
+                    ):
+                        for dp in _items(metric.get(kind), "dataPoints", "data_points"):
+                            for ex in _items(dp, "exemplars"):
+                                _fix_ids(ex, "exemplar")
+
+
+def build_response(signal: Signal, batch: Batch | None) -> Message:
+    """Export*ServiceResponse, with partial_success only when something was rejected."""
+    if signal == "traces":
+        response: Message = ExportTraceServiceResponse()
+        if batch and (batch.rejected or batch.problems):
+            response.partial_success.CopyFrom(
+                ExportTracePartialSuccess(rejected_spans=batch.rejected, error_message=_why(batch))
+            )
+    elif signal == "logs":
+        response = ExportLogsServiceResponse()
+        if batch and (batch.rejected or batch.problems):
+            response.partial_success.CopyFrom(
+                ExportLogsPartialSuccess(
+                    rejected_log_records=batch.rejected, error_message=_why(batch)
+                )
+            )
+    else:
+        response = ExportMetricsServiceResponse()
+        if batch and (batch.rejected or batch.problems):
+            response.partial_success.CopyFrom(
+                ExportMetricsPartialSuccess(
+                    rejected_data_points=batch.rejected, error_message=_why(batch)
+                )
+            )
+    return response
+
+
+def _why(batch: Batch) -> str:
+    return "; ".join(batch.problems)
+
+
+def serialize(message: Message, fmt: Format) -> bytes:
+    if fmt == "proto":
+        return message.SerializeToString()
+    return json.dumps(json_format.MessageToDict(message), separators=(",", ":")).encode()

@@ -1,0 +1,582 @@
+"""Read side of the console store: parse filters, run SQL, return plain JSON-ready dicts.
+
+Kept apart from the HTTP layer so the JSON API and the HTML UI share one implementation
+of every filter. Parsing helpers raise ``QueryError`` (the API turns it into a 400).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+SPAN_KINDS = ("INTERNAL", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")  # 0 = unspecified
+STATUS_CODES = ("UNSET", "OK", "ERROR")
+STATUS_BY_NAME = {"unset": 0, "ok": 1, "error": 2}
+TEMPORALITIES = {1: "DELTA", 2: "CUMULATIVE"}
+# Severity number ranges (OTel log data model): name -> lowest number of its range.
+SEVERITIES = {"TRACE": 1, "DEBUG": 5, "INFO": 9, "WARN": 13, "ERROR": 17, "FATAL": 21}
+_SEVERITY_ALIASES = {"WARNING": "WARN", "CRITICAL": "FATAL", "ERR": "ERROR"}
+
+MAX_LIMIT = 1000
+INT64_MAX = 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_INT = re.compile(r"[+-]?\d+")
+_TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")
+_SPAN_ID = re.compile(r"[0-9a-fA-F]{16}")
+
+
+class QueryError(ValueError):
+    """A request parameter is malformed; the message says which and why."""
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_trace_id(value: str) -> bytes:
+    if not _TRACE_ID.fullmatch(value):
+        raise QueryError(f"trace id {value[:64]!r} is not 32 hex characters")
+    return bytes.fromhex(value)
+
+
+def parse_span_id(value: str) -> bytes:
+    if not _SPAN_ID.fullmatch(value):
+        raise QueryError(f"span id {value[:64]!r} is not 16 hex characters")
+    return bytes.fromhex(value)
+
+
+def parse_time(value: str | None, name: str) -> int | None:
+    """Unix nanoseconds, or an ISO 8601 timestamp (naive means UTC)."""
+    if value is None or value == "":
+        return None
+    value = value.strip()
+    if _INT.fullmatch(value):
+        ns = int(value)
+    else:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise QueryError(
+                f"{name}={value[:64]!r} is neither unix nanoseconds nor an ISO 8601 time"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        ns = (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+    if not 0 <= ns <= INT64_MAX:
+        raise QueryError(f"{name} is out of range (1970 to 2262)")
+    return ns
+
+
+def parse_duration_ms(value: str | None, name: str) -> int | None:
+    """Milliseconds (fractions allowed) -> nanoseconds."""
+    if value is None or value == "":
+        return None
+    try:
+        ms = float(value)
+    except ValueError:
+        raise QueryError(f"{name}={value[:64]!r} is not a number of milliseconds") from None
+    if not 0 <= ms <= INT64_MAX / 1_000_000:
+        raise QueryError(f"{name} must be a number >= 0 (and below 9.2e12)")
+    return round(ms * 1_000_000)
+
+
+def parse_limit(value: str | None, default: int, maximum: int = MAX_LIMIT) -> int:
+    if value is None or value == "":
+        return default
+    if not _INT.fullmatch(value.strip()):
+        raise QueryError(f"limit={value[:64]!r} is not an integer")
+    limit = int(value)
+    if not 1 <= limit <= maximum:
+        raise QueryError(f"limit must be between 1 and {maximum}")
+    return limit
+
+
+def parse_status(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    code = STATUS_BY_NAME.get(value.strip().lower())
+    if code is None:
+        raise QueryError(f"status={value[:64]!r}: use error, ok or unset")
+    return code
+
+
+def parse_severity(value: str | None) -> int | None:
+    """A severity name (INFO, WARN, ...) or number 1-24: the minimum to show."""
+    if value is None or value == "":
+        return None
+    value = value.strip()
+    if _INT.fullmatch(value):
+        number = int(value)
+        if not 1 <= number <= 24:
+            raise QueryError("severity number must be between 1 and 24")
+        return number
+    name = value.upper()
+    name = _SEVERITY_ALIASES.get(name, name)
+    if name not in SEVERITIES:
+        raise QueryError(f"severity={value[:64]!r}: use one of {', '.join(SEVERITIES)} or 1-24")
+    return SEVERITIES[name]
+
+
+@dataclass(frozen=True)
+class AttrFilter:
+    """``key=value``; the value matches a string, or a number/bool spelled the same way."""
+
+    key: str
+    candidates: tuple[Any, ...]
+
+    @property
+    def path(self) -> str:
+        return f'$."{self.key}"'
+
+
+def parse_attr(value: str) -> AttrFilter:
+    key, sep, raw = value.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise QueryError(f"attr={value[:64]!r} must look like key=value")
+    if '"' in key or "\\" in key or any(ord(c) < 32 for c in key):
+        raise QueryError(f"attr key {key[:64]!r} must not contain quotes, backslashes or controls")
+    candidates: list[Any] = [raw]
+    if _INT.fullmatch(raw):
+        if -INT64_MAX - 1 <= int(raw) <= INT64_MAX:
+            candidates.append(int(raw))
+    else:
+        try:
+            number = float(raw)
+        except ValueError:
+            pass
+        else:
+            if number == number and abs(number) != float("inf"):
+                candidates.append(number)
+    if raw.lower() in ("true", "false"):
+        candidates.append(1 if raw.lower() == "true" else 0)
+    return AttrFilter(key, tuple(candidates))
+
+
+def _attr_sql(filters: list[AttrFilter], params: list[Any]) -> list[str]:
+    """Match span/log/point attributes, or the attributes of the resource that sent them."""
+    conditions = []
+    for f in filters:
+        marks = ",".join("?" * len(f.candidates))
+        conditions.append(
+            f"(json_extract(attributes, ?) IN ({marks}) OR resource_id IN "
+            f"(SELECT id FROM resources WHERE json_extract(attributes, ?) IN ({marks})))"
+        )
+        params.extend((f.path, *f.candidates, f.path, *f.candidates))
+    return conditions
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _json(text: str | None, default: Any) -> Any:
+    return json.loads(text) if text else default
+
+
+def _hex(raw: bytes | None) -> str | None:
+    return raw.hex() if raw else None
+
+
+class _Lookups:
+    """Resources and scopes referenced by a result, fetched once per response."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.resources: dict[int, dict[str, Any]] = {}
+        self.scopes: dict[int, dict[str, Any]] = {}
+
+    def load(self, resource_ids: set[int], scope_ids: set[int]) -> None:
+        missing = [i for i in resource_ids if i not in self.resources]
+        if missing:
+            marks = ",".join("?" * len(missing))
+            rows = self.conn.execute(
+                f"SELECT id, attributes FROM resources WHERE id IN ({marks})", missing
+            )
+            for rid, attrs in rows:
+                self.resources[rid] = _json(attrs, {})
+        missing = [i for i in scope_ids if i not in self.scopes]
+        if missing:
+            marks = ",".join("?" * len(missing))
+            rows = self.conn.execute(
+                f"SELECT id, name, version FROM scopes WHERE id IN ({marks})", missing
+            )
+            for sid, name, version in rows:
+                self.scopes[sid] = {"name": name, "version": version or ""}
+
+    def resource(self, rid: int) -> dict[str, Any]:
+        return self.resources.get(rid, {})
+
+    def scope(self, sid: int) -> dict[str, Any]:
+        return self.scopes.get(sid, {"name": "", "version": ""})
+
+
+# --------------------------------------------------------------------------- traces
+
+
+@dataclass
+class TraceFilter:
+    service: str | None = None
+    name: str | None = None
+    status: int | None = None
+    min_duration_ns: int | None = None
+    max_duration_ns: int | None = None
+    since_ns: int | None = None
+    until_ns: int | None = None
+    attrs: list[AttrFilter] = field(default_factory=list)
+    limit: int = 20
+    order: str = "start"
+
+
+_TRACE_COLUMNS = (
+    "trace_id, start_ns, end_ns, duration_ns, span_count, error_count,"
+    " root_name, root_service, has_root, services"
+)
+
+
+def _trace_summary(row: tuple[Any, ...]) -> dict[str, Any]:
+    tid, start, end, duration, spans, errors, root_name, root_service, has_root, services = row
+    return {
+        "trace_id": tid.hex(),
+        "root_span_name": root_name,
+        "root_service_name": root_service,
+        "has_root": bool(has_root),
+        "start_time_unix_nano": start,
+        "end_time_unix_nano": end,
+        "duration_ms": duration / 1e6,
+        "span_count": spans,
+        "error_count": errors,
+        "services": sorted(json.loads(services)),
+    }
+
+
+# A span filter matching at most this many spans is evaluated as one indexed IN (...) list;
+# a broader one by walking traces in result order and stopping at the limit.
+IN_LIST_MAX_SPANS = 5000
+
+
+def find_traces(conn: sqlite3.Connection, f: TraceFilter) -> list[dict[str, Any]]:
+    """Traces that contain one span matching every span filter (service, name, status,
+    attributes); time window and duration apply to the whole trace."""
+    indexed: list[str] = []  # span conditions an index can answer
+    indexed_params: list[Any] = []
+    if f.service:
+        indexed.append("service_name = ?")
+        indexed_params.append(f.service)
+    if f.name:
+        indexed.append("name = ?")
+        indexed_params.append(f.name)
+    if f.status == 2:
+        # A literal (not a parameter) so the partial index on errors applies.
+        indexed.append("status_code = 2")
+    if indexed and f.since_ns is not None:  # a span never starts before its trace
+        indexed.append("start_ns >= ?")
+        indexed_params.append(f.since_ns)
+    span_conditions, span_params = list(indexed), list(indexed_params)
+    if f.status is not None and f.status != 2:
+        span_conditions.append(f"status_code = {int(f.status)}")
+    span_conditions += _attr_sql(f.attrs, span_params)
+
+    conditions: list[str] = []
+    params: list[Any] = []
+    if f.since_ns is not None:
+        conditions.append("start_ns >= ?")
+        params.append(f.since_ns)
+    if f.until_ns is not None:
+        conditions.append("start_ns <= ?")
+        params.append(f.until_ns)
+    if f.min_duration_ns is not None:
+        conditions.append("duration_ns >= ?")
+        params.append(f.min_duration_ns)
+    if f.max_duration_ns is not None:
+        conditions.append("duration_ns <= ?")
+        params.append(f.max_duration_ns)
+    if span_conditions:
+        # Errors are rare, so their partial index beats any other; without statistics the
+        # planner would rather scan every span of the service.
+        source = "spans INDEXED BY spans_errors" if f.status == 2 else "spans"
+        narrow = False
+        if indexed:
+            probe = conn.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {' AND '.join(indexed)}"
+                f" LIMIT {IN_LIST_MAX_SPANS + 1})",
+                indexed_params,
+            ).fetchone()[0]
+            narrow = probe <= IN_LIST_MAX_SPANS
+        where_spans = " AND ".join(span_conditions)
+        if narrow:
+            conditions.append(f"trace_id IN (SELECT trace_id FROM {source} WHERE {where_spans})")
+        else:
+            # Common match: walk traces newest/slowest first, check their few spans, stop early.
+            conditions.append(
+                "EXISTS (SELECT 1 FROM spans INDEXED BY spans_trace"
+                f" WHERE spans.trace_id = traces.trace_id AND {where_spans})"
+            )
+        params += span_params
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    order = "duration_ns DESC" if f.order == "duration" else "start_ns DESC"
+    sql = f"SELECT {_TRACE_COLUMNS} FROM traces {where} ORDER BY {order} LIMIT ?"
+    return [_trace_summary(r) for r in conn.execute(sql, [*params, f.limit])]
+
+
+_SPAN_COLUMNS = (
+    "trace_id, span_id, parent_span_id, name, kind, service_name, start_ns, end_ns,"
+    " duration_ns, status_code, status_message, attributes, events, links, resource_id, scope_id"
+)
+
+
+def get_trace(conn: sqlite3.Connection, trace_id: bytes) -> list[dict[str, Any]]:
+    """All spans of a trace, ordered by start time (empty when the trace is unknown)."""
+    rows = conn.execute(
+        f"SELECT {_SPAN_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns, rowid",
+        (trace_id,),
+    ).fetchall()
+    lookups = _Lookups(conn)
+    lookups.load({r[14] for r in rows}, {r[15] for r in rows})
+    spans = []
+    for r in rows:
+        spans.append(
+            {
+                "trace_id": r[0].hex(),
+                "span_id": r[1].hex(),
+                "parent_span_id": _hex(r[2]),
+                "name": r[3],
+                "kind": SPAN_KINDS[r[4]] if 0 <= r[4] < len(SPAN_KINDS) else "INTERNAL",
+                "service_name": r[5],
+                "start_time_unix_nano": r[6],
+                "end_time_unix_nano": r[7],
+                "duration_ms": r[8] / 1e6,
+                "status": {
+                    "code": STATUS_CODES[r[9]] if 0 <= r[9] < 3 else "UNSET",
+                    "message": r[10] or "",
+                },
+                "attributes": _json(r[11], {}),
+                "events": _json(r[12], []),
+                "links": _json(r[13], []),
+                "resource": lookups.resource(r[14]),
+                "scope": lookups.scope(r[15]),
+            }
+        )
+    return spans
+
+
+# --------------------------------------------------------------------------- logs
+
+
+@dataclass
+class LogFilter:
+    service: str | None = None
+    min_severity: int | None = None
+    text: str | None = None
+    trace_id: bytes | None = None
+    span_id: bytes | None = None
+    since_ns: int | None = None
+    until_ns: int | None = None
+    attrs: list[AttrFilter] = field(default_factory=list)
+    limit: int = 100
+    oldest_first: bool = False
+
+
+_LOG_COLUMNS = (
+    "time_ns, observed_ns, severity_number, severity_text, body, body_is_json, attributes,"
+    " trace_id, span_id, event_name, service_name, resource_id, scope_id"
+)
+
+
+def severity_name(number: int) -> str:
+    name = ""
+    for candidate, lowest in SEVERITIES.items():
+        if number >= lowest:
+            name = candidate
+    return name
+
+
+def find_logs(conn: sqlite3.Connection, f: LogFilter) -> list[dict[str, Any]]:
+    conditions: list[str] = []
+    params: list[Any] = []
+    if f.trace_id is not None:
+        conditions.append("trace_id = ?")
+        params.append(f.trace_id)
+    if f.span_id is not None:
+        conditions.append("span_id = ?")
+        params.append(f.span_id)
+    if f.service:
+        conditions.append("service_name = ?")
+        params.append(f.service)
+    if f.min_severity is not None:
+        conditions.append("severity_number >= ?")
+        params.append(f.min_severity)
+    if f.text:
+        escaped = f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append("body LIKE ? ESCAPE '\\'")
+        params.append(f"%{escaped}%")
+    if f.since_ns is not None:
+        conditions.append("time_ns >= ?")
+        params.append(f.since_ns)
+    if f.until_ns is not None:
+        conditions.append("time_ns <= ?")
+        params.append(f.until_ns)
+    conditions += _attr_sql(f.attrs, params)
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    direction = "ASC" if f.oldest_first else "DESC"
+    rows = conn.execute(
+        f"SELECT {_LOG_COLUMNS} FROM logs {where} ORDER BY time_ns {direction}, rowid {direction}"
+        " LIMIT ?",
+        [*params, f.limit],
+    ).fetchall()
+    lookups = _Lookups(conn)
+    lookups.load({r[11] for r in rows}, {r[12] for r in rows})
+    return [
+        {
+            "time_unix_nano": r[0],
+            "observed_time_unix_nano": r[1],
+            "severity_number": r[2],
+            "severity_text": r[3] or severity_name(r[2]),
+            "body": json.loads(r[4]) if r[5] and r[4] is not None else r[4],
+            "attributes": _json(r[6], {}),
+            "trace_id": _hex(r[7]),
+            "span_id": _hex(r[8]),
+            "event_name": r[9],
+            "service_name": r[10],
+            "resource": lookups.resource(r[11]),
+            "scope": lookups.scope(r[12]),
+        }
+        for r in rows
+    ]
+
+
+# --------------------------------------------------------------------------- catalogues
+
+
+def list_services(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT name, first_seen_ns, last_seen_ns, span_count, log_count, point_count"
+        " FROM services ORDER BY name"
+    )
+    return [
+        {
+            "name": name,
+            "first_seen_unix_nano": first,
+            "last_seen_unix_nano": last,
+            "span_count": spans,
+            "log_count": logs,
+            "metric_point_count": points,
+        }
+        for name, first, last, spans, logs, points in rows
+    ]
+
+
+def list_operations(conn: sqlite3.Connection, service: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT name, kind FROM operations WHERE service_name = ? ORDER BY name, kind", (service,)
+    )
+    return [
+        {"name": name, "kind": SPAN_KINDS[kind] if 0 <= kind < 6 else "INTERNAL"}
+        for name, kind in rows
+    ]
+
+
+def _metric_info(row: tuple[Any, ...], services: list[str]) -> dict[str, Any]:
+    _id, name, kind, unit, description, monotonic, temporality = row
+    info: dict[str, Any] = {
+        "name": name,
+        "type": kind,
+        "unit": unit or "",
+        "description": description or "",
+        "services": services,
+    }
+    if monotonic is not None:
+        info["is_monotonic"] = bool(monotonic)
+    if temporality:
+        info["temporality"] = TEMPORALITIES.get(temporality, "UNSPECIFIED")
+    return info
+
+
+def list_metrics(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    services: dict[int, list[str]] = {}
+    for mid, service in conn.execute(
+        "SELECT metric_id, service_name FROM metric_services ORDER BY service_name"
+    ):
+        services.setdefault(mid, []).append(service)
+    rows = conn.execute(
+        "SELECT id, name, type, unit, description, is_monotonic, temporality FROM metrics"
+        " ORDER BY name"
+    )
+    return [_metric_info(r, services.get(r[0], [])) for r in rows]
+
+
+@dataclass
+class PointFilter:
+    service: str | None = None
+    since_ns: int | None = None
+    until_ns: int | None = None
+    attrs: list[AttrFilter] = field(default_factory=list)
+    limit: int = 1000
+
+
+def metric_points(conn: sqlite3.Connection, name: str, f: PointFilter) -> dict[str, Any] | None:
+    """A metric's description and its most recent points (oldest first), or None."""
+    meta = conn.execute(
+        "SELECT id, name, type, unit, description, is_monotonic, temporality FROM metrics"
+        " WHERE name = ?",
+        (name,),
+    ).fetchone()
+    if meta is None:
+        return None
+    services = [
+        s
+        for (s,) in conn.execute(
+            "SELECT service_name FROM metric_services WHERE metric_id = ? ORDER BY service_name",
+            (meta[0],),
+        )
+    ]
+    conditions = ["metric_id = ?"]
+    params: list[Any] = [meta[0]]
+    if f.service:
+        conditions.append("service_name = ?")
+        params.append(f.service)
+    if f.since_ns is not None:
+        conditions.append("time_ns >= ?")
+        params.append(f.since_ns)
+    if f.until_ns is not None:
+        conditions.append("time_ns <= ?")
+        params.append(f.until_ns)
+    conditions += _attr_sql(f.attrs, params)
+    rows = conn.execute(
+        "SELECT service_name, attributes, start_ns, time_ns, value, data, exemplars, resource_id"
+        f" FROM metric_points WHERE {' AND '.join(conditions)}"
+        " ORDER BY time_ns DESC, rowid DESC LIMIT ?",
+        [*params, f.limit],
+    ).fetchall()
+    rows.reverse()
+    lookups = _Lookups(conn)
+    lookups.load({r[7] for r in rows}, set())
+    points = []
+    for service, attrs, start, ts, value, data, exemplars, rid in rows:
+        point: dict[str, Any] = {
+            "service_name": service,
+            "attributes": _json(attrs, {}),
+            "start_time_unix_nano": start,
+            "time_unix_nano": ts,
+        }
+        if data is None:
+            point["value"] = value
+        else:
+            point.update(json.loads(data))
+        point["exemplars"] = _json(exemplars, [])
+        point["resource"] = lookups.resource(rid)
+        points.append(point)
+    info = _metric_info(meta, services)
+    info["points"] = points
+    return info
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Row counts from the catalogues (cheap: no scan of the big tables)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(span_count), 0), coalesce(sum(log_count), 0),"
+        " coalesce(sum(point_count), 0), count(*) FROM services"
+    ).fetchone()
+    return {"spans": row[0], "logs": row[1], "metric_points": row[2], "services": row[3]}

@@ -1,0 +1,117 @@
+"""``POST /analyze`` (seed 001): the edge validates, the WorkerService computes.
+
+The WorkerService stands in for a downstream dependency, so it gets its own child span
+(``WorkerService.analyze``) and its own log line: a trace shows the edge and the worker as
+two steps, and the seed's ``analyze_response`` log event carries the request ID.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from opentelemetry import trace
+from pydantic import BaseModel, ConfigDict, Field
+
+from otel_lab.services.base import error_response
+
+# The seed's log events come from "microtrace.api"; ours keep the project's prefix.
+logger = logging.getLogger("otel_lab.api.analyze")
+tracer = trace.get_tracer("otel_lab.api.analyze")
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities as strings: JSON has no literal for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class FiniteErrorsRoute(APIRoute):
+    """Answer 422 for ``{"a": NaN}`` too.
+
+    FastAPI's 422 echoes the offending input, and a JSON response cannot carry NaN or
+    Infinity (which Python's JSON parser accepts in request bodies), so the stock handler
+    fails with a 500. This route renders those errors with the values as strings.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                detail = _json_safe(jsonable_encoder(exc.errors()))
+                return JSONResponse({"detail": detail}, status_code=422)
+
+        return handle
+
+
+router = APIRouter(tags=["analyze"], route_class=FiniteErrorsRoute)
+
+
+class AnalyzeRequest(BaseModel):
+    """Two finite numbers. Strict: ``"10.5"`` (a string) or ``true`` are not numbers here."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    a: float = Field(examples=[10.5])
+    b: float = Field(examples=[3.5])
+
+
+class AnalyzeResponse(BaseModel):
+    sum: float = Field(examples=[14.0])
+    difference: float = Field(examples=[7.0])
+
+
+@dataclass(frozen=True)
+class Analysis:
+    sum: float
+    difference: float
+
+
+class WorkerService:
+    """The component that does the work, traced as its own step under the request span."""
+
+    def analyze(self, a: float, b: float) -> Analysis:
+        with tracer.start_as_current_span(
+            "WorkerService.analyze",
+            attributes={"operation.type": "computation", "analysis.a": a, "analysis.b": b},
+        ) as span:
+            result = Analysis(sum=a + b, difference=a - b)
+            span.set_attributes(
+                {"analysis.sum": result.sum, "analysis.difference": result.difference}
+            )
+            logger.debug("worker_analysis_completed", extra={"a": a, "b": b})
+            return result
+
+
+worker_service = WorkerService()
+
+
+@router.post(
+    "/analyze",
+    response_model=AnalyzeResponse,
+    responses={422: {"description": "Missing, non-numeric or non-finite input or result"}},
+)
+async def analyze(body: AnalyzeRequest) -> AnalyzeResponse | JSONResponse:
+    """Sum and difference of ``a`` and ``b``, computed by the WorkerService."""
+    result = worker_service.analyze(body.a, body.b)
+    if not (math.isfinite(result.sum) and math.isfinite(result.difference)):
+        # 1e308 + 1e308 overflows to inf, which JSON cannot carry: the input is at fault.
+        return error_response(422, "result out of range: a and b are too large")
+    logger.info("analyze_response", extra={"sum": result.sum, "difference": result.difference})
+    return AnalyzeResponse(sum=result.sum, difference=result.difference)

@@ -1,0 +1,132 @@
+"""``POST /process`` (the chain's end: write the audit log, answer the chain's summary) and
+``GET /audit`` (the trail, newest first).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from opentelemetry import trace
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from otel_lab.services.audit.models import AuditLog
+from otel_lab.services.audit.schemas import MAX_ID, AuditLogOut, AuditProcessRequest
+from otel_lab.services.base import error_response, record_error
+from otel_lab.services.downstream import get_downstream_settings, idempotency_key
+from otel_lab.telemetry.context import request_id_var
+
+tracer = trace.get_tracer("otel_lab.audit")
+router = APIRouter(tags=["audit"])
+
+CHAIN = ("user-service", "order-service", "audit-service")
+
+
+class SimulatedFailureError(RuntimeError):
+    """Raised on request (``simulate_failure: "audit"``): order-service must fall back."""
+
+
+def _summary(log: AuditLog, replayed: bool) -> dict[str, Any]:
+    return {
+        "id": log.id,
+        "status": "recorded",
+        "event_type": log.event_type,
+        "created_at": log.created_at.isoformat(),
+        "replayed": replayed,
+        "summary": {
+            "chain": list(CHAIN),
+            "completed": True,
+            "user_id": log.user_id,
+            "order_id": log.order_id,
+            "action": log.action,
+            "order_total": log.details.get("order_total"),
+            "item_count": log.details.get("item_count"),
+        },
+    }
+
+
+@router.post("/process")
+async def process(
+    body: AuditProcessRequest,
+    request: Request,
+    idempotency_key_header: str | None = Header(None, alias="Idempotency-Key"),
+) -> JSONResponse:
+    """Write one audit row per idempotency key and close the chain."""
+    if body.simulate_failure and not get_downstream_settings().simulated_failures:
+        return error_response(
+            422, "simulate_failure is disabled (CHAIN_SIMULATED_FAILURES=false)", step="request"
+        )
+    key = idempotency_key(idempotency_key_header)
+    try:
+        with tracer.start_as_current_span(
+            "audit_log_write",
+            attributes={
+                "operation.type": "database",
+                "database.system": "postgresql",
+                "audit.event_type": body.event_type,
+                "user.id": str(body.user_id),
+            },
+        ) as span:
+            if body.order_id is not None:
+                span.set_attribute("order.id", body.order_id)
+            if body.simulate_failure == "audit":
+                raise SimulatedFailureError("simulated failure in audit log write")
+            async with request.app.state.sessions() as session:
+                existing = await session.scalar(
+                    select(AuditLog).where(AuditLog.idempotency_key == key)
+                )
+                if existing is not None:
+                    span.add_event("audit.idempotent_replay", {"audit.id": existing.id})
+                    return JSONResponse({"audit": _summary(existing, replayed=True)})
+                log = AuditLog(
+                    event_type=body.event_type,
+                    user_id=body.user_id,
+                    order_id=body.order_id,
+                    action=body.action,
+                    details={"order_total": body.order_total, "item_count": body.item_count},
+                    trace_id=format(span.get_span_context().trace_id, "032x"),
+                    request_id=request_id_var.get(),
+                    idempotency_key=key,
+                )
+                session.add(log)
+                try:
+                    await session.commit()
+                except IntegrityError:  # a concurrent attempt with the same key
+                    await session.rollback()
+                    log = await session.scalar(
+                        select(AuditLog).where(AuditLog.idempotency_key == key)
+                    )
+                    if log is None:
+                        raise
+                    return JSONResponse({"audit": _summary(log, replayed=True)})
+                span.set_attribute("audit.id", log.id)
+                span.add_event("chain.completed", {"chain.length": len(CHAIN)})
+                return JSONResponse({"audit": _summary(log, replayed=False)})
+    except SimulatedFailureError as exc:
+        record_error(exc, "simulated_failure")
+        return error_response(500, str(exc), step="audit_logging")
+
+
+@router.get("/audit")
+async def list_audit(
+    request: Request,
+    response: Response,
+    user_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    order_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> list[AuditLogOut]:
+    """The audit trail, newest first; the total is in ``X-Total-Count``."""
+    query = select(AuditLog)
+    if user_id is not None:
+        query = query.where(AuditLog.user_id == user_id)
+    if order_id is not None:
+        query = query.where(AuditLog.order_id == order_id)
+    async with request.app.state.sessions() as session:
+        total = await session.scalar(select(func.count()).select_from(query.subquery()))
+        logs = await session.scalars(query.order_by(AuditLog.id.desc()).limit(limit).offset(offset))
+        out = [AuditLogOut.model_validate(log) for log in logs]
+    response.headers["X-Total-Count"] = str(total or 0)
+    return out

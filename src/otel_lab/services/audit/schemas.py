@@ -1,0 +1,39 @@
+"""Request and response bodies of audit-service."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_ID = 2**31 - 1
+Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+
+
+class AuditProcessRequest(BaseModel):
+    """What order-service sends once the order is stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: int = Field(ge=1, le=MAX_ID)
+    order_id: int | None = Field(None, ge=1, le=MAX_ID)
+    action: Token
+    event_type: Token = "order_processed"
+    order_total: float | None = Field(None, ge=0, le=1e9)
+    item_count: int | None = Field(None, ge=0, le=10_000)
+    simulate_failure: Literal["audit"] | None = None
+
+
+class AuditLogOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    event_type: str
+    user_id: int
+    order_id: int | None
+    action: str
+    details: dict[str, Any]
+    trace_id: str | None
+    request_id: str | None
+    created_at: datetime

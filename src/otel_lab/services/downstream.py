@@ -1,0 +1,568 @@
+"""Calling another service: one way, shared by the gateway and the user -> order -> audit chain.
+
+What a call gets here, so no service hand-rolls its own:
+
+- a shared ``httpx.AsyncClient`` per process, instrumented as an object (a CLIENT span per
+  attempt and W3C ``traceparent``/``baggage`` injection; module-level ``httpx`` is not covered);
+- bounded retries with exponential backoff and jitter (``tenacity``) for transient failures:
+  a connection that could not be made (the request never left, so any method is safe), and
+  502/503/504 answers or broken connections when the call is idempotent (a safe method, or a
+  call carrying an ``Idempotency-Key`` the downstream honours). Timeouts are not retried: a
+  slow service asked again is a slower service;
+- a circuit breaker per downstream (closed -> open after N consecutive failures -> half-open
+  after a cool-down, one trial call -> closed or open again), published as the
+  ``circuit_breaker_state`` gauge and as the ``circuit_breaker.state`` span attribute;
+- one INTERNAL span around the whole call (``<service> <step>``) holding the retry and
+  breaker events, marked ERROR with the exception when the call fails;
+- typed errors (:class:`DownstreamError` and subclasses) that carry the HTTP status the
+  caller should answer and render as one JSON shape: ``{"detail", "step", "service"}``.
+
+It also holds what travels with a chain call: the baggage keys (``user.id``, ``action``), the
+span processor that copies them onto every span, and the PII switch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any
+
+import httpx
+from fastapi.responses import JSONResponse
+from opentelemetry import baggage, trace
+from opentelemetry.context import Context
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.processor.baggage import BaggageSpanProcessor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from otel_lab.services.base import error_response
+from otel_lab.telemetry import metrics as prom
+from otel_lab.telemetry.context import request_id_var, sanitize_request_id
+from otel_lab.telemetry.setup import telemetry_enabled
+
+logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("otel_lab.downstream")
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+# Baggage the chain carries: set by user-service, copied onto spans by every chain service.
+CHAIN_BAGGAGE_KEYS = ("user.id", "action")
+# Personal data travels only when TELEMETRY_RECORD_PII=true.
+PII_BAGGAGE_KEYS = ("user.name", "user.email")
+
+
+class DownstreamSettings(BaseSettings):
+    """How calls to other services behave; every value is an environment variable."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    timeout_seconds: float = Field(5.0, gt=0, alias="DOWNSTREAM_TIMEOUT_SECONDS")
+    connect_timeout_seconds: float = Field(1.0, gt=0, alias="DOWNSTREAM_CONNECT_TIMEOUT_SECONDS")
+    retry_attempts: int = Field(3, ge=1, le=10, alias="DOWNSTREAM_RETRY_ATTEMPTS")
+    retry_backoff_seconds: float = Field(0.1, ge=0, alias="DOWNSTREAM_RETRY_BACKOFF_SECONDS")
+    retry_max_backoff_seconds: float = Field(
+        1.0, ge=0, alias="DOWNSTREAM_RETRY_MAX_BACKOFF_SECONDS"
+    )
+    breaker_failure_threshold: int = Field(5, ge=1, alias="CIRCUIT_BREAKER_FAILURE_THRESHOLD")
+    breaker_reset_seconds: float = Field(10.0, gt=0, alias="CIRCUIT_BREAKER_RESET_SECONDS")
+    # Personal data (name, email) in baggage and span attributes: off unless asked for.
+    record_pii: bool = Field(False, alias="TELEMETRY_RECORD_PII")
+    # The chain's `simulate_failure` body field (demos and tests); off in production.
+    simulated_failures: bool = Field(True, alias="CHAIN_SIMULATED_FAILURES")
+
+
+@lru_cache
+def get_downstream_settings() -> DownstreamSettings:
+    return DownstreamSettings()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class DownstreamError(Exception):
+    """A call to another service failed; ``status_code`` is what the caller should answer."""
+
+    status_code = 502
+    error_type = "downstream_failed"
+
+    def __init__(self, service: str, step: str, reason: str) -> None:
+        super().__init__(f"{service} {reason}")
+        self.service = service
+        self.step = step
+        self.reason = reason
+
+    def response(self, **extra: object) -> JSONResponse:
+        """The JSON error a caller answers with: names the service and the failed step."""
+        return error_response(
+            self.status_code, str(self), step=self.step, service=self.service, **extra
+        )
+
+
+class DownstreamUnavailableError(DownstreamError):
+    """No connection could be made, or it broke before an answer came."""
+
+    error_type = "downstream_unavailable"
+
+
+class DownstreamTimeoutError(DownstreamError):
+    status_code = 504
+    error_type = "downstream_timeout"
+
+
+class DownstreamHTTPError(DownstreamError):
+    """The downstream answered, with an error status the caller does not accept."""
+
+    error_type = "downstream_error_response"
+
+    def __init__(self, service: str, step: str, upstream_status: int, detail: str) -> None:
+        super().__init__(service, step, f"failed: {detail} (HTTP {upstream_status})")
+        self.upstream_status = upstream_status
+        self.detail = detail
+
+
+class CircuitOpenError(DownstreamError):
+    """The breaker refused the call without trying: the downstream failed repeatedly."""
+
+    status_code = 503
+    error_type = "circuit_open"
+
+    def __init__(self, service: str, step: str, retry_after: float) -> None:
+        super().__init__(service, step, f"circuit open, retry in {retry_after:.0f}s")
+        self.retry_after = retry_after
+
+    def response(self, **extra: object) -> JSONResponse:
+        response = super().response(**extra)
+        response.headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return response
+
+
+# --------------------------------------------------------------------------- breaker
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+
+_GAUGE_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class CircuitBreaker:
+    """Closed -> open after ``failure_threshold`` consecutive failures; after ``reset_seconds``
+    one trial call is let through (half-open): success closes, failure opens again.
+
+    A small class rather than a library: the callers decide what a failure is (a refused
+    connection always; a 5xx answer only where it means the service is unwell), and every
+    transition must reach the gauge and the current span. Single event loop, no awaits
+    inside: no lock needed.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        failure_threshold: int = 5,
+        reset_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.failure_threshold = failure_threshold
+        self.reset_seconds = reset_seconds
+        self._clock = clock
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trial_in_flight = False
+        # Read at scrape time, so an open breaker whose cool-down has passed reads half-open.
+        prom.CIRCUIT_BREAKER_STATE.labels(name).set_function(self._gauge_value)
+
+    def _gauge_value(self) -> float:
+        """The state as the gauge shows it; a pure read (scrapes run on another thread)."""
+        state = self._state
+        if state is BreakerState.OPEN and self._clock() - self._opened_at >= self.reset_seconds:
+            state = BreakerState.HALF_OPEN
+        return _GAUGE_VALUE[state]
+
+    @property
+    def state(self) -> BreakerState:
+        if (
+            self._state is BreakerState.OPEN
+            and self._clock() - self._opened_at >= self.reset_seconds
+        ):
+            self._transition(BreakerState.HALF_OPEN)
+        return self._state
+
+    def retry_after(self) -> float:
+        return max(0.0, self._opened_at + self.reset_seconds - self._clock())
+
+    def allow(self, step: str) -> BreakerState:
+        """Ask to make a call: returns the state seen, or raises :class:`CircuitOpenError`."""
+        state = self.state
+        if state is BreakerState.OPEN or (
+            state is BreakerState.HALF_OPEN and self._trial_in_flight
+        ):
+            trace.get_current_span().add_event(
+                "circuit_breaker.rejected", {"circuit_breaker.state": state.value}
+            )
+            raise CircuitOpenError(self.name, step, self.retry_after() or self.reset_seconds)
+        if state is BreakerState.HALF_OPEN:
+            self._trial_in_flight = True
+        return state
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._trial_in_flight = False
+        if self._state is not BreakerState.CLOSED:
+            self._transition(BreakerState.CLOSED)
+
+    def record_failure(self) -> None:
+        self._trial_in_flight = False
+        self._failures += 1
+        if self._state is BreakerState.HALF_OPEN or (
+            self._state is BreakerState.CLOSED and self._failures >= self.failure_threshold
+        ):
+            self._opened_at = self._clock()
+            self._transition(BreakerState.OPEN)
+        elif self._state is BreakerState.OPEN:
+            self._opened_at = self._clock()  # a late failure restarts the cool-down
+
+    def release(self) -> None:
+        """A call ended without an outcome (cancelled): free the half-open trial slot."""
+        self._trial_in_flight = False
+
+    def _transition(self, new: BreakerState) -> None:
+        old, self._state = self._state, new
+        trace.get_current_span().add_event(
+            "circuit_breaker.state_change",
+            {"circuit_breaker.from": old.value, "circuit_breaker.to": new.value},
+        )
+        log = logger.warning if new is BreakerState.OPEN else logger.info
+        log(
+            "circuit_breaker_state_change",
+            extra={"downstream": self.name, "from_state": old.value, "to_state": new.value},
+        )
+
+
+# --------------------------------------------------------------------------- calls
+
+
+class _RetryableError(Exception):
+    """Wraps a failure that another attempt may fix (only tenacity sees it)."""
+
+    def __init__(
+        self, error: DownstreamError | None = None, response: httpx.Response | None = None
+    ):
+        super().__init__(error or f"HTTP {response.status_code if response else '?'}")
+        self.error = error
+        self.response = response
+
+
+def create_client(settings: DownstreamSettings | None = None) -> httpx.AsyncClient:
+    """The process's shared client: pooled connections, short connect timeout, traced."""
+    settings = settings or get_downstream_settings()
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.timeout_seconds, connect=settings.connect_timeout_seconds),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        follow_redirects=False,
+    )
+    if telemetry_enabled():
+        HTTPXClientInstrumentor.instrument_client(client)
+    return client
+
+
+def _detail_of(response: httpx.Response) -> str:
+    """The downstream's own ``detail`` when it answered our JSON error shape."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase or f"HTTP {response.status_code}"
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return body["detail"][:300]
+    return response.reason_phrase or f"HTTP {response.status_code}"
+
+
+class Downstream:
+    """One downstream service as seen by one caller: base URL, breaker, retry policy.
+
+    ``count_http_errors``: whether a 5xx answer counts against the breaker. The chain says
+    yes (order-service answering 500 is order-service failing); the gateway says no (a 5xx
+    from user-service may be about order-service, and cascading breakers would turn one
+    fault into an outage of the front door), so only unreachable upstreams open its breakers.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        client: httpx.AsyncClient,
+        *,
+        settings: DownstreamSettings | None = None,
+        count_http_errors: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        self.settings = settings or get_downstream_settings()
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.client = client
+        self.count_http_errors = count_http_errors
+        self.timeout = httpx.Timeout(
+            timeout or self.settings.timeout_seconds,
+            connect=self.settings.connect_timeout_seconds,
+        )
+        self.breaker = CircuitBreaker(
+            name,
+            failure_threshold=self.settings.breaker_failure_threshold,
+            reset_seconds=self.settings.breaker_reset_seconds,
+        )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        step: str,
+        idempotent: bool | None = None,
+        raise_for_status: bool = False,
+        json: Any = None,
+        content: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Call ``path`` on the downstream with retries and the breaker.
+
+        Returns the response (any status unless ``raise_for_status``, then only < 400);
+        raises a :class:`DownstreamError` when no usable answer came.
+        """
+        method = method.upper()
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        request_kwargs: dict[str, Any] = {"params": params, "headers": headers}
+        if json is not None:
+            request_kwargs["json"] = json
+        elif content is not None:
+            request_kwargs["content"] = content
+        url = self.base_url + path
+        started = time.perf_counter()
+        with tracer.start_as_current_span(
+            f"{self.name} {step}",
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "peer.service": self.name,
+                "downstream.step": step,
+                "downstream.idempotent": idempotent,
+                "http.request.method": method,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                response = await self._with_retries(
+                    span, method, url, step, idempotent, request_kwargs
+                )
+                span.set_attribute("http.response.status_code", response.status_code)
+                if raise_for_status and response.status_code >= 400:
+                    raise DownstreamHTTPError(
+                        self.name, step, response.status_code, _detail_of(response)
+                    )
+                return response
+            except DownstreamError as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                span.set_attribute("error.type", exc.error_type)
+                prom.ERRORS.labels(exc.error_type).inc()
+                raise
+            finally:
+                span.set_attribute("circuit_breaker.state", self.breaker.state.value)
+                prom.API_OPERATION.labels(f"{self.name}:{step}").observe(
+                    time.perf_counter() - started
+                )
+
+    async def _with_retries(
+        self,
+        span: trace.Span,
+        method: str,
+        url: str,
+        step: str,
+        idempotent: bool,
+        request_kwargs: dict[str, Any],
+    ) -> httpx.Response:
+        settings = self.settings
+        backoff = settings.retry_backoff_seconds
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(settings.retry_attempts),
+            wait=wait_exponential_jitter(
+                initial=backoff, max=settings.retry_max_backoff_seconds, jitter=backoff / 2
+            ),
+            retry=retry_if_exception_type(_RetryableError),
+            before_sleep=lambda state: self._on_retry(span, step, state),
+            reraise=True,
+        )
+        attempts = 0
+        previous: _RetryableError | None = None
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    try:
+                        return await self._attempt(method, url, step, idempotent, request_kwargs)
+                    except CircuitOpenError:
+                        # Opened by our own earlier attempts: the real cause says more.
+                        if previous is not None and previous.error is not None:
+                            raise previous.error from None
+                        if previous is not None and previous.response is not None:
+                            return previous.response
+                        raise
+                    except _RetryableError as retryable:
+                        previous = retryable
+                        raise
+        except _RetryableError as exhausted:
+            if exhausted.error is not None:
+                raise exhausted.error from None
+            assert exhausted.response is not None
+            return exhausted.response  # the last answer, e.g. 503: the caller decides
+        finally:
+            span.set_attribute("retry.attempts", attempts)
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _attempt(
+        self, method: str, url: str, step: str, idempotent: bool, kwargs: dict[str, Any]
+    ) -> httpx.Response:
+        breaker = self.breaker
+        breaker.allow(step)  # raises CircuitOpenError: never retried
+        try:
+            response = await self.client.request(method, url, timeout=self.timeout, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            breaker.record_failure()
+            # The request never left: safe to try again whatever the method.
+            reason = f"unavailable: connection failed ({type(exc).__name__})"
+            raise _RetryableError(DownstreamUnavailableError(self.name, step, reason)) from exc
+        except httpx.TimeoutException as exc:
+            breaker.record_failure()
+            seconds = self.timeout.read
+            raise DownstreamTimeoutError(
+                self.name, step, f"timed out after {seconds:g}s ({type(exc).__name__})"
+            ) from exc
+        except httpx.TransportError as exc:
+            breaker.record_failure()
+            error = DownstreamUnavailableError(
+                self.name, step, f"unavailable: connection broken ({type(exc).__name__})"
+            )
+            if idempotent:
+                raise _RetryableError(error) from exc
+            raise error from exc
+        except BaseException:
+            breaker.release()
+            raise
+        if self.count_http_errors and response.status_code >= 500:
+            breaker.record_failure()
+        else:
+            breaker.record_success()
+        if idempotent and response.status_code in RETRY_STATUSES:
+            raise _RetryableError(response=response)
+        return response
+
+    def _on_retry(self, span: trace.Span, step: str, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _RetryableError) and exc.response is not None:
+            reason = f"status_{exc.response.status_code}"
+        elif isinstance(exc, _RetryableError) and exc.error is not None:
+            reason = type(exc.__cause__ or exc.error).__name__
+        else:
+            reason = type(exc).__name__ if exc else "unknown"
+        delay = state.next_action.sleep if state.next_action else 0.0
+        span.add_event(
+            "retry",
+            {
+                "retry.attempt": state.attempt_number,
+                "retry.reason": reason,
+                "retry.delay_s": round(delay, 3),
+            },
+        )
+        prom.API_OPERATION_RETRIES.labels(f"{self.name}:{step}", reason).inc()
+        logger.info(
+            "downstream_retry",
+            extra={"downstream": self.name, "step": step, "attempt": state.attempt_number,
+                   "reason": reason, "delay_s": round(delay, 3)},
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- context
+
+
+def baggage_keys(settings: DownstreamSettings | None = None) -> tuple[str, ...]:
+    settings = settings or get_downstream_settings()
+    return CHAIN_BAGGAGE_KEYS + (PII_BAGGAGE_KEYS if settings.record_pii else ())
+
+
+_baggage_processor_installed: list[bool] = []
+
+
+def install_baggage_span_attributes(settings: DownstreamSettings | None = None) -> None:
+    """Copy the chain's baggage entries onto every span this process starts (once).
+
+    An allow-list, not every entry: baggage is caller-controlled data, and only the keys
+    the chain itself sets are worth (and safe) recording.
+    """
+    if _baggage_processor_installed or not telemetry_enabled():
+        return
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        return
+    allowed = frozenset(baggage_keys(settings))
+    provider.add_span_processor(BaggageSpanProcessor(lambda key: key in allowed))
+    _baggage_processor_installed.append(True)
+
+
+def chain_baggage(
+    user_id: int,
+    action: str,
+    *,
+    name: str | None = None,
+    email: str | None = None,
+    settings: DownstreamSettings | None = None,
+) -> Context:
+    """A context whose baggage carries the user context (PII only when allowed)."""
+    settings = settings or get_downstream_settings()
+    ctx = baggage.set_baggage("user.id", str(user_id))
+    ctx = baggage.set_baggage("action", action, context=ctx)
+    if settings.record_pii:
+        if name:
+            ctx = baggage.set_baggage("user.name", name, context=ctx)
+        if email:
+            ctx = baggage.set_baggage("user.email", email, context=ctx)
+    return ctx
+
+
+def idempotency_key(value: str | None) -> str:
+    """The caller's ``Idempotency-Key`` when it is a sane token, else a fresh one.
+
+    The chain sends one key down every hop, so a retried call finds the order and the
+    audit row the first attempt wrote instead of writing them twice.
+    """
+    return sanitize_request_id(value)
+
+
+def outbound_headers(key: str | None = None) -> dict[str, str]:
+    """Headers every chain call carries besides trace context: request ID, idempotency key."""
+    headers: dict[str, str] = {}
+    if request_id := request_id_var.get():
+        headers["X-Request-ID"] = request_id
+    if key:
+        headers["Idempotency-Key"] = key
+    return headers

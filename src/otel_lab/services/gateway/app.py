@@ -1,0 +1,203 @@
+"""The gateway: ``uvicorn otel_lab.services.gateway.app:app`` (port ``GATEWAY_PORT``, 8080).
+
+The single front door (seed 002's nginx, in Python): every public path, and the same path
+under ``/api/v1/``, goes to the service that owns it (:data:`ROUTES`, the one routing
+table). The trace starts here (or continues a caller's ``traceparent``), the request ID is
+set or validated here and sent on, and the answer comes back with its status, body and
+headers. Its own ``/health``, ``/ready`` (which checks every upstream) and ``/metrics`` stay
+local.
+
+Failures: an upstream that cannot be reached answers 502, one that does not answer in time
+504, and one whose breaker is open 503 with ``Retry-After``; each JSON body names the
+service. Baggage from outside is dropped unless ``GATEWAY_TRUST_INBOUND_BAGGAGE=true``:
+baggage is the chain's trusted user context, and a client must not be able to forge it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import lru_cache, partial
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from opentelemetry import baggage, context, trace
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from otel_lab.services.base import create_service, error_response
+from otel_lab.services.downstream import (
+    IDEMPOTENT_METHODS,
+    Downstream,
+    DownstreamError,
+    create_client,
+)
+from otel_lab.services.gateway.routes import API_PREFIX, PROXY_METHODS, ROUTES
+from otel_lab.settings import Settings, get_settings
+from otel_lab.telemetry.context import request_id_var
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "gateway"
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the gateway sets itself.
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+     "trailer", "trailers", "transfer-encoding", "upgrade"}
+)  # fmt: skip
+_DROP_REQUEST = _HOP_BY_HOP | {
+    "host", "content-length", "accept-encoding",
+    # trace context is injected by the instrumented client from the gateway's own span
+    "traceparent", "tracestate", "baggage",
+    "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+}  # fmt: skip
+_DROP_RESPONSE = _HOP_BY_HOP | {
+    # the body is re-framed here (httpx has decoded it), and our middleware adds its own
+    "content-length", "content-encoding", "traceresponse", "x-request-id", "server", "date",
+}  # fmt: skip
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # Longer than a chain call's own budget (each hop retries within DOWNSTREAM_*).
+    upstream_timeout_seconds: float = Field(15.0, gt=0, alias="GATEWAY_UPSTREAM_TIMEOUT_SECONDS")
+    trust_inbound_baggage: bool = Field(False, alias="GATEWAY_TRUST_INBOUND_BAGGAGE")
+    max_body_bytes: int = Field(1_048_576, ge=1, alias="GATEWAY_MAX_BODY_BYTES")
+
+
+@lru_cache
+def get_gateway_settings() -> GatewaySettings:
+    return GatewaySettings()
+
+
+def upstream_urls(settings: Settings) -> dict[str, str]:
+    return {
+        "api": settings.api_base_url,
+        "user-service": settings.user_service_base_url,
+        "order-service": settings.order_service_base_url,
+        "audit-service": settings.audit_service_base_url,
+    }
+
+
+def _forward_headers(request: Request) -> dict[str, str]:
+    connection_listed = {
+        token.strip().lower() for token in request.headers.get("connection", "").split(",")
+    }
+    headers = {
+        name: value
+        for name, value in request.headers.items()
+        if name not in _DROP_REQUEST and name not in connection_listed
+    }
+    client_host = request.client.host if request.client else ""
+    prior = request.headers.get("x-forwarded-for")
+    headers["x-forwarded-for"] = f"{prior}, {client_host}" if prior else client_host
+    headers["x-forwarded-proto"] = request.url.scheme
+    if host := request.headers.get("host"):
+        headers["x-forwarded-host"] = host
+    if request_id := request_id_var.get():
+        headers["x-request-id"] = request_id
+    return headers
+
+
+def _response_from(upstream: httpx.Response) -> Response:
+    response = Response(content=upstream.content, status_code=upstream.status_code)
+    response.raw_headers.extend(
+        (name.encode("latin-1"), value.encode("latin-1"))
+        for name, value in upstream.headers.multi_items()
+        if name.lower() not in _DROP_RESPONSE
+    )
+    return response
+
+
+async def proxy(request: Request, *, service: str, strip: int) -> Response:
+    """Send the request to ``service`` and hand its answer back, or a JSON error."""
+    settings = get_gateway_settings()
+    span = trace.get_current_span()
+    span.set_attribute("gateway.upstream", service)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > settings.max_body_bytes:
+        return error_response(413, f"request body larger than {settings.max_body_bytes} bytes")
+    body = await request.body()
+    if len(body) > settings.max_body_bytes:
+        return error_response(413, f"request body larger than {settings.max_body_bytes} bytes")
+
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    path = raw_path.decode("latin-1")[strip:] or "/"
+    if query := request.scope.get("query_string", b"").decode("latin-1"):
+        path = f"{path}?{query}"
+    method = request.method
+    idempotent = method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
+
+    token = None if settings.trust_inbound_baggage else context.attach(baggage.clear())
+    try:
+        upstream = await request.app.state.upstreams[service].request(
+            method,
+            path,
+            step="proxy",
+            idempotent=idempotent,
+            content=body,
+            headers=_forward_headers(request),
+        )
+    except DownstreamError as exc:
+        span.set_attribute("error.type", exc.error_type)
+        logger.warning(
+            "upstream_failed", extra={"upstream": service, "error": str(exc), "path": path}
+        )
+        return exc.response()
+    finally:
+        if token is not None:
+            context.detach(token)
+    return _response_from(upstream)
+
+
+async def not_found(request: Request) -> JSONResponse:
+    """No service owns the path: 404 with the prefixes that exist."""
+    return error_response(
+        404,
+        f"no service owns {request.url.path}",
+        routes=sorted(ROUTES),
+        api_prefix=API_PREFIX,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    timeout = get_gateway_settings().upstream_timeout_seconds
+    client = create_client()
+    app.state.client = client
+    # Only unreachable upstreams count against the gateway's breakers (see Downstream).
+    app.state.upstreams = {
+        name: Downstream(name, url, client, count_http_errors=False, timeout=timeout)
+        for name, url in upstream_urls(get_settings()).items()
+    }
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+def _upstream_check(name: str) -> Callable[[FastAPI], Awaitable[None]]:
+    async def check(app: FastAPI) -> None:
+        upstream: Downstream = app.state.upstreams[name]
+        response = await app.state.client.get(f"{upstream.base_url}/health", timeout=1.0)
+        response.raise_for_status()
+
+    return check
+
+
+app = create_service(
+    SERVICE_NAME,
+    title="Otel Lab gateway",
+    description="The single front door: routes every public path (and /api/v1/...) "
+    "to the service that owns it.",
+    lifespan=lifespan,
+    readiness_checks={name: _upstream_check(name) for name in upstream_urls(get_settings())},
+)
+for _prefix, _service in ROUTES.items():
+    for _base in ("", API_PREFIX):
+        _endpoint = partial(proxy, service=_service, strip=len(_base))
+        for _path in (_base + _prefix, f"{_base}{_prefix}/{{rest:path}}"):
+            app.add_api_route(_path, _endpoint, methods=PROXY_METHODS, include_in_schema=False)
+app.add_api_route("/{path:path}", not_found, methods=PROXY_METHODS, include_in_schema=False)

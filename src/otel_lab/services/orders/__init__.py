@@ -1,0 +1,1 @@
+"""order-service: orders and pricing; ``POST /process`` continues the chain (seed 002)."""

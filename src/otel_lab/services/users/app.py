@@ -1,0 +1,64 @@
+"""user-service: ``uvicorn otel_lab.services.users.app:app``.
+
+Users and todos (seed 004) and ``POST /process``, the start of the chain (seed 002).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from otel_lab.db import create_engine, session_factory
+from otel_lab.services.base import create_service, error_response
+from otel_lab.services.downstream import (
+    Downstream,
+    create_client,
+    install_baggage_span_attributes,
+)
+from otel_lab.services.users import chain, routes
+from otel_lab.services.users.service import DomainError
+from otel_lab.settings import get_settings
+
+SERVICE_NAME = "user-service"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    engine = create_engine()
+    app.state.engine = engine
+    app.state.sessions = session_factory(engine)
+    client = create_client()
+    app.state.orders = Downstream("order-service", get_settings().order_service_base_url, client)
+    try:
+        yield
+    finally:
+        await client.aclose()
+        await engine.dispose()
+
+
+async def _database_ready(app: FastAPI) -> None:
+    async with app.state.engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    return error_response(exc.status_code, str(exc))
+
+
+app = create_service(
+    SERVICE_NAME,
+    title="Otel Lab user-service",
+    description="Users and todos (CRUD), and POST /process: the start of the service chain.",
+    lifespan=lifespan,
+    readiness_checks={"database": _database_ready},
+)
+install_baggage_span_attributes()
+app.add_exception_handler(DomainError, _domain_error)
+app.include_router(chain.router)
+app.include_router(routes.users_router)
+app.include_router(routes.todos_router)

@@ -1,0 +1,148 @@
+"""The traced repository layer (seed 004): every data access is one span with the seed's
+attributes (``operation.type``, ``database.system``, ``database.name``, ``user.id``,
+``todo.id``), and the SQL statements beneath it are the driver spans.
+
+Repositories never commit: the service layer owns the unit of work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from opentelemetry import trace
+from sqlalchemy import Select, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from otel_lab.services.users.models import Todo, User
+from otel_lab.settings import get_settings
+
+tracer = trace.get_tracer("otel_lab.users.repository")
+
+
+@lru_cache
+def database_name() -> str:
+    url = get_settings().database_url
+    return (make_url(url).database or "") if url else ""
+
+
+@contextmanager
+def _span(operation: str, **attributes: str | int | bool) -> Iterator[trace.Span]:
+    with tracer.start_as_current_span(
+        f"repository.{operation}",
+        attributes={
+            "operation.type": "database",
+            "database.system": "postgresql",
+            "database.name": database_name(),
+            "database.operation": operation,
+            **attributes,
+        },
+    ) as span:
+        yield span
+
+
+async def _page(session: AsyncSession, query: Select, limit: int, offset: int) -> tuple[list, int]:
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = (await session.scalars(query.limit(limit).offset(offset))).all()
+    return list(rows), int(total or 0)
+
+
+class UserRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, user_id: int) -> User | None:
+        with _span("get_user", **{"user.id": user_id}) as span:
+            user = await self.session.get(User, user_id)
+            span.set_attribute("db.found", user is not None)
+            return user
+
+    async def get_by_email(self, email: str) -> User | None:
+        # The email itself is personal data: it stays out of the span.
+        with _span("get_user_by_email") as span:
+            user = await self.session.scalar(select(User).where(User.email == email))
+            span.set_attribute("db.found", user is not None)
+            if user is not None:
+                span.set_attribute("user.id", user.id)
+            return user
+
+    async def page(self, limit: int, offset: int) -> tuple[list[User], int]:
+        with _span("list_users", **{"db.limit": limit, "db.offset": offset}) as span:
+            users, total = await _page(self.session, select(User).order_by(User.id), limit, offset)
+            span.set_attribute("db.rows", len(users))
+            return users, total
+
+    async def add(self, user: User) -> User:
+        with _span("insert_user") as span:
+            self.session.add(user)
+            await self.session.flush()
+            span.set_attribute("user.id", user.id)
+            return user
+
+    async def flush(self, user: User) -> None:
+        with _span("update_user", **{"user.id": user.id}):
+            await self.session.flush()
+
+    async def delete(self, user: User) -> None:
+        with _span("delete_user", **{"user.id": user.id}):
+            await self.session.delete(user)
+            await self.session.flush()
+
+    async def todo_counts(self, user_id: int) -> tuple[int, int]:
+        """(all todos, open todos) of a user: the profile enrichment reads these."""
+        with _span("count_todos", **{"user.id": user_id}):
+            row = (
+                await self.session.execute(
+                    select(func.count(), func.count().filter(Todo.completed.is_(False))).where(
+                        Todo.user_id == user_id
+                    )
+                )
+            ).one()
+            return int(row[0]), int(row[1])
+
+
+class TodoRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, todo_id: int) -> Todo | None:
+        with _span("get_todo", **{"todo.id": todo_id}) as span:
+            todo = await self.session.get(Todo, todo_id)
+            span.set_attribute("db.found", todo is not None)
+            if todo is not None:
+                span.set_attribute("user.id", todo.user_id)
+            return todo
+
+    async def page(
+        self, *, user_id: int | None, completed: bool | None, limit: int, offset: int
+    ) -> tuple[list[Todo], int]:
+        attributes: dict[str, int | bool] = {"db.limit": limit, "db.offset": offset}
+        query = select(Todo).order_by(Todo.id)
+        if user_id is not None:
+            attributes["user.id"] = user_id
+            query = query.where(Todo.user_id == user_id)
+        if completed is not None:
+            attributes["todo.completed"] = completed
+            query = query.where(Todo.completed.is_(completed))
+        with _span("list_todos", **attributes) as span:
+            todos, total = await _page(self.session, query, limit, offset)
+            span.set_attribute("db.rows", len(todos))
+            return todos, total
+
+    async def add(self, todo: Todo) -> Todo:
+        with _span("insert_todo", **{"user.id": todo.user_id}) as span:
+            self.session.add(todo)
+            await self.session.flush()
+            span.set_attribute("todo.id", todo.id)
+            return todo
+
+    async def flush(self, todo: Todo) -> None:
+        with _span("update_todo", **{"todo.id": todo.id, "user.id": todo.user_id}):
+            await self.session.flush()
+
+    async def delete(self, todo: Todo) -> None:
+        with _span("delete_todo", **{"todo.id": todo.id, "user.id": todo.user_id}):
+            await self.session.delete(todo)
+            await self.session.flush()
