@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     chaos_min_delay_ms: int = Field(100, ge=0, alias="CHAOS_MIN_DELAY_MS")
     chaos_max_delay_ms: int = Field(200, ge=0, alias="CHAOS_MAX_DELAY_MS")
 
+    # How often the worker re-queues items left pending (e.g. written during a broker outage).
+    pending_sweep_seconds: float = Field(30.0, gt=0, alias="PENDING_SWEEP_SECONDS")
+
     log_level: str = Field("INFO", alias="LOG_LEVEL")
 
     # Outbound weather call (seed 004): each attempt times out on its own, retries back off

@@ -28,7 +28,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -103,10 +103,11 @@ def executable_queries() -> list[tuple[str, str, str]]:
     return [(d, t, e) for d, t, e in prometheus_panel_queries() if dependency_reason(e) is None]
 
 
-def expand_grafana_variables(expr: str) -> str:
-    """Replace Grafana's variables with values Prometheus accepts."""
-    for name in sorted(VARIABLE_VALUES, key=len, reverse=True):
-        expr = expr.replace(name, VARIABLE_VALUES[name])
+def expand_grafana_variables(expr: str, values: Mapping[str, str] | None = None) -> str:
+    """Replace Grafana's variables with values Prometheus accepts (``values`` overrides some)."""
+    table = {**VARIABLE_VALUES, **(values or {})}
+    for name in sorted(table, key=len, reverse=True):
+        expr = expr.replace(name, table[name])
     leftover = re.findall(r"\$\{?\w+", expr)
     if leftover:
         raise ValueError(f"unexpanded Grafana variables {leftover} in {expr!r}")

@@ -156,7 +156,7 @@ def service_spec(service: ServiceSpec, settings: Settings, env: Mapping[str, str
     return ChildSpec(
         service.name, argv, env={**env, "OTEL_SERVICE_NAME": service.name, **extra_env},
         ready=http_ok(url + service.health_path), ready_timeout=60.0, url=url,
-        ports=(_claim(settings, service.port_field),),
+        ports=(_claim(settings, service.port_field),), restart=True,
     )  # fmt: skip
 
 
@@ -203,6 +203,7 @@ def worker_spec(
         "worker", argv, env={**env, "OTEL_SERVICE_NAME": "worker"}, ready=ready,
         ready_timeout=60.0, ports=(_claim(settings, "worker_metrics_port"),),
         url=f"http://{connect_host(settings)}:{settings.worker_metrics_port}/metrics",
+        restart=True,  # kombu can die on a broker outage; like Kubernetes, start it again
     )  # fmt: skip
 
 
@@ -216,7 +217,7 @@ def traffic_spec(settings: Settings, env: Mapping[str, str]) -> ChildSpec | None
         return None
     argv = [sys.executable, "-m", TRAFFIC_MODULE, "--quiet", "--duration", str(365 * 86400),
             "--concurrency", "2", "--delay", "1.0"]  # fmt: skip
-    return ChildSpec("traffic", argv, env={**env, "OTEL_SERVICE_NAME": "loadgen"})
+    return ChildSpec("traffic", argv, env={**env, "OTEL_SERVICE_NAME": "loadgen"}, restart=True)
 
 
 @dataclass

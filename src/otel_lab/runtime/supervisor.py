@@ -100,6 +100,9 @@ def every(seconds: float, check: ReadyCheck) -> ReadyCheck:
     return limited
 
 
+RESTART_BUDGET = 5  # restarts a minute before a crashing child stops the system
+
+
 # -- what the supervisor runs -------------------------------------------------------------
 
 
@@ -125,6 +128,9 @@ class ChildSpec:
     url: str | None = None  # shown in the table
     cwd: Path | None = None
     stop_signal: signal.Signals = signal.SIGTERM
+    # Started again when it dies while running (at most RESTART_BUDGET times a minute),
+    # as Kubernetes would: a worker that crashes on a broker hiccup comes back by itself.
+    restart: bool = False
 
 
 class Managed(Protocol):
@@ -208,6 +214,7 @@ class Supervisor:
         self.stop_requested: signal.Signals | None = None
         self._group = 0
         self._previous_handlers: dict[int, object] = {}
+        self._restarts: dict[str, list[float]] = {}
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -325,12 +332,28 @@ class Supervisor:
 
     # -- running ----------------------------------------------------------------------------
 
+    def _restart(self, entry: Running, code: int) -> bool:
+        """Start a restartable child again, unless it keeps dying."""
+        child = entry.child
+        if not isinstance(child, ManagedProcess) or not child.spec.restart:
+            return False
+        now = time.monotonic()
+        recent = [t for t in self._restarts.get(entry.name, []) if now - t < 60]
+        if len(recent) >= RESTART_BUDGET:
+            return False
+        self._restarts[entry.name] = [*recent, now]
+        failure = ChildFailedError(entry.name, f"exited with code {code}", child.log_path)
+        self.console.print(f"[yellow]restarting:[/] {failure.details()}", highlight=False)
+        time.sleep(min(2 ** len(recent) * 0.5, 5))
+        entry.child = ManagedProcess(child.spec, child.log_path)
+        return True
+
     def wait(self, poll_interval: float = 0.2) -> int:
-        """Block until a signal (returns 0) or a child dies (reports it, returns 1)."""
+        """Block until a signal (returns 0) or a child dies for good (reports it, returns 1)."""
         while self.stop_requested is None:
             for entry in self.running:
                 code = entry.child.poll()
-                if code is not None:
+                if code is not None and not self._restart(entry, code):
                     failure = ChildFailedError(
                         entry.name, f"exited unexpectedly with code {code}", entry.child.log_path
                     )

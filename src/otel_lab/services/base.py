@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
@@ -47,6 +51,23 @@ def error_response(status_code: int, detail: str, **extra: object) -> JSONRespon
     return JSONResponse(
         {"detail": detail, "request_id": request_id_var.get(), **extra}, status_code=status_code
     )
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON cannot carry NaN or infinity; echo them back as text instead of failing."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+async def _validation_failed(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 shape (``detail``: the field errors), safe for any input echoed back."""
+    errors = _json_safe(jsonable_encoder(exc.errors()))  # type: ignore[attr-defined]
+    return JSONResponse({"detail": errors}, status_code=422)
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -98,6 +119,7 @@ def create_service(
     for exc_type in (OperationalError, DBAPIError, PoolTimeoutError, ConnectionRefusedError):
         app.add_exception_handler(exc_type, _database_unavailable)
     app.add_exception_handler(RedisError, _cache_unavailable)
+    app.add_exception_handler(RequestValidationError, _validation_failed)
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, str]:

@@ -35,7 +35,8 @@ def _correlating_factory(service_name: str, base_factory: Any) -> Any:
 
 def json_formatter() -> logging.Formatter:
     return JsonFormatter(
-        "{levelname}{name}{message}{service}{request_id}{trace_id}{span_id}",
+        # service, request_id, trace_id and span_id follow as extras when they are set.
+        "{levelname}{name}{message}",
         style="{",
         timestamp=True,  # ISO 8601, UTC
         rename_fields={"levelname": "level", "name": "logger"},
@@ -53,6 +54,8 @@ def configure_logging(service_name: str, level: str, otlp_handler: logging.Handl
     console.setFormatter(json_formatter())
     handlers: list[logging.Handler] = [console]
     if otlp_handler is not None:
+        # The exporters log their own failures; exporting those would feed a dead endpoint.
+        otlp_handler.addFilter(lambda record: not record.name.startswith("opentelemetry"))
         handlers.append(otlp_handler)
 
     root = logging.getLogger()

@@ -79,9 +79,10 @@ class TelemetryMiddleware:
         request_id = sanitize_request_id(headers.get("x-request-id"))
         method = scope["method"]
         start = time.perf_counter()
+        parent = propagate.extract(headers, getter=_getter)  # trace context and baggage
         span = self.tracer.start_span(
             method,
-            context=propagate.extract(headers, getter=_getter),
+            context=parent,
             kind=SpanKind.SERVER,
             attributes={
                 "http.request.method": method,
@@ -94,7 +95,7 @@ class TelemetryMiddleware:
             },
         )
         span_context = span.get_span_context()
-        context_token = context.attach(trace.set_span_in_context(span))
+        context_token = context.attach(trace.set_span_in_context(span, parent))
         request_id_token = request_id_var.set(request_id)
         extra_headers = [(b"x-request-id", request_id.encode())]
         if span_context.is_valid:

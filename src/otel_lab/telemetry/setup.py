@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 
 from opentelemetry import metrics, trace
@@ -34,6 +35,7 @@ from otel_lab.telemetry.logs import configure_logging
 # threads from bounded queues, and each export gives up quickly.
 _EXPORT_TIMEOUT_SECONDS = 2.0
 _SHUTDOWN_FLUSH_MILLIS = 2000
+_SHUTDOWN_DEADLINE_SECONDS = 3.0
 _DEFAULT_METRIC_INTERVAL_MILLIS = 10_000
 
 _state: dict[str, object] = {}
@@ -56,10 +58,12 @@ def build_resource(service_name: str) -> Resource:
     )
 
 
-def _timeout() -> float:
-    return (
-        float(os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", _EXPORT_TIMEOUT_SECONDS * 1000)) / 1000
-    )
+def _exporter_options() -> dict[str, float]:
+    """A short export timeout unless OTEL_EXPORTER_OTLP_TIMEOUT says otherwise (the Python
+    exporters read that variable themselves, in seconds)."""
+    if "OTEL_EXPORTER_OTLP_TIMEOUT" in os.environ:
+        return {}
+    return {"timeout": _EXPORT_TIMEOUT_SECONDS}
 
 
 def setup_telemetry(service_name: str) -> None:
@@ -80,26 +84,26 @@ def setup_telemetry(service_name: str) -> None:
 
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     resource = build_resource(service_name)
-    timeout = _timeout()
+    options = _exporter_options()
 
     tracer_provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER
     tracer_provider.add_span_processor(
-        BatchSpanProcessor(OTLPSpanExporter(timeout=timeout), max_queue_size=4096)
+        BatchSpanProcessor(OTLPSpanExporter(**options), max_queue_size=4096)
     )
     trace.set_tracer_provider(tracer_provider)
 
     interval = int(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", _DEFAULT_METRIC_INTERVAL_MILLIS))
     reader = PeriodicExportingMetricReader(
-        OTLPMetricExporter(timeout=timeout),
+        OTLPMetricExporter(**options),
         export_interval_millis=interval,
-        export_timeout_millis=timeout * 1000,
+        export_timeout_millis=_EXPORT_TIMEOUT_SECONDS * 1000,
     )
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
     metrics.set_meter_provider(meter_provider)
 
     logger_provider = LoggerProvider(resource=resource)
     logger_provider.add_log_record_processor(
-        BatchLogRecordProcessor(OTLPLogExporter(timeout=timeout), max_queue_size=4096)
+        BatchLogRecordProcessor(OTLPLogExporter(**options), max_queue_size=4096)
     )
     set_logger_provider(logger_provider)
 
@@ -112,8 +116,7 @@ def setup_telemetry(service_name: str) -> None:
     logging.getLogger(__name__).debug("telemetry ready", extra={"otel_service": service_name})
 
 
-def shutdown_telemetry() -> None:
-    """Flush what is queued, but never wait longer than a couple of seconds."""
+def _flush_and_shutdown() -> None:
     for key in ("tracer", "logger"):
         provider = _state.get(key)
         if provider is not None:
@@ -122,4 +125,16 @@ def shutdown_telemetry() -> None:
     meter_provider = _state.get("meter")
     if meter_provider is not None:
         meter_provider.shutdown(timeout_millis=_SHUTDOWN_FLUSH_MILLIS)
+
+
+def shutdown_telemetry() -> None:
+    """Flush what is queued, but never hold up the process's exit for long.
+
+    The SDK's flush does not honour its timeout when the endpoint is unreachable
+    (opentelemetry-python#4568), so it runs on a daemon thread that is given a deadline.
+    """
+    if _state.get("tracer") is not None:
+        worker = threading.Thread(target=_flush_and_shutdown, name="otel-shutdown", daemon=True)
+        worker.start()
+        worker.join(_SHUTDOWN_DEADLINE_SECONDS)
     _state.clear()

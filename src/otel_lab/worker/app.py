@@ -29,7 +29,6 @@ from otel_lab.telemetry.metrics import LATENCY_BUCKETS
 from otel_lab.worker.queue import create_celery_app, instrument_celery
 
 SERVICE_NAME = "worker"
-PENDING_SWEEP_SECONDS = 30.0
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +60,15 @@ def _sweep_pending_items(**_: Any) -> None:
     and then periodically, off the consumer thread."""
     from otel_lab.worker.tasks import requeue_pending_items
 
+    interval = get_settings().pending_sweep_seconds
+
     def loop() -> None:
         while True:
             try:
-                requeue_pending_items()
+                requeue_pending_items(older_than_seconds=interval)
             except Exception:
                 logger.warning("pending_items_sweep_failed", exc_info=True)
-            time.sleep(PENDING_SWEEP_SECONDS)
+            time.sleep(interval)
 
     threading.Thread(target=loop, name="pending-sweep", daemon=True).start()
 

@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
-from fastapi import APIRouter, Request, Response
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,39 +23,7 @@ logger = logging.getLogger("otel_lab.api.analyze")
 tracer = trace.get_tracer("otel_lab.api.analyze")
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities as strings: JSON has no literal for them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-class FiniteErrorsRoute(APIRoute):
-    """Answer 422 for ``{"a": NaN}`` too.
-
-    FastAPI's 422 echoes the offending input, and a JSON response cannot carry NaN or
-    Infinity (which Python's JSON parser accepts in request bodies), so the stock handler
-    fails with a 500. This route renders those errors with the values as strings.
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                detail = _json_safe(jsonable_encoder(exc.errors()))
-                return JSONResponse({"detail": detail}, status_code=422)
-
-        return handle
-
-
-router = APIRouter(tags=["analyze"], route_class=FiniteErrorsRoute)
+router = APIRouter(tags=["analyze"])
 
 
 class AnalyzeRequest(BaseModel):
