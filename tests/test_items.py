@@ -228,3 +228,11 @@ def test_readiness_checks_database_and_cache(api: httpx.Client) -> None:
         "service": "api",
         "checks": {"database": "ok", "cache": "ok"},
     }
+
+
+def test_swagger_ui_is_served_offline(api: httpx.Client) -> None:
+    page = api.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert assets and all(a.startswith("/") for a in assets), assets
+    assert all(api.get(a).status_code == 200 for a in assets)

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from redis.exceptions import RedisError
@@ -104,7 +105,8 @@ def create_service(
         finally:
             shutdown_telemetry()
 
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI and ReDoc from the wheel, not a CDN: /docs works offline.
+    app = FastAPIOffline(
         title=title,
         description=description,
         version=__version__,

@@ -66,6 +66,8 @@ def configure_logging(service_name: str, level: str, otlp_handler: logging.Handl
     root.setLevel(level.upper())
     # uvicorn's access log would duplicate our request_completed line.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request at INFO; our client spans already say more.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
