@@ -7,12 +7,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= .otel-lab
 PYTEST_ARGS ?=
+# Stack mode (needs Docker): services + Collector, Jaeger, Tempo, Prometheus, Loki, Grafana.
+COMPOSE := docker compose -p otel-lab -f deploy/compose/docker-compose.yml
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo run test lint fmt bench clean reset
+.PHONY: help install demo run test lint fmt bench clean reset \
+	up down logs dev collector load dashboards
 
 help: ## Show the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 # pip --target skips the "externally managed" check of a Debian system Python;
 # without pip, a throwaway venv provides one.
@@ -55,3 +58,26 @@ reset: ## Delete the embedded data and logs in .otel-lab (stop `otel-lab up` fir
 	@if $(VENV)/bin/otel-lab status --data-dir $(DATA_DIR) >/dev/null 2>&1; then \
 		echo "otel-lab up is running on $(DATA_DIR): stop it first"; exit 1; fi
 	rm -rf $(DATA_DIR)
+
+# --- Stack mode (Docker): see docs/stack.md ------------------------------------------------
+up: ## Stack mode: services + Collector, Jaeger, Tempo, Prometheus, Loki, Grafana
+	$(COMPOSE) up -d --build
+	@echo "Grafana http://localhost:3000 (admin/admin)  gateway :8080  Jaeger :16686  Prometheus :9090"
+
+down: ## Stop stack mode (volumes kept)
+	$(COMPOSE) down
+
+logs: ## Follow stack-mode logs
+	$(COMPOSE) logs -f --tail=100
+
+dev: ## Stack mode with src mounted and reload
+	$(COMPOSE) -f deploy/compose/docker-compose.dev.yml up --build
+
+collector: ## Only the OpenTelemetry Collector
+	$(COMPOSE) up otel-collector
+
+load: install ## Traffic through the stack's gateway
+	$(PY) -m otel_lab.loadgen --host http://localhost:8080 --duration 300
+
+dashboards: install ## Regenerate dashboards and docs/dashboards.md
+	$(PY) deploy/grafana/build_dashboards.py

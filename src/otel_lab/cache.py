@@ -6,6 +6,8 @@ broker's polling would otherwise fill the trace store with meaningless root span
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import redis
 import redis.asyncio
 from opentelemetry.instrumentation.redis import RedisInstrumentor
@@ -14,6 +16,12 @@ from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry.setup import telemetry_enabled
 
 _CACHE_TIMEOUT_SECONDS = 0.5
+_CLIENT_OPTIONS = {
+    "socket_timeout": _CACHE_TIMEOUT_SECONDS,
+    "socket_connect_timeout": _CACHE_TIMEOUT_SECONDS,
+    "decode_responses": True,
+}
+ClientT = TypeVar("ClientT", redis.Redis, redis.asyncio.Redis)
 
 
 class CacheNotConfiguredError(RuntimeError):
@@ -30,27 +38,17 @@ def redis_url(settings: Settings | None = None) -> str:
     return url
 
 
+def _traced(client: ClientT, traced: bool) -> ClientT:
+    if traced and telemetry_enabled():
+        RedisInstrumentor.instrument_client(client)
+    return client
+
+
 def create_async_redis(
     settings: Settings | None = None, *, traced: bool = True
 ) -> redis.asyncio.Redis:
-    client = redis.asyncio.Redis.from_url(
-        redis_url(settings),
-        socket_timeout=_CACHE_TIMEOUT_SECONDS,
-        socket_connect_timeout=_CACHE_TIMEOUT_SECONDS,
-        decode_responses=True,
-    )
-    if traced and telemetry_enabled():
-        RedisInstrumentor.instrument_client(client)
-    return client
+    return _traced(redis.asyncio.Redis.from_url(redis_url(settings), **_CLIENT_OPTIONS), traced)
 
 
 def create_redis(settings: Settings | None = None, *, traced: bool = True) -> redis.Redis:
-    client = redis.Redis.from_url(
-        redis_url(settings),
-        socket_timeout=_CACHE_TIMEOUT_SECONDS,
-        socket_connect_timeout=_CACHE_TIMEOUT_SECONDS,
-        decode_responses=True,
-    )
-    if traced and telemetry_enabled():
-        RedisInstrumentor.instrument_client(client)
-    return client
+    return _traced(redis.Redis.from_url(redis_url(settings), **_CLIENT_OPTIONS), traced)

@@ -341,6 +341,16 @@ def test_panel_returns_data(live: LiveRun, query: tuple[str, str, str]) -> None:
     )
 
 
+def test_judge_rejects_empty_and_nan(live: LiveRun) -> None:
+    """The check above can fail: a series nobody emits is empty, 0/0 is only NaN."""
+    with httpx.Client(base_url=live.prometheus, timeout=10.0) as client:
+        missing = _judge(_query(client, 'sum(rate(requests_total{job="no-such-service"}[30s]))'))
+        nan = _judge(_query(client, "vector(0) / 0"))
+        wrong_label = _judge(_query(client, 'requests_total{service="gateway"}'))
+    assert (missing.ok, nan.ok, wrong_label.ok) == (False, False, False)
+    assert "empty" in missing.detail and "NaN" in nan.detail
+
+
 def test_latency_exemplars_carry_trace_ids(live: LiveRun) -> None:
     """The services' histograms carry trace_id exemplars, stored by Prometheus (Grafana's
     exemplar -> trace link)."""

@@ -21,10 +21,12 @@ from fastapi_offline import FastAPIOffline
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from redis.exceptions import RedisError
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from otel_lab import __version__
+from otel_lab.db import create_engine, session_factory
 from otel_lab.telemetry import TelemetryMiddleware, setup_telemetry, shutdown_telemetry
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var
@@ -80,6 +82,24 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 async def _cache_unavailable(request: Request, exc: Exception) -> JSONResponse:
     record_error(exc, "cache_unavailable")
     return error_response(503, "cache unavailable, try again shortly")
+
+
+@asynccontextmanager
+async def database(app: FastAPI) -> AsyncIterator[None]:
+    """The service's engine and session factory on ``app.state``, for its lifetime."""
+    engine = create_engine()
+    app.state.engine = engine
+    app.state.sessions = session_factory(engine)
+    try:
+        yield
+    finally:
+        await engine.dispose()
+
+
+async def database_ready(app: FastAPI) -> None:
+    """Readiness check for services that use :func:`database`."""
+    async with app.state.engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
 
 
 def create_service(

@@ -10,10 +10,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
-from otel_lab.db import create_engine, session_factory
-from otel_lab.services.base import create_service, error_response
+from otel_lab.services.base import create_service, database, database_ready, error_response
 from otel_lab.services.downstream import (
     Downstream,
     create_client,
@@ -28,21 +26,11 @@ SERVICE_NAME = "user-service"
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    engine = create_engine()
-    app.state.engine = engine
-    app.state.sessions = session_factory(engine)
-    client = create_client()
-    app.state.orders = Downstream("order-service", get_settings().order_service_base_url, client)
-    try:
+    async with database(app), create_client() as client:
+        app.state.orders = Downstream(
+            "order-service", get_settings().order_service_base_url, client
+        )
         yield
-    finally:
-        await client.aclose()
-        await engine.dispose()
-
-
-async def _database_ready(app: FastAPI) -> None:
-    async with app.state.engine.connect() as connection:
-        await connection.execute(text("SELECT 1"))
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
@@ -55,7 +43,7 @@ app = create_service(
     title="Otel Lab user-service",
     description="Users and todos (CRUD), and POST /process: the start of the service chain.",
     lifespan=lifespan,
-    readiness_checks={"database": _database_ready},
+    readiness_checks={"database": database_ready},
 )
 install_baggage_span_attributes()
 app.add_exception_handler(DomainError, _domain_error)
