@@ -44,6 +44,32 @@ class Settings(BaseSettings):
     audit_service_url: str | None = Field(None, alias="AUDIT_SERVICE_URL")
     weather_api_url: str | None = Field(None, alias="WEATHER_API_URL")
 
+    # Calls between services (services/downstream.py): timeouts, retries, circuit breakers.
+    downstream_timeout_seconds: float = Field(5.0, gt=0, alias="DOWNSTREAM_TIMEOUT_SECONDS")
+    downstream_connect_timeout_seconds: float = Field(
+        1.0, gt=0, alias="DOWNSTREAM_CONNECT_TIMEOUT_SECONDS"
+    )
+    downstream_retry_attempts: int = Field(3, ge=1, le=10, alias="DOWNSTREAM_RETRY_ATTEMPTS")
+    downstream_retry_backoff_seconds: float = Field(
+        0.1, ge=0, alias="DOWNSTREAM_RETRY_BACKOFF_SECONDS"
+    )
+    downstream_retry_max_backoff_seconds: float = Field(
+        1.0, ge=0, alias="DOWNSTREAM_RETRY_MAX_BACKOFF_SECONDS"
+    )
+    breaker_failure_threshold: int = Field(5, ge=1, alias="CIRCUIT_BREAKER_FAILURE_THRESHOLD")
+    breaker_reset_seconds: float = Field(10.0, gt=0, alias="CIRCUIT_BREAKER_RESET_SECONDS")
+    # Personal data (name, email) in baggage and span attributes: off unless asked for.
+    record_pii: bool = Field(False, alias="TELEMETRY_RECORD_PII")
+    # The chain's `simulate_failure` body field (demos and tests); turn off in production.
+    simulated_failures: bool = Field(True, alias="CHAIN_SIMULATED_FAILURES")
+
+    # The gateway: longer than a chain call's own budget (each hop retries within DOWNSTREAM_*).
+    gateway_upstream_timeout_seconds: float = Field(
+        15.0, gt=0, alias="GATEWAY_UPSTREAM_TIMEOUT_SECONDS"
+    )
+    gateway_trust_inbound_baggage: bool = Field(False, alias="GATEWAY_TRUST_INBOUND_BAGGAGE")
+    gateway_max_body_bytes: int = Field(1_048_576, ge=1, alias="GATEWAY_MAX_BODY_BYTES")
+
     # Cache-aside for items.
     cache_ttl_seconds: int = Field(300, alias="CACHE_TTL_SECONDS")
     # A dependency call that takes longer than this fails fast (DB down -> 503, not a hang).

@@ -34,7 +34,7 @@ import yaml
 
 from otel_lab.runtime.harness import RunningSystem, free_ports
 
-from .conftest import PROMETHEUS_DIR, load_yaml, require_tool
+from .conftest import PROMETHEUS_DIR, add_summary_lines, load_yaml, require_tool
 from .test_dashboard_queries import (
     collector_only_queries,
     executable_queries,
@@ -139,7 +139,6 @@ def _start_prometheus(binary: str, workdir: Path, config: dict) -> tuple[subproc
             f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--enable-feature=exemplar-storage",
-            "--web.enable-lifecycle",
         ],
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -363,16 +362,15 @@ def test_latency_exemplars_carry_trace_ids(live: LiveRun) -> None:
 
 
 def test_collector_only_panels_are_listed(
-    live: LiveRun, record_property: pytest.RecordProperty
+    live: LiveRun, record_property: pytest.RecordProperty, request: pytest.FixtureRequest
 ) -> None:
     """Not executed here, with the reason: the series need the Collector (stack mode) or a
-    firing alert. Listed so that a reader of the test output knows what was not checked."""
+    firing alert. Listed in the terminal summary (and as junit properties) so that a reader of
+    the test output knows what was not checked."""
     listed = collector_only_queries()
     assert listed, "expected span-metrics / service-graph panels to be listed"
-    lines = [f"{d} / {t}: {reason}" for d, t, _, reason in listed]
+    lines = [f"panel query {d} / {t}: {reason}" for d, t, _, reason in listed]
     for line in lines:
         record_property("not_executed", line)
-    print("\nPanel queries not executed against the embedded system:")
-    print("\n".join(f"  {line}" for line in lines))
-    print("\n".join(live.notes))
+    add_summary_lines(request.config, [*lines, *live.notes])
     assert not {(d, t, e) for d, t, e, _ in listed} & set(EXECUTABLE)

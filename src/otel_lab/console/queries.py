@@ -83,6 +83,24 @@ def parse_duration_ms(value: str | None, name: str) -> int | None:
     return round(ms * 1_000_000)
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)?")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration_seconds(value: str, name: str) -> float:
+    """``90s``, ``15m``, ``24h``, ``7d``, ``1h30m`` or plain seconds -> seconds."""
+    text = value.strip().lower().replace(" ", "")
+    total, pos = 0.0, 0
+    for match in _DURATION.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match[1]) * _DURATION_UNITS[match[2]]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise QueryError(f"{name}={value[:64]!r} is not a duration like 90s, 15m, 24h or 7d")
+    return total
+
+
 def parse_limit(value: str | None, default: int, maximum: int = MAX_LIMIT) -> int:
     if value is None or value == "":
         return default
@@ -327,6 +345,33 @@ _SPAN_COLUMNS = (
 )
 
 
+def _kind(kind: int) -> str:
+    return SPAN_KINDS[kind] if 0 <= kind < len(SPAN_KINDS) else "INTERNAL"
+
+
+def _span_dict(r: tuple[Any, ...], lookups: _Lookups) -> dict[str, Any]:
+    return {
+        "trace_id": r[0].hex(),
+        "span_id": r[1].hex(),
+        "parent_span_id": _hex(r[2]),
+        "name": r[3],
+        "kind": _kind(r[4]),
+        "service_name": r[5],
+        "start_time_unix_nano": r[6],
+        "end_time_unix_nano": r[7],
+        "duration_ms": r[8] / 1e6,
+        "status": {
+            "code": STATUS_CODES[r[9]] if 0 <= r[9] < 3 else "UNSET",
+            "message": r[10] or "",
+        },
+        "attributes": _json(r[11], {}),
+        "events": _json(r[12], []),
+        "links": _json(r[13], []),
+        "resource": lookups.resource(r[14]),
+        "scope": lookups.scope(r[15]),
+    }
+
+
 def get_trace(conn: sqlite3.Connection, trace_id: bytes) -> list[dict[str, Any]]:
     """All spans of a trace, ordered by start time (empty when the trace is unknown)."""
     rows = conn.execute(
@@ -335,31 +380,120 @@ def get_trace(conn: sqlite3.Connection, trace_id: bytes) -> list[dict[str, Any]]
     ).fetchall()
     lookups = _Lookups(conn)
     lookups.load({r[14] for r in rows}, {r[15] for r in rows})
-    spans = []
-    for r in rows:
-        spans.append(
-            {
-                "trace_id": r[0].hex(),
-                "span_id": r[1].hex(),
-                "parent_span_id": _hex(r[2]),
-                "name": r[3],
-                "kind": SPAN_KINDS[r[4]] if 0 <= r[4] < len(SPAN_KINDS) else "INTERNAL",
-                "service_name": r[5],
-                "start_time_unix_nano": r[6],
-                "end_time_unix_nano": r[7],
-                "duration_ms": r[8] / 1e6,
-                "status": {
-                    "code": STATUS_CODES[r[9]] if 0 <= r[9] < 3 else "UNSET",
-                    "message": r[10] or "",
-                },
-                "attributes": _json(r[11], {}),
-                "events": _json(r[12], []),
-                "links": _json(r[13], []),
-                "resource": lookups.resource(r[14]),
-                "scope": lookups.scope(r[15]),
-            }
-        )
-    return spans
+    return [_span_dict(r, lookups) for r in rows]
+
+
+def get_span(conn: sqlite3.Connection, trace_id: bytes, span_id: bytes) -> dict[str, Any] | None:
+    """One span with everything stored about it, or None."""
+    row = conn.execute(
+        f"SELECT {_SPAN_COLUMNS} FROM spans WHERE trace_id = ? AND span_id = ?",
+        (trace_id, span_id),
+    ).fetchone()
+    if row is None:
+        return None
+    lookups = _Lookups(conn)
+    lookups.load({row[14]}, {row[15]})
+    return _span_dict(row, lookups)
+
+
+# Waterfall row flags.
+FLAG_EVENTS, FLAG_EXCEPTION, FLAG_LINKS, FLAG_ORPHAN = 1, 2, 4, 8
+WATERFALL_FIELDS = (
+    "span_id", "parent", "name", "service", "kind", "offset_ns", "duration_ns", "self_ns",
+    "status", "depth", "subtree_end", "flags", "logs", "status_message",
+)  # fmt: skip
+
+
+def trace_waterfall(conn: sqlite3.Connection, trace_id: bytes) -> dict[str, Any] | None:
+    """A trace as compact rows in tree (depth-first) order, for the waterfall UI.
+
+    Why compact: a 10,000-span trace must load and render in well under a second, so each
+    span is one short array (see ``WATERFALL_FIELDS``) without attributes, which the UI
+    fetches per span on demand. ``parent`` is the row index of the parent (-1 for a root or
+    a span whose parent never arrived: flag FLAG_ORPHAN); ``subtree_end`` is the index after
+    the span's last descendant, so collapsing a row is a jump. ``self_ns`` is the span's
+    duration minus the union of its children's intervals (clipped to the span).
+    """
+    rows = conn.execute(
+        "SELECT span_id, parent_span_id, name, kind, service_name, start_ns, end_ns,"
+        " duration_ns, status_code, status_message, events IS NOT NULL,"
+        ' coalesce(instr(events, \'"name":"exception"\') > 0, 0), links IS NOT NULL'
+        " FROM spans WHERE trace_id = ? ORDER BY start_ns, rowid",
+        (trace_id,),
+    ).fetchall()
+    if not rows:
+        return None
+    log_counts = dict(
+        conn.execute(
+            "SELECT span_id, count(*) FROM logs WHERE trace_id = ? GROUP BY span_id", (trace_id,)
+        ).fetchall()
+    )
+    by_id = {r[0]: i for i, r in enumerate(rows)}
+    children: list[list[int]] = [[] for _ in rows]
+    roots: list[int] = []
+    orphan = [False] * len(rows)
+    for i, r in enumerate(rows):
+        parent = by_id.get(r[1]) if r[1] is not None else None
+        if parent is None or parent == i:
+            roots.append(i)
+            orphan[i] = r[1] is not None
+        else:
+            children[parent].append(i)
+    start = min(r[5] for r in rows)
+    end = max(r[6] for r in rows)
+    services: dict[str, int] = {}
+    out: list[list[Any]] = []
+    position = [0] * len(rows)
+    visited = [False] * len(rows)
+    # Iterative depth-first walk; ("exit", i) fixes subtree_end once i's children are out.
+    stack: list[tuple[bool, int, int, int]] = [(False, i, 0, -1) for i in reversed(roots)]
+    while stack:
+        leaving, i, depth, parent_row = stack.pop()
+        if leaving:
+            out[position[i]][10] = len(out)
+            continue
+        if visited[i]:  # a cycle in parent ids: show the span once
+            continue
+        visited[i] = True
+        r = rows[i]
+        service = services.setdefault(r[4], len(services))
+        own_start, own_end = r[5], r[6]
+        busy = 0
+        cursor = own_start
+        for c in children[i]:  # children are in start order: merge their intervals
+            c_start, c_end = max(rows[c][5], cursor), min(rows[c][6], own_end)
+            if c_end > c_start:
+                busy += c_end - c_start
+                cursor = c_end
+        flags = (
+            (FLAG_EVENTS if r[10] else 0) | (FLAG_EXCEPTION if r[11] else 0)
+            | (FLAG_LINKS if r[12] else 0) | (FLAG_ORPHAN if orphan[i] else 0)
+        )  # fmt: skip
+        position[i] = len(out)
+        out.append([
+            r[0].hex(), parent_row, r[2], service, _kind(r[3]), r[5] - start, r[7],
+            max(r[7] - busy, 0), r[8], depth, 0, flags, log_counts.get(r[0], 0), r[9] or "",
+        ])  # fmt: skip
+        stack.append((True, i, depth, parent_row))
+        for c in reversed(children[i]):
+            stack.append((False, c, depth + 1, position[i]))
+    for i in range(len(rows)):  # unreachable spans (only in a parent cycle): append as roots
+        if not visited[i]:
+            r = rows[i]
+            out.append([r[0].hex(), -1, r[2], services.setdefault(r[4], len(services)),
+                        _kind(r[3]), r[5] - start, r[7], r[7], r[8], 0, len(out) + 1,
+                        FLAG_ORPHAN, log_counts.get(r[0], 0), r[9] or ""])  # fmt: skip
+    return {
+        "trace_id": trace_id.hex(),
+        "start_time_unix_nano": start,
+        "duration_ns": end - start,
+        "span_count": len(rows),
+        "error_count": sum(1 for r in rows if r[8] == 2),
+        "log_count": sum(log_counts.values()),
+        "services": list(services),
+        "fields": list(WATERFALL_FIELDS),
+        "spans": out,
+    }
 
 
 # --------------------------------------------------------------------------- logs

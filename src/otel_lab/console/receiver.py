@@ -22,6 +22,7 @@ from google.rpc import status_pb2
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from otel_lab.console import otlp
+from otel_lab.console.security import bearer_ok
 from otel_lab.console.store import Store
 
 log = logging.getLogger("otel_lab.console.receiver")
@@ -46,6 +47,7 @@ INVALID_ARGUMENT = 3
 RESOURCE_EXHAUSTED = 8
 UNIMPLEMENTED = 12
 UNAVAILABLE = 14
+UNAUTHENTICATED = 16
 
 Scope = dict[str, Any]
 
@@ -133,9 +135,10 @@ def _decode(signal: otlp.Signal, body: bytes, encoding: str, fmt: otlp.Format) -
 class OtlpReceiver:
     """ASGI app for POST /v1/traces, /v1/metrics and /v1/logs."""
 
-    def __init__(self, store: Store, ui_url: str | None = None) -> None:
+    def __init__(self, store: Store, ui_url: str | None = None, token: str | None = None) -> None:
         self.store = store
         self.ui_url = ui_url
+        self.token = token
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -157,14 +160,28 @@ class OtlpReceiver:
 
         content_type = encoding = ""
         content_length = 0
+        authorization: str | None = None
         for name, value in scope["headers"]:
-            if name == b"content-type":
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-type":
                 content_type = value.decode("latin-1")
             elif name == b"content-encoding":
                 encoding = value.decode("latin-1").strip().lower()
             elif name == b"content-length" and value.isdigit():
                 content_length = int(value)
         media_type = content_type.split(";", 1)[0].strip().lower()
+        if self.token is not None and not bearer_ok(authorization, self.token):
+            await _send_status(
+                send,
+                401,
+                UNAUTHENTICATED,
+                "this console needs a token: set OTEL_EXPORTER_OTLP_HEADERS="
+                "'Authorization=Bearer <token>' on the exporter",
+                media_type if media_type in PROTOBUF_TYPES else None,
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
 
         if media_type.startswith("application/grpc"):
             hint = grpc_hint(scope.get("server"))

@@ -10,6 +10,10 @@ Why this shape:
 * WAL lets the API's read connections run while the writer commits.
 * Ids are stored as BLOBs (16/8 bytes instead of 32/16 hex characters) to keep spans
   and their indexes small; the API speaks lowercase hex.
+* Everything that changes data runs in the writer thread: ingest, RED aggregation,
+  retention/size eviction (in small slices between ingest transactions, so exporters never
+  wait long) and clear-all (a command queued behind the batches already accepted).
+* Evictions are counted and kept in ``meta``, so the UI can say what was dropped and why.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -31,9 +36,23 @@ from otel_lab.console.otlp import Batch
 
 log = logging.getLogger("otel_lab.console.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 OPTIMIZE_EVERY_SECONDS = 300
 KNOWN_IDS_MAX = 100_000
+# Eviction works in slices of at most this many rows per table, so one slice is a short
+# transaction and ingest batches interleave with it.
+EVICT_SLICE_ROWS = 5000
+# Size eviction removes this share of the stored time range per step, then re-measures.
+SIZE_STEP_FRACTION = 0.05
+# Size eviction stops at this share of the cap, so it does not run again at once.
+SIZE_TARGET_FRACTION = 0.9
+# RED keeps at most this many routes per service; more fold into OTHER_ROUTES (a service
+# that names server spans after raw paths must not grow the table without bound).
+MAX_ROUTES_PER_SERVICE = 300
+OTHER_ROUTES = "(other routes)"
+MINUTE_NS = 60_000_000_000
+# Latency histogram buckets: 8 per power of two (about 9% wide), as in HDR-style sketches.
+HIST_SUB_BUCKETS = 8
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
@@ -140,6 +159,29 @@ CREATE TABLE IF NOT EXISTS metric_points (
     scope_id INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS metric_points_metric_time ON metric_points (metric_id, time_ns);
+-- For retention: the oldest points across all metrics.
+CREATE INDEX IF NOT EXISTS metric_points_time ON metric_points (time_ns);
+
+-- RED (rate, errors, duration) per service, route and minute, aggregated by the writer from
+-- SERVER and CONSUMER spans. hist is a JSON object {bucket: count} of log-scaled durations
+-- (see store.hist_bucket), so percentiles over any window come from merging a few rows
+-- instead of reading every span.
+CREATE TABLE IF NOT EXISTS red (
+    service_name TEXT NOT NULL,
+    route TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    sum_ns INTEGER NOT NULL,
+    min_ns INTEGER NOT NULL,
+    max_ns INTEGER NOT NULL,
+    hist TEXT NOT NULL,
+    slow_trace_id BLOB,
+    error_trace_id BLOB,
+    search TEXT,
+    PRIMARY KEY (service_name, route, minute)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS red_minute ON red (minute);
 
 -- Small catalogues for pickers in the UI, kept by the writer.
 CREATE TABLE IF NOT EXISTS services (
@@ -235,6 +277,21 @@ ON CONFLICT (name) DO UPDATE SET
     log_count = log_count + excluded.log_count,
     point_count = point_count + excluded.point_count
 """
+UPSERT_RED = """
+INSERT INTO red (service_name, route, minute, count, errors, sum_ns, min_ns, max_ns, hist,
+                 slow_trace_id, error_trace_id, search)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (service_name, route, minute) DO UPDATE SET
+    count = count + excluded.count,
+    errors = errors + excluded.errors,
+    sum_ns = sum_ns + excluded.sum_ns,
+    min_ns = min(min_ns, excluded.min_ns),
+    max_ns = max(max_ns, excluded.max_ns),
+    hist = merge_hist(hist, excluded.hist),
+    slow_trace_id = CASE WHEN excluded.max_ns > max_ns THEN excluded.slow_trace_id
+                    ELSE slow_trace_id END,
+    error_trace_id = coalesce(error_trace_id, excluded.error_trace_id)
+"""
 UPSERT_METRIC = """
 INSERT INTO metrics (id, name, type, unit, description, is_monotonic, temporality)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -242,6 +299,26 @@ ON CONFLICT (id) DO UPDATE SET type = excluded.type, unit = excluded.unit,
     description = excluded.description, is_monotonic = excluded.is_monotonic,
     temporality = excluded.temporality
 """
+
+
+def hist_bucket(duration_ns: int) -> int:
+    """Log-scaled bucket of a duration: 8 buckets per power of two of nanoseconds."""
+    return int(math.log2(duration_ns) * HIST_SUB_BUCKETS) if duration_ns > 1 else 0
+
+
+def hist_bounds(bucket: int) -> tuple[float, float]:
+    """[lower, upper) of a bucket, in nanoseconds."""
+    if bucket <= 0:
+        return 0.0, 2 ** (1 / HIST_SUB_BUCKETS)
+    return 2 ** (bucket / HIST_SUB_BUCKETS), 2 ** ((bucket + 1) / HIST_SUB_BUCKETS)
+
+
+def _merge_hist(old: str, new: str) -> str:
+    """SQL function: sum of two JSON histograms {bucket: count}."""
+    merged: dict[str, int] = json.loads(old)
+    for bucket, count in json.loads(new).items():
+        merged[bucket] = merged.get(bucket, 0) + count
+    return json.dumps(merged, separators=(",", ":"))
 
 
 def _merge_services(old: str, new: str) -> str:
@@ -266,6 +343,50 @@ class StoreStats:
     started_at: float = field(default_factory=time.time)
 
 
+@dataclass
+class EvictionStats:
+    """What retention and the size cap removed (persisted in ``meta``; reset by clear-all)."""
+
+    spans: int = 0
+    traces: int = 0
+    logs: int = 0
+    points: int = 0
+    last_at: float | None = None  # unix seconds
+    last_reason: str | None = None  # "retention" or "size"
+    last_cutoff_ns: int | None = None  # everything older than this was removed
+    cleared_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "spans": self.spans,
+            "traces": self.traces,
+            "logs": self.logs,
+            "metric_points": self.points,
+            "last_at": self.last_at,
+            "last_reason": self.last_reason,
+            "last_cutoff_unix_nano": self.last_cutoff_ns,
+            "cleared_at": self.cleared_at,
+        }
+
+
+@dataclass
+class _Plan:
+    """An eviction in progress: remove everything older than ``cutoff_ns``."""
+
+    reason: str
+    cutoff_ns: int
+
+
+class _Command:
+    """Work for the writer thread that must run in order with the queued batches."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
 _STOP = object()
 
 
@@ -278,12 +399,19 @@ class Store:
         *,
         max_pending_rows: int = 100_000,
         max_rows_per_transaction: int = 20_000,
+        retention_seconds: float | None = None,
+        max_db_bytes: int | None = None,
+        housekeeping_interval: float = 1.0,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_pending_rows = max_pending_rows
         self.max_rows_per_transaction = max_rows_per_transaction
+        self.retention_ns = int(retention_seconds * 1e9) if retention_seconds else None
+        self.max_db_bytes = max_db_bytes or None
+        self.housekeeping_interval = housekeeping_interval
         self.stats = StoreStats()
+        self.evictions = EvictionStats()
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._idle = threading.Condition(self._pending_lock)
@@ -301,12 +429,18 @@ class Store:
         self._db.execute("PRAGMA analysis_limit=1000")
         self._optimized_at = time.monotonic()
         self._db.create_function("merge_services", 2, _merge_services, deterministic=True)
+        self._db.create_function("merge_hist", 2, _merge_hist, deterministic=True)
+        self._load_evictions()
         # Ids already committed: skip re-inserting the same resource/scope/metric every batch.
         self._known_resources: set[int] = set()
         self._known_scopes: set[int] = set()
         self._known_metrics: dict[int, tuple[Any, ...]] = {}
         self._known_metric_services: set[tuple[int, str]] = set()
         self._known_operations: set[tuple[str, str, int]] = set()
+        self._red_routes: dict[str, set[str]] = {}
+        self._plan: _Plan | None = None
+        self._plan_was_size = False  # while shrinking, aim below the cap (hysteresis)
+        self._next_check = 0.0
         self._writer = threading.Thread(target=self._run, name="console-store-writer", daemon=True)
         self._writer.start()
 
@@ -324,6 +458,8 @@ class Store:
             conn.execute("PRAGMA cache_size=-16000")  # 16 MB page cache per API thread
         else:
             conn.execute("PRAGMA cache_size=-64000")  # the writer touches every index
+            # A checkpointed WAL shrinks back to this size instead of keeping its peak.
+            conn.execute("PRAGMA journal_size_limit=67108864")
         return conn
 
     def reader(self) -> sqlite3.Connection:
@@ -337,6 +473,12 @@ class Store:
             with self._readers_lock:
                 self._readers.append(conn)
         return conn
+
+    def open_reader(self) -> sqlite3.Connection:
+        """A private read connection (for a streaming export); the caller closes it."""
+        if self._closed:
+            raise RuntimeError("store is closed")
+        return self._connect(readonly=True)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -355,6 +497,16 @@ class Store:
     @property
     def pending_rows(self) -> int:
         return self._pending
+
+    def disk_bytes(self) -> dict[str, int]:
+        """Sizes of the database file and its WAL (what the size cap is compared with)."""
+        sizes = {}
+        for name, suffix in (("db", ""), ("wal", "-wal")):
+            try:
+                sizes[name] = Path(f"{self.path}{suffix}").stat().st_size
+            except OSError:
+                sizes[name] = 0
+        return sizes
 
     # ------------------------------------------------------------------ ingest
 
@@ -382,6 +534,22 @@ class Store:
                 self._idle.wait(remaining)
         return True
 
+    def call(self, fn: Any, timeout: float = 120.0) -> Any:
+        """Run ``fn(db)`` in the writer thread after the batches queued so far; its result."""
+        if self._closed:
+            raise RuntimeError("store is closed")
+        command = _Command(fn)
+        self._queue.put(command)
+        if not command.done.wait(timeout):
+            raise TimeoutError("the store's writer did not answer in time")
+        if command.error is not None:
+            raise command.error
+        return command.result
+
+    def clear(self) -> dict[str, int]:
+        """Delete all telemetry (in the writer thread, after what is already queued)."""
+        return self.call(self._clear)  # type: ignore[no-any-return]
+
     def close(self) -> None:
         """Commit what is queued, stop the writer, checkpoint the WAL and close everything."""
         if self._closed:
@@ -403,19 +571,31 @@ class Store:
         self._db.close()
 
     def _run(self) -> None:
-        """Writer loop: take everything that is queued (up to a cap), commit it at once."""
+        """Writer loop: take everything that is queued (up to a cap), commit it at once;
+        between commits, do one slice of housekeeping (eviction)."""
         stop = False
         while not stop:
             batches: list[Batch] = []
-            item = self._queue.get()
+            commands: list[_Command] = []
+            try:
+                if self._plan is not None:
+                    item = self._queue.get_nowait()  # eviction pending: do not sleep
+                else:
+                    wait = max(0.01, self._next_check - time.monotonic())
+                    item = self._queue.get(timeout=min(wait, self.housekeeping_interval))
+            except queue.Empty:
+                item = None
             rows = 0
-            while True:
+            while item is not None:
                 if item is _STOP:
                     stop = True
-                else:
-                    batches.append(item)
-                    rows += item.rows
-                if stop or rows >= self.max_rows_per_transaction:
+                    break
+                if isinstance(item, _Command):
+                    commands.append(item)  # runs after the batches queued before it
+                    break
+                batches.append(item)
+                rows += item.rows
+                if rows >= self.max_rows_per_transaction:
                     break
                 try:
                     item = self._queue.get_nowait()
@@ -427,7 +607,10 @@ class Store:
                         item = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if item is not _STOP:
+                    if isinstance(item, _Command):
+                        item.error = RuntimeError("store is closing")
+                        item.done.set()
+                    elif item is not _STOP:
                         batches.append(item)
                         rows += item.rows
             if batches:
@@ -442,6 +625,22 @@ class Store:
                         self._pending -= rows
                         if self._pending <= 0:
                             self._idle.notify_all()
+            for command in commands:
+                try:
+                    command.result = command.fn(self._db)
+                except BaseException as exc:
+                    command.error = exc
+                finally:
+                    command.done.set()
+            if not stop:
+                try:
+                    self._housekeep()
+                except Exception:
+                    self._plan = None
+                    with contextlib.suppress(sqlite3.Error):
+                        if self._db.in_transaction:
+                            self._db.execute("ROLLBACK")
+                    log.exception("console store: eviction failed; retrying later")
 
     def _write_or_isolate(self, batches: list[Batch]) -> None:
         """Write all batches in one transaction; if that fails, write them one by one so a
@@ -532,6 +731,9 @@ class Store:
             new_operations = operations - self._known_operations
             if new_operations:
                 db.executemany("INSERT OR IGNORE INTO operations VALUES (?, ?, ?)", new_operations)
+            red = self._red_rows(spans)
+            if red:
+                db.executemany(UPSERT_RED, red)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -570,6 +772,267 @@ class Store:
                 seen.add(key)
                 fresh.append(s)
         return fresh
+
+    # ------------------------------------------------------------------ RED
+
+    def _route_key(self, service: str, route: str) -> str:
+        """The route as stored, folding a service's routes beyond the cap into one."""
+        routes = self._red_routes.get(service)
+        if routes is None:
+            routes = self._red_routes[service] = {
+                r for (r,) in self._db.execute(
+                    "SELECT DISTINCT route FROM red WHERE service_name = ?", (service,)
+                )
+            }  # fmt: skip
+        if route in routes:
+            return route
+        if len(routes) >= MAX_ROUTES_PER_SERVICE:
+            return OTHER_ROUTES
+        routes.add(route)
+        return route
+
+    def _red_rows(self, spans: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Per (service, route, minute) aggregates of SERVER and CONSUMER spans.
+
+        The route is ``METHOD http.route`` when the span has ``http.route`` (a template,
+        so low-cardinality), otherwise the span name. ``search`` holds the trace-search
+        filter that finds the spans of this route (for the jump to example traces).
+        """
+        agg: dict[tuple[str, str, int], list[Any]] = {}
+        searches: dict[tuple[str, str], str] = {}
+        for s in spans:
+            kind = s[4]
+            if kind != 2 and kind != 5:
+                continue
+            service, name, attrs = s[5], s[3], s[11]
+            route, search = name, None
+            if attrs and '"http.route"' in attrs:
+                a = json.loads(attrs)
+                http_route = a.get("http.route")
+                if isinstance(http_route, str) and http_route:
+                    filters = [f"http.route={http_route}"]
+                    route = http_route
+                    for method_key in ("http.request.method", "http.method"):
+                        method = a.get(method_key)
+                        if isinstance(method, str) and method:
+                            route = f"{method} {http_route}"
+                            filters.append(f"{method_key}={method}")
+                            break
+                    search = json.dumps({"attr": filters}, separators=(",", ":"))
+            route = self._route_key(service, route)
+            if route == OTHER_ROUTES:
+                search = None
+            elif search is None:
+                search = json.dumps({"name": name}, separators=(",", ":"))
+            duration, error = s[8], s[9] == 2
+            key = (service, route, s[6] // MINUTE_NS)
+            row = agg.get(key)
+            if row is None:
+                # [count, errors, sum, min, max, hist, slow trace, error trace]
+                row = agg[key] = [0, 0, 0, duration, duration, {}, s[0], None]
+                searches.setdefault((service, route), search or "")
+            row[0] += 1
+            row[2] += duration
+            if error:
+                row[1] += 1
+                if row[7] is None:
+                    row[7] = s[0]
+            if duration < row[3]:
+                row[3] = duration
+            if duration > row[4]:
+                row[4] = duration
+                row[6] = s[0]
+            bucket = hist_bucket(duration)
+            row[5][bucket] = row[5].get(bucket, 0) + 1
+        return [
+            (service, route, minute, r[0], r[1], r[2], r[3], r[4],
+             json.dumps(r[5], separators=(",", ":")), r[6], r[7],
+             searches.get((service, route)) or None)
+            for (service, route, minute), r in agg.items()
+        ]  # fmt: skip
+
+    # ------------------------------------------------------------------ eviction
+
+    def _load_evictions(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'evictions'").fetchone()
+        if row:
+            with contextlib.suppress(ValueError, TypeError):
+                data = json.loads(row[0])
+                self.evictions = EvictionStats(**data)
+
+    def _save_evictions(self) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('evictions', ?)",
+            (json.dumps(self.evictions.__dict__),),
+        )
+
+    def used_bytes(self, db: sqlite3.Connection | None = None) -> int:
+        """Bytes in use inside the database file (free pages are reused before it grows)."""
+        db = db or self._db
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def _time_range(self) -> tuple[int | None, int | None]:
+        """Oldest and newest timestamps over traces, logs and metric points (indexed)."""
+        lows, highs = [], []
+        for table, column in (("traces", "start_ns"), ("logs", "time_ns"),
+                              ("metric_points", "time_ns")):  # fmt: skip
+            low, high = self._db.execute(
+                f"SELECT min({column}), max({column}) FROM {table}"
+            ).fetchone()
+            if low is not None:
+                lows.append(low)
+                highs.append(high)
+        return (min(lows), max(highs)) if lows else (None, None)
+
+    def _housekeep(self) -> None:
+        """Start an eviction when one is due, or run the next slice of the current one."""
+        if self._plan is None:
+            now = time.monotonic()
+            if now < self._next_check:
+                return
+            self._next_check = now + self.housekeeping_interval
+            self._plan = self._plan_eviction()
+            if self._plan is None:
+                return
+        plan = self._plan
+        if self._evict_slice(plan.cutoff_ns, plan.reason):
+            self._plan = None
+            if plan.reason == "size":
+                self._next_check = 0.0  # measure again at once: another step may be needed
+
+    def _plan_eviction(self) -> _Plan | None:
+        if self.retention_ns is None and self.max_db_bytes is None:
+            return None
+        oldest, newest = self._time_range()
+        if oldest is None or newest is None:
+            return None
+        if self.retention_ns is not None:
+            cutoff = time.time_ns() - self.retention_ns
+            if oldest < cutoff:
+                return _Plan("retention", cutoff)
+        if self.max_db_bytes is not None:
+            used = self.used_bytes()
+            if used > self.max_db_bytes * (SIZE_TARGET_FRACTION if self._plan_was_size else 1.0):
+                step = max(int((newest - oldest) * SIZE_STEP_FRACTION), 1_000_000_000)
+                self._plan_was_size = True
+                return _Plan("size", oldest + step)
+        self._plan_was_size = False
+        return None
+
+    def _evict_slice(self, cutoff_ns: int, reason: str) -> bool:
+        """Delete one slice of data older than the cutoff; True when none is left."""
+        db = self._db
+        limit = EVICT_SLICE_ROWS
+        removed: dict[str, list[int]] = {}  # service -> [spans, logs, points]
+
+        def count(rows: list[tuple[str]], slot: int) -> None:
+            for (service,) in rows:
+                counters = removed.setdefault(service, [0, 0, 0])
+                counters[slot] += 1
+
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            candidates = db.execute(
+                "SELECT trace_id, span_count FROM traces WHERE start_ns < ?"
+                " ORDER BY start_ns LIMIT 1000",
+                (cutoff_ns,),
+            ).fetchall()
+            picked: list[bytes] = []
+            budget = 0
+            for trace_id, span_count in candidates:
+                if picked and budget + span_count > limit:
+                    break
+                picked.append(trace_id)
+                budget += span_count
+            spans_removed = 0
+            for i in range(0, len(picked), 500):
+                chunk = picked[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    f"DELETE FROM spans WHERE trace_id IN ({marks}) RETURNING service_name",
+                    chunk,
+                ).fetchall()
+                spans_removed += len(rows)
+                count(rows, 0)
+                db.execute(f"DELETE FROM traces WHERE trace_id IN ({marks})", chunk)
+            logs = db.execute(
+                "DELETE FROM logs WHERE rowid IN (SELECT rowid FROM logs WHERE time_ns < ?"
+                " ORDER BY time_ns LIMIT ?) RETURNING service_name",
+                (cutoff_ns, limit),
+            ).fetchall()
+            count(logs, 1)
+            points = db.execute(
+                "DELETE FROM metric_points WHERE rowid IN (SELECT rowid FROM metric_points"
+                " WHERE time_ns < ? ORDER BY time_ns LIMIT ?) RETURNING service_name",
+                (cutoff_ns, limit),
+            ).fetchall()
+            count(points, 2)
+            db.execute("DELETE FROM red WHERE minute < ?", (cutoff_ns // MINUTE_NS,))
+            if removed:
+                db.executemany(
+                    "UPDATE services SET span_count = max(0, span_count - ?),"
+                    " log_count = max(0, log_count - ?), point_count = max(0, point_count - ?)"
+                    " WHERE name = ?",
+                    [(c[0], c[1], c[2], service) for service, c in removed.items()],
+                )
+                db.execute(
+                    "DELETE FROM services WHERE span_count = 0 AND log_count = 0"
+                    " AND point_count = 0"
+                )
+            ev = self.evictions
+            if spans_removed or logs or points:
+                ev.spans += spans_removed
+                ev.traces += len(picked)
+                ev.logs += len(logs)
+                ev.points += len(points)
+                ev.last_at = time.time()
+                ev.last_reason = reason
+                ev.last_cutoff_ns = cutoff_ns
+                self._save_evictions()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if spans_removed or logs or points:
+            log.info(
+                "evicted %d spans (%d traces), %d logs, %d metric points older than %s (%s)",
+                spans_removed, len(picked), len(logs), len(points),
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cutoff_ns / 1e9)), reason,
+            )  # fmt: skip
+        return len(picked) == len(candidates) < 1000 and len(logs) < limit and len(points) < limit
+
+    def _clear(self, db: sqlite3.Connection) -> dict[str, int]:
+        """Delete every row of telemetry; runs in the writer thread."""
+        stored = db.execute(
+            "SELECT coalesce(sum(span_count), 0), coalesce(sum(log_count), 0),"
+            " coalesce(sum(point_count), 0) FROM services"
+        ).fetchone()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("spans", "traces", "logs", "metric_points", "metrics",
+                          "metric_services", "services", "operations", "resources", "scopes",
+                          "red"):  # fmt: skip
+                db.execute(f"DELETE FROM {table}")
+            self.evictions = EvictionStats(cleared_at=time.time())
+            self._save_evictions()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._forget_known()
+        self._red_routes.clear()
+        self._plan = None
+        self._plan_was_size = False
+        # Give the space back to the file system; readers may hold it up, which is harmless.
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        log.warning("cleared all telemetry (%d spans, %d logs, %d points)", *stored)
+        return {"spans": stored[0], "logs": stored[1], "metric_points": stored[2]}
 
 
 def _summarise(

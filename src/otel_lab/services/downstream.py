@@ -28,7 +28,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from enum import StrEnum
-from functools import lru_cache
 from typing import Any
 
 import httpx
@@ -39,8 +38,6 @@ from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.processor.baggage import BaggageSpanProcessor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -50,6 +47,7 @@ from tenacity import (
 )
 
 from otel_lab.services.base import error_response
+from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var, sanitize_request_id
 from otel_lab.telemetry.setup import telemetry_enabled
@@ -64,31 +62,6 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 CHAIN_BAGGAGE_KEYS = ("user.id", "action")
 # Personal data travels only when TELEMETRY_RECORD_PII=true.
 PII_BAGGAGE_KEYS = ("user.name", "user.email")
-
-
-class DownstreamSettings(BaseSettings):
-    """How calls to other services behave; every value is an environment variable."""
-
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-
-    timeout_seconds: float = Field(5.0, gt=0, alias="DOWNSTREAM_TIMEOUT_SECONDS")
-    connect_timeout_seconds: float = Field(1.0, gt=0, alias="DOWNSTREAM_CONNECT_TIMEOUT_SECONDS")
-    retry_attempts: int = Field(3, ge=1, le=10, alias="DOWNSTREAM_RETRY_ATTEMPTS")
-    retry_backoff_seconds: float = Field(0.1, ge=0, alias="DOWNSTREAM_RETRY_BACKOFF_SECONDS")
-    retry_max_backoff_seconds: float = Field(
-        1.0, ge=0, alias="DOWNSTREAM_RETRY_MAX_BACKOFF_SECONDS"
-    )
-    breaker_failure_threshold: int = Field(5, ge=1, alias="CIRCUIT_BREAKER_FAILURE_THRESHOLD")
-    breaker_reset_seconds: float = Field(10.0, gt=0, alias="CIRCUIT_BREAKER_RESET_SECONDS")
-    # Personal data (name, email) in baggage and span attributes: off unless asked for.
-    record_pii: bool = Field(False, alias="TELEMETRY_RECORD_PII")
-    # The chain's `simulate_failure` body field (demos and tests); off in production.
-    simulated_failures: bool = Field(True, alias="CHAIN_SIMULATED_FAILURES")
-
-
-@lru_cache
-def get_downstream_settings() -> DownstreamSettings:
-    return DownstreamSettings()
 
 
 # --------------------------------------------------------------------------- errors
@@ -273,11 +246,13 @@ class _RetryableError(Exception):
         self.response = response
 
 
-def create_client(settings: DownstreamSettings | None = None) -> httpx.AsyncClient:
+def create_client(settings: Settings | None = None) -> httpx.AsyncClient:
     """The process's shared client: pooled connections, short connect timeout, traced."""
-    settings = settings or get_downstream_settings()
+    settings = settings or get_settings()
     client = httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.timeout_seconds, connect=settings.connect_timeout_seconds),
+        timeout=httpx.Timeout(
+            settings.downstream_timeout_seconds, connect=settings.downstream_connect_timeout_seconds
+        ),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         follow_redirects=False,
     )
@@ -312,18 +287,18 @@ class Downstream:
         base_url: str,
         client: httpx.AsyncClient,
         *,
-        settings: DownstreamSettings | None = None,
+        settings: Settings | None = None,
         count_http_errors: bool = True,
         timeout: float | None = None,
     ) -> None:
-        self.settings = settings or get_downstream_settings()
+        self.settings = settings or get_settings()
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.client = client
         self.count_http_errors = count_http_errors
         self.timeout = httpx.Timeout(
-            timeout or self.settings.timeout_seconds,
-            connect=self.settings.connect_timeout_seconds,
+            timeout or self.settings.downstream_timeout_seconds,
+            connect=self.settings.downstream_connect_timeout_seconds,
         )
         self.breaker = CircuitBreaker(
             name,
@@ -403,11 +378,13 @@ class Downstream:
         request_kwargs: dict[str, Any],
     ) -> httpx.Response:
         settings = self.settings
-        backoff = settings.retry_backoff_seconds
+        backoff = settings.downstream_retry_backoff_seconds
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(settings.retry_attempts),
+            stop=stop_after_attempt(settings.downstream_retry_attempts),
             wait=wait_exponential_jitter(
-                initial=backoff, max=settings.retry_max_backoff_seconds, jitter=backoff / 2
+                initial=backoff,
+                max=settings.downstream_retry_max_backoff_seconds,
+                jitter=backoff / 2,
             ),
             retry=retry_if_exception_type(_RetryableError),
             before_sleep=lambda state: self._on_retry(span, step, state),
@@ -505,15 +482,15 @@ class Downstream:
 # --------------------------------------------------------------------------- context
 
 
-def baggage_keys(settings: DownstreamSettings | None = None) -> tuple[str, ...]:
-    settings = settings or get_downstream_settings()
+def baggage_keys(settings: Settings | None = None) -> tuple[str, ...]:
+    settings = settings or get_settings()
     return CHAIN_BAGGAGE_KEYS + (PII_BAGGAGE_KEYS if settings.record_pii else ())
 
 
 _baggage_processor_installed: list[bool] = []
 
 
-def install_baggage_span_attributes(settings: DownstreamSettings | None = None) -> None:
+def install_baggage_span_attributes(settings: Settings | None = None) -> None:
     """Copy the chain's baggage entries onto every span this process starts (once).
 
     An allow-list, not every entry: baggage is caller-controlled data, and only the keys
@@ -535,10 +512,10 @@ def chain_baggage(
     *,
     name: str | None = None,
     email: str | None = None,
-    settings: DownstreamSettings | None = None,
+    settings: Settings | None = None,
 ) -> Context:
     """A context whose baggage carries the user context (PII only when allowed)."""
-    settings = settings or get_downstream_settings()
+    settings = settings or get_settings()
     ctx = baggage.set_baggage("user.id", str(user_id))
     ctx = baggage.set_baggage("action", action, context=ctx)
     if settings.record_pii:

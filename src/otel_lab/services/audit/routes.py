@@ -15,7 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from otel_lab.services.audit.models import AuditLog
 from otel_lab.services.audit.schemas import MAX_ID, AuditLogOut, AuditProcessRequest
 from otel_lab.services.base import error_response, record_error
-from otel_lab.services.downstream import get_downstream_settings, idempotency_key
+from otel_lab.services.downstream import idempotency_key
+from otel_lab.settings import get_settings
 from otel_lab.telemetry.context import request_id_var
 
 tracer = trace.get_tracer("otel_lab.audit")
@@ -54,7 +55,7 @@ async def process(
     idempotency_key_header: str | None = Header(None, alias="Idempotency-Key"),
 ) -> JSONResponse:
     """Write one audit row per idempotency key and close the chain."""
-    if body.simulate_failure and not get_downstream_settings().simulated_failures:
+    if body.simulate_failure and not get_settings().simulated_failures:
         return error_response(
             422, "simulate_failure is disabled (CHAIN_SIMULATED_FAILURES=false)", step="request"
         )

@@ -18,14 +18,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from functools import lru_cache, partial
+from functools import partial
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from opentelemetry import baggage, context, trace
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from otel_lab.services.base import create_service, error_response
 from otel_lab.services.downstream import (
@@ -56,20 +54,6 @@ _DROP_RESPONSE = _HOP_BY_HOP | {
     # the body is re-framed here (httpx has decoded it), and our middleware adds its own
     "content-length", "content-encoding", "traceresponse", "x-request-id", "server", "date",
 }  # fmt: skip
-
-
-class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-
-    # Longer than a chain call's own budget (each hop retries within DOWNSTREAM_*).
-    upstream_timeout_seconds: float = Field(15.0, gt=0, alias="GATEWAY_UPSTREAM_TIMEOUT_SECONDS")
-    trust_inbound_baggage: bool = Field(False, alias="GATEWAY_TRUST_INBOUND_BAGGAGE")
-    max_body_bytes: int = Field(1_048_576, ge=1, alias="GATEWAY_MAX_BODY_BYTES")
-
-
-@lru_cache
-def get_gateway_settings() -> GatewaySettings:
-    return GatewaySettings()
 
 
 def upstream_urls(settings: Settings) -> dict[str, str]:
@@ -113,15 +97,19 @@ def _response_from(upstream: httpx.Response) -> Response:
 
 async def proxy(request: Request, *, service: str, strip: int) -> Response:
     """Send the request to ``service`` and hand its answer back, or a JSON error."""
-    settings = get_gateway_settings()
+    settings = get_settings()
     span = trace.get_current_span()
     span.set_attribute("gateway.upstream", service)
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > settings.max_body_bytes:
-        return error_response(413, f"request body larger than {settings.max_body_bytes} bytes")
+    if declared.isdigit() and int(declared) > settings.gateway_max_body_bytes:
+        return error_response(
+            413, f"request body larger than {settings.gateway_max_body_bytes} bytes"
+        )
     body = await request.body()
-    if len(body) > settings.max_body_bytes:
-        return error_response(413, f"request body larger than {settings.max_body_bytes} bytes")
+    if len(body) > settings.gateway_max_body_bytes:
+        return error_response(
+            413, f"request body larger than {settings.gateway_max_body_bytes} bytes"
+        )
 
     raw_path = request.scope.get("raw_path") or request.url.path.encode()
     path = raw_path.decode("latin-1")[strip:] or "/"
@@ -130,7 +118,7 @@ async def proxy(request: Request, *, service: str, strip: int) -> Response:
     method = request.method
     idempotent = method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
 
-    token = None if settings.trust_inbound_baggage else context.attach(baggage.clear())
+    token = None if settings.gateway_trust_inbound_baggage else context.attach(baggage.clear())
     try:
         upstream = await request.app.state.upstreams[service].request(
             method,
@@ -164,7 +152,7 @@ async def not_found(request: Request) -> JSONResponse:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    timeout = get_gateway_settings().upstream_timeout_seconds
+    timeout = get_settings().gateway_upstream_timeout_seconds
     client = create_client()
     app.state.client = client
     # Only unreachable upstreams count against the gateway's breakers (see Downstream).

@@ -24,13 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from otel_lab.services.base import error_response, record_error
 from otel_lab.services.downstream import (
     DownstreamError,
-    get_downstream_settings,
     idempotency_key,
     outbound_headers,
 )
 from otel_lab.services.orders.models import Order, OrderItem
 from otel_lab.services.orders.pricing import default_items, price_order
 from otel_lab.services.orders.schemas import MAX_ID, OrderOut, OrderProcessRequest
+from otel_lab.settings import get_settings
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("otel_lab.orders")
@@ -210,7 +210,7 @@ async def process(
     idempotency_key_header: str | None = Header(None, alias="Idempotency-Key"),
 ) -> JSONResponse:
     """Create and price the order, then have it audited; answer the order and the audit."""
-    if body.simulate_failure and not get_downstream_settings().simulated_failures:
+    if body.simulate_failure and not get_settings().simulated_failures:
         return error_response(
             422, "simulate_failure is disabled (CHAIN_SIMULATED_FAILURES=false)", step="request"
         )

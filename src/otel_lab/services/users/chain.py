@@ -30,13 +30,13 @@ from otel_lab.services.base import error_response
 from otel_lab.services.downstream import (
     DownstreamError,
     chain_baggage,
-    get_downstream_settings,
     idempotency_key,
     outbound_headers,
 )
 from otel_lab.services.users.models import User
 from otel_lab.services.users.repository import UserRepository
 from otel_lab.services.users.schemas import ProcessRequest
+from otel_lab.settings import get_settings
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("otel_lab.users.chain")
@@ -57,7 +57,7 @@ class StepError(Exception):
 
 async def _validate_user(session: AsyncSession, body: ProcessRequest) -> User:
     """Find the user by id (404 if unknown), or by email (created on first sight)."""
-    record_pii = get_downstream_settings().record_pii
+    record_pii = get_settings().record_pii
     users = UserRepository(session)
     with tracer.start_as_current_span(
         "user_validation", attributes={"operation.type": "validation"}
@@ -141,7 +141,7 @@ async def process(
 ) -> JSONResponse:
     """Run the chain and answer with the trace id and a summary of every step."""
     started = time.perf_counter()
-    settings = get_downstream_settings()
+    settings = get_settings()
     server_span = trace.get_current_span()
     trace_id = format(server_span.get_span_context().trace_id, "032x")
     server_span.set_attribute("action", body.action)

@@ -1,0 +1,656 @@
+"""Derived views over the store: service map, RED, metric series, attribute suggestions.
+
+Each function reads a bounded amount of data whatever the store holds: the service map
+scans the spans of at most ``max_traces`` traces, RED reads the writer's per-minute
+aggregates (never spans), metric series read at most ``max_points`` points, suggestions
+sample the most recent rows. That keeps every page fast on a store of millions of spans.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from otel_lab.console.queries import AttrFilter, _attr_sql
+from otel_lab.console.store import MINUTE_NS, hist_bounds
+
+SECOND = 1_000_000_000
+DB_NODE_PREFIX = "db:"
+
+
+# --------------------------------------------------------------------------- windows
+
+
+@dataclass(frozen=True)
+class Window:
+    """A time window [since, until] in unix ns; ``bounded`` is False for "all data"."""
+
+    since_ns: int
+    until_ns: int
+    bounded: bool = True
+
+    @property
+    def seconds(self) -> float:
+        return max((self.until_ns - self.since_ns) / SECOND, 1e-9)
+
+
+def window(since_ns: int | None, until_ns: int | None, default_seconds: float = 3600) -> Window:
+    """The window a request asks for; defaults to the last hour up to now."""
+    until = until_ns if until_ns is not None else time.time_ns()
+    since = since_ns if since_ns is not None else until - int(default_seconds * SECOND)
+    return Window(min(since, until), until)
+
+
+# --------------------------------------------------------------------------- service map
+
+
+def service_map(conn: sqlite3.Connection, w: Window, max_traces: int = 5000) -> dict[str, Any]:
+    """Nodes (services, databases) and edges (calls between them) from the spans of the
+    most recent ``max_traces`` traces that start in the window.
+
+    An edge is a parent/child pair of spans in different services (CLIENT->SERVER,
+    PRODUCER->CONSUMER, or any parent whose child runs elsewhere), or a CLIENT span with
+    ``db.system`` / ``db.system.name`` (an edge to a node named after the database system).
+    Errors count the child (callee) spans with status ERROR; for databases, the client span.
+    """
+    sampled = conn.execute(
+        "SELECT count(*), min(start_ns), max(start_ns) FROM (SELECT start_ns FROM traces"
+        " WHERE start_ns >= ? AND start_ns <= ? ORDER BY start_ns DESC LIMIT ?)",
+        (w.since_ns, w.until_ns, max_traces),
+    ).fetchone()
+    traces, oldest, newest = sampled
+    truncated = traces >= max_traces
+    # Rates are per second of the time the sample covers (all of the window unless capped).
+    covered = (newest - oldest) / SECOND if truncated and traces > 1 else w.seconds
+    rows = conn.execute(
+        """
+        WITH t AS (SELECT trace_id FROM traces WHERE start_ns >= ? AND start_ns <= ?
+                   ORDER BY start_ns DESC LIMIT ?)
+        SELECT c.service_name,
+               CASE WHEN c.kind IN (2, 5) AND c.parent_span_id IS NOT NULL THEN
+                   (SELECT p.service_name || char(31) || p.kind FROM spans p
+                    WHERE p.trace_id = c.trace_id AND p.span_id = c.parent_span_id)
+               END AS parent,
+               CASE WHEN c.kind = 3 AND c.attributes IS NOT NULL THEN
+                   coalesce(json_extract(c.attributes, '$."db.system"'),
+                            json_extract(c.attributes, '$."db.system.name"'))
+               END AS db,
+               c.kind, count(*), sum(c.status_code = 2), sum(c.duration_ns)
+        FROM t JOIN spans c ON c.trace_id = t.trace_id
+        GROUP BY 1, 2, 3, 4
+        """,
+        (w.since_ns, w.until_ns, max_traces),
+    ).fetchall()
+    nodes: dict[str, dict[str, Any]] = {}
+    edges: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def node(name: str, kind: str) -> dict[str, Any]:
+        n = nodes.get(name)
+        if n is None:
+            n = nodes[name] = {"id": name, "name": name, "kind": kind, "spans": 0, "errors": 0,
+                               "server_spans": 0, "server_errors": 0}  # fmt: skip
+        return n
+
+    def edge(source: str, target: str, kind: str) -> dict[str, Any]:
+        e = edges.get((source, target))
+        if e is None:
+            e = edges[(source, target)] = {"source": source, "target": target, "kind": kind,
+                                           "calls": 0, "errors": 0, "duration_ns": 0}  # fmt: skip
+        return e
+
+    for service, parent, db, kind, calls, errors, duration in rows:
+        n = node(service, "service")
+        n["spans"] += calls
+        n["errors"] += errors
+        if kind in (2, 5):
+            n["server_spans"] += calls
+            n["server_errors"] += errors
+        if parent:
+            parent_service, _, parent_kind = parent.rpartition("\x1f")
+            if parent_service != service:
+                node(parent_service, "service")
+                how = "messaging" if kind == 5 or parent_kind == "4" else "http"
+                e = edge(parent_service, service, how)
+                e["calls"] += calls
+                e["errors"] += errors
+                e["duration_ns"] += duration
+        if db is not None:
+            system = str(db)
+            target = node(DB_NODE_PREFIX + system, "database")
+            target["name"] = system
+            target["spans"] += calls
+            target["errors"] += errors
+            e = edge(service, target["id"], "database")
+            e["calls"] += calls
+            e["errors"] += errors
+            e["duration_ns"] += duration
+    out_edges = []
+    for e in edges.values():
+        calls = e.pop("calls")
+        duration = e.pop("duration_ns")
+        out_edges.append(
+            {
+                **e,
+                "calls": calls,
+                "rate_per_second": calls / covered,
+                "error_rate": e["errors"] / calls if calls else 0.0,
+                "avg_duration_ms": duration / calls / 1e6 if calls else 0.0,
+            }
+        )
+    out_edges.sort(key=lambda e: (e["source"], e["target"]))
+    for n in nodes.values():
+        n["error_rate"] = n["errors"] / n["spans"] if n["spans"] else 0.0
+    return {
+        "since_unix_nano": w.since_ns,
+        "until_unix_nano": w.until_ns,
+        "traces_scanned": traces,
+        "truncated": truncated,
+        "seconds": covered,
+        "nodes": sorted(nodes.values(), key=lambda n: (n["kind"] != "service", n["id"])),
+        "edges": out_edges,
+    }
+
+
+# --------------------------------------------------------------------------- RED
+
+
+def hist_quantile(hist: dict[int, int], total: int, q: float, lo: float, hi: float) -> float:
+    """The q-quantile (ns) of a log-bucketed histogram, interpolated within the bucket
+    geometrically and clamped to the exact min/max (so p100 is the true maximum)."""
+    if total <= 0:
+        return math.nan
+    target = q * total
+    seen = 0
+    for bucket in sorted(hist):
+        count = hist[bucket]
+        if seen + count >= target:
+            lower, upper = hist_bounds(bucket)
+            frac = (target - seen) / count if count else 0.0
+            value = lower * (upper / lower) ** frac if lower > 0 else upper * frac
+            return min(max(value, lo), hi)
+        seen += count
+    return hi
+
+
+@dataclass
+class _Agg:
+    count: int = 0
+    errors: int = 0
+    sum_ns: int = 0
+    min_ns: int = 2**63
+    max_ns: int = 0
+    hist: dict[int, int] = field(default_factory=dict)
+    slow_trace_id: bytes | None = None
+    error_trace_id: bytes | None = None
+
+    def add(self, row: tuple[Any, ...]) -> None:
+        count, errors, sum_ns, min_ns, max_ns, hist, slow, error = row
+        self.count += count
+        self.errors += errors
+        self.sum_ns += sum_ns
+        self.min_ns = min(self.min_ns, min_ns)
+        if max_ns >= self.max_ns:
+            self.max_ns = max_ns
+            self.slow_trace_id = slow
+        if self.error_trace_id is None and error is not None:
+            self.error_trace_id = error
+        for bucket, n in json.loads(hist).items():
+            b = int(bucket)
+            self.hist[b] = self.hist.get(b, 0) + n
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        def q(p: float) -> float | None:
+            v = hist_quantile(self.hist, self.count, p, self.min_ns, self.max_ns)
+            return None if math.isnan(v) else v / 1e6
+
+        return {
+            "count": self.count,
+            "errors": self.errors,
+            "rate_per_second": self.count / seconds if seconds > 0 else 0.0,
+            "error_rate": self.errors / self.count if self.count else 0.0,
+            "p50_ms": q(0.5),
+            "p95_ms": q(0.95),
+            "p99_ms": q(0.99),
+            "avg_ms": self.sum_ns / self.count / 1e6 if self.count else None,
+            "max_ms": self.max_ns / 1e6 if self.count else None,
+            "slow_trace_id": self.slow_trace_id.hex() if self.slow_trace_id else None,
+            "error_trace_id": self.error_trace_id.hex() if self.error_trace_id else None,
+        }
+
+
+def red(
+    conn: sqlite3.Connection,
+    w: Window,
+    service: str | None = None,
+    route: str | None = None,
+    buckets: int = 60,
+) -> dict[str, Any]:
+    """Rate, errors and duration percentiles over time from SERVER and CONSUMER spans.
+
+    Without ``service``: one group per service. With it: the service's total and one group
+    per route (or only ``route``). Each group has totals over the window and a series of
+    ``buckets`` time buckets (whole minutes), each with example trace ids.
+    """
+    first, last = w.since_ns // MINUTE_NS, w.until_ns // MINUTE_NS
+    minutes_per_bucket = max(1, math.ceil((last - first + 1) / max(1, buckets)))
+    n_buckets = math.ceil((last - first + 1) / minutes_per_bucket)
+    conditions, params = ["minute >= ? AND minute <= ?"], [first, last]
+    if service is not None:
+        conditions.append("service_name = ?")
+        params.append(service)
+    if route is not None:
+        conditions.append("route = ?")
+        params.append(route)
+    rows = conn.execute(
+        "SELECT service_name, route, minute, count, errors, sum_ns, min_ns, max_ns, hist,"
+        f" slow_trace_id, error_trace_id, search FROM red WHERE {' AND '.join(conditions)}",
+        params,
+    ).fetchall()
+
+    groups: dict[str, tuple[_Agg, dict[int, _Agg]]] = {}
+    searches: dict[str, str | None] = {}
+    service_total: tuple[_Agg, dict[int, _Agg]] = (_Agg(), {})
+
+    def add(key: str, bucket: int, values: tuple[Any, ...]) -> None:
+        total, series = groups.setdefault(key, (_Agg(), {}))
+        total.add(values)
+        series.setdefault(bucket, _Agg()).add(values)
+
+    for svc, rt, minute, *values, search in rows:
+        bucket = (minute - first) // minutes_per_bucket
+        vals = tuple(values)
+        if service is None:
+            add(svc, bucket, vals)
+        else:
+            add(rt, bucket, vals)
+            searches[rt] = search
+            service_total[0].add(vals)
+            service_total[1].setdefault(bucket, _Agg()).add(vals)
+
+    bucket_ns = minutes_per_bucket * MINUTE_NS
+
+    def bucket_seconds(i: int) -> float:
+        """A bucket's length within the window (the current minute is only partly over)."""
+        start = (first + i * minutes_per_bucket) * MINUTE_NS
+        end = min(start + bucket_ns, w.until_ns)
+        return max((end - max(start, w.since_ns)) / SECOND, 1.0)
+
+    def render(total: _Agg, series: dict[int, _Agg]) -> dict[str, Any]:
+        points = []
+        for i in range(n_buckets):
+            agg = series.get(i, _Agg())
+            start = (first + i * minutes_per_bucket) * MINUTE_NS
+            points.append(
+                {"start_unix_nano": start, "end_unix_nano": start + bucket_ns,
+                 **agg.summary(bucket_seconds(i))}
+            )  # fmt: skip
+        return {**total.summary(w.seconds), "series": points}
+
+    out: dict[str, Any] = {
+        "since_unix_nano": w.since_ns,
+        "until_unix_nano": w.until_ns,
+        "bucket_seconds": bucket_ns / SECOND,
+    }
+    rendered = [
+        {"name": key, **render(total, series)} for key, (total, series) in sorted(groups.items())
+    ]
+    if service is None:
+        out["services"] = rendered
+    else:
+        out["service"] = {"name": service, **render(*service_total)}
+        for r in rendered:
+            r["route"] = r.pop("name")
+            r["search"] = json.loads(searches[r["route"]]) if searches.get(r["route"]) else None
+        out["routes"] = rendered
+    return out
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class _Hist:
+    """Merged histogram buckets as (lower, upper, count) ranges, plus count and sum."""
+
+    ranges: list[tuple[float, float, float]] = field(default_factory=list)
+    count: float = 0
+    sum: float = 0
+
+    def quantile(self, q: float) -> float | None:
+        total = sum(c for _, _, c in self.ranges)
+        if total <= 0:
+            return None
+        target = q * total
+        seen = 0.0
+        for lower, upper, count in sorted(self.ranges, key=lambda r: (r[1], r[0])):
+            if count <= 0:
+                continue
+            if seen + count >= target:
+                return lower + (upper - lower) * ((target - seen) / count)
+            seen += count
+        return self.ranges[-1][1]
+
+
+def _explicit_ranges(
+    counts: list[float], bounds: list[float], lo: float | None, hi: float | None
+) -> list[tuple[float, float, float]]:
+    """Bucket i covers (bounds[i-1], bounds[i]]; the open ends use min/max when known."""
+    out = []
+    for i, count in enumerate(counts):
+        if not count:
+            continue
+        lower = (
+            bounds[i - 1]
+            if i > 0
+            else (lo if lo is not None else min(0.0, bounds[0] if bounds else 0.0))
+        )
+        upper = (
+            bounds[i]
+            if i < len(bounds)
+            else (hi if hi is not None else (bounds[-1] if bounds else 0.0))
+        )
+        out.append((lower, max(upper, lower), count))
+    return out  # fmt: skip
+
+
+def _exponential_ranges(point: dict[str, Any]) -> list[tuple[float, float, float]]:
+    base = 2 ** (2 ** -point.get("scale", 0))
+    out = []
+    for sign, side in ((1, "positive"), (-1, "negative")):
+        buckets = point.get(side) or {}
+        offset = buckets.get("offset", 0)
+        for i, count in enumerate(buckets.get("bucket_counts", [])):
+            if count:
+                a, b = base ** (offset + i), base ** (offset + i + 1)
+                out.append((a, b, count) if sign > 0 else (-b, -a, count))
+    if point.get("zero_count"):
+        out.append((0.0, 0.0, point["zero_count"]))
+    return out
+
+
+def _delta_counts(cur: list[float], prev: list[float] | None) -> list[float] | None:
+    if prev is None or len(prev) != len(cur):
+        return None
+    delta = [c - p for c, p in zip(cur, prev, strict=True)]
+    return None if any(d < 0 for d in delta) else delta
+
+
+def _series_key(point: dict[str, Any], group_by: list[str]) -> tuple[str, dict[str, Any]]:
+    labels: dict[str, Any] = {"service.name": point["service_name"]}
+    if group_by:
+        for key in group_by:
+            if key != "service.name":
+                labels[key] = point["attributes"].get(key)
+        labels = {k: v for k, v in labels.items() if k in group_by}
+    else:
+        labels.update(point["attributes"])
+    return json.dumps(labels, sort_keys=True, default=str), labels
+
+
+def metric_series(
+    conn: sqlite3.Connection,
+    name: str,
+    w: Window,
+    *,
+    service: str | None = None,
+    attrs: list[AttrFilter] | None = None,
+    group_by: list[str] | None = None,
+    buckets: int = 60,
+    max_points: int = 50_000,
+) -> dict[str, Any] | None:
+    """A metric as time series of derived values, one per attribute set (or per
+    ``group_by`` values), in ``buckets`` time buckets:
+
+    - monotonic sum: rate per second (cumulative points are differenced; resets handled);
+    - non-monotonic sum: the sum over series of each series' last value in the bucket;
+    - gauge: the mean of the values in the bucket;
+    - histogram / exponential histogram: count rate, average and p50/p95/p99 of the
+      observations in the bucket (cumulative points are differenced);
+    - summary: count rate and the reported quantiles.
+
+    Also returns exemplars (linking to traces) and the dimensions seen, for filters.
+    """
+    meta = conn.execute(
+        "SELECT id, type, unit, description, is_monotonic, temporality FROM metrics WHERE name = ?",
+        (name,),
+    ).fetchone()
+    if meta is None:
+        return None
+    metric_id, kind, unit, description, monotonic, temporality = meta
+    conditions = ["metric_id = ?", "time_ns >= ?", "time_ns <= ?"]
+    params: list[Any] = [metric_id, w.since_ns, w.until_ns]
+    # One point before the window per series would make the first delta exact; the
+    # first bucket simply has no rate instead (documented).
+    if service:
+        conditions.append("service_name = ?")
+        params.append(service)
+    conditions += _attr_sql(attrs or [], params)
+    rows = conn.execute(
+        "SELECT service_name, attributes, start_ns, time_ns, value, data, exemplars"
+        f" FROM metric_points WHERE {' AND '.join(conditions)}"
+        " ORDER BY time_ns DESC, rowid DESC LIMIT ?",
+        [*params, max_points],
+    ).fetchall()
+    truncated = len(rows) >= max_points
+    rows.reverse()
+
+    span_ns = max(w.until_ns - w.since_ns, 1)
+    n = max(1, buckets)
+    bucket_ns = max(span_ns // n + (1 if span_ns % n else 0), 1)
+    bucket_seconds = bucket_ns / SECOND
+    group = [g for g in (group_by or []) if g]
+    cumulative = temporality == 2
+
+    dimensions: dict[str, dict[str, int]] = {"service.name": {}}
+    exemplars: list[dict[str, Any]] = []
+    # Per raw series (service + full attributes): the previous point, for deltas.
+    previous: dict[str, dict[str, Any]] = {}
+    # Per output series: bucket -> accumulator
+    out: dict[str, dict[str, Any]] = {}
+
+    for service_name, attrs_json, start_ns, ts, value, data, ex_json in rows:
+        attributes = json.loads(attrs_json) if attrs_json else {}
+        point = {"service_name": service_name, "attributes": attributes, "start": start_ns}
+        dimensions["service.name"][service_name] = (
+            dimensions["service.name"].get(service_name, 0) + 1
+        )
+        for k, v in attributes.items():
+            values = dimensions.setdefault(k, {})
+            if len(values) < 100:
+                text = v if isinstance(v, str) else json.dumps(v)
+                values[text] = values.get(text, 0) + 1
+        raw_key = service_name + "\x1f" + (attrs_json or "")
+        key, labels = _series_key(point, group)
+        series = out.setdefault(key, {"labels": labels, "buckets": {}})
+        b = min((ts - w.since_ns) // bucket_ns, n - 1)
+        acc = series["buckets"].setdefault(b, {})
+        fields = json.loads(data) if data else {}
+        prev = previous.get(raw_key)
+        restarted = prev is not None and prev["start"] != start_ns
+        if kind == "sum" and monotonic:
+            if cumulative:
+                if prev is not None and not restarted and value >= prev["value"]:
+                    acc["delta"] = acc.get("delta", 0) + (value - prev["value"])
+                elif prev is not None:
+                    acc["delta"] = acc.get("delta", 0) + value  # reset: count from zero
+            else:
+                acc["delta"] = acc.get("delta", 0) + value
+            previous[raw_key] = {"value": value, "start": start_ns}
+        elif kind == "sum":
+            acc.setdefault("last", {})[raw_key] = value
+        elif kind == "gauge":
+            acc["sum"] = acc.get("sum", 0) + value
+            acc["n"] = acc.get("n", 0) + 1
+        elif kind in ("histogram", "exponential_histogram"):
+            hist = acc.setdefault("hist", _Hist())
+            if kind == "histogram":
+                counts = fields.get("bucket_counts", [])
+                bounds = fields.get("explicit_bounds", [])
+                delta = counts if not cumulative else (
+                    None if prev is None or restarted or prev.get("bounds") != bounds
+                    else _delta_counts(counts, prev.get("counts"))
+                )  # fmt: skip
+                if delta is not None:
+                    hist.ranges += _explicit_ranges(
+                        delta, bounds, fields.get("min"), fields.get("max")
+                    )
+                previous[raw_key] = {
+                    "counts": counts,
+                    "bounds": bounds,
+                    "start": start_ns,
+                    "count": fields.get("count", 0),
+                    "sum": fields.get("sum") or 0,
+                }
+            else:
+                ranges = _exponential_ranges(fields)
+                if not cumulative:
+                    hist.ranges += ranges
+                previous[raw_key] = {
+                    "count": fields.get("count", 0),
+                    "sum": fields.get("sum") or 0,
+                    "start": start_ns,
+                }
+            count, total = fields.get("count", 0), fields.get("sum") or 0
+            if not cumulative:
+                hist.count += count
+                hist.sum += total
+            elif prev is not None and not restarted and count >= prev.get("count", 0):
+                hist.count += count - prev.get("count", 0)
+                hist.sum += total - prev.get("sum", 0)
+            # An exponential histogram with cumulative temporality: percentiles need the
+            # per-bucket deltas, which scale changes make unreliable; the rate and mean stay.
+        elif kind == "summary":
+            acc["count"] = acc.get("count", 0) + fields.get("count", 0)
+            acc["quantiles"] = {
+                str(q["quantile"]): q["value"] for q in fields.get("quantile_values", [])
+            }
+        for ex in json.loads(ex_json) if ex_json else []:
+            if len(exemplars) < 500:
+                exemplars.append({**ex, "series": labels})  # fmt: skip
+
+    def value_points(series: dict[str, Any]) -> list[dict[str, Any]]:
+        points = []
+        for b in range(n):
+            acc = series["buckets"].get(b)
+            p: dict[str, Any] = {"start_unix_nano": w.since_ns + b * bucket_ns}
+            if acc is not None:
+                if kind == "sum" and monotonic:
+                    if "delta" in acc:
+                        p["rate_per_second"] = acc["delta"] / bucket_seconds
+                elif kind == "sum":
+                    p["value"] = sum(acc["last"].values())
+                elif kind == "gauge":
+                    p["value"] = acc["sum"] / acc["n"]
+                elif "hist" in acc:
+                    h: _Hist = acc["hist"]
+                    p["count"] = h.count
+                    p["rate_per_second"] = h.count / bucket_seconds
+                    p["avg"] = h.sum / h.count if h.count else None
+                    for q, label in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
+                        p[label] = h.quantile(q)
+                elif kind == "summary":
+                    p["count"] = acc["count"]
+                    p["quantiles"] = acc["quantiles"]
+            points.append(p)
+        return points
+
+    result_series = [
+        {"labels": s["labels"], "points": value_points(s)} for _, s in sorted(out.items())
+    ]
+    return {
+        "name": name,
+        "type": kind,
+        "unit": unit or "",
+        "description": description or "",
+        "is_monotonic": bool(monotonic) if monotonic is not None else None,
+        "temporality": {1: "DELTA", 2: "CUMULATIVE"}.get(temporality or 0),
+        "since_unix_nano": w.since_ns,
+        "until_unix_nano": w.until_ns,
+        "bucket_seconds": bucket_seconds,
+        "points_read": len(rows),
+        "truncated": truncated,
+        "series": result_series,
+        "exemplars": exemplars,
+        "dimensions": {
+            k: sorted(v, key=lambda x: -v[x])[:50] for k, v in sorted(dimensions.items())
+        },
+    }
+
+
+# --------------------------------------------------------------------------- suggestions
+
+_SIGNAL_TABLES = {"spans": ("spans", "start_ns"), "logs": ("logs", "time_ns"),
+                  "metrics": ("metric_points", "time_ns")}  # fmt: skip
+
+
+def _sample(signal: str, service: str | None, size: int) -> tuple[str, list[Any]]:
+    """SQL for the most recent ``size`` rows of a signal (by rowid, or by service index)."""
+    table, time_column = _SIGNAL_TABLES[signal]
+    if not service:
+        return (
+            f"SELECT attributes FROM {table} WHERE rowid > (SELECT max(rowid) FROM {table}) - ?",
+            [size],
+        )
+    order = "rowid DESC" if table == "metric_points" else f"service_name DESC, {time_column} DESC"
+    return (
+        f"SELECT attributes FROM {table} WHERE service_name = ? ORDER BY {order} LIMIT ?",
+        [service, size],
+    )
+
+
+def attribute_keys(
+    conn: sqlite3.Connection, signal: str, service: str | None = None, sample: int = 5000
+) -> list[dict[str, Any]]:
+    """Attribute keys seen in the most recent rows, most frequent first, plus resource keys."""
+    sql, params = _sample(signal, service, sample)
+    keys = [
+        {"key": key, "count": count, "source": "attribute"}
+        for key, count in conn.execute(
+            f"SELECT j.key, count(*) FROM ({sql}) s, json_each(s.attributes) j"
+            " WHERE s.attributes IS NOT NULL GROUP BY j.key"
+            " ORDER BY count(*) DESC, j.key LIMIT 300",
+            params,
+        )
+    ]
+    seen = {k["key"] for k in keys}
+    resource_sql = "SELECT DISTINCT j.key FROM resources r, json_each(r.attributes) j"
+    resource_params: list[Any] = []
+    if service:
+        resource_sql += " WHERE r.service_name = ?"
+        resource_params.append(service)
+    for (key,) in conn.execute(resource_sql + " ORDER BY j.key LIMIT 300", resource_params):
+        if key not in seen:
+            keys.append({"key": key, "count": None, "source": "resource"})
+    return keys
+
+
+def attribute_values(
+    conn: sqlite3.Connection,
+    signal: str,
+    key: str,
+    service: str | None = None,
+    sample: int = 20000,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """The most frequent values of one attribute key in the most recent rows."""
+    path = f'$."{key}"'
+    sql, params = _sample(signal, service, sample)
+    values: dict[str, int] = {}
+    for value, count in conn.execute(
+        f"SELECT json_extract(s.attributes, ?) AS v, count(*) FROM ({sql}) s"
+        " WHERE v IS NOT NULL GROUP BY v ORDER BY count(*) DESC LIMIT ?",
+        [path, *params, limit],
+    ):
+        values[str(value)] = values.get(str(value), 0) + count
+    resource_sql = "SELECT json_extract(attributes, ?) AS v FROM resources WHERE v IS NOT NULL"
+    resource_params: list[Any] = [path]
+    if service:
+        resource_sql += " AND service_name = ?"
+        resource_params.append(service)
+    for (value,) in conn.execute(resource_sql + " LIMIT ?", [*resource_params, limit]):
+        values.setdefault(str(value), 0)
+    return [{"value": v, "count": c} for v, c in sorted(values.items(), key=lambda x: -x[1])]
