@@ -28,7 +28,7 @@ TEMPO = {"type": "tempo", "uid": "tempo"}
 LOKI = {"type": "loki", "uid": "loki"}
 
 # Routes that are not part of the public API surface.
-NOT_PUBLIC = '"/health|/ready|/metrics"'
+NOT_PUBLIC = '"/health|/ready|/metrics|/error-simulation.*"'  # error-simulation fails by design
 PUBLIC = f'job="gateway",path!~{NOT_PUBLIC}'
 RI = "$__rate_interval"
 
