@@ -59,7 +59,7 @@ def _prepare(system: RunningSystem) -> dict[str, str]:
 def _lua_script(scenario: Scenario, directory: Path) -> list[str]:
     if scenario.method == "GET":
         return []
-    script = directory / f"{scenario.name}.lua"
+    script = directory / "request.lua"
     script.write_text(
         f'wrk.method = "{scenario.method}"\n'
         f"wrk.body = [[{scenario.body or ''}]]\n"
