@@ -72,7 +72,13 @@ class Console:
 
 
 def start_console(db_path: Path, *extra: str, timeout: float = 20.0) -> Console:
-    """Start the console and wait for its ready line (it prints its real ports)."""
+    """Start the console and wait for its ready line (it prints its real ports).
+
+    Retention is off unless a test asks for it: most tests use fixed timestamps from 2025,
+    which the default 24h retention would evict at once.
+    """
+    if "--retention" not in extra:
+        extra = ("--retention", "0", *extra)
     log_path = db_path.with_suffix(".log")
     log_file = log_path.open("w")
     env = {**os.environ, "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}

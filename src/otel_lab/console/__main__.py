@@ -4,10 +4,34 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from pathlib import Path
 
 from otel_lab.console.net import bind
 from otel_lab.settings import get_settings
+
+DEFAULT_RETENTION = "24h"
+DEFAULT_MAX_DB_MB = 1024
+
+
+def _retention(value: str) -> float | None:
+    """``24h``, ``7d``, ``90m``, seconds; ``0`` or ``off`` keeps data until the size cap."""
+    from otel_lab.console.queries import QueryError, parse_duration_seconds
+
+    if value.strip().lower() in ("0", "off", "none", "forever"):
+        return None
+    try:
+        seconds = parse_duration_seconds(value, "--retention")
+    except QueryError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return seconds or None
+
+
+def _is_loopback(host: str) -> bool:
+    from otel_lab.console.security import is_loopback
+
+    return is_loopback(host)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +70,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rows queued for the writer before the receiver answers 503 (default 100000)",
     )
     parser.add_argument(
+        "--retention",
+        type=_retention,
+        default=_retention(os.environ.get("CONSOLE_RETENTION", DEFAULT_RETENTION)),
+        help="evict telemetry older than this: 24h, 7d, 90m, or 0 for no time limit "
+        f"(env CONSOLE_RETENTION, default {DEFAULT_RETENTION})",
+    )
+    parser.add_argument(
+        "--max-db-mb",
+        type=float,
+        default=float(os.environ.get("CONSOLE_MAX_DB_MB", DEFAULT_MAX_DB_MB)),
+        help="evict the oldest telemetry beyond this database size in MB, 0 for no cap "
+        f"(env CONSOLE_MAX_DB_MB, default {DEFAULT_MAX_DB_MB})",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("CONSOLE_TOKEN") or None,
+        help="require 'Authorization: Bearer TOKEN' for OTLP and the UI/API (env CONSOLE_TOKEN)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow binding a non-loopback address without a token",
+    )
+    parser.add_argument(
+        "--sql-timeout",
+        type=float,
+        default=5.0,
+        help="time limit in seconds for a statement on the SQL page (default 5)",
+    )
+    parser.add_argument(
         "--log-level",
         default=settings.log_level,
         help="log level (env LOG_LEVEL, default INFO)",
@@ -62,6 +116,14 @@ def main(argv: list[str] | None = None) -> None:
     if logging.getLogger().level > logging.DEBUG:
         # Two servers in one process would log every start/stop line twice.
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    if not _is_loopback(args.host) and not args.token and not args.insecure:
+        print(
+            f"otel-lab console: refusing to listen on {args.host} without a token: anyone who "
+            "can reach it could read (and clear) your telemetry. Set --token or CONSOLE_TOKEN, "
+            "or pass --insecure if the network is trusted.",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     # Bind first: a taken port fails in a fraction of a second, before the heavy imports.
     sockets = (bind(args.host, args.otlp_port), bind(args.host, args.ui_port))
     from otel_lab.console.server import ConsoleConfig, run
@@ -73,6 +135,10 @@ def main(argv: list[str] | None = None) -> None:
             ui_port=args.ui_port,
             db_path=args.db,
             max_pending_rows=args.max_pending_rows,
+            retention_seconds=args.retention,
+            max_db_bytes=int(args.max_db_mb * 1024 * 1024) if args.max_db_mb > 0 else None,
+            token=args.token,
+            sql_timeout=args.sql_timeout,
         ),
         sockets,
     )
