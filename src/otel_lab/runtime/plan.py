@@ -7,6 +7,7 @@ does not exist yet are skipped with a log line, so the table can run ahead of th
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -101,8 +102,12 @@ def child_env(
 ) -> dict[str, str]:
     """Environment shared by every child; each spec adds its own OTEL_SERVICE_NAME."""
     host = connect_host(settings)
+    # A console started with a token accepts OTLP only with it (see docs/console.md).
+    token = os.environ.get("CONSOLE_TOKEN")
+    auth = {"OTEL_EXPORTER_OTLP_HEADERS": f"Authorization=Bearer {token}"} if token else {}
     return {
         **port_env(settings),
+        **auth,
         "OTEL_LAB_DATA_DIR": str(data_dir),
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
