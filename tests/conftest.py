@@ -86,6 +86,24 @@ def children_of(spans: list[Span], parent: Span) -> list[Span]:
     return [s for s in spans if s["parent_span_id"] == parent["span_id"]]
 
 
+def ancestors(spans: list[Span], span: Span) -> list[Span]:
+    """The spans above ``span``, nearest first."""
+    by_id = {s["span_id"]: s for s in spans}
+    chain: list[Span] = []
+    parent = by_id.get(span["parent_span_id"])
+    while parent is not None:
+        chain.append(parent)
+        parent = by_id.get(parent["parent_span_id"])
+    return chain
+
+
+def server_above(spans: list[Span], span: Span) -> Span:
+    """The nearest SERVER span above ``span``: the request span of the service that made it."""
+    servers = [s for s in ancestors(spans, span) if s["kind"] == "SERVER"]
+    assert servers, f"no server span above {span['name']}"
+    return servers[0]
+
+
 @pytest.fixture(scope="session")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
     data_dir: Path = tmp_path_factory.mktemp("otel-lab")

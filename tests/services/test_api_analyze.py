@@ -14,27 +14,10 @@ import httpx
 import pytest
 
 from otel_lab.runtime.harness import RunningSystem
-from tests.conftest import Console, Span, span_named, trace_id_of
+from tests.conftest import Console, Span, ancestors, server_above, span_named, trace_id_of
 
 SEED_BODY = {"a": 10.5, "b": 3.5}
 SEED_RESPONSE = {"sum": 14.0, "difference": 7.0}
-
-
-def _ancestors(spans: list[Span], span: Span) -> list[Span]:
-    by_id = {s["span_id"]: s for s in spans}
-    chain: list[Span] = []
-    parent = by_id.get(span["parent_span_id"])
-    while parent is not None:
-        chain.append(parent)
-        parent = by_id.get(parent["parent_span_id"])
-    return chain
-
-
-def _server_above(spans: list[Span], span: Span) -> Span:
-    """The nearest SERVER span above ``span``: the request span of the service that made it."""
-    servers = [s for s in _ancestors(spans, span) if s["kind"] == "SERVER"]
-    assert servers, f"no server span above {span['name']}"
-    return servers[0]
 
 
 def _connected(spans: list[Span]) -> bool:
@@ -102,11 +85,11 @@ def test_trace_has_the_worker_span_under_the_api_request(
     )
     worker = span_named(spans, "WorkerService.analyze", "api")
     assert worker["kind"] == "INTERNAL"
-    server = _server_above(spans, worker)
+    server = server_above(spans, worker)
     assert server["name"] == "POST /analyze" and server["service_name"] == "api"
     assert server["attributes"]["http.route"] == "/analyze"
     assert server["attributes"]["request.id"] == "demo-trace"
-    gateway_call = _ancestors(spans, server)
+    gateway_call = ancestors(spans, server)
     assert gateway_call and gateway_call[-1]["service_name"] == "gateway", "one trace from the edge"
     assert worker["status"]["code"] != "ERROR"
     assert worker["attributes"]["analysis.a"] == 10.5

@@ -8,24 +8,14 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.conftest import Console, Span, children_of, span_named, trace_id_of
-
-
-def _ancestors(spans: list[Span], span: Span) -> list[Span]:
-    by_id = {s["span_id"]: s for s in spans}
-    chain: list[Span] = []
-    parent = by_id.get(span["parent_span_id"])
-    while parent is not None:
-        chain.append(parent)
-        parent = by_id.get(parent["parent_span_id"])
-    return chain
-
-
-def _server_above(spans: list[Span], span: Span) -> Span:
-    """The nearest SERVER span above ``span``: the request span of the service that made it."""
-    servers = [s for s in _ancestors(spans, span) if s["kind"] == "SERVER"]
-    assert servers, f"no server span above {span['name']}"
-    return servers[0]
+from tests.conftest import (
+    Console,
+    Span,
+    children_of,
+    server_above,
+    span_named,
+    trace_id_of,
+)
 
 
 def _metric_value(text: str, series: str) -> float:
@@ -61,7 +51,7 @@ def test_hello_through_the_gateway(gateway: httpx.Client, console: Console) -> N
     assert hello["attributes"]["api.operation"] == "hello"
     assert hello["attributes"]["operation.type"] == "simple"
     assert hello["attributes"]["service.name"] == "api"
-    server = _server_above(spans, hello)
+    server = server_above(spans, hello)
     assert server["name"] == "GET /hello" and server["service_name"] == "api"
 
 
@@ -102,7 +92,7 @@ def test_error_simulation_always_failing(
     assert exception["attributes"]["exception.type"].endswith("SimulatedError")
     assert "probability 1.0" in exception["attributes"]["exception.message"]
 
-    server = _server_above(spans, simulated)
+    server = server_above(spans, simulated)
     assert server["name"] == "GET /error-simulation" and server["service_name"] == "api"
     assert server["status"]["code"] == "ERROR"
     assert server["attributes"]["http.response.status_code"] == 500
@@ -165,7 +155,7 @@ def test_db_operation_span_tree(gateway: httpx.Client, api: httpx.Client, consol
     assert root["attributes"]["database.system"] == "postgresql"
     assert root["attributes"]["database.name"] == "otel_lab"
     assert root["attributes"]["service.name"] == "api"
-    server = _server_above(spans, root)
+    server = server_above(spans, root)
     assert server["name"] == "GET /db-operation" and server["service_name"] == "api"
 
     steps = children_of(spans, root)
@@ -229,7 +219,7 @@ def test_complex_operation_nests_four_levels(gateway: httpx.Client, console: Con
     assert root["attributes"]["api.operation"] == "complex-operation"
     assert root["attributes"]["operation.type"] == "composite"
     assert root["attributes"]["service.name"] == "api"
-    server = _server_above(spans, root)
+    server = server_above(spans, root)
     assert server["name"] == "GET /complex-operation" and server["service_name"] == "api"
 
     level2 = children_of(spans, root)

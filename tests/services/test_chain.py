@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from otel_lab.runtime.harness import RunningSystem
-from tests.conftest import Console, Span, span_named, trace_id_of
+from tests.conftest import Console, Span, ancestors, span_named, trace_id_of
 
 CHAIN_SERVICES = ("gateway", "user-service", "order-service", "audit-service")
 
@@ -29,18 +29,8 @@ def _process(gateway: httpx.Client, body: dict[str, Any], **headers: str) -> htt
     return gateway.post("/api/v1/process", json=body, headers=headers)
 
 
-def _ancestors(spans: list[Span], span: Span) -> list[Span]:
-    by_id = {s["span_id"]: s for s in spans}
-    chain: list[Span] = []
-    parent = by_id.get(span["parent_span_id"])
-    while parent is not None:
-        chain.append(parent)
-        parent = by_id.get(parent["parent_span_id"])
-    return chain
-
-
 def _descends_from(spans: list[Span], span: Span, ancestor: Span) -> bool:
-    return any(a["span_id"] == ancestor["span_id"] for a in _ancestors(spans, span))
+    return any(a["span_id"] == ancestor["span_id"] for a in ancestors(spans, span))
 
 
 def _of(spans: list[Span], service: str, kind: str | None = None) -> list[Span]:
