@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -196,3 +197,42 @@ def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert not psutil.pid_exists(child_pid)
+
+
+def test_a_restartable_child_that_dies_is_started_again(tmp_path: Path) -> None:
+    marker = tmp_path / "crashed-once"
+    code = f"""
+        import pathlib, sys, time
+        marker = pathlib.Path({str(marker)!r})
+        if not marker.exists():
+            marker.touch()
+            sys.exit(3)  # the first run crashes, as a worker can on a broker outage
+        time.sleep(60)
+    """
+    supervisor, output = make_supervisor(tmp_path)
+    (child,) = supervisor.start_group([ChildSpec("flaky", python(code), restart=True)])
+    first_pid = child.pid
+    waiter = threading.Thread(target=supervisor.wait, kwargs={"poll_interval": 0.05})
+    waiter.start()
+    try:
+        deadline = time.monotonic() + 10
+        while supervisor.running[0].child.pid == first_pid and time.monotonic() < deadline:
+            time.sleep(0.05)
+        restarted = supervisor.running[0].child
+        assert restarted.pid != first_pid
+        time.sleep(0.3)
+        assert restarted.poll() is None, "the restarted child keeps running"
+        assert "restarting:" in output.getvalue() and "exited with code 3" in output.getvalue()
+    finally:
+        supervisor.stop_requested = signal.SIGTERM
+        waiter.join(5)
+        supervisor.stop_all()
+    assert gone([restarted.pid])
+
+
+def test_a_child_without_restart_stops_the_system(tmp_path: Path) -> None:
+    supervisor, output = make_supervisor(tmp_path)
+    supervisor.start_group([ChildSpec("fragile", python("import time; time.sleep(0.3)"))])
+    assert supervisor.wait(poll_interval=0.05) == 1
+    assert "exited unexpectedly" in output.getvalue()
+    supervisor.stop_all()
