@@ -22,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from redis.exceptions import RedisError
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from otel_lab import __version__
@@ -71,6 +71,13 @@ async def _validation_failed(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 shape (``detail``: the field errors), safe for any input echoed back."""
     errors = _json_safe(jsonable_encoder(exc.errors()))  # type: ignore[attr-defined]
     return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def _value_rejected_by_database(request: Request, exc: Exception) -> JSONResponse:
+    """Input that passed validation but that PostgreSQL cannot store (a NUL character in
+    text, a number out of a column's range) is the client's error, not an outage."""
+    message = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+    return error_response(422, f"value rejected by the database: {message}")
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -138,8 +145,9 @@ def create_service(
     app.state.service_name = service_name
     if telemetry_enabled():
         app.add_middleware(TelemetryMiddleware)
-    for exc_type in (OperationalError, DBAPIError, PoolTimeoutError, ConnectionRefusedError):
+    for exc_type in (OperationalError, InterfaceError, PoolTimeoutError, ConnectionRefusedError):
         app.add_exception_handler(exc_type, _database_unavailable)
+    app.add_exception_handler(DataError, _value_rejected_by_database)
     app.add_exception_handler(RedisError, _cache_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_failed)
 
