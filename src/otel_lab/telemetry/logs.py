@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from opentelemetry import trace
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from otel_lab.telemetry.context import request_id_var
@@ -40,6 +41,8 @@ def json_formatter() -> logging.Formatter:
         style="{",
         timestamp=True,  # ISO 8601, UTC
         rename_fields={"levelname": "level", "name": "logger"},
+        # uvicorn adds an ANSI-coloured copy of each message; the plain one is enough.
+        reserved_attrs=[*RESERVED_ATTRS, "color_message"],
         json_ensure_ascii=False,
     )
 
