@@ -236,3 +236,32 @@ def test_swagger_ui_is_served_offline(api: httpx.Client) -> None:
     assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     assert assets and all(a.startswith("/") for a in assets), assets
     assert all(api.get(a).status_code == 200 for a in assets)
+
+
+def test_otlp_metrics_reach_the_console_with_route_and_exemplar(
+    api: httpx.Client, console: Console
+) -> None:
+    """The stable ``http.server.request.duration`` goes over OTLP too, labelled by route,
+    and its exemplars lead to the request's trace."""
+    for _ in range(3):
+        api.get("/health")
+    deadline = time.monotonic() + 15
+    points: list[dict] = []
+    while time.monotonic() < deadline:
+        response = console.client.get(
+            "/api/metrics/http.server.request.duration",
+            params={"service": "api", "attr": "http.route=/health"},
+        )
+        if response.status_code == 200:
+            points = [p for p in response.json()["points"] if p["exemplars"]]
+            if points:
+                break
+        time.sleep(0.5)
+    assert points, "no http.server.request.duration point with an exemplar for GET /health"
+    point = points[-1]
+    assert point["attributes"]["http.request.method"] == "GET"
+    assert point["attributes"]["http.response.status_code"] == 200
+    assert point["count"] >= 1
+    trace_id = point["exemplars"][-1]["trace_id"]
+    spans = console.trace(trace_id)
+    assert span_named(spans, "GET /health", "api")["kind"] == "SERVER"
