@@ -26,7 +26,7 @@ from prometheus_client import Counter, Histogram, start_http_server
 from otel_lab.settings import get_settings
 from otel_lab.telemetry import setup_telemetry, shutdown_telemetry
 from otel_lab.telemetry.metrics import LATENCY_BUCKETS
-from otel_lab.worker.queue import create_celery_app, instrument_celery
+from otel_lab.worker.queue import create_celery_app
 
 SERVICE_NAME = "worker"
 
@@ -45,7 +45,6 @@ _task_started: dict[str, float] = {}
 @worker_process_init.connect
 def _start_telemetry(**_: Any) -> None:
     setup_telemetry(SERVICE_NAME)
-    instrument_celery()
 
 
 @worker_init.connect

@@ -15,7 +15,7 @@ ITEM_ENRICHMENT = "item_enrichment"
 DEFAULT_QUEUE = "celery"
 
 
-def instrument_celery() -> None:
+def _instrument_celery() -> None:
     """Both sides are instrumented: publishers inject the trace context into the message
     headers, and the worker continues the trace from them."""
     instrumentor = CeleryInstrumentor()
@@ -24,7 +24,7 @@ def instrument_celery() -> None:
 
 
 def create_celery_app(*, include: list[str] | None = None) -> Celery:
-    instrument_celery()
+    _instrument_celery()
     broker = redis_url()
     app = Celery("otel_lab", broker=broker, include=include or [])
     app.conf.update(

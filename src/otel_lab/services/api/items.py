@@ -8,7 +8,6 @@ from typing import Annotated
 from anyio import to_thread
 from fastapi import APIRouter, HTTPException, Path, Request
 from kombu.exceptions import KombuError
-from kombu.exceptions import OperationalError as BrokerError
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
@@ -45,7 +44,7 @@ async def _enqueue_enrichment(request: Request, item_id: int) -> None:
         await to_thread.run_sync(
             lambda: celery.send_task(ITEM_ENRICHMENT, args=[item_id], retry=True)
         )
-    except (KombuError, BrokerError, RedisError, OSError) as exc:
+    except (KombuError, RedisError, OSError) as exc:
         span = trace.get_current_span()
         span.add_event("enrichment.enqueue_failed", {"error.type": type(exc).__name__})
         prom.ERRORS.labels("enqueue_failed").inc()
