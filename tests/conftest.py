@@ -6,17 +6,45 @@ a Celery worker process, and the console storing what the OTLP exporters send.
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from otel_lab.runtime.harness import RunningSystem, running_system
+from otel_lab.runtime.harness import RunningSystem, free_ports, running_system
+from otel_lab.runtime.supervisor import ChildSpec, ManagedProcess, Supervisor, http_ok
 
 Span = dict[str, Any]
+
+
+def uvicorn_spec(name: str, module: str, port: int, env: Mapping[str, str]) -> ChildSpec:
+    """A service of the tests' own, ready when its ``/health`` answers."""
+    return ChildSpec(
+        name,
+        [sys.executable, "-m", "uvicorn", f"{module}:app", "--port", str(port)],
+        env={"OTEL_SERVICE_NAME": name, **env},
+        ready=http_ok(f"http://127.0.0.1:{port}/health"),
+    )
+
+
+@contextmanager
+def serving(
+    name: str, module: str, env: Mapping[str, str], log_dir: Path
+) -> Iterator[tuple[str, ManagedProcess]]:
+    """Run one service on a free port under the runtime's supervisor (which reports its last
+    log lines if it fails to start); its base URL and process."""
+    (port,) = free_ports(1)
+    supervisor = Supervisor(log_dir)
+    try:
+        child = supervisor.start(uvicorn_spec(name, module, port, env))
+        yield f"http://127.0.0.1:{port}", child
+    finally:
+        supervisor.stop_all()
 
 
 def trace_id_of(response: httpx.Response) -> str:
@@ -33,6 +61,27 @@ class Console:
     def __init__(self, base_url: str) -> None:
         self.client = httpx.Client(base_url=base_url, timeout=5.0)
 
+    def _poll(
+        self,
+        path: str,
+        key: str,
+        until: Callable[[list[Any]], bool] | None,
+        timeout: float,
+    ) -> tuple[list[Any], bool]:
+        """GET ``path`` until its ``key`` list is non-empty and ``until`` holds (exports are
+        batched, so telemetry arrives a moment after the request): the last list seen, and
+        whether it held."""
+        deadline = time.monotonic() + timeout
+        items: list[Any] = []
+        while time.monotonic() < deadline:
+            response = self.client.get(path)
+            if response.status_code == 200:
+                items = response.json()[key]
+                if items and (until is None or until(items)):
+                    return items, True
+            time.sleep(0.25)
+        return items, False
+
     def trace(
         self,
         trace_id: str,
@@ -40,16 +89,10 @@ class Console:
         until: Callable[[list[Span]], bool] | None = None,
         timeout: float = 15.0,
     ) -> list[Span]:
-        """The spans of a trace, polled until ``until(spans)`` holds (exports are batched)."""
-        deadline = time.monotonic() + timeout
-        spans: list[Span] = []
-        while time.monotonic() < deadline:
-            response = self.client.get(f"/api/traces/{trace_id}")
-            if response.status_code == 200:
-                spans = response.json()["spans"]
-                if spans and (until is None or until(spans)):
-                    return spans
-            time.sleep(0.25)
+        """The spans of a trace, polled until ``until(spans)`` holds."""
+        spans, complete = self._poll(f"/api/traces/{trace_id}", "spans", until, timeout)
+        if complete:
+            return spans
         names = [(s["service_name"], s["name"]) for s in spans]
         raise AssertionError(f"trace {trace_id} incomplete after {timeout} s: {names}")
 
@@ -60,15 +103,10 @@ class Console:
         until: Callable[[list[dict[str, Any]]], bool] | None = None,
         timeout: float = 15.0,
     ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        logs: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            response = self.client.get(f"/api/traces/{trace_id}/logs")
-            if response.status_code == 200:
-                logs = response.json()["logs"]
-                if logs and (until is None or until(logs)):
-                    return logs
-            time.sleep(0.25)
+        """The logs of a trace, polled until ``until(logs)`` holds."""
+        logs, complete = self._poll(f"/api/traces/{trace_id}/logs", "logs", until, timeout)
+        if complete:
+            return logs
         raise AssertionError(f"logs of trace {trace_id} incomplete after {timeout} s: {logs}")
 
 

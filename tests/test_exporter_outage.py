@@ -3,12 +3,9 @@ succeed, and shutdown stays bounded (the SDK's own flush ignores its timeout).""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +13,9 @@ import httpx
 import pytest
 
 from otel_lab.runtime.harness import free_ports
+from tests.conftest import serving
+
+WEATHER_UPSTREAM = "otel_lab.services.weather_upstream.app"
 
 
 @pytest.fixture
@@ -31,38 +31,24 @@ def black_hole() -> Iterator[int]:
 def test_service_works_and_stops_when_the_otlp_endpoint_fails(
     endpoint: str, black_hole: int, tmp_path: Path
 ) -> None:
-    (closed_port, port) = free_ports(2)
+    (closed_port,) = free_ports(1)
     otlp_port = black_hole if endpoint == "hanging" else closed_port
-    log = tmp_path / "service.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "otel_lab.services.weather_upstream.app:app",
-         "--port", str(port)],
-        env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
-             "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_BLRP_SCHEDULE_DELAY": "100",
-             "OTEL_METRIC_EXPORT_INTERVAL": "500"},
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(base + "/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_BLRP_SCHEDULE_DELAY": "100",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+    }
+    with serving("exporter-probe", WEATHER_UPSTREAM, env, tmp_path) as (base, child):
         # Enough requests to fill export batches while the exporters fail or hang.
         statuses = {
             httpx.get(f"{base}/v1/current?city=london", timeout=5).status_code for _ in range(300)
         }
         assert statuses == {200}
-    finally:
-        proc.send_signal(signal.SIGTERM)
+        child.proc.send_signal(signal.SIGTERM)
         try:
-            code = proc.wait(timeout=15)
+            code = child.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.kill()
             pytest.fail(f"the service did not stop on SIGTERM with the OTLP endpoint {endpoint}")
     # uvicorn re-raises the signal it stopped on once it has shut down cleanly.
-    assert code in (0, -signal.SIGTERM), log.read_text()[-2000:]
+    assert code in (0, -signal.SIGTERM), child.log_path.read_text()[-2000:]

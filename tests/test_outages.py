@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,26 +22,12 @@ from otel_lab.runtime.embedded import EmbeddedPostgres, EmbeddedValkey
 from otel_lab.runtime.harness import RunningSystem, free_ports
 from otel_lab.runtime.plan import MIGRATIONS_INI
 from otel_lab.runtime.supervisor import ChildSpec, Supervisor
-from tests.conftest import Console, span_named, trace_id_of
+from tests.conftest import Console, span_named, trace_id_of, uvicorn_spec
 
 
 class Stack:
     def __init__(self, pg: EmbeddedPostgres, kv: EmbeddedValkey, api: str) -> None:
         self.pg, self.kv, self.api = pg, kv, api
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited early:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not up:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -64,42 +49,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory, system: RunningSystem) -> It
             [sys.executable, "-m", "alembic", "-c", str(MIGRATIONS_INI), "upgrade", "head"],
             env=env, check=True, capture_output=True,
         )  # fmt: skip
-        api_log = data_dir / "api.log"
-        api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "otel_lab.services.api.app:app",
-             "--port", str(api_port)],
-            env={**env, "OTEL_SERVICE_NAME": "api"}, stdout=api_log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
         # The worker runs under the runtime's supervisor, as in embedded mode: kombu's Redis
         # transport can take the worker down when the broker vanishes mid-task, and the
         # supervisor starts it again.
-        supervisor = Supervisor(data_dir)
-        supervisor.start(
-            ChildSpec(
-                "worker",
-                [sys.executable, "-m", "celery", "-A", "otel_lab.worker.app", "worker",
-                 "--pool", "threads", "--concurrency", "2", "--without-mingle",
-                 "--without-gossip"],
-                env={**env, "OTEL_SERVICE_NAME": "worker"},
-                restart=True,
-            )
+        worker = ChildSpec(
+            "worker",
+            [sys.executable, "-m", "celery", "-A", "otel_lab.worker.app", "worker",
+             "--pool", "threads", "--concurrency", "2", "--without-mingle", "--without-gossip"],
+            env={**env, "OTEL_SERVICE_NAME": "worker"},
+            restart=True,
         )  # fmt: skip
+        supervisor = Supervisor(data_dir)
         watcher = threading.Thread(target=supervisor.wait, daemon=True)
-        watcher.start()
         try:
-            base = f"http://127.0.0.1:{api_port}"
-            _wait_http(base + "/health", api, api_log)
-            yield Stack(pg, kv, base)
+            supervisor.start_group(
+                [uvicorn_spec("api", "otel_lab.services.api.app", api_port, env), worker]
+            )
+            watcher.start()
+            yield Stack(pg, kv, f"http://127.0.0.1:{api_port}")
         finally:
             supervisor.stop_requested = signal.SIGTERM
-            watcher.join(5)
+            if watcher.is_alive():
+                watcher.join(5)
             supervisor.stop_all()
-            api.terminate()
-            try:
-                api.wait(10)
-            except subprocess.TimeoutExpired:
-                api.kill()
 
 
 def _item_status(api: str, item_id: int) -> str:
