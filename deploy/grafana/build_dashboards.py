@@ -998,6 +998,18 @@ def slo() -> dict[str, Any]:
             f"sum by ({by}) (rate(request_latency_seconds_count{{{PUBLIC}}}[{window}])))"
         )
 
+    # The two instant queries (1 h, 1 d) side by side as columns of one table.
+    hour_and_day_columns = [
+        {"id": "merge", "options": {}},
+        {
+            "id": "organize",
+            "options": {
+                "excludeByName": {"Time": True},
+                "renameByName": {"Value #A": "1 h", "Value #B": "1 d"},
+            },
+        },
+    ]
+
     panels = [
         row("Availability: 99.5 % of requests without 5xx"),
         table(
@@ -1009,16 +1021,7 @@ def slo() -> dict[str, Any]:
             ],
             unit="percentunit",
             w=12,
-            transformations=[
-                {"id": "merge", "options": {}},
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {"Time": True},
-                        "renameByName": {"Value #A": "1 h", "Value #B": "1 d"},
-                    },
-                },
-            ],
+            transformations=hour_and_day_columns,
         ),
         timeseries(
             "Availability burn rate (1 h)",
@@ -1039,16 +1042,7 @@ def slo() -> dict[str, Any]:
             ],
             unit="percentunit",
             w=12,
-            transformations=[
-                {"id": "merge", "options": {}},
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {"Time": True},
-                        "renameByName": {"Value #A": "1 h", "Value #B": "1 d"},
-                    },
-                },
-            ],
+            transformations=hour_and_day_columns,
         ),
         timeseries(
             "Latency burn rate (1 h)",
