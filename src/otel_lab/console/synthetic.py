@@ -44,13 +44,26 @@ TypeError: unsupported operand type(s) for *: 'NoneType' and 'int'
 
 
 def any_value(value: Any) -> AnyValue:
+    """A Python value as an OTLP AnyValue (scalars, bytes, lists and dicts)."""
     if isinstance(value, bool):
         return AnyValue(bool_value=value)
     if isinstance(value, int):
         return AnyValue(int_value=value)
     if isinstance(value, float):
         return AnyValue(double_value=value)
-    return AnyValue(string_value=str(value))
+    if isinstance(value, str):
+        return AnyValue(string_value=value)
+    if isinstance(value, bytes):
+        return AnyValue(bytes_value=value)
+    if isinstance(value, list):
+        out = AnyValue()
+        out.array_value.values.extend(any_value(v) for v in value)
+        return out
+    if isinstance(value, dict):
+        out = AnyValue()
+        out.kvlist_value.values.extend(key_values(value))
+        return out
+    raise TypeError(type(value))
 
 
 def key_values(attrs: dict[str, Any]) -> list[KeyValue]:
