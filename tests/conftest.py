@@ -29,6 +29,7 @@ def uvicorn_spec(name: str, module: str, port: int, env: Mapping[str, str]) -> C
         [sys.executable, "-m", "uvicorn", f"{module}:app", "--port", str(port)],
         env={"OTEL_SERVICE_NAME": name, **env},
         ready=http_ok(f"http://127.0.0.1:{port}/health"),
+        ready_timeout=60.0,  # as in `otel-lab up`: imports are slow on a busy 2-core machine
     )
 
 
@@ -108,6 +109,28 @@ class Console:
         if complete:
             return logs
         raise AssertionError(f"logs of trace {trace_id} incomplete after {timeout} s: {logs}")
+
+
+def has_spans(*wanted: str | tuple[str, str]) -> Callable[[list[Span]], bool]:
+    """``until`` for :meth:`Console.trace`: every span in ``wanted`` has arrived.
+
+    Each entry is a span name or a ``(service, name)`` pair; a name ending in ``*`` matches
+    by prefix (``"SELECT*"``). The spans of one trace are exported in batches, so a test
+    waits for each span it asserts rather than taking the first batch.
+    """
+
+    def matches(span: Span, entry: str | tuple[str, str]) -> bool:
+        service, name = entry if isinstance(entry, tuple) else (None, entry)
+        if service is not None and span["service_name"] != service:
+            return False
+        return span["name"].startswith(name[:-1]) if name.endswith("*") else span["name"] == name
+
+    return lambda spans: all(any(matches(s, entry) for s in spans) for entry in wanted)
+
+
+def has_logs(*bodies: str) -> Callable[[list[dict[str, Any]]], bool]:
+    """``until`` for :meth:`Console.logs`: a record with each body in ``bodies`` has arrived."""
+    return lambda logs: set(bodies) <= {log["body"] for log in logs}
 
 
 def span_named(spans: list[Span], name: str, service: str | None = None) -> Span:

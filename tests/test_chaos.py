@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from otel_lab.runtime.harness import RunningSystem
-from tests.conftest import Console, serving, trace_id_of
+from tests.conftest import Console, has_spans, serving, trace_id_of
 
 WEATHER_UPSTREAM = "otel_lab.services.weather_upstream.app"
 
@@ -38,7 +38,7 @@ def test_chaos_delays_requests_visibly_on_the_span(
         elapsed_ms = (time.perf_counter() - started) * 1000
     assert response.status_code == 200
     assert elapsed_ms >= 100, f"a chaos delay is 100-200 ms, the request took {elapsed_ms:.0f}"
-    (span,) = console.trace(trace_id_of(response))
+    (span,) = console.trace(trace_id_of(response), until=has_spans("GET /health"))
     assert 100 <= span["attributes"]["chaos.delay_ms"] <= 200
     assert [e["name"] for e in span["events"]] == ["chaos.delay"]
 
@@ -48,5 +48,7 @@ def test_chaos_rate_zero_delays_nothing(
 ) -> None:
     with chaos_service(system, tmp_path, rate="0") as base:
         responses = [httpx.get(base + "/health") for _ in range(20)]
-    spans = [console.trace(trace_id_of(r))[0] for r in responses[-3:]]
+    spans = [
+        console.trace(trace_id_of(r), until=has_spans("GET /health"))[0] for r in responses[-3:]
+    ]
     assert all("chaos.delay_ms" not in s["attributes"] for s in spans)

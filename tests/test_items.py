@@ -13,7 +13,15 @@ import httpx
 import redis
 
 from otel_lab.runtime.harness import RunningSystem
-from tests.conftest import Console, Span, children_of, span_named, trace_id_of
+from tests.conftest import (
+    Console,
+    Span,
+    children_of,
+    has_logs,
+    has_spans,
+    span_named,
+    trace_id_of,
+)
 
 
 def _db_system(span: Span) -> str | None:
@@ -88,7 +96,9 @@ def test_read_misses_then_hits_the_cache(api: httpx.Client, console: Console) ->
     # The worker wrote the fresh copy through to the cache, so this read hits.
     hit = api.get(f"/items/{item['id']}")
     assert hit.status_code == 200 and hit.json() == enriched
-    hit_spans = console.trace(trace_id_of(hit))
+    hit_spans = console.trace(
+        trace_id_of(hit), until=has_spans(("api", "GET /items/{item_id}"), ("api", "GET"))
+    )
     hit_server = span_named(hit_spans, "GET /items/{item_id}", "api")
     assert hit_server["attributes"]["cache.hit"] is True
     assert not _db_spans(hit_spans), "a cache hit does not touch PostgreSQL"
@@ -104,7 +114,10 @@ def test_cache_miss_reads_the_database_and_fills_the_cache(
 
     miss = api.get(f"/items/{item['id']}")
     assert miss.status_code == 200
-    spans = console.trace(trace_id_of(miss))
+    spans = console.trace(
+        trace_id_of(miss),
+        until=has_spans(("api", "GET /items/{item_id}"), ("api", "GET"), "SET", "SELECT*"),
+    )
     server = span_named(spans, "GET /items/{item_id}", "api")
     assert server["attributes"]["cache.hit"] is False
     child_names = [s["name"] for s in children_of(spans, server)]
@@ -146,7 +159,7 @@ def test_logs_are_json_lines_with_trace_and_request_ids(
     response = api.get("/health", headers={"X-Request-ID": "items-log-check"})
     assert response.headers["x-request-id"] == "items-log-check"
     trace_id = trace_id_of(response)
-    exported = console.logs(trace_id)
+    exported = console.logs(trace_id, until=has_logs("request_completed"))
     completed = next(log for log in exported if log["body"] == "request_completed")
     assert completed["attributes"]["request_id"] == "items-log-check"
     assert completed["attributes"]["status_code"] == 200
@@ -263,5 +276,5 @@ def test_otlp_metrics_reach_the_console_with_route_and_exemplar(
     assert point["attributes"]["http.response.status_code"] == 200
     assert point["count"] >= 1
     trace_id = point["exemplars"][-1]["trace_id"]
-    spans = console.trace(trace_id)
+    spans = console.trace(trace_id, until=has_spans(("api", "GET /health")))
     assert span_named(spans, "GET /health", "api")["kind"] == "SERVER"

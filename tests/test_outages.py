@@ -22,7 +22,7 @@ from otel_lab.runtime.embedded import EmbeddedPostgres, EmbeddedValkey
 from otel_lab.runtime.harness import RunningSystem, free_ports
 from otel_lab.runtime.plan import MIGRATIONS_INI
 from otel_lab.runtime.supervisor import ChildSpec, Supervisor
-from tests.conftest import Console, span_named, trace_id_of, uvicorn_spec
+from tests.conftest import Console, has_spans, span_named, trace_id_of, uvicorn_spec
 
 
 class Stack:
@@ -83,7 +83,9 @@ def test_reads_survive_a_cache_outage(stack: Stack, console: Console) -> None:
     with stack.kv.outage():
         response = httpx.get(f"{stack.api}/items/{item['id']}", timeout=10)
         assert response.status_code == 200 and response.json()["name"] == "survivor"
-        spans = console.trace(trace_id_of(response))
+        spans = console.trace(
+            trace_id_of(response), until=has_spans(("api", "GET /items/{item_id}"), "SELECT*")
+        )
         server = span_named(spans, "GET /items/{item_id}", "api")
         assert "cache.unavailable" in [e["name"] for e in server["events"]]
         assert any(s["name"].startswith("SELECT") for s in spans)
