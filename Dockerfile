@@ -56,15 +56,16 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev
 
 # ---------------------------------------------------------------------------------------------
-# Development image (seed 003): dependencies including the dev group, but not the project:
-# the source is bind-mounted at /app/src by deploy/compose/docker-compose.dev.yml and found
-# through PYTHONPATH, and uvicorn runs with --reload.
+# Development image: dependencies including the dev group, but not the project: the source is
+# bind-mounted at /app/src by deploy/compose/docker-compose.dev.yml and found through
+# PYTHONPATH, and uvicorn runs with --reload. Only the virtualenv changes owner: the bind
+# mounts under /app (uv.lock, pyproject.toml) are read-only, so `chown -R /app` fails there.
 FROM uv-base AS dev
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
     uv sync --frozen --no-install-project \
- && chown -R app:app /app
+ && chown -R app:app "$UV_PROJECT_ENVIRONMENT"
 ENV PYTHONPATH=/app/src
 USER app
 EXPOSE 8000

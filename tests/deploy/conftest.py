@@ -62,6 +62,44 @@ def load_yaml_all(path: Path) -> list[object]:
         return [doc for doc in yaml.safe_load_all(f) if doc is not None]
 
 
+# Prometheus' OTLP receiver (3.x, translation_strategy UnderscoreEscapingWithSuffixes) names a
+# pushed metric: dots become underscores, the unit is appended (s -> seconds), counters get
+# `_total`, histograms `_bucket`, `_sum` and `_count`.
+UNIT_SUFFIXES = {"s": "seconds", "ms": "milliseconds"}
+
+
+def _histogram(name: str) -> set[str]:
+    return {f"{name}_{suffix}" for suffix in ("bucket", "sum", "count")}
+
+
+def collector_metric_names(config: dict) -> set[str]:
+    """The Prometheus series the Collector's connectors write, as named in Prometheus.
+
+    From the connectors' sources at the pinned Collector (0.128.0): spanmetrics writes
+    `<namespace>.calls` and `<namespace>.duration` (namespace default `traces.span.metrics`,
+    histogram unit default ms); servicegraph writes `traces_service_graph_request_total`,
+    `..._failed_total` and the `..._server_seconds` / `..._client_seconds` histograms.
+    """
+    names: set[str] = set()
+    for component, spec in (config.get("connectors") or {}).items():
+        kind, spec = component.split("/")[0], spec or {}
+        if kind == "spanmetrics":
+            namespace = spec.get("namespace", "traces.span.metrics").replace(".", "_")
+            unit = UNIT_SUFFIXES[(spec.get("histogram") or {}).get("unit", "ms")]
+            names.add(f"{namespace}_calls_total")
+            names |= _histogram(f"{namespace}_duration_{unit}")
+            if (spec.get("events") or {}).get("enabled"):
+                names.add(f"{namespace}_events_total")
+        elif kind == "servicegraph":
+            names |= {
+                "traces_service_graph_request_total",
+                "traces_service_graph_request_failed_total",
+            }
+            for side in ("server", "client"):
+                names |= _histogram(f"traces_service_graph_request_{side}_seconds")
+    return names
+
+
 # Lines that a test wants in the terminal summary (e.g. the dashboard queries not executed here,
 # with the reason), shown without -s.
 SUMMARY_LINES = pytest.StashKey[list[str]]()

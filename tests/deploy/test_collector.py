@@ -190,3 +190,12 @@ def test_agent_routes_traces_by_trace_id_to_the_headless_service() -> None:
         if d["kind"] == "Service" and d["metadata"]["name"] == "otel-gateway-headless"
     ]
     assert headless and headless[0]["spec"]["clusterIP"] == "None"
+
+
+def test_agent_resolver_port_is_a_string() -> None:
+    """Collector 0.128.0 decodes `resolver.dns.port` into a Go string (loadbalancingexporter
+    config.go: `Port string mapstructure:"port"`) and rejects a YAML integer at start-up, which
+    crash-loops the agent DaemonSet."""
+    dns = _load("agent")["exporters"]["loadbalancing"]["resolver"]["dns"]
+    assert isinstance(dns["port"], str), f"port: {dns['port']!r} must be quoted"
+    assert dns["port"] == "4317", "the gateway tier's OTLP/gRPC port"

@@ -119,7 +119,7 @@ def test_health_gated_start_order(compose: dict) -> None:
     for name in [*APP_SERVICES, "worker"]:
         deps = services[name]["depends_on"]
         assert deps["postgres"]["condition"] == "service_healthy"
-        assert deps["redis"]["condition"] == "service_healthy"
+        assert deps["valkey"]["condition"] == "service_healthy"
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert "healthcheck" in services[name], f"{name} has no healthcheck"
     for backend in APP_SERVICES.keys() - {"gateway"}:
@@ -283,3 +283,58 @@ def test_dockerfile_copies_only_what_the_context_sends() -> None:
         )
     for must_ignore in (".venv", ".git", ".otel-lab"):
         assert must_ignore in ignored
+
+
+def _stage_context(commands) -> list[tuple[object, str, dict[str, str]]]:
+    """Each RUN with the WORKDIR and ENV in effect (inherited through `FROM <stage>`)."""
+    state: dict[str, tuple[str, dict[str, str]]] = {}
+    workdir: str = "/"
+    env: dict[str, str] = {}
+    name: str | None = None
+    runs = []
+    for cmd in commands:
+        if cmd.cmd == "FROM":
+            parent = cmd.value[0]
+            workdir, env = state.get(parent, ("/", {}))
+            env = dict(env)
+            name = cmd.value[2] if len(cmd.value) >= 3 and cmd.value[1].upper() == "AS" else parent
+        elif cmd.cmd == "WORKDIR":
+            workdir = str(Path(workdir, cmd.value[0]))
+        elif cmd.cmd == "ENV":
+            env.update(zip(cmd.value[::2], cmd.value[1::2], strict=True))
+        elif cmd.cmd == "RUN":
+            runs.append((cmd, workdir, dict(env)))
+        if name is not None and cmd.cmd != "RUN":
+            state[name] = (workdir, dict(env))
+    return runs
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    return re.sub(r"\$\{?(\w+)\}?", lambda v: env.get(v.group(1), v.group(0)), text)
+
+
+def test_dockerfile_never_changes_read_only_bind_mounts() -> None:
+    """A `RUN --mount=type=bind` mount is read-only: a recursive chown/chmod over a folder that
+    holds one fails the build (it broke the dev image and docker-compose.dev.yml)."""
+    checked = 0
+    for cmd, workdir, env in _stage_context(_dockerfile()):
+        mounts = [
+            dict(kv.split("=", 1) for kv in flag.removeprefix("--mount=").split(",") if "=" in kv)
+            for flag in cmd.flags
+            if flag.startswith("--mount=")
+        ]
+        read_only = [
+            Path(workdir, m["target"])
+            for m in mounts
+            if m.get("type") == "bind" and m.get("rw", m.get("readwrite", "false")) == "false"
+        ]
+        for match in re.finditer(
+            r"\b(?:chown|chmod|chgrp)\s+(?:-R|--recursive)\s+\S+\s+(\S+)", cmd.value[0]
+        ):
+            target = _expand(match.group(1), env).strip("\"'")
+            checked += 1
+            for mount in read_only:
+                assert not mount.is_relative_to(Path(workdir, target)), (
+                    f"`{match.group(0)}` covers the read-only bind mount {mount}"
+                )
+    assert checked, "no recursive chown left to check: drop or adapt this test"

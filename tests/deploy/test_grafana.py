@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import GRAFANA_DIR, load_yaml
+from .conftest import (
+    COLLECTOR_CONFIG,
+    COMPOSE_FILE,
+    GRAFANA_DIR,
+    PROMETHEUS_DIR,
+    collector_metric_names,
+    load_yaml,
+)
 from .test_dashboard_queries import COLLECTOR_ONLY_SERIES, prometheus_panel_queries
 from .test_prometheus import KNOWN_METRICS, _metric_names
 
@@ -244,3 +251,35 @@ def test_dashboard_matches_grafana_schema(path: Path) -> None:
     roundtrip = json.loads(json.dumps(model, cls=encoder))
     assert not _dropped_keys(original, roundtrip), "keys unknown to Grafana's schema"
     assert not _type_errors(model), "values of the wrong type or outside their enum"
+
+
+# What Grafana's Tempo datasource queries for the service graph and the span table under it. The
+# names are hard-coded in Grafana (public/app/plugins/datasource/tempo/graphTransform.ts at the
+# pinned 11.6.0); re-check them when the Grafana image changes.
+GRAFANA_IMAGE = "grafana/grafana:11.6.0"
+TEMPO_SERVICE_GRAPH_SERIES = {
+    "traces_service_graph_request_total",
+    "traces_service_graph_request_failed_total",
+    "traces_service_graph_request_server_seconds_sum",
+    "traces_service_graph_request_server_seconds_bucket",
+    "traces_spanmetrics_calls_total",
+    "traces_spanmetrics_latency_bucket",
+}
+
+
+def test_tempo_service_graph_finds_its_series() -> None:
+    """Each series the service graph reads is written by the Collector or recorded by a rule."""
+    assert load_yaml(COMPOSE_FILE)["services"]["grafana"]["image"] == GRAFANA_IMAGE
+    written = collector_metric_names(load_yaml(COLLECTOR_CONFIG))
+    recorded = {
+        rule["record"]: rule["expr"].strip()
+        for path in sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
+        for group in load_yaml(path)["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+    missing = TEMPO_SERVICE_GRAPH_SERIES - written - recorded.keys()
+    assert not missing, f"Grafana's service graph reads {missing}, which nothing writes"
+    for name in TEMPO_SERVICE_GRAPH_SERIES & recorded.keys():
+        # A rename keeps every label (span_kind, status_code, le) the service graph filters on.
+        assert recorded[name] in written, f"{name} is recorded from {recorded[name]!r}"

@@ -6,14 +6,23 @@ import re
 
 import pytest
 
-from .conftest import COMPOSE_FILE, PROMETHEUS_DIR, load_yaml, require_tool, run
+from .conftest import (
+    COLLECTOR_CONFIG,
+    COMPOSE_FILE,
+    PROMETHEUS_DIR,
+    collector_metric_names,
+    load_yaml,
+    require_tool,
+    run,
+)
 
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 
-# Series the services and the worker expose on /metrics, plus the Collector's own telemetry and
-# Prometheus' synthetic series. A rule that names anything else has a typo.
+# Series the services and the worker expose on /metrics, the ones the Collector's connectors
+# push, plus the Collector's own telemetry and Prometheus' synthetic series. A rule that names
+# anything else has a typo.
 _HISTOGRAMS = (
     "request_latency_seconds",
     "db_operation_seconds",
@@ -32,6 +41,7 @@ KNOWN_METRICS = {
     "worker_queue_depth",
     "celery_tasks_total",
     *(f"{h}_{suffix}" for h in _HISTOGRAMS for suffix in ("bucket", "sum", "count")),
+    *collector_metric_names(load_yaml(COLLECTOR_CONFIG)),
 }
 
 
