@@ -1,4 +1,4 @@
-"""Chaos mode (seed 001): with CHAOS_ENABLED=true a share of requests is delayed, and the
+"""Chaos mode: with CHAOS_ENABLED=true a share of requests is delayed, and the
 delay shows on the server span. A service of its own runs with the rate at 1 and at 0."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Seed 000 end to end: items in PostgreSQL, cache-aside through Valkey, enrichment on the
-worker, all in one trace that the console returns."""
+"""The items service end to end: items in PostgreSQL, cache-aside through Valkey, enrichment on
+the worker, all in one trace that the console returns."""
 
 from __future__ import annotations
 

@@ -278,7 +278,7 @@ def service_map(title: str, description: str, *, w: int = 24, h: int = 12) -> Pa
 def traces(
     title: str, description: str, traceql: str, *, w: int = 12, h: int = 8, limit: int = 20
 ) -> Panel:
-    """A table of traces from a TraceQL search (seed 002's queries); a click opens the trace."""
+    """A table of traces from a TraceQL search (the chain's queries); a click opens the trace."""
     return {
         "type": "table",
         "title": title,
@@ -461,7 +461,7 @@ SVC = 'job=~"$service"'
 
 # --------------------------------------------------------------------------- dashboards
 def overview() -> dict[str, Any]:
-    """Seed 000: the Otel Microservice Lab dashboard."""
+    """The overview of the items service with cache and worker."""
     panels = [
         stat(
             "Requests / s",
@@ -570,15 +570,15 @@ def overview() -> dict[str, Any]:
     return dashboard(
         "otel-lab-overview",
         "Otel Lab - Overview",
-        "Seed 000's dashboard: latency, errors, database, cache and worker queue at a glance.",
+        "Latency, errors, database, cache and worker queue at a glance.",
         panels,
-        tags=["seed-000", "overview"],
+        tags=["items", "overview"],
         variables=[job_variable()],
     )
 
 
 def microtrace() -> dict[str, Any]:
-    """Seed 001: MicroTrace, the /analyze service."""
+    """MicroTrace: the /analyze service."""
     api = 'job="api"'
     analyze = 'job="api",path="/analyze"'
     panels = [
@@ -679,16 +679,16 @@ def microtrace() -> dict[str, Any]:
     return dashboard(
         "otel-lab-microtrace",
         "Otel Lab - MicroTrace (/analyze)",
-        "Seed 001's MicroTrace view: request counts, latency histogram, errors and the /analyze "
+        "MicroTrace view: request counts, latency histogram, errors and the /analyze "
         "traces "
         "and logs, correlated by request id and trace id.",
         panels,
-        tags=["seed-001", "api"],
+        tags=["microtrace", "api"],
     )
 
 
 def service_view() -> dict[str, Any]:
-    """Seed 002: the service view of the gateway -> user -> order -> audit chain."""
+    """The service view of the gateway -> user -> order -> audit chain."""
     chain = 'job=~"gateway|user-service|order-service|audit-service"'
     panels = [
         row("Dependency map"),
@@ -822,7 +822,7 @@ def service_view() -> dict[str, Any]:
             unit="s",
             w=8,
         ),
-        row("Traces (TraceQL, seed 002)"),
+        row("Traces (TraceQL)"),
         traces(
             "Error traces",
             "TraceQL `{ status = error }`: every kept trace with an error span.",
@@ -840,17 +840,17 @@ def service_view() -> dict[str, Any]:
     return dashboard(
         "otel-lab-services",
         "Otel Lab - Service view",
-        "Seed 002's service view: dependency map, request flow through the chain, error rate, "
+        "Service view of the chain: dependency map, request flow through the chain, error rate, "
         "latency "
         "percentiles and database query analysis.",
         panels,
-        tags=["seed-002", "services"],
+        tags=["service-chain", "services"],
         variables=[job_variable()],
     )
 
 
 def enhanced_tracing() -> dict[str, Any]:
-    """Seed 004: the metrics of the enhanced tracing app (REQUEST_TIME, DB_OPERATION_TIME, ...)."""
+    """The metrics of the enhanced tracing showcase (REQUEST_TIME, DB_OPERATION_TIME, ...)."""
     panels = [
         timeseries(
             "Requests by endpoint and status (REQUEST_COUNTER)",
@@ -976,11 +976,11 @@ def enhanced_tracing() -> dict[str, Any]:
     return dashboard(
         "otel-lab-enhanced-tracing",
         "Otel Lab - Enhanced tracing metrics",
-        "Seed 004's metrics: request counter and latency, DB and external API operation time, "
-        "errors and "
-        "concurrency, next to the OpenTelemetry and span-derived views of the same traffic.",
+        "Enhanced tracing metrics: request counter and latency, DB and external API operation "
+        "time, errors and concurrency, next to the OpenTelemetry and span-derived views of the "
+        "same traffic.",
         panels,
-        tags=["seed-004", "metrics"],
+        tags=["enhanced-tracing", "metrics"],
         variables=[job_variable()],
     )
 

@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     # A dependency call that takes longer than this fails fast (DB down -> 503, not a hang).
     dependency_timeout_seconds: float = Field(2.0, alias="DEPENDENCY_TIMEOUT_SECONDS")
 
-    # Chaos mode (seed 001): a share of requests gets an injected delay.
+    # Chaos mode: a share of requests gets an injected delay.
     chaos_enabled: bool = Field(False, alias="CHAOS_ENABLED")
     chaos_rate: float = Field(0.05, ge=0.0, le=1.0, alias="CHAOS_RATE")
     chaos_min_delay_ms: int = Field(100, ge=0, alias="CHAOS_MIN_DELAY_MS")
@@ -86,16 +86,16 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", alias="LOG_LEVEL")
 
-    # Outbound weather call (seed 004): each attempt times out on its own, retries back off
+    # Outbound weather call: each attempt times out on its own, retries back off
     # exponentially, and the whole call never outlives the deadline (then 504).
     weather_timeout_seconds: float = Field(2.0, gt=0, le=60, alias="WEATHER_TIMEOUT_SECONDS")
     weather_max_retries: int = Field(2, ge=0, le=5, alias="WEATHER_MAX_RETRIES")
     weather_backoff_seconds: float = Field(0.1, ge=0, le=5, alias="WEATHER_BACKOFF_SECONDS")
     weather_deadline_seconds: float = Field(5.0, gt=0, le=120, alias="WEATHER_DEADLINE_SECONDS")
-    # Share of /error-simulation requests that fail on purpose (seed 004); ?probability=
+    # Share of /error-simulation requests that fail on purpose; ?probability=
     # overrides it per request.
     error_simulation_rate: float = Field(0.5, ge=0.0, le=1.0, alias="ERROR_SIMULATION_RATE")
-    # How the weather upstream is instrumented (seed 003): "manual" is our telemetry package,
+    # How the weather upstream is instrumented: "manual" is our telemetry package,
     # "zero-code" runs it under `opentelemetry-instrument` (see docs/instrumentation.md).
     instrumentation_mode: Literal["manual", "zero-code"] = Field(
         "manual", alias="INSTRUMENTATION_MODE"

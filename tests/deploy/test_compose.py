@@ -29,7 +29,7 @@ APP_SERVICES = {
 }
 # Started like the services, but depends on no data store.
 STUB_SERVICES = {"weather-upstream": (8090, "otel_lab.services.weather_upstream.app:app")}
-# Ports the seeds document, published on the host.
+# Ports the README documents, published on the host.
 DOCUMENTED_PORTS = {
     "gateway": {8080},
     "api": {8000},
@@ -70,7 +70,7 @@ def test_compose_config_validates(files: list[Path]) -> None:
 
 
 def test_collector_alone_starts_nothing_else() -> None:
-    """`docker compose up otel-collector` must start only the Collector (seed 001)."""
+    """`docker compose up otel-collector` must start only the Collector."""
     tool = require_tool("docker-compose")
     result = run([tool, "-f", str(COMPOSE_FILE), "config", "--services"], cwd=COMPOSE_DIR)
     assert result.returncode == 0, result.stderr
@@ -160,7 +160,7 @@ def test_documented_ports_are_published(compose: dict) -> None:
         for spec in compose["services"][name].get("ports", []):
             # "${BIND_ADDRESS:-127.0.0.1}:8080:8080" -> host port 8080
             published.add(int(str(spec).rsplit(":", 2)[-2]))
-        assert ports <= published, f"{name}: publishes {published}, seeds document {ports}"
+        assert ports <= published, f"{name}: publishes {published}, the README documents {ports}"
 
 
 def test_prometheus_flags(compose: dict) -> None:
@@ -204,7 +204,7 @@ def test_collector_config_is_the_one_mounted(compose: dict) -> None:
 
 
 def test_dev_override(dev: dict, compose: dict) -> None:
-    """Seed 003: dev target, source mounted, reload, and an idle option."""
+    """Dev target, source mounted, reload, and an idle option."""
     for name in [*APP_SERVICES, *STUB_SERVICES, "worker"]:
         svc = dev["services"][name]
         assert svc["build"]["target"] == "dev"

@@ -136,7 +136,7 @@ def test_classification() -> None:
     assert "Calls per edge" in titles  # service graph
     assert "Latency p95 by route, OpenTelemetry metric" in titles
     assert "Firing SLO alerts" in titles
-    # The seed 000 panels run on scraped series, in every mode.
+    # The overview panels run on scraped series, in every mode.
     overview = {t for d, t, _ in runnable if d == "otel-lab-overview"}
     for title in (
         "Request latency p50 / p95",

@@ -1,7 +1,7 @@
-"""Seed 001 end to end: ``POST /analyze`` through the gateway, its trace and its JSON logs.
+"""MicroTrace analyze end to end: ``POST /analyze`` through the gateway, its trace, its JSON logs.
 
-The seed's curl (with ``X-Request-ID: demo-123``) must answer the seed's body; the trace
-must show the WorkerService as its own span under the api's request span; the seed's two
+MicroTrace's curl (with ``X-Request-ID: demo-123``) must answer its documented body; the trace
+must show the WorkerService as its own span under the api's request span; MicroTrace's two
 log events must carry the request ID, both as JSON lines on stderr and over OTLP.
 """
 
@@ -37,7 +37,7 @@ def _json_lines(text: str) -> list[dict]:
 
 
 def _wait_for_log_lines(system: RunningSystem, service: str, request_id: str) -> list[dict]:
-    """The service's stderr JSON lines for a request, once both seed events are there."""
+    """The service's stderr JSON lines for a request, once both MicroTrace events are there."""
     deadline = time.monotonic() + 10
     mine: list[dict] = []
     while time.monotonic() < deadline:
@@ -127,7 +127,7 @@ def test_seed_log_events_carry_the_request_id(
     assert completed["attributes"]["status_code"] == 200
     assert completed["attributes"]["elapsed_ms"] >= 0
 
-    # As JSON lines on the api's stderr, the seed's own format.
+    # As JSON lines on the api's stderr, MicroTrace's own format.
     lines = _wait_for_log_lines(system, "api", "demo-123")
     line = next(
         entry

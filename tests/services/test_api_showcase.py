@@ -1,5 +1,5 @@
-"""Seed 004's showcase endpoints: ``/hello``, ``/error-simulation``, ``/db-operation`` and
-``/complex-operation``, with the span trees, attributes and metrics the seed lists."""
+"""The enhanced tracing showcase endpoints: ``/hello``, ``/error-simulation``, ``/db-operation`` and
+``/complex-operation``, with the span trees, attributes and metrics the showcase lists."""
 
 from __future__ import annotations
 
@@ -258,7 +258,7 @@ def test_complex_operation_bad_input_is_422(api: httpx.Client, params: dict) -> 
     assert "detail" in response.json()
 
 
-# --------------------------------------------------------------------------- seed 004 metrics
+# --------------------------------------------------------------------------- showcase metrics
 
 
 def test_seed_metrics_are_exposed(api: httpx.Client) -> None:

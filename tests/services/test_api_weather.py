@@ -1,9 +1,9 @@
-"""Seed 004's ``GET /weather/{city}``: a real outbound call to the weather upstream.
+"""The showcase's ``GET /weather/{city}``: a real outbound call to the weather upstream.
 
 The api calls the offline weather upstream over real HTTP. The tests check the answer, the
 failure mapping (404, 502, 504), bad city names (422), the retries, and the trace: the
 api's CLIENT span with the upstream's SERVER span as its child, in one trace. The last
-part runs the upstream under ``opentelemetry-instrument`` (zero-code mode, seed 003) and
+part runs the upstream under ``opentelemetry-instrument`` (zero-code mode) and
 checks what that emits.
 """
 
@@ -147,8 +147,8 @@ def test_one_trace_from_api_client_span_to_upstream_server_span(
 
     [client] = _client_spans(spans, fetch)
     assert client["service_name"] == "api"
-    assert client["attributes"]["http.request.method"] == "GET"  # seed's http.method
-    assert "/v1/current" in client["attributes"]["url.full"]  # seed's http.url
+    assert client["attributes"]["http.request.method"] == "GET"  # formerly http.method
+    assert "/v1/current" in client["attributes"]["url.full"]  # formerly http.url
     assert client["attributes"]["http.response.status_code"] == 200
 
     upstream = [

@@ -1,6 +1,6 @@
-"""Seed 002 through the gateway: gateway -> user-service -> order-service -> audit-service.
+"""The service chain through the gateway: gateway -> user-service -> order-service -> audit-service.
 
-The seed's curl requests with their responses, then HotROD-style trace checks: take the
+The chain's documented curl requests with their responses, then HotROD-style trace checks: take the
 trace id from ``traceresponse``, read the trace back from the console and assert its
 shape (services, parent/child links, DB spans, baggage attributes), the error path, the
 retry, the audit fallback and the circuit breaker.
@@ -74,7 +74,7 @@ def _breaker_gauge(metrics_text: str, downstream: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-# --------------------------------------------------------------------------- seed requests
+# --------------------------------------------------------------------------- documented requests
 
 
 def test_seed_simple_request(gateway: httpx.Client) -> None:
@@ -113,7 +113,7 @@ def test_seed_full_request_with_name_and_email(gateway: httpx.Client) -> None:
 
 
 def test_seed_loop_over_demo_users_1001_to_1010(gateway: httpx.Client) -> None:
-    """The seed's ``for i in {1..10}`` loop works on a fresh start (seeded demo users)."""
+    """The documented ``for i in {1..10}`` loop works on a fresh start (seeded demo users)."""
     for i in range(1, 11):
         response = _process(gateway, {"user_id": 1000 + i, "action": f"test_{i}"})
         assert response.status_code == 200, (i, response.text)
@@ -125,7 +125,7 @@ def test_seed_loop_over_demo_users_1001_to_1010(gateway: httpx.Client) -> None:
 
 
 def test_seed_service_endpoints(gateway: httpx.Client, system: RunningSystem) -> None:
-    """Each service's own endpoints from the seed, on its own port and through the gateway."""
+    """Each service's own documented endpoints, on its own port and through the gateway."""
     order = _process(gateway, {"user_id": 1004, "action": "endpoints"}).json()["order"]
     for service in ("user-service", "order-service", "audit-service"):
         health = httpx.get(system.url(service) + "/health")

@@ -1,4 +1,4 @@
-"""Seed 004's users and todos in user-service, through the gateway: CRUD, 404/409/422,
+"""Users and todos in user-service, through the gateway: CRUD, 404/409/422,
 pagination, and the traced service and repository layers."""
 
 from __future__ import annotations

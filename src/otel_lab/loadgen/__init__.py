@@ -1,1 +1,1 @@
-"""Traffic for every endpoint: ``otel-lab load`` (seed 004's options plus a duration and a mix)."""
+"""Traffic for every endpoint: ``otel-lab load`` (runs, concurrency, delay, host, duration, mix)."""

@@ -1,4 +1,4 @@
-"""``otel-lab load``: seed 004's options (runs, concurrency, delay, host) plus a duration."""
+"""``otel-lab load``: runs, concurrency, delay and host, plus a duration."""
 
 from __future__ import annotations
 

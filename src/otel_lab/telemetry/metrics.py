@@ -1,7 +1,8 @@
 """Prometheus metrics served on every service's ``/metrics`` (OpenMetrics, with exemplars).
 
-The names follow the seeds (``requests_total``, ``request_latency_seconds``, ...) so their
-dashboards work unchanged; ``path`` is always a route template, never a raw path.
+The names are the ones the original services used (``requests_total``,
+``request_latency_seconds``, ...) so their dashboards work unchanged; ``path`` is always a
+route template, never a raw path.
 """
 
 from __future__ import annotations

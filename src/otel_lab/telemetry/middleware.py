@@ -3,11 +3,11 @@
 One server span per request (no per-chunk send/receive spans), stable HTTP semantic
 conventions, the route template as ``http.route`` and as the ``path`` label, the request
 ID on the span, the logs and the response, a W3C ``traceresponse`` header, Prometheus
-metrics with trace exemplars, and the opt-in chaos delay of seed 001.
+metrics with trace exemplars, and the opt-in chaos delay.
 
 It is hand-written rather than ``opentelemetry-instrumentation-asgi`` because the stock
-middleware costs about 0.3-0.4x of an endpoint's throughput (FIELD-NOTES); this one keeps
-to a single span, a few attribute writes and a few metric updates per request.
+middleware costs about 0.3-0.4x of an endpoint's throughput (docs/instrumentation.md); this
+one keeps to a single span, a few attribute writes and a few metric updates per request.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class TelemetryMiddleware:
             context.detach(context_token)
 
     async def _maybe_chaos(self, span: trace.Span) -> None:
-        """Seed 001's chaos mode: delay a share of requests, visibly on the span."""
+        """Chaos mode: delay a share of requests, visibly on the span."""
         settings = self.settings
         if not settings.chaos_enabled or random.random() >= settings.chaos_rate:
             return

@@ -1,4 +1,4 @@
-"""items table (seed 000)
+"""items table
 
 Revision ID: 0001
 Revises:

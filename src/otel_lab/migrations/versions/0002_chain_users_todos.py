@@ -1,6 +1,6 @@
-"""users and todos (seed 004), orders, order_items and audit_logs (seed 002), demo users
+"""users and todos, orders, order_items and audit_logs (the service chain), demo users
 
-The seed 002 examples call the chain with user ids 1001-1010 without creating them first,
+The service chain's examples call it with user ids 1001-1010 without creating them first,
 so this migration seeds those ten demo users; users created through ``POST /users`` are
 numbered from 1011 on (the identity starts there), so the two never collide.
 

@@ -1,1 +1,1 @@
-"""The api service: items (seed 000), analyze (001), weather and the showcase endpoints (004)."""
+"""The api service: items (with cache and worker), MicroTrace analyze, weather, the showcase."""

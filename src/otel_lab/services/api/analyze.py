@@ -1,8 +1,8 @@
-"""``POST /analyze`` (seed 001): the edge validates, the WorkerService computes.
+"""``POST /analyze`` (MicroTrace): the edge validates, the WorkerService computes.
 
 The WorkerService stands in for a downstream dependency, so it gets its own child span
 (``WorkerService.analyze``) and its own log line: a trace shows the edge and the worker as
-two steps, and the seed's ``analyze_response`` log event carries the request ID.
+two steps, and MicroTrace's ``analyze_response`` log event carries the request ID.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from otel_lab.services.base import error_response
 
-# The seed's log events come from "microtrace.api"; ours keep the project's prefix.
+# MicroTrace's log events come from "microtrace.api"; ours keep the project's prefix.
 logger = logging.getLogger("otel_lab.api.analyze")
 tracer = trace.get_tracer("otel_lab.api.analyze")
 

@@ -1,4 +1,4 @@
-"""Items (seed 000): PostgreSQL, a cache-aside read through Redis, enrichment on the worker."""
+"""Items: PostgreSQL, a cache-aside read through Redis, enrichment on the worker."""
 
 from __future__ import annotations
 

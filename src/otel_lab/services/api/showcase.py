@@ -1,4 +1,4 @@
-"""Seed 004's showcase endpoints: one tracing pattern each, small enough to read in a minute.
+"""The enhanced tracing showcase: one tracing pattern per endpoint, each readable in a minute.
 
 - ``GET /hello``: one manual span under the request span.
 - ``GET /error-simulation``: fails on purpose at a probability; the exception is recorded
@@ -8,7 +8,7 @@
 - ``GET /complex-operation``: four levels of nested spans, validation -> processing ->
   steps -> transforms, then aggregation.
 
-Every manual span carries the seed's attributes (``api.operation``, ``operation.type``,
+Every manual span carries the showcase's attributes (``api.operation``, ``operation.type``,
 ``service.name``, and ``database.*``, ``user.id``, ``error.probability`` where they apply).
 """
 
@@ -60,7 +60,7 @@ class Greeting(BaseModel):
 
 @router.get("/hello")
 async def hello(request: Request, name: Name = "World") -> Greeting:
-    """The smallest traced endpoint: one manual span with the seed's attributes."""
+    """The smallest traced endpoint: one manual span with the showcase's attributes."""
     with tracer.start_as_current_span("hello", attributes=_common(request, "hello", "simple")):
         return Greeting(message=f"Hello, {name}!")
 

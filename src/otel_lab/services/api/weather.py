@@ -1,4 +1,4 @@
-"""``GET /weather/{city}`` (seed 004): a real outbound HTTP call that fails well.
+"""``GET /weather/{city}``: a real outbound HTTP call that fails well.
 
 The upstream (``WEATHER_API_URL``; by default the offline ``weather_upstream`` service) is
 called through one shared ``httpx.AsyncClient`` whose object is instrumented, so every

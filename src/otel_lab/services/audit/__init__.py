@@ -1,1 +1,1 @@
-"""audit-service: the audit trail; ``POST /process`` ends the chain (seed 002)."""
+"""audit-service: the audit trail; ``POST /process`` ends the service chain."""

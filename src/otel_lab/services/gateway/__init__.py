@@ -1,1 +1,1 @@
-"""The gateway: the single front door that routes every public path to its service (seed 002)."""
+"""The gateway: the single front door that routes every public path to its service."""

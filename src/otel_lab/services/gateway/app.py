@@ -1,6 +1,6 @@
 """The gateway: ``uvicorn otel_lab.services.gateway.app:app`` (port ``GATEWAY_PORT``, 8080).
 
-The single front door (seed 002's nginx, in Python): every public path, and the same path
+The single front door (the service chain's nginx, in Python): every public path, and the same path
 under ``/api/v1/``, goes to the service that owns it (:data:`ROUTES`, the one routing
 table). The trace starts here (or continues a caller's ``traceparent``), the request ID is
 set or validated here and sent on, and the answer comes back with its status, body and

@@ -1,1 +1,1 @@
-"""order-service: orders and pricing; ``POST /process`` continues the chain (seed 002)."""
+"""order-service: orders and pricing; ``POST /process`` continues the service chain."""

@@ -50,7 +50,7 @@ class PricedOrder:
 
 
 def default_items(user_id: int, action: str) -> list[tuple[str, int]]:
-    """The seed's requests name no items: derive 1-3 distinct ones from user and action.
+    """The chain's requests name no items: derive 1-3 distinct ones from user and action.
 
     Stable (a seeded generator, not ``hash()``), so the same request prices the same.
     """

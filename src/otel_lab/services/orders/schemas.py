@@ -29,7 +29,7 @@ class OrderProcessRequest(BaseModel):
     user_id: int = Field(ge=1, le=MAX_ID)
     action: Action
     user_tier: Literal["standard", "premium", "gold"] = "standard"
-    # Absent in the seed's requests: derived from user and action (see pricing).
+    # Absent in the chain's requests: derived from user and action (see pricing).
     items: list[OrderItemIn] | None = Field(None, min_length=1, max_length=20)
     simulate_failure: Literal["order", "order_transient", "audit"] | None = None
 

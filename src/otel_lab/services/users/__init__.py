@@ -1,1 +1,1 @@
-"""user-service: users and todos (seed 004), and `POST /process`, the chain's start (002)."""
+"""user-service: users and todos, and `POST /process`, the start of the service chain."""

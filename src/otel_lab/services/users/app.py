@@ -1,6 +1,6 @@
 """user-service: ``uvicorn otel_lab.services.users.app:app``.
 
-Users and todos (seed 004) and ``POST /process``, the start of the chain (seed 002).
+Users and todos and ``POST /process``, the start of the service chain.
 """
 
 from __future__ import annotations

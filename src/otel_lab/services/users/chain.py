@@ -1,4 +1,4 @@
-"""``POST /process`` (seed 002): user validation and profile enrichment here, then order
+"""``POST /process`` (the service chain): user validation and profile enrichment here, then order
 creation and pricing in order-service, which writes the audit log in audit-service; three
 services, real HTTP, one trace.
 
@@ -6,7 +6,7 @@ The user context travels as baggage (``user.id``, ``action``), set here once the
 known; every chain service copies those entries onto its spans. Name and email stay out of
 baggage and spans unless ``TELEMETRY_RECORD_PII=true``.
 
-Which users exist: the ten demo users 1001-1010 are seeded by migration 0002, so the seed's
+Which users exist: the ten demo users 1001-1010 are seeded by migration 0002, so the chain's
 examples work on a fresh start. A request that names a user by ``user_email`` alone (no
 ``user_id``) gets that user, created on first sight with ``user_name``; an unknown
 ``user_id`` is a 404 from the ``user_validation`` step.

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from otel_lab.db import Base
 
-# Ids 1001-1010 are the seeded demo users of seed 002 (migration 0002); created users
+# Ids 1001-1010 are the seeded demo users of the service chain (migration 0002); created users
 # are numbered from here on, so the two never collide.
 FIRST_CREATED_USER_ID = 1011
 

@@ -1,4 +1,4 @@
-"""The traced repository layer (seed 004): every data access is one span with the seed's
+"""The traced repository layer: every data access is one span with the showcase's
 attributes (``operation.type``, ``database.system``, ``database.name``, ``user.id``,
 ``todo.id``), and the SQL statements beneath it are the driver spans.
 

@@ -1,6 +1,6 @@
-"""Users and todos over HTTP (seed 004): validation, 404s, 409s and paginated lists.
+"""Users and todos over HTTP: validation, 404s, 409s and paginated lists.
 
-Lists answer a JSON array (the seed's shape) for ``limit``/``offset`` and give the total
+Lists answer a JSON array (the original shape) for ``limit``/``offset`` and give the total
 in the ``X-Total-Count`` header.
 """
 

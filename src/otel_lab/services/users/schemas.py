@@ -116,7 +116,7 @@ class TodoOut(BaseModel):
 
 
 class ProcessRequest(BaseModel):
-    """Seed 002's chain request: a user id, or a name and email, and an action."""
+    """The service chain's request: a user id, or a name and email, and an action."""
 
     model_config = _STRICT
 

@@ -1,4 +1,4 @@
-"""The traced service layer (seed 004): business rules and the unit of work.
+"""The traced service layer: business rules and the unit of work.
 
 Each operation is one span (``service.<operation>``, ``operation.type=business_logic``,
 ``api.operation``) above the repository spans. Domain outcomes that are the client's

@@ -1,4 +1,4 @@
-"""How the runtime starts the weather upstream in each instrumentation mode (seed 003).
+"""How the runtime starts the weather upstream in each instrumentation mode (manual or zero-code).
 
 ``manual`` (the default) is the plain uvicorn command every service uses: the app calls our
 telemetry package. ``zero-code`` puts ``opentelemetry-instrument`` in front of the same
