@@ -17,7 +17,7 @@ import psycopg
 import redis
 
 from otel_lab.runtime.harness import running_system
-from otel_lab.runtime.plan import SERVICES, WORKER_MODULE, module_exists, setting_name
+from otel_lab.runtime.plan import SERVICES, setting_name
 from otel_lab.runtime.procs import free_port
 from tests.runtime.conftest import run_up_to_exit
 
@@ -35,15 +35,13 @@ def _names(procs: list[psutil.Process]) -> set[str]:
 
 def test_up_gets_ready_and_sigterm_leaves_no_process(up_env: dict[str, str]) -> None:
     data_dir = Path(up_env["OTEL_LAB_DATA_DIR"])
-    services = [s for s in SERVICES if module_exists(s.module)]
+    services = SERVICES
     with running_system(data_dir, env=up_env, timeout=90) as system:
         output = system.output()
         assert "otel-lab is up" in output
         for name in ("postgres", "valkey", *(s.name for s in services)):
             assert name in system.children, output
             assert f"logs/{name}.log" in output  # the table shows each log file
-        for skipped in {s.name for s in SERVICES} - {s.name for s in services}:
-            assert f"skipped {skipped}" in output
 
         # The datastores are real and the application database exists.
         with psycopg.connect(system.database_url.replace("+psycopg", "")) as conn:
@@ -63,11 +61,7 @@ def test_up_gets_ready_and_sigterm_leaves_no_process(up_env: dict[str, str]) -> 
 
         tree = system.processes()
         names = _names(tree)
-        assert {"postgres", "valkey-server"} <= names, names
-        if services:
-            assert "uvicorn" in names
-        if module_exists(WORKER_MODULE):
-            assert "celery" in names
+        assert {"postgres", "valkey-server", "uvicorn", "celery"} <= names, names
         assert len(tree) > 3
 
         started = time.monotonic()
@@ -82,16 +76,8 @@ def test_up_gets_ready_and_sigterm_leaves_no_process(up_env: dict[str, str]) -> 
     assert json.loads((data_dir / "ports.json").read_text()).keys() == {"postgres", "valkey"}
 
 
-def _port_setting_to_block() -> str:
-    """A port that `up` always binds: the first existing service's, else PostgreSQL's."""
-    for service in SERVICES:
-        if module_exists(service.module):
-            return setting_name(service.port_field)
-    return "OTEL_LAB_POSTGRES_PORT"
-
-
 def test_port_taken_fails_fast_naming_the_setting(up_env: dict[str, str]) -> None:
-    for setting in {_port_setting_to_block(), "OTEL_LAB_POSTGRES_PORT"}:
+    for setting in {setting_name(SERVICES[0].port_field), "OTEL_LAB_POSTGRES_PORT"}:
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()

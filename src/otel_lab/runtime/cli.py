@@ -110,8 +110,6 @@ def _up(supervisor: Supervisor, settings: Settings, data_dir: Path, *, traffic: 
     if kv_port and not settings.redis_url:
         claims.append(PortClaim(kv_port, EmbeddedValkey.port_setting))
     supervisor.check_ports(claims)
-    for skipped in plan.skipped:
-        say(f"[yellow]skipped[/] {skipped}")
 
     if settings.database_url:
         database_url = settings.database_url

@@ -1,7 +1,6 @@
 """What ``otel-lab up`` runs: the one table of services, and how each child is started.
 
-To add a service, add a :class:`ServiceSpec` to :data:`SERVICES`. Entries whose module
-does not exist yet are skipped with a log line, so the table can run ahead of the code.
+To add a service, add a :class:`ServiceSpec` to :data:`SERVICES`.
 """
 
 from __future__ import annotations
@@ -63,20 +62,6 @@ SERVICES: tuple[ServiceSpec, ...] = (
 )
 
 
-def module_exists(module: str, *, runnable: bool = False) -> bool:
-    """Whether ``module`` (under otel_lab) exists on disk, without importing it.
-
-    ``runnable`` asks for ``python -m module``: a module file or a package ``__main__``.
-    """
-    parts = module.split(".")
-    if parts[0] != "otel_lab":
-        raise ValueError(f"not an otel_lab module: {module}")
-    base = PACKAGE_DIR.joinpath(*parts[1:])
-    if base.with_suffix(".py").is_file():
-        return True
-    return (base / ("__main__.py" if runnable else "__init__.py")).is_file()
-
-
 def setting_name(field_name: str) -> str:
     """The environment variable of a Settings field (``api_port`` -> ``API_PORT``)."""
     alias = Settings.model_fields[field_name].alias
@@ -128,18 +113,14 @@ def _claim(settings: Settings, field_name: str) -> PortClaim:
     return PortClaim(getattr(settings, field_name), setting_name(field_name), settings.host)
 
 
-def migrations_spec(env: Mapping[str, str]) -> ChildSpec | None:
-    """``alembic upgrade head``; None until the migrations package exists."""
-    if not MIGRATIONS_INI.is_file():
-        return None
+def migrations_spec(env: Mapping[str, str]) -> ChildSpec:
+    """``alembic upgrade head``."""
     argv = [sys.executable, "-m", "alembic", "-c", str(MIGRATIONS_INI), "upgrade", "head"]
     return ChildSpec("migrations", argv, env={**env, "OTEL_SERVICE_NAME": "migrations"})
 
 
-def console_spec(settings: Settings, data_dir: Path, env: Mapping[str, str]) -> ChildSpec | None:
-    """The built-in telemetry console (OTLP receiver + UI); None until it exists."""
-    if not module_exists(CONSOLE_MODULE, runnable=True):
-        return None
+def console_spec(settings: Settings, data_dir: Path, env: Mapping[str, str]) -> ChildSpec:
+    """The built-in telemetry console (OTLP receiver + UI)."""
     ui = f"http://{connect_host(settings)}:{settings.console_ui_port}"
     db = data_dir / "console" / "telemetry.db"
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +142,7 @@ def service_spec(service: ServiceSpec, settings: Settings, env: Mapping[str, str
             "--no-access-log",  # request logs come from our middleware, with trace ids
             "--timeout-graceful-shutdown", "3"]  # fmt: skip
     extra_env: dict[str, str] = {}
-    if service.launcher and module_exists(service.launcher):
+    if service.launcher:
         launcher = importlib.import_module(service.launcher)
         argv = launcher.wrap_argv(argv, settings)
         extra_env = launcher.environment(settings)
@@ -192,15 +173,13 @@ def _celery_ping(broker_url: str, node: str) -> ReadyCheck:
 
 def worker_spec(
     settings: Settings, env: Mapping[str, str], log_dir: Path, redis_url: str
-) -> ChildSpec | None:
-    """The Celery worker; None until its module exists.
+) -> ChildSpec:
+    """The Celery worker.
 
     The threads pool keeps one process, so telemetry and Prometheus metrics stay coherent
     (see ``otel_lab.worker.app``). Ready on Celery's "<node> ready." log line, or, should
     the log format hide it, on a control ping.
     """
-    if not module_exists(WORKER_MODULE):
-        return None
     import socket
 
     node = WORKER_NODE.replace("%h", socket.gethostname())
@@ -219,14 +198,12 @@ def worker_spec(
     )  # fmt: skip
 
 
-def traffic_spec(settings: Settings, env: Mapping[str, str]) -> ChildSpec | None:
+def traffic_spec(settings: Settings, env: Mapping[str, str]) -> ChildSpec:
     """Background traffic through the gateway (``--traffic``, the default).
 
     ``python -m otel_lab.loadgen`` (the same as ``otel-lab load``) with a long duration and
-    a gentle rate, so the console always has fresh traces; None until it exists.
+    a gentle rate, so the console always has fresh traces.
     """
-    if not module_exists(TRAFFIC_MODULE, runnable=True):
-        return None
     argv = [sys.executable, "-m", TRAFFIC_MODULE, "--quiet", "--duration", str(365 * 86400),
             "--concurrency", "2", "--delay", "1.0"]  # fmt: skip
     return ChildSpec("traffic", argv, env={**env, "OTEL_SERVICE_NAME": "loadgen"}, restart=True)
@@ -241,9 +218,8 @@ class Plan:
     the worker, then the background traffic.
     """
 
-    migrations: ChildSpec | None
+    migrations: ChildSpec
     groups: list[list[ChildSpec]]
-    skipped: list[str]
 
     @property
     def children(self) -> list[ChildSpec]:
@@ -258,31 +234,9 @@ def plan_children(
     settings: Settings, data_dir: Path, env: Mapping[str, str], *, traffic: bool = True
 ) -> Plan:
     """Everything ``otel-lab up`` starts after PostgreSQL and Valkey, in start order."""
-    skipped: list[str] = []
-    migrations = migrations_spec(env)
-    if migrations is None:
-        skipped.append(f"migrations ({MIGRATIONS_INI} does not exist yet)")
-    console = console_spec(settings, data_dir, env)
-    if console is None:
-        skipped.append(f"console (module {CONSOLE_MODULE} has no __main__ yet)")
-    apps: list[ChildSpec] = []
-    for service in SERVICES:
-        if module_exists(service.module):
-            apps.append(service_spec(service, settings, env))
-        else:
-            skipped.append(f"{service.name} (module {service.module} does not exist yet)")
-    worker = worker_spec(settings, env, data_dir / "logs", env.get("REDIS_URL", ""))
-    if worker is None:
-        skipped.append(f"worker (module {WORKER_MODULE} does not exist yet)")
-    else:
-        apps.append(worker)
-    load = None
+    apps = [service_spec(service, settings, env) for service in SERVICES]
+    apps.append(worker_spec(settings, env, data_dir / "logs", env.get("REDIS_URL", "")))
+    groups = [[console_spec(settings, data_dir, env)], apps]
     if traffic:
-        load = traffic_spec(settings, env)
-        if load is None:
-            skipped.append(f"traffic (module {TRAFFIC_MODULE} has no __main__ yet)")
-        elif not any(spec.name == "gateway" for spec in apps):
-            skipped.append("traffic (it goes through the gateway, which is not running)")
-            load = None
-    groups = [[console] if console else [], apps, [load] if load else []]
-    return Plan(migrations, [group for group in groups if group], skipped)
+        groups.append([traffic_spec(settings, env)])
+    return Plan(migrations_spec(env), groups)
