@@ -1,0 +1,164 @@
+"""What the service chain costs: CPU per ``POST /api/v1/process`` in each of its four processes.
+
+Starts the whole system with ``otel-lab up`` once per variant (telemetry off with
+``OTEL_SDK_DISABLED=true``; on as shipped), drives the chain through the gateway with wrk
+from a separate process, and reads the CPU time (user + system, ``/proc/<pid>/stat``) that
+gateway, user-service, order-service and audit-service spent per request. A bare
+``GET /health`` on the gateway is measured in the same system, before and after the chain,
+as the unit that survives this host's drift: "the chain costs N health requests".
+
+    .venv/bin/python scripts/bench_system.py                    # off and on, 8 s each
+    .venv/bin/python scripts/bench_system.py --variants off --duration 5
+
+Figures are only comparable within one run (the host's speed varies by up to 1.6x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from otel_lab.runtime.harness import RunningSystem, running_system
+
+CHAIN = ("gateway", "user-service", "order-service", "audit-service")
+CHAIN_BODY = '{"user_id": 1001, "action": "bench"}'
+TICKS = os.sysconf("SC_CLK_TCK")
+TARGET_MS = {"off": 10.0, "on": 13.0}  # issue 10
+VARIANTS = {
+    "off": {"OTEL_SDK_DISABLED": "true"},
+    "on": {"OTEL_TRACES_SAMPLER": "always_on"},
+}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (fields 14 and 15 of /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+@dataclass
+class Run:
+    requests: int
+    seconds: float
+    non_2xx: int
+    cpu: dict[str, float]  # process name -> CPU seconds over the run
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def ms_per_request(self, name: str | None = None) -> float:
+        total = self.cpu[name] if name else sum(self.cpu.values())
+        return total * 1000 / max(1, self.requests)
+
+
+def wrk(url: str, *, duration: int, connections: int, body: str | None, tmp: Path) -> str:
+    extra: list[str] = []
+    if body is not None:
+        script = tmp / "post.lua"
+        script.write_text(
+            f'wrk.method = "POST"\nwrk.body = [[{body}]]\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
+        extra = ["-s", str(script)]
+    return subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", *extra, url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def measure(
+    system: RunningSystem, names: tuple[str, ...], url: str, body: str | None, args, tmp: Path
+) -> Run:
+    pids = {name: system.pid(name) for name in names}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    out = wrk(url, duration=args.duration, connections=args.connections, body=body, tmp=tmp)
+    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
+    if done is None:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[done.group(3)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return Run(
+        requests=int(done.group(1)),
+        seconds=float(done.group(2)) * scale,
+        non_2xx=int(errors.group(1)) if errors else 0,
+        cpu={name: after[name] - before[name] for name in names},
+    )
+
+
+def bench_variant(env: dict[str, str], args) -> dict[str, Run]:
+    with (
+        tempfile.TemporaryDirectory(prefix="otel-lab-bench-") as tmp,
+        running_system(Path(tmp) / "data", env={"LOG_LEVEL": "INFO", **env}) as system,
+    ):
+        gateway = system.url("gateway")
+        chain_url = gateway + "/api/v1/process"
+        check = httpx.post(chain_url, content=CHAIN_BODY,
+                           headers={"Content-Type": "application/json"}, timeout=10)  # fmt: skip
+        check.raise_for_status()
+        wrk(chain_url, duration=2, connections=args.connections, body=CHAIN_BODY, tmp=Path(tmp))
+        health = [measure(system, ("gateway",), gateway + "/health", None, args, Path(tmp))]
+        chain = measure(system, CHAIN, chain_url, CHAIN_BODY, args, Path(tmp))
+        health.append(measure(system, ("gateway",), gateway + "/health", None, args, Path(tmp)))
+    unit = Run(
+        sum(h.requests for h in health),
+        sum(h.seconds for h in health),
+        sum(h.non_2xx for h in health),
+        {"gateway": sum(h.cpu["gateway"] for h in health)},
+    )
+    return {"chain": chain, "health": unit}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is needed: apt-get install wrk", file=sys.stderr)
+        return 2
+
+    results: dict[str, dict[str, Run]] = {}
+    for variant in args.variants:
+        print(f"measuring with telemetry {variant} ...", file=sys.stderr, flush=True)
+        results[variant] = bench_variant(VARIANTS[variant], args)
+
+    print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s; CPU = utime+stime from /proc")
+    header = (
+        f"{'telemetry':9} {'chain req/s':>11} {'CPU ms/req':>10} {'target':>7}"
+        + "".join(f" {name[:8]:>8}" for name in CHAIN)
+        + f" {'health us':>9} {'x health':>8} {'non-2xx':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for variant, runs in results.items():
+        chain, health = runs["chain"], runs["health"]
+        health_ms = health.ms_per_request()
+        total = chain.ms_per_request()
+        print(
+            f"{variant:9} {chain.rps:11.1f} {total:10.2f} {'<=' + str(TARGET_MS[variant]):>7}"
+            + "".join(f" {chain.ms_per_request(name):8.2f}" for name in CHAIN)
+            + f" {health_ms * 1000:9.0f} {total / health_ms:8.1f}"
+            f" {chain.non_2xx + health.non_2xx:7d}"
+        )
+    if "off" in results and "on" in results:
+        off_health = results["off"]["health"].ms_per_request()
+        on_chain = results["on"]["chain"].ms_per_request()
+        print(f"\non: the chain costs {on_chain / off_health:.1f} telemetry-off health requests")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
