@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from opentelemetry import baggage, context, trace
@@ -30,7 +29,9 @@ from otel_lab.services.downstream import (
     IDEMPOTENT_METHODS,
     Downstream,
     DownstreamError,
+    Reply,
     create_client,
+    probe,
 )
 from otel_lab.services.gateway.routes import API_PREFIX, PROXY_METHODS, ROUTES
 from otel_lab.settings import Settings, get_settings
@@ -50,9 +51,11 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     "traceparent", "tracestate", "baggage",
     "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
 }  # fmt: skip
-_DROP_RESPONSE = _HOP_BY_HOP | {
-    # the body is re-framed here (httpx has decoded it), and our middleware adds its own
-    "content-length", "content-encoding", "traceresponse", "x-request-id", "server", "date",
+_DROP_RESPONSE = {
+    name.encode() for name in _HOP_BY_HOP | {
+        # the body is re-framed here (the client has decoded it); our middleware adds its own
+        "content-length", "content-encoding", "traceresponse", "x-request-id", "server", "date",
+    }
 }  # fmt: skip
 
 
@@ -85,12 +88,10 @@ def _forward_headers(request: Request) -> dict[str, str]:
     return headers
 
 
-def _response_from(upstream: httpx.Response) -> Response:
+def _response_from(upstream: Reply) -> Response:
     response = Response(content=upstream.content, status_code=upstream.status_code)
     response.raw_headers.extend(
-        (name.encode("latin-1"), value.encode("latin-1"))
-        for name, value in upstream.headers.multi_items()
-        if name.lower() not in _DROP_RESPONSE
+        (name, value) for name, value in upstream.raw_headers if name.lower() not in _DROP_RESPONSE
     )
     return response
 
@@ -163,14 +164,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await client.aclose()
+        await client.close()
 
 
 def _upstream_check(name: str) -> Callable[[FastAPI], Awaitable[None]]:
     async def check(app: FastAPI) -> None:
         upstream: Downstream = app.state.upstreams[name]
-        response = await app.state.client.get(f"{upstream.base_url}/health", timeout=1.0)
-        response.raise_for_status()
+        response = await probe(app.state.client, f"{upstream.base_url}/health", timeout=1.0)
+        if response.status_code >= 400:
+            raise RuntimeError(f"{name} answered HTTP {response.status_code}")
 
     return check
 
