@@ -57,7 +57,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, system: RunningSystem) -> It
             [sys.executable, "-m", "celery", "-A", "otel_lab.worker.app", "worker",
              "--pool", "threads", "--concurrency", "2", "--without-mingle", "--without-gossip"],
             env={**env, "OTEL_SERVICE_NAME": "worker"},
-            restart=True,
         )  # fmt: skip
         supervisor = Supervisor(data_dir)
         watcher = threading.Thread(target=supervisor.wait, daemon=True)

@@ -2,14 +2,35 @@
 
 Engines are instrumented once here: one span per statement (on ``sync_engine``, so async
 drivers are not traced twice), and ``db_operation_seconds`` by statement verb.
+
+Every call has a client-side deadline (``DEPENDENCY_TIMEOUT_SECONDS``, 1.5 s): a server that
+is down, hung (SIGSTOP: the kernel still accepts connections and acknowledges data, so no
+TCP timeout fires) or stuck behind a lock fails the request with a 503 instead of holding
+it. Four limits, each at most the deadline:
+
+- connecting: the connection attempt as a whole;
+- each round trip of a statement: psycopg's own wait gets the deadline as its timeout, and
+  a connection that misses it is closed (its state is unknown), which SQLAlchemy takes as
+  a disconnect and drops;
+- the server's ``statement_timeout``, a little shorter, so a merely slow statement is
+  cancelled cleanly by the server and its connection stays usable;
+- waiting for a pooled connection.
+
+There is no ``pool_pre_ping`` (a round trip before every checkout): after a PostgreSQL
+restart the first statement on a stale connection fails with a disconnect, SQLAlchemy then
+drops every pooled connection older than that moment, and the next request reconnects.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from typing import Any
 
+import psycopg
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from psycopg import errors as pg_errors
 from sqlalchemy import Engine, MetaData, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -47,10 +68,63 @@ def database_url(settings: Settings | None = None) -> str:
     return url
 
 
+# Connections older than this are replaced at checkout (servers and proxies drop idle ones).
+POOL_RECYCLE_SECONDS = 1800
+# psycopg's interval for checking Ctrl-C while it waits (its default).
+_WAIT_INTERVAL = 0.1
+
+
+def _missed(conn: psycopg.BaseConnection[Any], deadline: float) -> psycopg.OperationalError:
+    """Close a connection whose server missed the deadline (a statement may still be in
+    flight on it) and say so; SQLAlchemy sees a closed connection and discards it."""
+    conn.pgconn.finish()
+    return psycopg.OperationalError(
+        f"PostgreSQL did not answer within {deadline:g} s (client-side deadline)"
+    )
+
+
+@functools.cache
+def _async_connection_class(deadline: float) -> type[psycopg.AsyncConnection[Any]]:
+    class DeadlineAsyncConnection(psycopg.AsyncConnection[Any]):
+        async def wait(self, gen, interval=_WAIT_INTERVAL, timeout=None):  # type: ignore[no-untyped-def]
+            try:
+                return await super().wait(gen, interval, deadline if timeout is None else timeout)
+            except pg_errors._WaitTimeout:  # psycopg's own "timeout expired" signal
+                raise _missed(self, deadline) from None
+
+        @classmethod
+        async def connect(cls, *args: Any, **kwargs: Any) -> DeadlineAsyncConnection:  # type: ignore[override]
+            # libpq's connect_timeout cannot go below 2 s; this one can.
+            try:
+                async with asyncio.timeout(deadline):
+                    return await super().connect(*args, **kwargs)
+            except TimeoutError:
+                raise psycopg.OperationalError(
+                    f"could not connect to PostgreSQL within {deadline:g} s"
+                ) from None
+
+    return DeadlineAsyncConnection
+
+
+@functools.cache
+def _connection_class(deadline: float) -> type[psycopg.Connection[Any]]:
+    class DeadlineConnection(psycopg.Connection[Any]):
+        def wait(self, gen, interval=_WAIT_INTERVAL, timeout=None):  # type: ignore[no-untyped-def]
+            try:
+                return super().wait(gen, interval, deadline if timeout is None else timeout)
+            except pg_errors._WaitTimeout:
+                raise _missed(self, deadline) from None
+
+    return DeadlineConnection
+
+
 def _connect_args(settings: Settings) -> dict[str, Any]:
-    # A database that is down or unreachable must fail a request fast (503), not hang it.
-    timeout = max(1, round(settings.dependency_timeout_seconds))
-    return {"connect_timeout": timeout, "options": "-c statement_timeout=5000"}
+    deadline = settings.dependency_timeout_seconds
+    statement_ms = max(100, int(deadline * 800))  # the server cancels first, cleanly
+    return {
+        "connect_timeout": max(2, round(deadline)),  # libpq's minimum; see the classes above
+        "options": f"-c statement_timeout={statement_ms}",
+    }
 
 
 def _observe(sync_engine: Engine) -> None:
@@ -71,13 +145,17 @@ def _observe(sync_engine: Engine) -> None:
 def create_engine(settings: Settings | None = None) -> AsyncEngine:
     """The async engine the HTTP services use."""
     settings = settings or get_settings()
+    deadline = settings.dependency_timeout_seconds
     engine = create_async_engine(
         database_url(settings),
         pool_size=10,
         max_overflow=10,
-        pool_pre_ping=True,
-        pool_timeout=settings.dependency_timeout_seconds,
-        connect_args=_connect_args(settings),
+        pool_recycle=POOL_RECYCLE_SECONDS,
+        pool_timeout=deadline,
+        connect_args={
+            **_connect_args(settings),
+            "async_creator_fn": _async_connection_class(deadline).connect,
+        },
     )
     _observe(engine.sync_engine)
     return engine
@@ -86,13 +164,19 @@ def create_engine(settings: Settings | None = None) -> AsyncEngine:
 def create_blocking_engine(settings: Settings | None = None) -> Engine:
     """The synchronous engine the Celery worker uses (its tasks are plain functions)."""
     settings = settings or get_settings()
+    deadline = settings.dependency_timeout_seconds
     engine = create_sync_engine(
         database_url(settings),
         pool_size=5,
-        pool_pre_ping=True,
-        pool_timeout=settings.dependency_timeout_seconds,
+        pool_recycle=POOL_RECYCLE_SECONDS,
+        pool_timeout=deadline,
         connect_args=_connect_args(settings),
     )
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect, conn_rec, cargs, cparams):  # type: ignore[no-untyped-def]
+        return _connection_class(deadline).connect(*cargs, **cparams)
+
     _observe(engine)
     return engine
 

@@ -72,8 +72,9 @@ class Settings(BaseSettings):
 
     # Cache-aside for items.
     cache_ttl_seconds: int = Field(300, alias="CACHE_TTL_SECONDS")
-    # A dependency call that takes longer than this fails fast (DB down -> 503, not a hang).
-    dependency_timeout_seconds: float = Field(2.0, alias="DEPENDENCY_TIMEOUT_SECONDS")
+    # Client-side deadline of each PostgreSQL call (connect, statement, pool wait; see db.py):
+    # a database that is down or hung answers 503 within about this long, not a hang.
+    dependency_timeout_seconds: float = Field(1.5, gt=0, alias="DEPENDENCY_TIMEOUT_SECONDS")
 
     # Chaos mode: a share of requests gets an injected delay.
     chaos_enabled: bool = Field(False, alias="CHAOS_ENABLED")

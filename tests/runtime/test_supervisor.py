@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from rich.console import Console
 
 from otel_lab.runtime.procs import ChildFailedError, PortInUseError, free_port
 from otel_lab.runtime.supervisor import ChildSpec, PortClaim, Supervisor, http_ok, log_matches
+from otel_lab.runtime.supervisor import log as supervisor_log
 
 
 def python(code: str) -> list[str]:
@@ -121,28 +123,6 @@ def test_stop_kills_whole_tree_even_when_sigterm_is_ignored(tmp_path: Path) -> N
     assert "stopped tree (exit code -9)" in output.getvalue()
 
 
-def test_child_dying_while_running_is_reported(tmp_path: Path) -> None:
-    supervisor, output = make_supervisor(tmp_path)
-    survivor = python("import time; time.sleep(60)")
-    doomed = python("""
-        import time
-        time.sleep(0.5)
-        print("database connection lost", flush=True)
-        raise SystemExit(7)
-    """)
-    with supervisor:
-        supervisor.start(ChildSpec("steady", survivor))
-        supervisor.start(ChildSpec("flaky", doomed))
-        started = time.monotonic()
-        assert supervisor.wait(poll_interval=0.05) == 1
-        assert time.monotonic() - started < 5
-        steady_pid = supervisor.running[0].child.pid
-    text = output.getvalue()
-    assert "flaky exited unexpectedly with code 7" in text
-    assert "database connection lost" in text
-    assert steady_pid is not None and gone([steady_pid])
-
-
 def test_sigterm_to_supervisor_stops_waiting(tmp_path: Path) -> None:
     supervisor, _ = make_supervisor(tmp_path)
     supervisor.install_signal_handlers()
@@ -199,40 +179,72 @@ def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
     assert not psutil.pid_exists(child_pid)
 
 
-def test_a_restartable_child_that_dies_is_started_again(tmp_path: Path) -> None:
+def test_a_child_that_dies_is_started_again_and_the_rest_keeps_running(tmp_path: Path) -> None:
     marker = tmp_path / "crashed-once"
     code = f"""
         import pathlib, sys, time
         marker = pathlib.Path({str(marker)!r})
+        print("serving", flush=True)
         if not marker.exists():
             marker.touch()
+            time.sleep(0.3)
+            print("database connection lost", flush=True)
             sys.exit(3)  # the first run crashes, as a worker can on a broker outage
         time.sleep(60)
     """
+    restarted_entries: list[str] = []
     supervisor, output = make_supervisor(tmp_path)
-    (child,) = supervisor.start_group([ChildSpec("flaky", python(code), restart=True)])
-    first_pid = child.pid
+    supervisor.on_restart = lambda entry: restarted_entries.append(entry.name)
+    steady = supervisor.start(ChildSpec("steady", python("import time; time.sleep(60)")))
+    log = tmp_path / "logs" / "flaky.log"
+    flaky = supervisor.start(ChildSpec("flaky", python(code), ready=log_matches(log, "serving")))
+    first_pid, steady_pid = flaky.pid, steady.pid
     waiter = threading.Thread(target=supervisor.wait, kwargs={"poll_interval": 0.05})
     waiter.start()
     try:
         deadline = time.monotonic() + 10
-        while supervisor.running[0].child.pid == first_pid and time.monotonic() < deadline:
+        while "ready flaky again" not in output.getvalue() and time.monotonic() < deadline:
             time.sleep(0.05)
-        restarted = supervisor.running[0].child
-        assert restarted.pid != first_pid
-        time.sleep(0.3)
-        assert restarted.poll() is None, "the restarted child keeps running"
-        assert "restarting:" in output.getvalue() and "exited with code 3" in output.getvalue()
+        entry = supervisor.running[1]
+        assert entry.child.pid != first_pid and entry.child.poll() is None
+        assert entry.restarts == 1 and restarted_entries == ["flaky"]
+        assert steady.pid == steady_pid and steady.poll() is None, "the rest keeps running"
+        text = output.getvalue()
+        assert "restarting flaky in 0.25 s (exited with code 3; restart 1 of 5" in text, text
+        assert "database connection lost" in text  # the end of its log says why
+        assert f"restarted flaky (pid {entry.child.pid}" in text
+        assert "database connection lost" in log.read_text(), "the log continues, not rotated"
     finally:
         supervisor.stop_requested = signal.SIGTERM
         waiter.join(5)
         supervisor.stop_all()
-    assert gone([restarted.pid])
+    assert gone([entry.child.pid, steady_pid])
 
 
-def test_a_child_without_restart_stops_the_system(tmp_path: Path) -> None:
+def test_a_child_that_keeps_crashing_exhausts_its_budget_and_stops_the_system(
+    tmp_path: Path,
+) -> None:
     supervisor, output = make_supervisor(tmp_path)
-    supervisor.start_group([ChildSpec("fragile", python("import time; time.sleep(0.3)"))])
-    assert supervisor.wait(poll_interval=0.05) == 1
-    assert "exited unexpectedly" in output.getvalue()
+    supervisor.restart_budget, supervisor.backoff = 3, (0.01, 0.05)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    supervisor_log.addHandler(handler)
+    try:
+        steady = supervisor.start(ChildSpec("steady", python("import time; time.sleep(60)")))
+        supervisor.start(ChildSpec("fragile", python("import time; time.sleep(0.2)")))
+        started = time.monotonic()
+        assert supervisor.wait(poll_interval=0.02) == 1
+    finally:
+        supervisor_log.removeHandler(handler)
+    assert time.monotonic() - started < 10
+    assert steady.poll() is None, "the budget of one child does not stop the others early"
     supervisor.stop_all()
+    text = output.getvalue()
+    assert text.count("restarting fragile") == 3 and "restart 3 of 3" in text
+    assert "fragile crashed 4 times within 60 s (restart budget 3): stopping everything" in text
+    assert "stopped steady" in text
+    messages = [r.getMessage() for r in records]
+    assert messages.count("child_restarted") == 3, messages
+    assert messages[-1] == "child_restart_budget_exhausted"
+    assert {r.child for r in records} == {"fragile"}  # type: ignore[attr-defined]

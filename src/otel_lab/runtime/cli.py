@@ -2,7 +2,8 @@
 
 ``up`` starts, in order: PostgreSQL and Valkey (embedded unless DATABASE_URL / REDIS_URL
 are set), the migrations, the telemetry console, the services, the Celery worker and the
-background traffic, waiting for each to be ready. Ctrl-C stops everything in reverse order.
+background traffic, waiting for each to be ready. A child that crashes later is restarted
+(see ``runtime.supervisor``). Ctrl-C stops everything in reverse order.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.table import Table
 from otel_lab.runtime.embedded import EmbeddedPostgres, EmbeddedValkey
 from otel_lab.runtime.plan import child_env, connect_host, plan_children
 from otel_lab.runtime.procs import ChildFailedError, RuntimeFailure
+from otel_lab.runtime.report import report_restarts
 from otel_lab.runtime.supervisor import PortClaim, Supervisor
 from otel_lab.settings import Settings, get_settings
 
@@ -137,7 +139,10 @@ def _up(supervisor: Supervisor, settings: Settings, data_dir: Path, *, traffic: 
     for group in plan.groups:
         supervisor.start_group(group)
 
-    _write_run_file(supervisor, data_dir, database_url=database_url, redis_url=redis_url)
+    urls = {"database_url": database_url, "redis_url": redis_url}
+    _write_run_file(supervisor, data_dir, **urls)
+    supervisor.on_restart = lambda _entry: _write_run_file(supervisor, data_dir, **urls)
+    report_restarts(supervisor, log_dir, env)
     _print_table(supervisor, settings, data_dir)
     return supervisor.wait()
 
@@ -157,6 +162,7 @@ def _rows(supervisor: Supervisor) -> list[dict[str, str]]:
             "url": entry.url or "",
             "pid": str(entry.child.pid or ""),
             "log": str(entry.child.log_path),
+            "restarts": str(entry.restarts),
         }
         for entry in supervisor.running
     ]
@@ -171,7 +177,9 @@ def _write_run_file(supervisor: Supervisor, data_dir: Path, **urls: str) -> None
         **urls,
         "children": _rows(supervisor),
     }
-    (data_dir / RUN_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    tmp = data_dir / f"{RUN_FILE}.tmp"  # readers never see half a file
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(data_dir / RUN_FILE)
 
 
 def _print_table(supervisor: Supervisor, settings: Settings, data_dir: Path) -> None:
@@ -202,12 +210,13 @@ def status(data_dir: DataDirOption = None) -> None:
         (directory / RUN_FILE).unlink(missing_ok=True)
         raise typer.Exit(1)
     table = Table(title=f"Otel Lab (supervisor pid {state['pid']})", title_justify="left")
-    for column in ("name", "state", "url", "pid", "log"):
+    for column in ("name", "state", "url", "pid", "restarts", "log"):
         table.add_column(column, overflow="fold")
     for row in state["children"]:
         alive = row["pid"] and psutil.pid_exists(int(row["pid"]))
         mark = "[green]running[/]" if alive else "[red]gone[/]"
-        table.add_row(row["name"], mark, row["url"], row["pid"], row["log"])
+        restarts = row.get("restarts", "0")
+        table.add_row(row["name"], mark, row["url"], row["pid"], restarts, row["log"])
     out.print(table)
 
 

@@ -44,6 +44,7 @@ from otel_lab.runtime.procs import (
     RuntimeFailure,
     free_port,
     port_is_free,
+    reap_group,
     rotate_log,
     spawn,
     stop_process,
@@ -186,6 +187,24 @@ class EmbeddedServer:
     def restart(self) -> Self:
         self.stop()
         return self.start()
+
+    def respawn(self) -> None:
+        """Start again after a crash (the supervisor's restart), same port and data.
+
+        What the dead server left in its process group (PostgreSQL backends still attached
+        to the old shared memory) is killed first; start() then blocks until it answers.
+        """
+        if self._proc is not None:
+            reap_group(self._proc)
+            self._proc = None
+        self.start()
+
+    def ready(self) -> bool:
+        return self.is_running()  # respawn() returned only once the server answered
+
+    @property
+    def ready_timeout(self) -> float:
+        return self.start_timeout
 
     @contextlib.contextmanager
     def outage(self) -> Iterator[None]:

@@ -96,6 +96,31 @@ class RunningSystem:
     def pid(self, name: str) -> int:
         return int(self.children[name]["pid"])
 
+    def refresh(self) -> None:
+        """Read the run file again: the supervisor rewrites it when it restarts a child."""
+        state = json.loads((self.data_dir / RUN_FILE).read_text())
+        self.children = {child["name"]: child for child in state["children"]}
+        self.database_url = state["database_url"]
+        self.redis_url = state["redis_url"]
+
+    def restarts(self, name: str) -> int:
+        """How often the supervisor has restarted ``name`` (from the run file)."""
+        self.refresh()
+        return int(self.children[name].get("restarts", 0))
+
+    def wait_restarted(self, name: str, old_pid: int, timeout: float = 60.0) -> int:
+        """Block until ``name`` runs again under a new pid; that pid."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):  # rewritten at this moment
+                self.refresh()
+                pid = self.pid(name)
+                if pid != old_pid and psutil.pid_exists(pid):
+                    return pid
+            time.sleep(0.1)
+        raise AssertionError(f"{name} (pid {old_pid}) not restarted within {timeout} s:\n"
+                             + self.output()[-3000:])  # fmt: skip
+
     def log_path(self, name: str) -> Path:
         return self.data_dir / "logs" / f"{name}.log"
 
@@ -156,10 +181,7 @@ def start_system(
             system.stop()
             raise RuntimeError(f"otel-lab up not ready within {timeout} s:\n{system.output()}")
         time.sleep(0.1)
-    state = json.loads((data_dir / RUN_FILE).read_text())
-    system.children = {child["name"]: child for child in state["children"]}
-    system.database_url = state["database_url"]
-    system.redis_url = state["redis_url"]
+    system.refresh()
     return system
 
 

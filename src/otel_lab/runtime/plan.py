@@ -149,7 +149,7 @@ def service_spec(service: ServiceSpec, settings: Settings, env: Mapping[str, str
     return ChildSpec(
         service.name, argv, env={**env, "OTEL_SERVICE_NAME": service.name, **extra_env},
         ready=http_ok(url + service.health_path), ready_timeout=60.0, url=url,
-        ports=(_claim(settings, service.port_field),), restart=True,
+        ports=(_claim(settings, service.port_field),),
     )  # fmt: skip
 
 
@@ -194,7 +194,6 @@ def worker_spec(
         "worker", argv, env={**env, "OTEL_SERVICE_NAME": "worker"}, ready=ready,
         ready_timeout=60.0, ports=(_claim(settings, "worker_metrics_port"),),
         url=f"http://{connect_host(settings)}:{settings.worker_metrics_port}/metrics",
-        restart=True,  # kombu can die on a broker outage; like Kubernetes, start it again
     )  # fmt: skip
 
 
@@ -206,7 +205,7 @@ def traffic_spec(settings: Settings, env: Mapping[str, str]) -> ChildSpec:
     """
     argv = [sys.executable, "-m", TRAFFIC_MODULE, "--quiet", "--duration", str(365 * 86400),
             "--concurrency", "2", "--delay", "1.0"]  # fmt: skip
-    return ChildSpec("traffic", argv, env={**env, "OTEL_SERVICE_NAME": "loadgen"}, restart=True)
+    return ChildSpec("traffic", argv, env={**env, "OTEL_SERVICE_NAME": "loadgen"})
 
 
 @dataclass

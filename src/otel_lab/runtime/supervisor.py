@@ -1,13 +1,19 @@
-"""Start child processes in order, wait until each is ready, stop them all in reverse.
+"""Start child processes in order, wait until each is ready, restart those that crash,
+stop them all in reverse.
 
-Deliberately simple: no restarts. If a child fails to start, or dies later, the supervisor
-says which one and shows the end of its log, then stops everything and exits non-zero.
-A developer sees the real error at once instead of a half-working system.
+A child that fails to *start* stops everything at once with the end of its log: that is a
+configuration error, and a developer should see it instead of a half-working system. A
+child that dies *later* (a service, the worker, the console, PostgreSQL, Valkey) is started
+again with the same data, ports and settings after a short backoff, while the rest keeps
+serving; each restart is a line in the output, a ``child_restarted`` log record and a count
+(see :attr:`Running.restarts`). Only a signal, or a child that exhausts its restart budget,
+stops the system, in reverse start order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -32,6 +38,7 @@ from otel_lab.runtime.procs import (
     begin_stop,
     finish_stop,
     port_is_free,
+    reap_group,
     rotate_log,
     spawn,
     stop_process,
@@ -100,7 +107,14 @@ def every(seconds: float, check: ReadyCheck) -> ReadyCheck:
     return limited
 
 
-RESTART_BUDGET = 5  # restarts a minute before a crashing child stops the system
+RESTART_BUDGET = 5
+"""Restarts of one child within :data:`RESTART_WINDOW` before its next crash stops the system."""
+RESTART_WINDOW = 60.0
+BACKOFF = (0.25, 8.0)
+"""The first restart waits 0.25 s, each further one within the window twice as long, at most 8 s."""
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())  # records go where the CLI sends them (runtime.report)
 
 
 # -- what the supervisor runs -------------------------------------------------------------
@@ -128,9 +142,6 @@ class ChildSpec:
     url: str | None = None  # shown in the table
     cwd: Path | None = None
     stop_signal: signal.Signals = signal.SIGTERM
-    # Started again when it dies while running (at most RESTART_BUDGET times a minute),
-    # as Kubernetes would: a worker that crashes on a broker hiccup comes back by itself.
-    restart: bool = False
 
 
 class Managed(Protocol):
@@ -142,18 +153,31 @@ class Managed(Protocol):
     @property
     def pid(self) -> int | None: ...
 
+    @property
+    def ready_timeout(self) -> float: ...
+
     def poll(self) -> int | None: ...
 
     def stop(self, timeout: float = 5.0) -> None: ...
 
+    def respawn(self) -> None:
+        """Start again after a crash, with the same data, ports and settings."""
+
+    def ready(self) -> bool:
+        """True once a respawned child serves again (checked without blocking)."""
+
 
 @dataclass
 class Running:
-    """A started child, as listed in the table."""
+    """A started child, as listed in the table, and its restart history."""
 
     child: Managed
     url: str | None = None
     group: int = 0  # start group: stopped in reverse order of groups
+    restarts: int = 0  # since `up` started: the count `otel-lab status` and the console show
+    recent: list[float] = field(default_factory=list)  # crash times within RESTART_WINDOW
+    restart_due: float | None = None  # crashed: respawn at this time.monotonic()
+    respawned: float | None = None  # respawned at this time, not ready yet
 
     @property
     def name(self) -> str:
@@ -166,13 +190,28 @@ class ManagedProcess:
     def __init__(self, spec: ChildSpec, log_path: Path) -> None:
         self.spec, self.name, self.log_path = spec, spec.name, log_path
         rotate_log(log_path)
-        self.proc: subprocess.Popen[bytes] = spawn(
-            spec.argv,
-            log_path=log_path,
-            env={**os.environ, **spec.env},
-            cwd=spec.cwd,
-            death_signal=spec.stop_signal,
+        self.proc: subprocess.Popen[bytes] = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return spawn(
+            self.spec.argv,
+            log_path=self.log_path,
+            env={**os.environ, **self.spec.env},
+            cwd=self.spec.cwd,
+            death_signal=self.spec.stop_signal,
         )
+
+    def respawn(self) -> None:
+        """Start the same command again; its log continues below the crash."""
+        reap_group(self.proc)  # what the crashed leader left in its process group
+        self.proc = self._spawn()
+
+    def ready(self) -> bool:
+        return self.spec.ready is None or self.spec.ready()
+
+    @property
+    def ready_timeout(self) -> float:
+        return self.spec.ready_timeout
 
     @property
     def pid(self) -> int | None:
@@ -205,16 +244,21 @@ class Supervisor:
         console: Console | None = None,
         stop_timeout: float = 10.0,
         per_child_grace: float = 5.0,
+        restart_budget: int = RESTART_BUDGET,
+        backoff: tuple[float, float] = BACKOFF,
+        on_restart: Callable[[Running], None] | None = None,
     ) -> None:
         self.log_dir = log_dir
         self.console = console or Console(stderr=True)
         self.stop_timeout = stop_timeout
         self.per_child_grace = per_child_grace
+        self.restart_budget = restart_budget
+        self.backoff = backoff
+        self.on_restart = on_restart  # e.g. rewrite the run file with the new pid
         self.running: list[Running] = []
         self.stop_requested: signal.Signals | None = None
         self._group = 0
         self._previous_handlers: dict[int, object] = {}
-        self._restarts: dict[str, list[float]] = {}
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -332,32 +376,77 @@ class Supervisor:
 
     # -- running ----------------------------------------------------------------------------
 
-    def _restart(self, entry: Running, code: int) -> bool:
-        """Start a restartable child again, unless it keeps dying."""
-        child = entry.child
-        if not isinstance(child, ManagedProcess) or not child.spec.restart:
-            return False
+    def _crashed(self, entry: Running, reason: str) -> bool:
+        """Schedule a restart after a backoff; False when the child has used its budget."""
         now = time.monotonic()
-        recent = [t for t in self._restarts.get(entry.name, []) if now - t < 60]
-        if len(recent) >= RESTART_BUDGET:
+        entry.recent = [t for t in entry.recent if now - t < RESTART_WINDOW]
+        failure = ChildFailedError(entry.name, reason, entry.child.log_path, lines=5)
+        fields = {"child": entry.name, "reason": reason, "restarts": entry.restarts}
+        if len(entry.recent) >= self.restart_budget:
+            log.error("child_restart_budget_exhausted", extra=fields)
+            self.console.print(
+                f"[red]error:[/] {failure.details()}\n{entry.name} crashed "
+                f"{len(entry.recent) + 1} times within {RESTART_WINDOW:.0f} s (restart budget "
+                f"{self.restart_budget}): stopping everything",
+                highlight=False,
+            )
             return False
-        self._restarts[entry.name] = [*recent, now]
-        failure = ChildFailedError(entry.name, f"exited with code {code}", child.log_path)
-        self.console.print(f"[yellow]restarting:[/] {failure.details()}", highlight=False)
-        time.sleep(min(2 ** len(recent) * 0.5, 5))
-        entry.child = ManagedProcess(child.spec, child.log_path)
+        first, most = self.backoff
+        delay = min(first * 2 ** len(entry.recent), most)
+        entry.recent.append(now)
+        entry.restart_due, entry.respawned = now + delay, None
+        log.warning("child_crashed", extra={**fields, "backoff_seconds": delay})
+        self.console.print(
+            f"[dim]{time.strftime('%H:%M:%S')}[/] [yellow]restarting[/] [bold]{entry.name}[/] "
+            f"in {delay:.2f} s ({reason}; restart {len(entry.recent)} of {self.restart_budget} "
+            f"within {RESTART_WINDOW:.0f} s)\n{failure.details()}",
+            highlight=False,
+        )
+        return True
+
+    def _respawn(self, entry: Running) -> bool:
+        """Start a crashed child again; a failed start counts as another crash."""
+        entry.restart_due = None
+        try:
+            entry.child.respawn()
+        except Exception as exc:  # any failed start counts as a crash
+            return self._crashed(entry, f"restart failed: {exc}")
+        entry.restarts += 1
+        entry.respawned = time.monotonic()
+        self.say(f"[green]restarted[/] [bold]{entry.name}[/] (pid {entry.child.pid}, "
+                 f"restart {entry.restarts} since start)")  # fmt: skip
+        log.warning(
+            "child_restarted",
+            extra={"child": entry.name, "pid": entry.child.pid, "restarts": entry.restarts},
+        )
+        if self.on_restart is not None:
+            self.on_restart(entry)
+        return True
+
+    def _check(self, entry: Running) -> bool:
+        """One look at a child: restart it if it crashed; False if the system must stop."""
+        now = time.monotonic()
+        if entry.restart_due is not None:
+            return now < entry.restart_due or self._respawn(entry)
+        code = entry.child.poll()
+        if code is not None:
+            return self._crashed(entry, f"exited with code {code}")
+        if entry.respawned is not None:
+            timeout = entry.child.ready_timeout
+            if entry.child.ready():
+                self.say(f"[green]ready[/] [bold]{entry.name}[/] again in "
+                         f"{now - entry.respawned:.1f} s")  # fmt: skip
+                entry.respawned = None
+            elif now - entry.respawned > timeout:
+                entry.child.stop(timeout=2)
+                return self._crashed(entry, f"did not get ready within {timeout:.0f} s")
         return True
 
     def wait(self, poll_interval: float = 0.2) -> int:
-        """Block until a signal (returns 0) or a child dies for good (reports it, returns 1)."""
+        """Block until a signal (returns 0) or a child exhausts its restart budget (1)."""
         while self.stop_requested is None:
             for entry in self.running:
-                code = entry.child.poll()
-                if code is not None and not self._restart(entry, code):
-                    failure = ChildFailedError(
-                        entry.name, f"exited unexpectedly with code {code}", entry.child.log_path
-                    )
-                    self.console.print(f"[red]error:[/] {failure.details()}", highlight=False)
+                if not self._check(entry):
                     return 1
             time.sleep(poll_interval)
         self.say(f"received {self.stop_requested.name}, stopping")

@@ -13,6 +13,10 @@ from otel_lab.telemetry import telemetry_enabled
 
 ITEM_ENRICHMENT = "item_enrichment"
 DEFAULT_QUEUE = "celery"
+# A broker that is hung (not down: the kernel still takes the bytes) would otherwise hold a
+# publish for ever. The consumer's BRPOP (1 s server-side) runs on kombu's event loop,
+# which checks the connection's health on its own.
+BROKER_SOCKET_TIMEOUT_SECONDS = 1.0
 
 
 def _instrument_celery() -> None:
@@ -36,16 +40,17 @@ def create_celery_app(*, include: list[str] | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": 300},
+        broker_transport_options={
+            "visibility_timeout": 300,
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+            "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+        },
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2,
-        # A broker outage must not hang the request that publishes.
-        task_publish_retry_policy={
-            "max_retries": 2,
-            "interval_start": 0,
-            "interval_step": 0.2,
-            "interval_max": 0.5,
-        },
+        # A broker outage must not hang the request that publishes: one more try on a fresh
+        # connection (a restarted broker), then the caller gives up and the pending sweep
+        # (worker.app) queues the task later.
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0},
         worker_hijack_root_logger=False,
         task_ignore_result=True,
     )

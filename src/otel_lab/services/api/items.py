@@ -1,10 +1,20 @@
-"""Items: PostgreSQL, a cache-aside read through Redis, enrichment on the worker."""
+"""Items: PostgreSQL, a cache-aside read through Valkey, enrichment on the worker.
+
+Valkey is optional for every request here. As a cache, each call has a 0.5 s socket timeout
+(``otel_lab.cache``) and a circuit breaker: after a few consecutive failures the cache is
+bypassed for a cool-down, so a hung cache costs a read almost nothing. As the broker, the
+publish after ``POST /items`` has a deadline and a breaker of its own; a write whose task
+could not be published is still stored and answered (status ``pending``), and the worker's
+pending sweep queues its enrichment once the broker is back (``worker.app``).
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
+import anyio
 from anyio import to_thread
 from fastapi import APIRouter, HTTPException, Path, Request
 from kombu.exceptions import KombuError
@@ -13,6 +23,7 @@ from redis.exceptions import RedisError
 
 from otel_lab.services.api.models import Item
 from otel_lab.services.api.schemas import ItemCreate, ItemOut
+from otel_lab.services.downstream import CircuitBreaker, CircuitOpenError
 from otel_lab.settings import get_settings
 from otel_lab.telemetry import metrics as prom
 from otel_lab.worker.queue import ITEM_ENRICHMENT
@@ -22,6 +33,12 @@ router = APIRouter(prefix="/items", tags=["items"])
 
 ItemId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The item's id")]
 CACHE_NAME = "items"
+PUBLISH_DEADLINE_SECONDS = 1.5
+# Three failures in a row (1.5 s of timeouts at worst) open a breaker for 5 s; then one
+# trial call decides. Per process, as the failures they count are.
+cache_breaker = CircuitBreaker("cache", failure_threshold=3, reset_seconds=5.0)
+broker_breaker = CircuitBreaker("broker", failure_threshold=3, reset_seconds=5.0)
+T = TypeVar("T")
 
 
 @router.post("", status_code=201)
@@ -38,17 +55,48 @@ async def create_item(body: ItemCreate, request: Request) -> ItemOut:
 
 
 async def _enqueue_enrichment(request: Request, item_id: int) -> None:
-    """A broker outage leaves the item pending rather than failing the write."""
+    """A broker outage leaves the item pending (the sweep queues it later), never fails
+    or holds the write: the publish gets a deadline, and is skipped while its breaker is
+    open. A publish cut off by the deadline finishes or fails on its thread (socket timeout)."""
     celery = request.app.state.celery
     try:
-        await to_thread.run_sync(
-            lambda: celery.send_task(ITEM_ENRICHMENT, args=[item_id], retry=True)
-        )
-    except (KombuError, RedisError, OSError) as exc:
+        broker_breaker.allow("publish")
+        with anyio.fail_after(PUBLISH_DEADLINE_SECONDS):
+            await to_thread.run_sync(
+                lambda: celery.send_task(ITEM_ENRICHMENT, args=[item_id], retry=True),
+                abandon_on_cancel=True,
+            )
+    except (KombuError, RedisError, OSError, TimeoutError, CircuitOpenError) as exc:
+        if not isinstance(exc, CircuitOpenError):
+            broker_breaker.record_failure()
         span = trace.get_current_span()
         span.add_event("enrichment.enqueue_failed", {"error.type": type(exc).__name__})
         prom.ERRORS.labels("enqueue_failed").inc()
         logger.warning("enrichment_enqueue_failed", extra={"item_id": item_id, "error": str(exc)})
+    else:
+        broker_breaker.record_success()
+
+
+async def _cached(call: Callable[[], Awaitable[T]], event: str) -> tuple[bool, T | None]:
+    """One cache call behind the breaker: (True, result), or (False, None) when the cache
+    failed or is bypassed; the span gets ``event`` or ``cache.bypassed`` saying which."""
+    span = trace.get_current_span()
+    try:
+        cache_breaker.allow("cache")
+    except CircuitOpenError:
+        span.add_event("cache.bypassed")
+        return False, None
+    try:
+        result = await call()
+    except RedisError as exc:
+        cache_breaker.record_failure()
+        span.add_event(event, {"error.type": type(exc).__name__})
+        return False, None
+    except BaseException:
+        cache_breaker.release()
+        raise
+    cache_breaker.record_success()
+    return True, result
 
 
 @router.get("/{item_id}")
@@ -57,11 +105,7 @@ async def read_item(item_id: ItemId, request: Request) -> ItemOut:
     span = trace.get_current_span()
     redis = request.app.state.redis
     key = Item.cache_key(item_id)
-    try:
-        cached = await redis.get(key)
-    except RedisError as exc:
-        cached = None
-        span.add_event("cache.unavailable", {"error.type": type(exc).__name__})
+    cache_up, cached = await _cached(lambda: redis.get(key), "cache.unavailable")
     if cached is not None:
         span.set_attribute("cache.hit", True)
         prom.CACHE_HITS.labels(CACHE_NAME).inc()
@@ -74,9 +118,9 @@ async def read_item(item_id: ItemId, request: Request) -> ItemOut:
     if item is None:
         raise HTTPException(status_code=404, detail=f"item {item_id} not found")
     out = ItemOut.model_validate(item)
-    try:
+    if cache_up:  # a cache that just failed is not asked again within the same request
         # NX: if the worker has written a fresher copy meanwhile, keep it.
-        await redis.set(key, out.model_dump_json(), ex=get_settings().cache_ttl_seconds, nx=True)
-    except RedisError as exc:
-        span.add_event("cache.fill_failed", {"error.type": type(exc).__name__})
+        ttl = get_settings().cache_ttl_seconds
+        await _cached(lambda: redis.set(key, out.model_dump_json(), ex=ttl, nx=True),
+                      "cache.fill_failed")  # fmt: skip
     return out
