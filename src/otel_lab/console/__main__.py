@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from otel_lab.console.net import bind
 from otel_lab.settings import get_settings
@@ -26,6 +27,15 @@ def _retention(value: str) -> float | None:
     except QueryError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return seconds or None
+
+
+def _targets(value: str) -> tuple[Any, ...]:
+    from otel_lab.console.scrape import parse_targets
+
+    try:
+        return tuple(parse_targets(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -100,6 +110,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="time limit in seconds for a statement on the SQL page (default 5)",
     )
     parser.add_argument(
+        "--scrape",
+        type=_targets,
+        default=_targets(os.environ.get("CONSOLE_SCRAPE_TARGETS", "")),
+        help="scrape these /metrics endpoints like Prometheus: job=url,job=url "
+        "(env CONSOLE_SCRAPE_TARGETS; `otel-lab up` passes every service)",
+    )
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=float(os.environ.get("CONSOLE_SCRAPE_INTERVAL", "10")),
+        help="seconds between scrapes (env CONSOLE_SCRAPE_INTERVAL, default 10)",
+    )
+    parser.add_argument(
+        "--rules-interval",
+        type=float,
+        default=float(os.environ.get("CONSOLE_RULES_INTERVAL", "15")),
+        help="seconds between evaluations of the alert rules (env CONSOLE_RULES_INTERVAL, "
+        "default 15)",
+    )
+    parser.add_argument(
         "--log-level",
         default=settings.log_level,
         help="log level (env LOG_LEVEL, default INFO)",
@@ -139,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
             max_db_bytes=int(args.max_db_mb * 1024 * 1024) if args.max_db_mb > 0 else None,
             token=args.token,
             sql_timeout=args.sql_timeout,
+            scrape_targets=args.scrape,
+            scrape_interval=args.scrape_interval,
+            rules_interval=args.rules_interval,
         ),
         sockets,
     )

@@ -47,6 +47,7 @@ class ApiOptions:
     security: Security = field(default_factory=Security)
     sql_timeout: float = sqlconsole.DEFAULT_TIMEOUT_SECONDS
     sql_max_rows: int = sqlconsole.DEFAULT_MAX_ROWS
+    prom: Any = None  # promapi.PromState: the scraper and the alert rules, when running
 
 
 def _error(status: int, detail: str) -> ConsoleJSON:
@@ -562,7 +563,10 @@ def create_app(
             raise QueryError("clearing deletes all telemetry: repeat with ?confirm=yes")
         return ConsoleJSON({"cleared": store.clear()})
 
+    from otel_lab.console.promapi import PromState, add_prom_routes
     from otel_lab.console.web import add_pages
+
+    add_prom_routes(app, store, options.prom or PromState())
 
     add_pages(app, store, options)
     return UiGuard(app, options.security)

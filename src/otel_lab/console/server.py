@@ -20,9 +20,13 @@ from pathlib import Path
 
 import uvicorn
 
+from otel_lab.console.alerts import DEFAULT_INTERVAL as DEFAULT_RULES_INTERVAL
 from otel_lab.console.api import ApiOptions, create_app
 from otel_lab.console.net import bind, url_of
+from otel_lab.console.promapi import PromState, rules_runner
 from otel_lab.console.receiver import OtlpHttpProtocol, OtlpReceiver
+from otel_lab.console.scrape import DEFAULT_INTERVAL as DEFAULT_SCRAPE_INTERVAL
+from otel_lab.console.scrape import Scraper, Target
 from otel_lab.console.security import Security
 from otel_lab.console.store import Store
 
@@ -40,6 +44,9 @@ class ConsoleConfig:
     max_db_bytes: int | None = None
     token: str | None = None
     sql_timeout: float = 5.0
+    scrape_targets: tuple[Target, ...] = ()
+    scrape_interval: float = DEFAULT_SCRAPE_INTERVAL
+    rules_interval: float = DEFAULT_RULES_INTERVAL
 
 
 class _Server(uvicorn.Server):
@@ -65,10 +72,16 @@ async def serve(
         retention_seconds=config.retention_seconds,
         max_db_bytes=config.max_db_bytes,
     )
+    prom = PromState()
+    if config.scrape_targets:
+        prom.scraper = Scraper(store, config.scrape_targets, config.scrape_interval)
+    if (prom.deploy / "prometheus" / "rules").is_dir():
+        prom.rules = rules_runner(store, prom.deploy, config.rules_interval)
     options = ApiOptions(
         otlp_url=otlp_url,
         security=Security(token=config.token, bind_host=config.host),
         sql_timeout=config.sql_timeout,
+        prom=prom,
     )
     try:
         common = {"log_config": None, "server_header": False, "timeout_graceful_shutdown": 5}
@@ -109,6 +122,9 @@ async def serve(
         while not all(s.started for s in servers) and not any(t.done() for t in tasks):
             await asyncio.sleep(0.005)
         if all(s.started for s in servers):
+            for worker in (prom.scraper, prom.rules):
+                if worker is not None:
+                    worker.start()
             # One line on stdout that launchers (and the test fixture) wait for and parse.
             print(
                 f"otel-lab console: OTLP/HTTP on {otlp_url}, UI and API on {ui_url}, "
@@ -119,6 +135,9 @@ async def serve(
             stop()
         await asyncio.gather(*tasks)
     finally:
+        for worker in (prom.scraper, prom.rules):
+            if worker is not None:
+                worker.stop()
         store.close()
         otlp_sock.close()
         ui_sock.close()

@@ -183,6 +183,44 @@ CREATE TABLE IF NOT EXISTS red (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS red_minute ON red (minute);
 
+-- Series scraped from the services' /metrics (see console.scrape): Prometheus' data model.
+-- A sample is written only when its value changed (or every few minutes), so a series holds
+-- its value at every scrape of its job (prom_scrapes) until the next sample; value NULL is a
+-- stale marker (the series disappeared).
+CREATE TABLE IF NOT EXISTS prom_series (
+    id INTEGER PRIMARY KEY,
+    job TEXT NOT NULL,
+    name TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    UNIQUE (name, labels)
+);
+CREATE TABLE IF NOT EXISTS prom_samples (
+    series_id INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    value REAL,
+    PRIMARY KEY (series_id, time_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS prom_samples_time ON prom_samples (time_ns);
+CREATE TABLE IF NOT EXISTS prom_scrapes (
+    job TEXT NOT NULL,
+    time_ns INTEGER NOT NULL,
+    up INTEGER NOT NULL,
+    instance TEXT NOT NULL,
+    PRIMARY KEY (job, time_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS prom_scrapes_time ON prom_scrapes (time_ns);
+-- Exemplars as scraped (a new row only when a bucket's exemplar changes).
+CREATE TABLE IF NOT EXISTS prom_exemplars (
+    series_id INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    value REAL,
+    trace_id TEXT,
+    span_id TEXT,
+    labels TEXT,
+    PRIMARY KEY (series_id, time_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS prom_exemplars_time ON prom_exemplars (time_ns);
+
 -- Small catalogues for pickers in the UI, kept by the writer.
 CREATE TABLE IF NOT EXISTS services (
     name TEXT PRIMARY KEY,
@@ -420,6 +458,8 @@ class Store:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        # Bumped by clear(): the scraper then forgets its series ids and last values.
+        self.clear_generation = 0
 
         self._db = self._connect()
         self._db.executescript(SCHEMA)
@@ -878,7 +918,8 @@ class Store:
         """Oldest and newest timestamps over traces, logs and metric points (indexed)."""
         lows, highs = [], []
         for table, column in (("traces", "start_ns"), ("logs", "time_ns"),
-                              ("metric_points", "time_ns")):  # fmt: skip
+                              ("metric_points", "time_ns"),
+                              ("prom_scrapes", "time_ns")):  # fmt: skip
             low, high = self._db.execute(
                 f"SELECT min({column}), max({column}) FROM {table}"
             ).fetchone()
@@ -971,6 +1012,9 @@ class Store:
             ).fetchall()
             count(points, 2)
             db.execute("DELETE FROM red WHERE minute < ?", (cutoff_ns // MINUTE_NS,))
+            scraped_left = False
+            for table in ("prom_samples", "prom_exemplars", "prom_scrapes"):
+                scraped_left |= _delete_older(db, table, cutoff_ns, limit)
             if removed:
                 db.executemany(
                     "UPDATE services SET span_count = max(0, span_count - ?),"
@@ -1002,7 +1046,12 @@ class Store:
                 spans_removed, len(picked), len(logs), len(points),
                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cutoff_ns / 1e9)), reason,
             )  # fmt: skip
-        return len(picked) == len(candidates) < 1000 and len(logs) < limit and len(points) < limit
+        return (
+            len(picked) == len(candidates) < 1000
+            and len(logs) < limit
+            and len(points) < limit
+            and not scraped_left
+        )
 
     def _clear(self, db: sqlite3.Connection) -> dict[str, int]:
         """Delete every row of telemetry; runs in the writer thread."""
@@ -1014,9 +1063,11 @@ class Store:
         try:
             for table in ("spans", "traces", "logs", "metric_points", "metrics",
                           "metric_services", "services", "operations", "resources", "scopes",
-                          "red"):  # fmt: skip
+                          "red", "prom_samples", "prom_exemplars", "prom_scrapes",
+                          "prom_series"):  # fmt: skip
                 db.execute(f"DELETE FROM {table}")
             self.evictions = EvictionStats(cleared_at=time.time())
+            self.clear_generation += 1
             self._save_evictions()
             db.execute("COMMIT")
         except BaseException:
@@ -1033,6 +1084,17 @@ class Store:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         log.warning("cleared all telemetry (%d spans, %d logs, %d points)", *stored)
         return {"spans": stored[0], "logs": stored[1], "metric_points": stored[2]}
+
+
+def _delete_older(db: sqlite3.Connection, table: str, cutoff_ns: int, limit: int) -> bool:
+    """Delete about ``limit`` rows older than the cutoff from a table keyed by time_ns;
+    True when older rows remain (the next slice continues)."""
+    row = db.execute(
+        f"SELECT time_ns FROM {table} WHERE time_ns < ? ORDER BY time_ns LIMIT 1 OFFSET ?",
+        (cutoff_ns, limit),
+    ).fetchone()
+    db.execute(f"DELETE FROM {table} WHERE time_ns < ?", (cutoff_ns if row is None else row[0],))
+    return row is not None
 
 
 def _summarise(

@@ -119,6 +119,15 @@ def migrations_spec(env: Mapping[str, str]) -> ChildSpec:
     return ChildSpec("migrations", argv, env={**env, "OTEL_SERVICE_NAME": "migrations"})
 
 
+def scrape_targets(settings: Settings) -> str:
+    """``job=url,...`` of every service's and the worker's /metrics: what the console scrapes
+    in embedded mode, with the job names Prometheus uses in stack mode."""
+    host = connect_host(settings)
+    jobs = [(s.name, getattr(settings, s.port_field)) for s in SERVICES]
+    jobs.append(("worker", settings.worker_metrics_port))
+    return ",".join(f"{job}=http://{host}:{port}/metrics" for job, port in jobs)
+
+
 def console_spec(settings: Settings, data_dir: Path, env: Mapping[str, str]) -> ChildSpec:
     """The built-in telemetry console (OTLP receiver + UI)."""
     ui = f"http://{connect_host(settings)}:{settings.console_ui_port}"
@@ -127,8 +136,9 @@ def console_spec(settings: Settings, data_dir: Path, env: Mapping[str, str]) -> 
     argv = [sys.executable, "-m", CONSOLE_MODULE,
             "--otlp-port", str(settings.console_otlp_port),
             "--ui-port", str(settings.console_ui_port), "--db", str(db)]  # fmt: skip
+    scrape = {"CONSOLE_SCRAPE_TARGETS": scrape_targets(settings)}
     return ChildSpec(
-        "console", argv, env={**env, "OTEL_SERVICE_NAME": "console"},
+        "console", argv, env={**env, **scrape, "OTEL_SERVICE_NAME": "console"},
         ready=http_ok(f"{ui}/api/health"), url=ui,
         ports=(_claim(settings, "console_otlp_port"), _claim(settings, "console_ui_port")),
     )  # fmt: skip

@@ -1,0 +1,330 @@
+"""The Grafana dashboards of ``deploy/grafana/dashboards`` as console pages.
+
+One definition: the console reads the JSON that ``deploy/grafana/build_dashboards.py``
+generates for Grafana (same uid, titles, queries) and fills each panel from the running
+system: Prometheus queries through :mod:`otel_lab.console.promql` over the scraped series,
+Tempo (TraceQL) panels from the console's own traces, Loki panels from its logs, the node
+graph from its service map. Every metric panel carries ``links``: the exemplars (trace ids)
+of the series behind it in the time range, slowest first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from otel_lab.console import analytics, promql, queries
+
+DEFAULT_SCRAPE_SECONDS = 10.0
+MAX_POINTS = 120
+ALL = ".+"  # the `service` variable's "All" value (allValue in build_dashboards.py)
+
+
+@dataclass
+class Dashboard:
+    uid: str
+    title: str
+    path: Path
+    doc: dict[str, Any]
+
+
+def load(directory: Path) -> dict[str, Dashboard]:
+    boards: dict[str, Dashboard] = {}
+    for path in sorted(directory.glob("*.json")):
+        doc = json.loads(path.read_text())
+        boards[doc["uid"]] = Dashboard(doc["uid"], doc.get("title", doc["uid"]), path, doc)
+    return boards
+
+
+def panels_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def walk(panels: list[dict[str, Any]]) -> None:
+        for p in panels:
+            out.append(p)
+            walk(p.get("panels", []))
+
+    walk(doc.get("panels", []))
+    return out
+
+
+def rate_interval(step_s: float, scrape_s: float) -> float:
+    """Grafana's ``$__rate_interval``: max(``$__interval`` + scrape interval, 4 x scrape)."""
+    return max(step_s + scrape_s, 4 * scrape_s)
+
+
+def _seconds(text: str) -> int:
+    return int(promql.parse_duration_ms(text) / 1000)
+
+
+def expand(expr: str, variables: dict[str, str]) -> str:
+    for name in sorted(variables, key=len, reverse=True):
+        expr = expr.replace(name, variables[name])
+    return expr
+
+
+def _legend(fmt: str | None, labels: dict[str, str]) -> str:
+    if fmt and fmt != "__auto":
+        return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m[1], ""), fmt)
+    shown = {k: v for k, v in labels.items() if k != promql.NAME}
+    return ", ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "value"
+
+
+def _num(v: float) -> float | str | None:
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return v
+
+
+class Renderer:
+    """Fills a dashboard's panels for one time range."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        source: promql.Source,
+        *,
+        end_s: float | None = None,
+        range_s: float | None = None,
+        service: str = ALL,
+        scrape_s: float = DEFAULT_SCRAPE_SECONDS,
+    ) -> None:
+        self.conn = conn
+        self.source = source
+        self.end_s = end_s if end_s is not None else time.time()
+        self.range_s = range_s
+        self.service = service
+        self.scrape_s = scrape_s
+
+    def render(self, board: Dashboard) -> dict[str, Any]:
+        range_s = self.range_s or _seconds(board.doc.get("time", {}).get("from", "now-1h")[4:])
+        step = max(self.scrape_s, math.ceil(range_s / MAX_POINTS))
+        variables = {
+            "$__rate_interval": f"{int(rate_interval(step, self.scrape_s))}s",
+            "$__interval": f"{int(step)}s",
+            "$__range": f"{int(range_s)}s",
+            "$service": self.service,
+        }
+        ctx = _Ctx(self.end_s, range_s, step, variables)
+        panels = []
+        for panel in panels_of(board.doc):
+            if panel.get("type") == "row":
+                panels.append({"title": panel.get("title", ""), "type": "row", "empty": False})
+                continue
+            try:
+                body = self._panel(panel, ctx)
+            except (promql.PromQLError, queries.QueryError) as exc:
+                body = {"error": str(exc), "empty": True}
+            panels.append(
+                {
+                    "title": panel.get("title", ""),
+                    "type": panel.get("type"),
+                    "description": panel.get("description"),
+                    "unit": panel.get("fieldConfig", {}).get("defaults", {}).get("unit"),
+                    "gridPos": panel.get("gridPos"),
+                    **body,
+                }
+            )
+        return {
+            "uid": board.uid,
+            "title": board.title,
+            "range_seconds": range_s,
+            "end": self.end_s,
+            "step_seconds": step,
+            "variables": variables,
+            "panels": panels,
+        }
+
+    # ------------------------------------------------------------------ one panel
+
+    def _panel(self, panel: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
+        targets = panel.get("targets", [])
+        kinds = {
+            ((t.get("datasource") or panel.get("datasource") or {}).get("type")) for t in targets
+        }
+        if kinds == {"prometheus"}:
+            return self._prometheus(panel, targets, ctx)
+        if kinds == {"tempo"}:
+            target = targets[0]
+            if target.get("queryType") == "serviceMap":
+                return self._service_map(ctx)
+            return self._traces(target.get("query", ""), ctx, panel.get("title", ""))
+        if kinds == {"loki"}:
+            return self._logs(targets[0].get("expr", ""), ctx)
+        return {"empty": True, "error": f"no data source the console knows: {sorted(kinds)}"}
+
+    def _prometheus(
+        self, panel: dict[str, Any], targets: list[dict[str, Any]], ctx: _Ctx
+    ) -> dict[str, Any]:
+        kind = panel.get("type")
+        end_ms = int(ctx.end_s * 1000)
+        start_ms = end_ms - int(ctx.range_s * 1000)
+        instant = kind in ("stat", "table", "gauge", "bargauge")
+        series_out: list[dict[str, Any]] = []
+        exprs = []
+        for target in targets:
+            expr = expand(target["expr"], ctx.variables)
+            exprs.append(expr)
+            tree = promql.parse(expr)
+            evaluator = promql.Evaluator(self.source)
+            if instant:
+                value = evaluator.instant(tree, end_ms)
+                vector = [((), value)] if isinstance(value, float) else value
+                for labels, v in vector:
+                    d = dict(labels)
+                    series_out.append(
+                        {
+                            "ref": target.get("refId"),
+                            "labels": d,
+                            "name": _legend(target.get("legendFormat"), d),
+                            "value": _num(v),
+                        }
+                    )
+            else:
+                result = evaluator.range(tree, start_ms, end_ms, int(ctx.step * 1000))
+                for labels, points in sorted(result.items()):
+                    d = dict(labels)
+                    series_out.append(
+                        {
+                            "ref": target.get("refId"),
+                            "labels": d,
+                            "name": _legend(target.get("legendFormat"), d),
+                            "points": [[t / 1000, _num(v)] for t, v in points],
+                        }
+                    )
+        empty = not any(
+            (s.get("value") is not None) if instant else any(v is not None for _, v in s["points"])
+            for s in series_out
+        )
+        out: dict[str, Any] = {"queries": exprs, "series": series_out, "empty": empty}
+        if instant and kind == "stat":
+            values = [s["value"] for s in series_out if isinstance(s["value"], float)]
+            out["value"] = values[0] if len(values) == 1 else None
+        if kind == "table":
+            out["table"] = _table(series_out, targets)
+        out["links"] = self._exemplar_links(exprs, start_ms, end_ms)
+        return out
+
+    def _exemplar_links(self, exprs: list[str], start_ms: int, end_ms: int) -> list[dict[str, Any]]:
+        from otel_lab.console.scrape import exemplars
+
+        found: dict[str, dict[str, Any]] = {}
+        for expr in exprs:
+            for sel in promql.selectors(promql.parse(expr)):
+                matchers = list(sel.matchers)
+                for m in matchers:
+                    if (
+                        m.name == promql.NAME
+                        and m.op == "="
+                        and m.value.endswith(("_count", "_sum"))
+                    ):
+                        base = m.value.rsplit("_", 1)[0]
+                        matchers = [x for x in matchers if x is not m]
+                        matchers.append(promql.Matcher(promql.NAME, "=", base + "_bucket"))
+                for e in exemplars(self.conn, matchers, start_ms * 1_000_000, end_ms * 1_000_000):
+                    if e["trace_id"] and e["trace_id"] not in found:
+                        found[e["trace_id"]] = e
+        ranked = sorted(found.values(), key=lambda e: e["value"] or 0, reverse=True)
+        return [
+            {
+                "trace_id": e["trace_id"],
+                "value": e["value"],
+                "time": e["time_unix_nano"] / 1e9,
+                "series": e["series"],
+            }
+            for e in ranked[:10]
+        ]
+
+    def _traces(self, traceql: str, ctx: _Ctx, title: str) -> dict[str, Any]:
+        f = traceql_filter(traceql)
+        f.since_ns = int((ctx.end_s - ctx.range_s) * 1e9)
+        f.until_ns = int(ctx.end_s * 1e9)
+        f.limit = 20
+        if "slow" in title.lower():
+            f.order = "duration"
+        traces = queries.find_traces(self.conn, f)
+        return {"query": traceql, "traces": traces, "empty": not traces}
+
+    def _logs(self, logql: str, ctx: _Ctx) -> dict[str, Any]:
+        m = re.search(r'service_name\s*=\s*"([^"]+)"', logql)
+        f = queries.LogFilter(
+            service=m[1] if m else None,
+            since_ns=int((ctx.end_s - ctx.range_s) * 1e9),
+            until_ns=int(ctx.end_s * 1e9),
+            limit=50,
+        )
+        logs = queries.find_logs(self.conn, f)
+        return {"query": logql, "logs": logs, "empty": not logs}
+
+    def _service_map(self, ctx: _Ctx) -> dict[str, Any]:
+        w = analytics.Window(int((ctx.end_s - ctx.range_s) * 1e9), int(ctx.end_s * 1e9))
+        graph = analytics.service_map(self.conn, w, 5000)
+        return {"graph": graph, "empty": not graph.get("edges")}
+
+
+@dataclass
+class _Ctx:
+    end_s: float
+    range_s: float
+    step: float
+    variables: dict[str, str]
+
+
+def _table(series: list[dict[str, Any]], targets: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row per label set, one value column per query (Grafana's 'merge' transform)."""
+    label_names = sorted({k for s in series for k in s["labels"] if k != promql.NAME})
+    refs = [t.get("refId") for t in targets]
+    rows: dict[tuple[str, ...], dict[str, Any]] = {}
+    for s in series:
+        key = tuple(s["labels"].get(k, "") for k in label_names)
+        row = rows.setdefault(key, dict(zip(label_names, key, strict=True)))
+        row[f"Value #{s['ref']}" if len(refs) > 1 else "Value"] = s["value"]
+    columns = label_names + ([f"Value #{r}" for r in refs] if len(refs) > 1 else ["Value"])
+    return {"columns": columns, "rows": [[r.get(c) for c in columns] for r in rows.values()]}
+
+
+_TRACEQL_COND = re.compile(
+    r"(resource\.service\.name|span\.[\w.]+|status|duration|name)\s*(=|>|<|>=|<=)\s*"
+    r'("(?:[^"\\]|\\.)*"|[\w.]+)'
+)
+
+
+def traceql_filter(traceql: str) -> queries.TraceFilter:
+    """The ``{ a = "x" && duration > 100ms }`` TraceQL of the dashboards as a trace filter."""
+    body = traceql.strip()
+    if not (body.startswith("{") and body.endswith("}")):
+        raise queries.QueryError(f"TraceQL {traceql!r}: only {{ ... }} span sets are supported")
+    f = queries.TraceFilter()
+    for part in [p.strip() for p in body[1:-1].split("&&") if p.strip()]:
+        m = _TRACEQL_COND.fullmatch(part)
+        if not m:
+            raise queries.QueryError(f"TraceQL condition {part!r} is not supported")
+        field_, op, raw = m.groups()
+        value = raw[1:-1] if raw.startswith('"') else raw
+        if field_ == "resource.service.name":
+            f.service = value
+        elif field_ == "status":
+            f.status = queries.parse_status(value)
+        elif field_ == "duration":
+            ns = (
+                promql.parse_duration_ms(value) * 1_000_000
+                if not value.endswith("ms")
+                else (int(value[:-2]) * 1_000_000)
+            )
+            if op.startswith(">"):
+                f.min_duration_ns = ns
+            else:
+                f.max_duration_ns = ns
+        elif field_ == "name":
+            f.name = value
+        else:
+            f.attrs.append(queries.parse_attr(f"{field_.removeprefix('span.')}={value}"))
+    return f
