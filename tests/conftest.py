@@ -174,6 +174,10 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
         "OTEL_BLRP_SCHEDULE_DELAY": "200",
         "OTEL_METRIC_EXPORT_INTERVAL": "1000",
         "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+        # The console scrapes /metrics and evaluates the alert rules as often as the
+        # Prometheus of tests/deploy does, so rate() windows fill within seconds.
+        "CONSOLE_SCRAPE_INTERVAL": "1",
+        "CONSOLE_RULES_INTERVAL": "2",
     }
     with running_system(data_dir, env=env) as running:
         yield running

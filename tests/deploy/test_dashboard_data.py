@@ -374,3 +374,89 @@ def test_collector_only_panels_are_listed(
         record_property("not_executed", line)
     add_summary_lines(request.config, [*lines, *live.notes])
     assert not {(d, t, e) for d, t, e, _ in listed} & set(EXECUTABLE)
+
+
+# ----------------------------------------------------------------------------- the console
+# Issue 11: the console evaluates the same panel queries itself (otel_lab.console.promql).
+# Same samples, same numbers: the raw samples Prometheus scraped are fed to the console's
+# evaluator, and each query's result must equal Prometheus' to this relative tolerance (float
+# summation order is the only expected difference).
+PARITY_TOLERANCE = 1e-6
+
+
+def _prometheus_samples(client: httpx.Client, at: float) -> list:
+    """Every raw sample Prometheus holds for the last 6 minutes before ``at`` (a 30 s rate
+    window plus the 5 minute look-back), as the console's in-memory series."""
+    from otel_lab.console.promql import Series
+
+    body = client.get("/api/v1/query", params={"query": '{job=~".+"}[6m]', "time": at}).json()
+    assert body["status"] == "success", body
+    out = []
+    for item in body["data"]["result"]:
+        labels = tuple(sorted(item["metric"].items()))
+        ts = [round(float(t) * 1000) for t, _ in item["values"]]
+        out.append(Series(labels, ts, [float(v) for _, v in item["values"]]))
+    return out
+
+
+def _as_map(result: dict) -> dict[tuple, float]:
+    data = result["data"]
+    if data["resultType"] == "scalar":
+        return {(): float(data["result"][1])}
+    return {tuple(sorted(s["metric"].items())): float(s["value"][1]) for s in data["result"]}
+
+
+def _same(a: float, b: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=PARITY_TOLERANCE, abs_tol=1e-12)
+
+
+def test_console_evaluator_matches_prometheus(live: LiveRun) -> None:
+    """Every executable panel query, on the samples Prometheus scraped: the console's PromQL
+    gives the same series and the same numbers as Prometheus."""
+    from otel_lab.console.promql import Evaluator, MemorySource, parse
+
+    with httpx.Client(base_url=live.prometheus, timeout=30.0) as client:
+        at = round(time.time() - 2, 3)
+        source = MemorySource(_prometheus_samples(client, at))
+        mismatches = []
+        compared = 0
+        for dashboard, title, expr in EXECUTABLE:
+            query = expand_grafana_variables(expr, LIVE_VARIABLES)
+            expected = _as_map(
+                client.get("/api/v1/query", params={"query": query, "time": at}).json()
+            )
+            value = Evaluator(source).instant(parse(query), round(at * 1000))
+            if isinstance(value, float):
+                got = {(): value}
+            else:
+                got = {tuple((k, v) for k, v in labels): v for labels, v in value}
+            if set(got) != set(expected):
+                problem = f"series {sorted(got)} != {sorted(expected)}"
+                mismatches.append(f"{dashboard} / {title}: {problem}")
+                continue
+            for key, want in expected.items():
+                compared += 1
+                if not _same(got[key], want):
+                    mismatches.append(f"{dashboard} / {title} {dict(key)}: {got[key]} != {want}")
+    assert not mismatches, "\n".join(mismatches)
+    assert compared >= len(EXECUTABLE)
+
+
+@pytest.mark.parametrize("query", EXECUTABLE, ids=[_query_id(q) for q in EXECUTABLE])
+def test_console_answers_the_panel_from_its_own_scrape(
+    live: LiveRun, system: RunningSystem, query: tuple[str, str, str]
+) -> None:
+    """In embedded mode the console scrapes the same targets itself: each panel query returns
+    data there too (its own scrape times, so the numbers are close, not equal)."""
+    dashboard, title, expr = query
+    expanded = expand_grafana_variables(expr, LIVE_VARIABLES)
+    with httpx.Client(base_url=system.url("console"), timeout=30.0) as client:
+        deadline = time.monotonic() + 20
+        while True:
+            outcome = _judge(client.get("/api/prom/query", params={"query": expanded}).json())
+            if outcome.ok or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    assert outcome.ok, f"console: dashboard {dashboard!r}, panel {title!r}: {outcome.detail}"

@@ -1,0 +1,102 @@
+"""The console's PromQL subset on samples given in memory (values worked out by hand, or
+as Prometheus 2.x documents them). Parity with a real Prometheus on the same samples:
+tests/deploy/test_dashboard_data.py::test_console_evaluator_matches_prometheus."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from otel_lab.console.promql import Evaluator, MemorySource, PromQLError, Series, parse
+
+S = 1000  # ms
+
+
+def source() -> MemorySource:
+    src = MemorySource()
+    ts = [i * 10 * S for i in range(13)]  # 0..120 s every 10 s
+    # 1 request/s on a 200 route and 0.5/s on a 500 route, with a counter reset at 60 s.
+    src.add({"__name__": "requests_total", "job": "api", "status": "200"}, ts,
+            [10.0 * i for i in range(7)] + [10.0 * i for i in range(1, 7)])  # fmt: skip
+    src.add({"__name__": "requests_total", "job": "api", "status": "500"}, ts,
+            [5.0 * i for i in range(13)])  # fmt: skip
+    for le, share in (("0.1", 0.5), ("0.5", 0.9), ("+Inf", 1.0)):
+        src.add({"__name__": "lat_bucket", "job": "api", "le": le}, ts,
+                [100.0 * share * i for i in range(13)])  # fmt: skip
+    src.add({"__name__": "depth", "job": "worker", "queue": "celery"}, ts, [3.0] * 13)
+    return src
+
+
+def run(query: str, t: int = 120 * S) -> dict[tuple, float] | float:
+    value = Evaluator(source()).instant(parse(query), t)
+    if isinstance(value, float):
+        return value
+    return {tuple(sorted((k, v) for k, v in lb if k != "__name__")): v for lb, v in value}
+
+
+def test_rate_handles_counter_resets_and_extrapolates() -> None:
+    # Samples cover the whole 60 s window [60 s, 120 s] exactly: no extrapolation needed.
+    result = run('rate(requests_total{status="200"}[60s])')
+    assert result == {(("job", "api"), ("status", "200")): pytest.approx(1.0)}
+    assert run('increase(requests_total{status="500"}[60s])') == {
+        (("job", "api"), ("status", "500")): pytest.approx(30.0)
+    }
+
+
+def test_aggregation_and_arithmetic() -> None:
+    assert run("sum(rate(requests_total[60s]))") == {(): pytest.approx(1.5)}
+    ratio = run(
+        'sum by (job) (rate(requests_total{status=~"5.."}[60s])) '
+        "/ sum by (job) (rate(requests_total[60s]))"
+    )
+    assert ratio == {(("job", "api"),): pytest.approx(1 / 3)}
+
+
+def test_histogram_quantile_interpolates_within_the_bucket() -> None:
+    # 50 % below 0.1, 90 % below 0.5: the 0.7 quantile is half-way through (0.1, 0.5].
+    result = run("histogram_quantile(0.7, sum by (le) (rate(lat_bucket[60s])))")
+    assert result == {(): pytest.approx(0.3)}
+    assert run("histogram_quantile(0.99, sum by (le) (rate(lat_bucket[60s])))") == {
+        (): pytest.approx(0.5)  # the +Inf bucket answers with the highest finite bound
+    }
+
+
+def test_set_operators_and_comparisons() -> None:
+    missing = 'sum by (job) (rate(requests_total{status="404"}[60s]))'
+    fallback = f"{missing} or sum by (job) (rate(requests_total[60s])) * 0"
+    assert run(fallback) == {(("job", "api"),): 0.0}
+    assert run("depth > 2") == {(("job", "worker"), ("queue", "celery")): 3.0}
+    assert run("depth > 5") == {}
+    assert run("depth > bool 5") == {(("job", "worker"), ("queue", "celery")): 0.0}
+    assert run("max by (queue) (depth) > 0 unless on () sum(rate(requests_total[1m])) > 0") == {}
+    assert run("1 - 0.25 * 2") == 0.5
+
+
+def test_stale_marker_ends_a_series() -> None:
+    src = MemorySource([Series((("__name__", "g"),), [0, 10 * S], [1.0, 2.0], [20 * S])])
+    assert Evaluator(src).instant(parse("g"), 15 * S) == [((("__name__", "g"),), 2.0)]
+    assert Evaluator(src).instant(parse("g"), 25 * S) == []
+    # Without a marker, a sample counts for 5 minutes (the look-back), and then not.
+    src = MemorySource([Series((("__name__", "g"),), [0], [1.0])])
+    assert Evaluator(src).instant(parse("g"), 299 * S) != []
+    assert Evaluator(src).instant(parse("g"), 301 * S) == []
+
+
+def test_range_evaluation_steps() -> None:
+    result = Evaluator(source()).range(parse("sum(depth)"), 60 * S, 120 * S, 30 * S)
+    assert result == {(): [(60 * S, 3.0), (90 * S, 3.0), (120 * S, 3.0)]}
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["sum(", "rate(depth)", 'x{job=~"("}', "depth[5m] + 1", "nosuchfn(depth)", '{job=~".*"}'],
+)
+def test_bad_queries_are_errors(query: str) -> None:
+    with pytest.raises(PromQLError):
+        Evaluator(source()).instant(parse(query), 120 * S)
+
+
+def test_division_by_zero_is_nan_or_inf() -> None:
+    assert math.isnan(run("0 / 0"))  # type: ignore[arg-type]
+    assert run("1 / 0") == math.inf
