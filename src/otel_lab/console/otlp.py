@@ -50,6 +50,11 @@ MAX_TIME = 2**63 - 1
 TIME_RANGE = "timestamps must be below 2^63 ns"
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
+_SPAN_KIND_SERVER = 2
+_SEVERITY_INFO = 9
+# Server spans of this instrumentation scope (the services' telemetry middleware) stand
+# for their access log line.
+ACCESS_LOG_SCOPE = "otel_lab.http"
 
 
 class DecodeError(ValueError):
@@ -220,6 +225,7 @@ def decode_traces(req: ExportTraceServiceRequest) -> Batch:
         rid, service = batch.add_resource(rs.resource)
         for ss in rs.scope_spans:
             sid = batch.add_scope(ss.scope)
+            access_log = ss.scope.name == ACCESS_LOG_SCOPE
             for sp in ss.spans:
                 trace_id = sp.trace_id
                 span_id = sp.span_id
@@ -239,6 +245,7 @@ def decode_traces(req: ExportTraceServiceRequest) -> Batch:
                     batch.reject(TIME_RANGE)
                     continue
                 status = sp.status
+                attrs = attributes(sp.attributes) if sp.attributes else None
                 rows.append(
                     (
                         trace_id,
@@ -252,14 +259,50 @@ def decode_traces(req: ExportTraceServiceRequest) -> Batch:
                         end - start if end > start else 0,
                         status.code,
                         status.message or None,
-                        attributes_json(sp.attributes),
+                        dumps(attrs) if attrs else None,
                         _events_json(sp.events),
                         _links_json(sp.links),
                         rid,
                         sid,
                     )
                 )
+                if access_log and sp.kind == _SPAN_KIND_SERVER and attrs:
+                    batch.logs.append(_access_log_row(sp, attrs, service, rid, sid))
     return batch
+
+
+def _access_log_row(
+    sp: Any, attrs: dict[str, Any], service: str, rid: int, sid: int
+) -> tuple[Any, ...]:
+    """The ``request_completed`` line of a request, rebuilt from its server span.
+
+    The services write that line to stderr but do not export it over OTLP, because the
+    span says the same (docs/instrumentation.md); the logs view shows it all the same.
+    """
+    elapsed_ns = max(sp.end_time_unix_nano - sp.start_time_unix_nano, 0)
+    fields = {
+        "method": attrs.get("http.request.method_original") or attrs.get("http.request.method"),
+        "path": attrs.get("http.route") or attrs.get("url.path"),
+        "status_code": attrs.get("http.response.status_code"),
+        "elapsed_ms": round(elapsed_ns / 1e6, 2),
+        "request_id": attrs.get("request.id"),
+        "derived_from": "server span",
+    }
+    return (
+        sp.end_time_unix_nano,
+        None,
+        _SEVERITY_INFO,
+        "INFO",
+        "request_completed",
+        0,
+        dumps({k: v for k, v in fields.items() if v is not None}),
+        sp.trace_id,
+        sp.span_id,
+        None,
+        service,
+        rid,
+        sid,
+    )
 
 
 def decode_logs(req: ExportLogsServiceRequest) -> Batch:

@@ -103,8 +103,13 @@ def child_env(
         "OTEL_LAB_DATA_DIR": str(data_dir),
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{host}:{settings.console_otlp_port}",
-        "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
+        # A user's own endpoint (an outside collector) wins over the console.
+        "OTEL_EXPORTER_OTLP_ENDPOINT": os.environ.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT", f"http://{host}:{settings.console_otlp_port}"
+        ),
+        "OTEL_SEMCONV_STABILITY_OPT_IN": os.environ.get(
+            "OTEL_SEMCONV_STABILITY_OPT_IN", "http,database"
+        ),
         "PYTHONUNBUFFERED": "1",  # logs reach the log file as they happen
     }
 

@@ -1,54 +1,64 @@
-"""One call per process sets up traces, metrics and logs over OTLP/HTTP.
+"""One call per process sets up traces, metrics and logs, configured as the spec says.
 
-Configuration is the standard ``OTEL_*`` environment (endpoint, sampler, resource
-attributes, export intervals). ``OTEL_SDK_DISABLED=true`` turns all of it off, which is
-how the benchmark measures the cost of telemetry.
+Everything comes from the standard ``OTEL_*`` environment: ``OTEL_SDK_DISABLED``,
+``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` (which override the defaults set
+here), ``OTEL_{TRACES,METRICS,LOGS}_EXPORTER``, ``OTEL_EXPORTER_OTLP[_{SIGNAL}]_*``,
+``OTEL_TRACES_SAMPLER[_ARG]``, ``OTEL_BSP_*``, ``OTEL_BLRP_*`` and ``OTEL_METRIC_EXPORT_*``.
+Where this module has a default of its own (shorter export timeouts and intervals, larger
+queues), it applies only while the standard variable is unset.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import threading
 import uuid
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry._logs import set_logger_provider
-from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otel_lab import __version__
 from otel_lab.settings import get_settings
-from otel_lab.telemetry.logs import configure_logging
+from otel_lab.telemetry.exporters import DEFAULT_EXPORT_TIMEOUT_SECONDS, exporters_for
+from otel_lab.telemetry.logs import OTLPHandler, configure_logging
 
-# An unreachable or slow collector must cost requests nothing: exports run on background
-# threads from bounded queues, and each export gives up quickly.
-_EXPORT_TIMEOUT_SECONDS = 2.0
 _SHUTDOWN_FLUSH_MILLIS = 2000
 _SHUTDOWN_DEADLINE_SECONDS = 3.0
-_DEFAULT_METRIC_INTERVAL_MILLIS = 10_000
 
-_state: dict[str, object] = {}
+# Defaults that apply while the standard variable is unset.
+_DEFAULTS = {
+    "OTEL_METRIC_EXPORT_INTERVAL": 10_000,  # the SDK's 60 s is long for a local console
+    "OTEL_METRIC_EXPORT_TIMEOUT": int(DEFAULT_EXPORT_TIMEOUT_SECONDS * 1000),
+    "OTEL_BSP_MAX_QUEUE_SIZE": 4096,  # bursts of a busy service fit, bounded all the same
+    "OTEL_BLRP_MAX_QUEUE_SIZE": 4096,
+}
+
+_state: dict[str, Any] = {}
 
 
 def telemetry_enabled() -> bool:
     return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() != "true"
 
 
+def _default(variable: str) -> int | None:
+    """This module's default for ``variable``, or None to let the SDK read the variable."""
+    return None if os.environ.get(variable) else _DEFAULTS[variable]
+
+
 class _HashOnceResource(Resource):
-    """A Resource whose hash is computed once. The OTLP encoders group every span and log
-    record by resource, and the SDK's ``__hash__`` serialises all attributes to JSON each
-    time: about 4 % of a busy service's CPU. Resources are immutable, so caching is safe."""
+    """A Resource whose hash is computed once. The SDK's ``__hash__`` serialises all
+    attributes to JSON each time, and exporters group every record by resource; resources
+    are immutable, so caching is safe."""
 
     def __init__(self, resource: Resource) -> None:
         super().__init__(resource.attributes, resource.schema_url)
@@ -59,25 +69,24 @@ class _HashOnceResource(Resource):
 
 
 def build_resource(service_name: str) -> Resource:
-    """Service identity and environment, merged with ``OTEL_RESOURCE_ATTRIBUTES``."""
-    resource = Resource.create(
-        {
-            "service.name": os.environ.get("OTEL_SERVICE_NAME", service_name),
-            "service.namespace": "otel-lab",
-            "service.version": __version__,
-            "service.instance.id": f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
-            "deployment.environment.name": get_settings().environment,
-        }
-    )
-    return _HashOnceResource(resource)
-
-
-def _exporter_options() -> dict[str, float]:
-    """A short export timeout unless OTEL_EXPORTER_OTLP_TIMEOUT says otherwise (the Python
-    exporters read that variable themselves, in seconds)."""
-    if "OTEL_EXPORTER_OTLP_TIMEOUT" in os.environ:
-        return {}
-    return {"timeout": _EXPORT_TIMEOUT_SECONDS}
+    """The service's identity: defaults here, then ``OTEL_RESOURCE_ATTRIBUTES`` and
+    ``OTEL_SERVICE_NAME`` over them (so Kubernetes can set ``service.instance.id`` to the
+    pod name)."""
+    defaults = {
+        SERVICE_NAME: service_name,
+        "service.namespace": "otel-lab",
+        "service.version": __version__,
+        "service.instance.id": f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+        "deployment.environment.name": get_settings().environment,
+    }
+    # Resource.create() reads the environment and adds the SDK's own attributes; its
+    # "unknown_service" placeholder must not replace the name given here.
+    from_environment = {
+        key: value
+        for key, value in Resource.create().attributes.items()
+        if not (key == SERVICE_NAME and str(value).startswith("unknown_service"))
+    }
+    return _HashOnceResource(Resource({**defaults, **from_environment}))
 
 
 def setup_telemetry(service_name: str) -> None:
@@ -96,38 +105,43 @@ def setup_telemetry(service_name: str) -> None:
         _state["external"] = True
         return
 
-    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
     resource = build_resource(service_name)
-    options = _exporter_options()
 
     tracer_provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER
-    tracer_provider.add_span_processor(
-        BatchSpanProcessor(OTLPSpanExporter(**options), max_queue_size=4096)
-    )
+    for span_exporter in exporters_for("traces"):
+        tracer_provider.add_span_processor(
+            BatchSpanProcessor(span_exporter, max_queue_size=_default("OTEL_BSP_MAX_QUEUE_SIZE"))
+        )
     trace.set_tracer_provider(tracer_provider)
 
-    interval = int(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", _DEFAULT_METRIC_INTERVAL_MILLIS))
-    reader = PeriodicExportingMetricReader(
-        OTLPMetricExporter(**options),
-        export_interval_millis=interval,
-        export_timeout_millis=_EXPORT_TIMEOUT_SECONDS * 1000,
-    )
-    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+    readers = [
+        PeriodicExportingMetricReader(
+            metric_exporter,
+            export_interval_millis=_default("OTEL_METRIC_EXPORT_INTERVAL"),
+            export_timeout_millis=_default("OTEL_METRIC_EXPORT_TIMEOUT"),
+        )
+        for metric_exporter in exporters_for("metrics")
+    ]
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     metrics.set_meter_provider(meter_provider)
 
     logger_provider = LoggerProvider(resource=resource)
-    logger_provider.add_log_record_processor(
-        BatchLogRecordProcessor(OTLPLogExporter(**options), max_queue_size=4096)
-    )
+    log_exporters = exporters_for("logs")
+    for log_exporter in log_exporters:
+        logger_provider.add_log_record_processor(
+            BatchLogRecordProcessor(
+                log_exporter, max_queue_size=_default("OTEL_BLRP_MAX_QUEUE_SIZE")
+            )
+        )
     set_logger_provider(logger_provider)
 
     configure_logging(
         service_name,
         settings.log_level,
-        otlp_handler=LoggingHandler(logger_provider=logger_provider),
+        otlp_handler=OTLPHandler(logger_provider=logger_provider) if log_exporters else None,
     )
     _state.update(tracer=tracer_provider, meter=meter_provider, logger=logger_provider)
-    logging.getLogger(__name__).debug("telemetry ready", extra={"otel_service": service_name})
 
 
 def _flush_and_shutdown() -> None:
