@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import random
 import re
-import uuid
 from contextvars import ContextVar
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -22,4 +22,6 @@ def sanitize_request_id(value: str | bytes | None) -> str:
             value = None
     if value and _SAFE_REQUEST_ID.fullmatch(value):
         return value
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex, for a quarter of its cost (the
+    # Mersenne Twister is not for secrets; a request ID is not one).
+    return f"{random.getrandbits(128):032x}"

@@ -87,6 +87,7 @@ class AccessLog:
             '{"level": "INFO", "logger": "' + ACCESS_LOGGER + '", "message": "request_completed"'
         )
         self._service = json.dumps(service_name, ensure_ascii=False)
+        self._parts: dict[tuple[str, str], str] = {}
 
     def write(
         self,
@@ -101,25 +102,35 @@ class AccessLog:
     ) -> None:
         if not self._logger.isEnabledFor(logging.INFO):
             return
-        # request_id is a checked token (context.sanitize_request_id); method and path
-        # come from the client or the routes, so they are JSON-escaped.
         line = (
-            f"{self._prefix}, "
-            f'"method": {json.dumps(method, ensure_ascii=False)}, '
-            f'"path": {json.dumps(path, ensure_ascii=False)}, '
+            f"{self._request_part(method, path)}"
             f'"status_code": {status_code}, "elapsed_ms": {elapsed_ms}, '
+            # A checked token (context.sanitize_request_id): nothing to escape.
             f'"service": {self._service}, "request_id": "{request_id}", '
         )
         if trace_id:
             line += f'"trace_id": "{trace_id:032x}", "span_id": "{span_id:016x}", '
         line += f'"timestamp": "{datetime.now(UTC).isoformat()}"}}\n'
-        stream = _stderr_handler.stream if _stderr_handler is not None else sys.stderr
-        lock = _stderr_handler.lock if _stderr_handler is not None else None
-        if lock is None:
-            stream.write(line)
+        handler = _stderr_handler
+        if handler is None:
+            sys.stderr.write(line)
             return
-        with lock:
-            stream.write(line)
+        with handler.lock:  # type: ignore[union-attr]
+            handler.stream.write(line)
+
+    def _request_part(self, method: str, path: str) -> str:
+        """The line's start up to the path, JSON-escaped once per (method, route): routes
+        are templates, so there are few of them."""
+        part = self._parts.get((method, path))
+        if part is None:
+            if len(self._parts) > 1024:
+                self._parts.clear()
+            part = self._parts[(method, path)] = (
+                f"{self._prefix}, "
+                f'"method": {json.dumps(method, ensure_ascii=False)}, '
+                f'"path": {json.dumps(path, ensure_ascii=False)}, '
+            )
+        return part
 
 
 _base_record_factory = logging.getLogRecordFactory()

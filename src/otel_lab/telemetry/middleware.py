@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from opentelemetry import context, metrics, propagate, trace
@@ -131,8 +132,23 @@ class TelemetryMiddleware:
             description="Duration of HTTP server requests.",
             explicit_bucket_boundaries_advisory=list(prom.LATENCY_BUCKETS),
         )
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.excluded_urls = get_excluded_urls("FASTAPI")  # or OTEL_PYTHON_EXCLUDED_URLS
         self.access_log = AccessLog(_service_name(tracer_provider or trace.get_tracer_provider()))
+
+    def _series(self, method: str, path: str, status_code: int) -> tuple[Any, Any]:
+        """The Prometheus children of one (method, route, status): ``labels()`` validates
+        and hashes its arguments on every call, a dict lookup does not."""
+        key = (method, path, status_code)
+        series = self._children.get(key)
+        if series is None:
+            if len(self._children) > 4096:
+                self._children.clear()
+            series = self._children[key] = (
+                prom.REQUESTS.labels(method, path, str(status_code)),
+                prom.REQUEST_LATENCY.labels(method, path),
+            )
+        return series
 
     def _is_excluded(self, scope: Scope) -> bool:
         path = scope["path"]
@@ -231,10 +247,9 @@ class TelemetryMiddleware:
             span.end()
 
             path_label = route or UNMATCHED_ROUTE
-            prom.REQUESTS.labels(method, path_label, str(status_code)).inc()
-            prom.REQUEST_LATENCY.labels(method, path_label).observe(
-                elapsed, exemplar=prom.exemplar_for(span_context)
-            )
+            counter, latency = self._series(known_method, path_label, status_code)
+            counter.inc()
+            latency.observe(elapsed, exemplar=prom.exemplar_for(span_context))
             self.duration.record(elapsed, duration_attributes)
             self.access_log.write(
                 method=method,
