@@ -10,6 +10,7 @@ from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
 from otel_lab.cache import redis_url
 from otel_lab.telemetry import telemetry_enabled
+from otel_lab.telemetry.celery import propagate_request_ids
 
 ITEM_ENRICHMENT = "item_enrichment"
 DEFAULT_QUEUE = "celery"
@@ -29,6 +30,7 @@ def _instrument_celery() -> None:
 
 def create_celery_app(*, include: list[str] | None = None) -> Celery:
     _instrument_celery()
+    propagate_request_ids()
     broker = redis_url()
     app = Celery("otel_lab", broker=broker, include=include or [])
     app.conf.update(

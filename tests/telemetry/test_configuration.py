@@ -1,0 +1,186 @@
+"""The standard OTEL_* variables mean what the specification says, in manual mode too.
+
+Each case runs ``setup_telemetry`` in a fresh interpreter (global providers can be set once
+per process) with the variables under test, and reads back what was installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from otel_lab.runtime.plan import child_env
+from otel_lab.settings import Settings
+
+PROBE = r"""
+import json, logging
+from opentelemetry import metrics, trace
+from otel_lab.telemetry import setup_telemetry
+from otel_lab.telemetry.logs import OTLPHandler
+setup_telemetry("probe")
+tp = trace.get_tracer_provider()
+processors = tp._active_span_processor._span_processors
+def describe_span(p):
+    batch = p._batch_processor
+    e = batch._exporter
+    client = getattr(e, "_client", None)
+    return {"exporter": type(e).__module__ + "." + type(e).__name__,
+            "endpoint": getattr(e, "_endpoint", None), "timeout": getattr(client, "_timeout", None),
+            "max_queue_size": batch._max_queue_size, "schedule_delay": batch._schedule_delay_millis,
+            "max_export_batch_size": batch._max_export_batch_size}
+mp = metrics.get_meter_provider()
+readers = list(mp._measurement_consumer._reader_storages)
+handlers = [h for h in logging.getLogger().handlers if isinstance(h, OTLPHandler)]
+lp_processors = []
+if handlers:
+    for p in handlers[0]._logger_provider._multi_log_record_processor._log_record_processors:
+        b = p._batch_processor
+        lp_processors.append({"exporter": type(b._exporter).__name__,
+                              "max_queue_size": b._max_queue_size,
+                              "schedule_delay": b._schedule_delay_millis})
+print(json.dumps({
+    "resource": dict(tp.resource.attributes),
+    "spans": [describe_span(p) for p in processors],
+    "readers": [{"exporter": type(r._exporter).__name__, "interval": r._export_interval_millis,
+                 "timeout": r._export_timeout_millis} for r in readers],
+    "logs": lp_processors,
+}))
+"""
+
+_CLEAN = [k for k in os.environ if k.startswith("OTEL_")]
+
+
+def configured(**variables: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in _CLEAN}
+    env.update(variables)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_defaults_export_everything_over_otlp_http() -> None:
+    found = configured()
+    assert [s["exporter"] for s in found["spans"]] == [
+        "otel_lab.telemetry.exporters.OTLPSpanExporter"
+    ]
+    assert found["spans"][0]["max_queue_size"] == 4096
+    assert found["spans"][0]["timeout"] == 2.0
+    assert found["readers"] == [
+        {"exporter": "OTLPMetricExporter", "interval": 10_000, "timeout": 2000}
+    ]
+    assert [p["exporter"] for p in found["logs"]] == ["OTLPLogExporter"]
+    assert found["resource"]["service.name"] == "probe"
+    assert found["resource"]["service.namespace"] == "otel-lab"
+
+
+def test_resource_attributes_override_the_code_defaults() -> None:
+    found = configured(
+        OTEL_RESOURCE_ATTRIBUTES="service.instance.id=pod-7,deployment.environment.name=prod,x=1"
+    )
+    assert found["resource"]["service.instance.id"] == "pod-7"
+    assert found["resource"]["deployment.environment.name"] == "prod"
+    assert found["resource"]["x"] == "1"
+
+
+def test_service_name_variable_wins() -> None:
+    found = configured(
+        OTEL_SERVICE_NAME="renamed", OTEL_RESOURCE_ATTRIBUTES="service.name=from-attributes"
+    )
+    assert found["resource"]["service.name"] == "renamed"
+
+
+def test_batch_span_processor_variables() -> None:
+    found = configured(
+        OTEL_BSP_MAX_QUEUE_SIZE="77",
+        OTEL_BSP_SCHEDULE_DELAY="1234",
+        OTEL_BSP_MAX_EXPORT_BATCH_SIZE="11",
+    )
+    span = found["spans"][0]
+    assert (span["max_queue_size"], span["schedule_delay"], span["max_export_batch_size"]) == (
+        77,
+        1234,
+        11,
+    )
+
+
+def test_batch_log_record_processor_variables() -> None:
+    found = configured(
+        OTEL_BLRP_MAX_QUEUE_SIZE="55",
+        OTEL_BLRP_SCHEDULE_DELAY="321",
+        OTEL_BLRP_MAX_EXPORT_BATCH_SIZE="50",
+    )
+    assert found["logs"][0]["max_queue_size"] == 55
+    assert found["logs"][0]["schedule_delay"] == 321
+
+
+def test_metric_export_variables() -> None:
+    found = configured(OTEL_METRIC_EXPORT_INTERVAL="2500", OTEL_METRIC_EXPORT_TIMEOUT="900")
+    assert found["readers"][0]["interval"] == 2500
+    assert found["readers"][0]["timeout"] == 900
+
+
+def test_per_signal_otlp_variables() -> None:
+    found = configured(
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318",
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://traces-only:9999/v1/traces",
+        OTEL_EXPORTER_OTLP_TRACES_TIMEOUT="7",
+    )
+    assert found["spans"][0]["endpoint"] == "http://traces-only:9999/v1/traces"
+    assert found["spans"][0]["timeout"] == 7.0
+
+
+@pytest.mark.parametrize(
+    ("variable", "key"),
+    [("OTEL_TRACES_EXPORTER", "spans"), ("OTEL_METRICS_EXPORTER", "readers"),
+     ("OTEL_LOGS_EXPORTER", "logs")],
+)  # fmt: skip
+def test_exporter_none_turns_a_signal_off(variable: str, key: str) -> None:
+    found = configured(**{variable: "none"})
+    assert found[key] == []
+    others = {"spans", "readers", "logs"} - {key}
+    assert all(found[other] for other in others)
+
+
+def test_console_exporter() -> None:
+    found = configured(OTEL_TRACES_EXPORTER="console", OTEL_METRICS_EXPORTER="console")
+    assert found["spans"][0]["exporter"].endswith("ConsoleSpanExporter")
+    assert found["readers"][0]["exporter"] == "ConsoleMetricExporter"
+
+
+def test_grpc_protocol() -> None:
+    found = configured(OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
+    assert found["spans"][0]["exporter"].startswith("opentelemetry.exporter.otlp.proto.grpc")
+    assert found["readers"][0]["exporter"] == "OTLPMetricExporter"
+
+
+def test_per_signal_protocol() -> None:
+    found = configured(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="grpc")
+    assert found["spans"][0]["exporter"].startswith("opentelemetry.exporter.otlp.proto.grpc")
+    assert found["logs"][0]["exporter"] == "OTLPLogExporter"
+
+
+def test_an_unknown_exporter_is_a_clear_error() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in _CLEAN}
+    env["OTEL_TRACES_EXPORTER"] = "zipkin-smoke-signals"
+    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "OTEL_TRACES_EXPORTER='zipkin-smoke-signals'" in done.stderr
+
+
+def test_up_passes_the_users_otlp_endpoint_through(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    env = child_env(Settings(), tmp_path, "postgresql://x", "redis://x")
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(f":{Settings().console_otlp_port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://outside:4318")
+    env = child_env(Settings(), tmp_path, "postgresql://x", "redis://x")
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://outside:4318"
+    assert "database" in env["OTEL_SEMCONV_STABILITY_OPT_IN"]

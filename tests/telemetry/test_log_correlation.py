@@ -1,0 +1,88 @@
+"""Logs against the running system: trace context in the OTLP record's own fields, and the
+request ID carried through the broker to the worker's log lines."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+
+from otel_lab.runtime.harness import RunningSystem
+from tests.conftest import Console, trace_id_of
+
+
+def _json_lines(system: RunningSystem, name: str) -> list[dict]:
+    return [json.loads(line) for line in system.log(name).splitlines() if line.startswith("{")]
+
+
+def test_the_request_id_reaches_the_workers_logs(
+    api: httpx.Client, console: Console, system: RunningSystem
+) -> None:
+    response = api.post(
+        "/items", json={"name": "carried id"}, headers={"X-Request-ID": "rid-to-the-worker"}
+    )
+    assert response.status_code in (200, 201)
+    trace_id = trace_id_of(response)
+
+    deadline = time.monotonic() + 20
+    enriched: list[dict] = []
+    while not enriched and time.monotonic() < deadline:
+        enriched = [
+            line
+            for line in _json_lines(system, "worker")
+            if line.get("message") == "item_enriched" and line.get("trace_id") == trace_id
+        ]
+        time.sleep(0.2)
+    assert enriched, "the worker logged the enrichment of the item"
+    assert enriched[0]["request_id"] == "rid-to-the-worker"
+
+    logs = console.logs(
+        trace_id,
+        until=lambda logs: any(
+            log["service_name"] == "worker" and log["body"] == "item_enriched" for log in logs
+        ),
+    )
+    record = next(log for log in logs if log["body"] == "item_enriched")
+    assert record["attributes"]["request_id"] == "rid-to-the-worker"
+    assert record["trace_id"] == trace_id and len(record["span_id"]) == 16
+    # The trace context and the service are the record's own fields and its resource's,
+    # not repeated as attributes.
+    assert not {"trace_id", "span_id", "service"} & set(record["attributes"])
+
+
+def test_the_access_line_is_on_stderr_and_in_the_console_from_the_span(
+    api: httpx.Client, console: Console, system: RunningSystem
+) -> None:
+    response = api.get("/items/999999", headers={"X-Request-ID": "rid-access-404"})
+    assert response.status_code == 404
+    trace_id = trace_id_of(response)
+    logs = console.logs(
+        trace_id, until=lambda logs: any(log["body"] == "request_completed" for log in logs)
+    )
+    completed = next(log for log in logs if log["body"] == "request_completed")
+    assert completed["attributes"] == {
+        "method": "GET",
+        "path": "/items/{item_id}",
+        "status_code": 404,
+        "elapsed_ms": completed["attributes"]["elapsed_ms"],
+        "request_id": "rid-access-404",
+        "derived_from": "server span",
+    }
+    assert completed["severity_text"] == "INFO" and completed["service_name"] == "api"
+
+    deadline = time.monotonic() + 10
+    lines: list[dict] = []
+    while not lines and time.monotonic() < deadline:
+        lines = [
+            line
+            for line in _json_lines(system, "api")
+            if line.get("request_id") == "rid-access-404"
+            and line.get("message") == "request_completed"
+        ]
+        time.sleep(0.2)
+    assert lines, "the access line reached the api's stderr"
+    line = lines[0]
+    assert (line["method"], line["path"], line["status_code"]) == ("GET", "/items/{item_id}", 404)
+    assert line["trace_id"] == trace_id and line["level"] == "INFO" and line["service"] == "api"
+    assert line["logger"] == "otel_lab.request" and "timestamp" in line

@@ -1,0 +1,126 @@
+"""The server middleware in-process, with injected providers and in-memory exporters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_lab.telemetry import TelemetryMiddleware
+
+
+class Probe:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, excluded: str = "") -> None:
+        monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", excluded)
+        self.spans = InMemorySpanExporter()
+        tracer_provider = TracerProvider(resource=Resource.create({"service.name": "probe"}))
+        tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.reader = InMemoryMetricReader()
+        app = FastAPI()
+
+        @app.get("/items/{item_id}")
+        async def item(item_id: int) -> dict[str, int]:
+            return {"id": item_id}
+
+        @app.get("/boom")
+        async def boom() -> None:
+            raise RuntimeError("boom")
+
+        app.add_middleware(
+            TelemetryMiddleware,
+            tracer_provider=tracer_provider,
+            meter_provider=MeterProvider(metric_readers=[self.reader]),
+        )
+        self.app = app
+
+    def request(self, method: str, url: str, **kwargs: object) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+                return await c.request(method, url, **kwargs)  # type: ignore[arg-type]
+
+        return asyncio.run(go())
+
+    def only_span(self) -> ReadableSpan:
+        (span,) = self.spans.get_finished_spans()
+        return span
+
+    def duration_points(self) -> list[dict[str, object]]:
+        data = self.reader.get_metrics_data()
+        return [
+            dict(point.attributes)
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+            if metric.name == "http.server.request.duration"
+            for point in metric.data.data_points
+        ]
+
+
+@pytest.fixture
+def probe(monkeypatch: pytest.MonkeyPatch) -> Iterator[Probe]:
+    yield Probe(monkeypatch)
+
+
+def test_a_matched_route_names_the_span_and_its_attributes(probe: Probe) -> None:
+    response = probe.request("GET", "http://example.test:8123/items/7?q=1&sig=secret")
+    assert response.status_code == 200
+    span = probe.only_span()
+    assert span.name == "GET /items/{item_id}"
+    attributes = dict(span.attributes or {})
+    assert attributes["http.route"] == "/items/{item_id}"
+    assert attributes["http.request.method"] == "GET"
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["url.path"] == "/items/7"
+    assert attributes["url.query"] == "q=1&sig=REDACTED"
+    assert attributes["server.address"] == "example.test"
+    assert attributes["server.port"] == 8123
+    assert attributes["url.scheme"] == "http"
+    assert "error.type" not in attributes
+    assert response.headers["traceresponse"].split("-")[1] == f"{span.context.trace_id:032x}"
+
+
+def test_an_unknown_method_is_other_with_the_original_kept(probe: Probe) -> None:
+    probe.request("FOO", "/items/1")
+    span = probe.only_span()
+    attributes = dict(span.attributes or {})
+    assert attributes["http.request.method"] == "_OTHER"
+    assert attributes["http.request.method_original"] == "FOO"
+    assert span.name.startswith("HTTP")
+
+
+def test_an_unmatched_path_leaves_the_route_unset(probe: Probe) -> None:
+    assert probe.request("GET", "/nowhere").status_code == 404
+    span = probe.only_span()
+    assert span.name == "GET"
+    assert "http.route" not in (span.attributes or {})
+    (point,) = probe.duration_points()
+    assert "http.route" not in point and point["http.response.status_code"] == 404
+
+
+def test_a_failure_sets_error_type_on_the_span_and_the_duration_metric(probe: Probe) -> None:
+    response = probe.request("GET", "/boom")
+    assert response.status_code == 500
+    assert response.json()["detail"] == "Internal Server Error"
+    span = probe.only_span()
+    assert span.attributes is not None and span.attributes["error.type"] == "RuntimeError"
+    assert not span.status.is_ok
+    (point,) = probe.duration_points()
+    assert point["error.type"] == "RuntimeError" and point["http.route"] == "/boom"
+
+
+def test_excluded_urls_are_not_traced(monkeypatch: pytest.MonkeyPatch) -> None:
+    probe = Probe(monkeypatch, excluded="items/2,boom")
+    probe.request("GET", "/items/2")
+    probe.request("GET", "/items/3")
+    names = [dict(s.attributes or {})["url.path"] for s in probe.spans.get_finished_spans()]
+    assert names == ["/items/3"]
