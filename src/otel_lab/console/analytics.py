@@ -54,7 +54,8 @@ def service_map(conn: sqlite3.Connection, w: Window, max_traces: int = 5000) -> 
 
     An edge is a parent/child pair of spans in different services (CLIENT->SERVER,
     PRODUCER->CONSUMER, or any parent whose child runs elsewhere), or a CLIENT span with
-    ``db.system`` / ``db.system.name`` (an edge to a node named after the database system).
+    ``db.system.name`` (stable) or the older ``db.system`` (an edge to a node named after
+    the database system).
     Errors count the child (callee) spans with status ERROR; for databases, the client span.
     """
     sampled = conn.execute(
@@ -76,8 +77,8 @@ def service_map(conn: sqlite3.Connection, w: Window, max_traces: int = 5000) -> 
                     WHERE p.trace_id = c.trace_id AND p.span_id = c.parent_span_id)
                END AS parent,
                CASE WHEN c.kind = 3 AND c.attributes IS NOT NULL THEN
-                   coalesce(json_extract(c.attributes, '$."db.system"'),
-                            json_extract(c.attributes, '$."db.system.name"'))
+                   coalesce(json_extract(c.attributes, '$."db.system.name"'),
+                            json_extract(c.attributes, '$."db.system"'))
                END AS db,
                c.kind, count(*), sum(c.status_code = 2), sum(c.duration_ns)
         FROM t JOIN spans c ON c.trace_id = t.trace_id

@@ -86,3 +86,19 @@ def test_the_access_line_is_on_stderr_and_in_the_console_from_the_span(
     assert (line["method"], line["path"], line["status_code"]) == ("GET", "/items/{item_id}", 404)
     assert line["trace_id"] == trace_id and line["level"] == "INFO" and line["service"] == "api"
     assert line["logger"] == "otel_lab.request" and "timestamp" in line
+
+
+def test_database_spans_use_the_stable_conventions(gateway: httpx.Client, console: Console) -> None:
+    response = gateway.post("/api/v1/process", json={"user_id": 1001, "action": "semconv"})
+    assert response.status_code == 200
+    spans = console.trace(
+        trace_id_of(response),
+        until=lambda spans: any("db.system.name" in s["attributes"] for s in spans),
+    )
+    database = [s for s in spans if s["attributes"].get("db.system.name") == "postgresql"]
+    statements = [s for s in database if s["name"] != "connect"]
+    assert statements
+    for span in statements:
+        assert "db.query.text" in span["attributes"]
+    for span in database:
+        assert not {"db.system", "db.statement", "db.name"} & set(span["attributes"])
