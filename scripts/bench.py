@@ -48,9 +48,7 @@ class Scenario:
 
 SCENARIOS = (
     Scenario("trivial endpoint (GET /health)", "api", "/health", ("api",), target=1.33),
-    Scenario(
-        "cache-hit read (GET /items/{id})", "api", "/items/{item_id}", ("api",), target=1.11
-    ),
+    Scenario("cache-hit read (GET /items/{id})", "api", "/items/{item_id}", ("api",), target=1.11),
     Scenario(
         "service chain (POST /api/v1/process)",
         "gateway",
@@ -126,10 +124,10 @@ def _spans_written(system: RunningSystem) -> int:
     return int(stats["written"]["spans"])
 
 
-def run_wrk(url: str, extra: list[str], duration: float, connections: int) -> tuple[int, int]:
+def run_wrk(url: str, extra: list[str], duration: int, connections: int) -> tuple[int, int]:
     """Requests completed and non-2xx answers."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{round(duration)}s", *extra, url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", *extra, url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     requests = re.search(r"(\d+) requests in", out)
@@ -140,7 +138,7 @@ def run_wrk(url: str, extra: list[str], duration: float, connections: int) -> tu
 
 
 def measure(
-    variant: Variant, scenario: Scenario, tmp: Path, duration: float, connections: int
+    variant: Variant, scenario: Scenario, tmp: Path, duration: int, connections: int
 ) -> Sample:
     system = variant.system
     url = system.url(scenario.entry) + scenario.path.format(**variant.values)
@@ -185,7 +183,13 @@ def _median(samples: list[Sample], attr: str) -> float:
     return statistics.median(getattr(s, attr) for s in samples)
 
 
-def report(found: list[Variant], rounds: int, duration: float, connections: int) -> None:
+def report(
+    found: list[Variant],
+    scenarios: tuple[Scenario, ...],
+    rounds: int,
+    duration: int,
+    connections: int,
+) -> None:
     print(
         f"\n{rounds} rounds, wrk -t1 -c{connections} -d{duration}s per endpoint and variant, "
         "medians; CPU = user+system time of the service processes per request"
@@ -197,7 +201,7 @@ def report(found: list[Variant], rounds: int, duration: float, connections: int)
     print(header)
     print("-" * len(header))
     off, on = found
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         so, sn = off.samples[scenario.name], on.samples[scenario.name]
         cpu_off = _median(so, "cpu_us_per_request")
         cpu_on = _median(sn, "cpu_us_per_request")
@@ -217,7 +221,7 @@ def report(found: list[Variant], rounds: int, duration: float, connections: int)
         if errors:
             print(f"    ({errors} non-2xx answers in this scenario)")
     print("\nper round (CPU us per request, off / on):")
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         pairs = zip(off.samples[scenario.name], on.samples[scenario.name], strict=True)
         figures = "  ".join(
             f"{a.cpu_us_per_request:.0f}/{b.cpu_us_per_request:.0f}" for a, b in pairs
@@ -237,24 +241,23 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
         return 2
-    global SCENARIOS
-    SCENARIOS = tuple(s for s in SCENARIOS if args.only in s.name)
+    scenarios = tuple(s for s in SCENARIOS if args.only in s.name)
 
     with tempfile.TemporaryDirectory(prefix="otel-lab-bench-") as tmp_name:
         tmp = Path(tmp_name)
         print("starting a system with telemetry off and one with telemetry on ...", flush=True)
         with variants(tmp) as found:
-            for scenario in SCENARIOS:  # warm-up: connection pools, caches, JIT-less paths
+            for scenario in scenarios:  # warm-up: connection pools and caches
                 for variant in found:
                     measure(variant, scenario, tmp, 2, args.connections)
             for round_number in range(args.rounds):
                 print(f"round {round_number + 1}/{args.rounds}", flush=True)
-                for scenario in SCENARIOS:
+                for scenario in scenarios:
                     order = found if round_number % 2 == 0 else found[::-1]
                     for variant in order:
                         sample = measure(variant, scenario, tmp, args.duration, args.connections)
                         variant.samples.setdefault(scenario.name, []).append(sample)
-            report(found, args.rounds, args.duration, args.connections)
+            report(found, scenarios, args.rounds, args.duration, args.connections)
     return 0
 
 
