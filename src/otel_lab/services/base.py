@@ -93,9 +93,13 @@ async def _cache_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 @asynccontextmanager
 async def database(app: FastAPI) -> AsyncIterator[None]:
-    """The service's engine and session factory on ``app.state``, for its lifetime."""
+    """The service's engine and session factory on ``app.state``, for its lifetime.
+
+    ``autocommit``: the same pool without BEGIN/COMMIT, for work that is one statement.
+    """
     engine = create_engine()
     app.state.engine = engine
+    app.state.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
     app.state.sessions = session_factory(engine)
     try:
         yield

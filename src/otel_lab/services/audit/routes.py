@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert
 
 from otel_lab.services.audit.models import AuditLog
 from otel_lab.services.audit.schemas import MAX_ID, AuditLogOut, AuditProcessRequest
@@ -29,21 +30,24 @@ class SimulatedFailureError(RuntimeError):
     """Raised on request (``simulate_failure: "audit"``): order-service must fall back."""
 
 
-def _summary(log: AuditLog, replayed: bool) -> dict[str, Any]:
+_audit_logs = AuditLog.__table__
+
+
+def _summary(log: Mapping[str, Any], replayed: bool) -> dict[str, Any]:
     return {
-        "id": log.id,
+        "id": log["id"],
         "status": "recorded",
-        "event_type": log.event_type,
-        "created_at": log.created_at.isoformat(),
+        "event_type": log["event_type"],
+        "created_at": log["created_at"].isoformat(),
         "replayed": replayed,
         "summary": {
             "chain": list(CHAIN),
             "completed": True,
-            "user_id": log.user_id,
-            "order_id": log.order_id,
-            "action": log.action,
-            "order_total": log.details.get("order_total"),
-            "item_count": log.details.get("item_count"),
+            "user_id": log["user_id"],
+            "order_id": log["order_id"],
+            "action": log["action"],
+            "order_total": log["details"].get("order_total"),
+            "item_count": log["details"].get("item_count"),
         },
     }
 
@@ -74,37 +78,36 @@ async def process(
                 span.set_attribute("order.id", body.order_id)
             if body.simulate_failure == "audit":
                 raise SimulatedFailureError("simulated failure in audit log write")
-            async with request.app.state.sessions() as session:
-                existing = await session.scalar(
-                    select(AuditLog).where(AuditLog.idempotency_key == key)
+            log: dict[str, Any] = {
+                "event_type": body.event_type,
+                "user_id": body.user_id,
+                "order_id": body.order_id,
+                "action": body.action,
+                "details": {"order_total": body.order_total, "item_count": body.item_count},
+                "trace_id": format(span.get_span_context().trace_id, "032x"),
+                "request_id": request_id_var.get(),
+                "idempotency_key": key,
+            }
+            # One statement, autocommit; a key that was written before inserts nothing.
+            async with request.app.state.autocommit.connect() as connection:
+                result = await connection.execute(
+                    insert(_audit_logs)
+                    .values(log)
+                    .on_conflict_do_nothing(index_elements=[_audit_logs.c.idempotency_key])
+                    .returning(_audit_logs.c.id, _audit_logs.c.created_at)
                 )
-                if existing is not None:
-                    span.add_event("audit.idempotent_replay", {"audit.id": existing.id})
-                    return JSONResponse({"audit": _summary(existing, replayed=True)})
-                log = AuditLog(
-                    event_type=body.event_type,
-                    user_id=body.user_id,
-                    order_id=body.order_id,
-                    action=body.action,
-                    details={"order_total": body.order_total, "item_count": body.item_count},
-                    trace_id=format(span.get_span_context().trace_id, "032x"),
-                    request_id=request_id_var.get(),
-                    idempotency_key=key,
-                )
-                session.add(log)
-                try:
-                    await session.commit()
-                except IntegrityError:  # a concurrent attempt with the same key
-                    await session.rollback()
-                    log = await session.scalar(
-                        select(AuditLog).where(AuditLog.idempotency_key == key)
+                created = result.first()
+                if created is None:  # a retry, or a concurrent attempt with the same key
+                    result = await connection.execute(
+                        select(_audit_logs).where(_audit_logs.c.idempotency_key == key)
                     )
-                    if log is None:
-                        raise
-                    return JSONResponse({"audit": _summary(log, replayed=True)})
-                span.set_attribute("audit.id", log.id)
-                span.add_event("chain.completed", {"chain.length": len(CHAIN)})
-                return JSONResponse({"audit": _summary(log, replayed=False)})
+                    existing = result.one()
+                    span.add_event("audit.idempotent_replay", {"audit.id": existing.id})
+                    return JSONResponse({"audit": _summary(existing._mapping, replayed=True)})
+            log.update(id=created.id, created_at=created.created_at)
+            span.set_attribute("audit.id", created.id)
+            span.add_event("chain.completed", {"chain.length": len(CHAIN)})
+            return JSONResponse({"audit": _summary(log, replayed=False)})
     except SimulatedFailureError as exc:
         record_error(exc, "simulated_failure")
         return error_response(500, str(exc), step="audit_logging")

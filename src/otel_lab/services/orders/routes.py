@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Integer, Select, column, func, select, true, update
+from sqlalchemy import values as values_clause
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from otel_lab.services.base import error_response, record_error
 from otel_lab.services.downstream import (
@@ -28,7 +29,7 @@ from otel_lab.services.downstream import (
     outbound_headers,
 )
 from otel_lab.services.orders.models import Order, OrderItem
-from otel_lab.services.orders.pricing import default_items, price_order
+from otel_lab.services.orders.pricing import Line, default_items, price_order
 from otel_lab.services.orders.schemas import MAX_ID, OrderOut, OrderProcessRequest
 from otel_lab.settings import get_settings
 
@@ -61,50 +62,85 @@ def _fail_first_attempt(key: str) -> bool:
     return True
 
 
-async def _items_of(session: AsyncSession, order_ids: Sequence[int]) -> dict[int, list]:
+_orders = Order.__table__
+_items = OrderItem.__table__
+_ITEM_COLUMNS = ("sku", "name", "quantity", "unit_price", "line_total")
+
+
+async def _items_of(connection: AsyncConnection, order_ids: Sequence[int]) -> dict[int, list]:
     by_order: dict[int, list] = {order_id: [] for order_id in order_ids}
     if order_ids:
-        rows = await session.scalars(
-            select(OrderItem).where(OrderItem.order_id.in_(order_ids)).order_by(OrderItem.id)
+        rows = await connection.execute(
+            select(_items).where(_items.c.order_id.in_(order_ids)).order_by(_items.c.id)
         )
         for item in rows:
-            by_order[item.order_id].append(item)
+            by_order[item.order_id].append(item._mapping)
     return by_order
 
 
-def _out(order: Order, items: list) -> dict[str, Any]:
-    out = OrderOut.model_validate(order).model_copy(update={"items": []})
-    data = out.model_dump(mode="json")
-    data["items"] = [
-        {
-            "sku": item.sku,
-            "name": item.name,
-            "quantity": item.quantity,
-            "unit_price": float(item.unit_price),
-            "line_total": float(item.line_total),
-        }
-        for item in items
-    ]
-    return data
+def _out(order: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return OrderOut.model_validate({**order, "items": items}).model_dump(mode="json")
+
+
+def _insert_order(values: dict[str, Any], lines: Sequence[Line]) -> Select:
+    """One statement for the order and its lines (data-modifying CTEs): atomic on its own,
+    one round trip. An existing idempotency key inserts nothing and returns no row."""
+    new_order = (
+        insert(_orders)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=[_orders.c.idempotency_key])
+        .returning(_orders.c.id, _orders.c.created_at)
+        .cte("new_order")
+    )
+    line_values = values_clause(
+        column("position", Integer),
+        *(column(name, _items.c[name].type) for name in _ITEM_COLUMNS),
+        name="line",
+    ).data(
+        [
+            (position, line.sku, line.name, line.quantity, line.unit_price, line.line_total)
+            for position, line in enumerate(lines)
+        ]
+    )
+    new_items = insert(_items).from_select(
+        ["order_id", *_ITEM_COLUMNS],
+        select(new_order.c.id, *(line_values.c[name] for name in _ITEM_COLUMNS))
+        .select_from(new_order)
+        .join(line_values, true())
+        .order_by(line_values.c.position),  # ids in line order: reads list items by id
+    )
+    return select(new_order.c.id, new_order.c.created_at).add_cte(new_items.cte("new_items"))
+
+
+async def _stored_order(
+    connection: AsyncConnection, key: str
+) -> tuple[Mapping[str, Any], list] | None:
+    result = await connection.execute(select(_orders).where(_orders.c.idempotency_key == key))
+    found = result.first()
+    if found is None:
+        return None
+    return found._mapping, (await _items_of(connection, [found.id]))[found.id]
 
 
 async def _create_order(
-    session: AsyncSession, body: OrderProcessRequest, key: str
-) -> tuple[Order, list, bool]:
-    """Order creation and pricing in one transaction; returns (order, items, replayed)."""
+    connection: AsyncConnection, body: OrderProcessRequest, key: str
+) -> tuple[dict[str, Any], list, bool]:
+    """Order creation and pricing in one statement; returns (order, items, replayed).
+
+    A call whose key already has an order (a retry) gets that order back, not a second one.
+    """
     with tracer.start_as_current_span(
         "order_creation",
         attributes={"operation.type": "business_logic", "user.id": str(body.user_id)},
     ) as span:
-        existing = await session.scalar(select(Order).where(Order.idempotency_key == key))
-        if existing is not None:
-            span.add_event("order.idempotent_replay", {"order.id": existing.id})
-            span.set_attribute("order.id", existing.id)
-            return existing, (await _items_of(session, [existing.id]))[existing.id], True
-        if body.simulate_failure == "order":
-            raise SimulatedFailureError("simulated failure in order creation")
-        if body.simulate_failure == "order_transient" and _fail_first_attempt(key):
-            raise SimulatedTransientError("simulated transient failure in order creation")
+        if body.simulate_failure in ("order", "order_transient"):
+            # A retry of a call that failed on purpose must find what the first one stored.
+            if (stored := await _stored_order(connection, key)) is not None:
+                return _replayed(span, *stored)
+            if body.simulate_failure == "order":
+                raise SimulatedFailureError("simulated failure in order creation")
+            if _fail_first_attempt(key):
+                raise SimulatedTransientError("simulated transient failure in order creation")
 
         requested = (
             [(item.sku, item.quantity) for item in body.items]
@@ -112,65 +148,61 @@ async def _create_order(
             else default_items(body.user_id, body.action)
         )
         priced = price_order(requested, body.user_tier)
-        trace_id = format(span.get_span_context().trace_id, "032x")
-        order = Order(
-            user_id=body.user_id,
-            action=body.action,
-            status="created",
-            currency=priced.currency,
-            subtotal=priced.subtotal,
-            discount=priced.discount,
-            tax=priced.tax,
-            total=priced.total,
-            item_count=len(priced.lines),
-            audit_status="pending",
-            idempotency_key=key,
-            trace_id=trace_id,
-        )
-        session.add(order)
-        await session.flush()
-        items = [
-            OrderItem(
-                order_id=order.id,
-                sku=line.sku,
-                name=line.name,
-                quantity=line.quantity,
-                unit_price=line.unit_price,
-                line_total=line.line_total,
-            )
-            for line in priced.lines
-        ]
-        session.add_all(items)
-        try:
-            await session.commit()
-        except IntegrityError:  # a concurrent attempt with the same key won the race
-            await session.rollback()
-            existing = await session.scalar(select(Order).where(Order.idempotency_key == key))
-            if existing is None:
-                raise
-            span.add_event("order.idempotent_replay", {"order.id": existing.id})
-            return existing, (await _items_of(session, [existing.id]))[existing.id], True
+        order: dict[str, Any] = {
+            "user_id": body.user_id,
+            "action": body.action,
+            "status": "created",
+            "currency": priced.currency,
+            "subtotal": priced.subtotal,
+            "discount": priced.discount,
+            "tax": priced.tax,
+            "total": priced.total,
+            "item_count": len(priced.lines),
+            "audit_status": "pending",
+            "idempotency_key": key,
+            "trace_id": format(span.get_span_context().trace_id, "032x"),
+        }
+        created = (await connection.execute(_insert_order(order, priced.lines))).first()
+        if created is None:  # the key has an order: a retry, or a concurrent attempt won
+            stored = await _stored_order(connection, key)
+            if stored is None:
+                raise RuntimeError(f"order with idempotency key {key} vanished")
+            return _replayed(span, *stored)
+        order.update(id=created.id, created_at=created.created_at)
+        items = [{name: getattr(line, name) for name in _ITEM_COLUMNS} for line in priced.lines]
         span.set_attributes(
             {
-                "order.id": order.id,
-                "order.total": float(order.total),
+                "order.id": created.id,
+                "order.total": float(priced.total),
                 "order.item_count": len(items),
             }
         )
         return order, items, False
 
 
+def _replayed(
+    span: trace.Span, order: Mapping[str, Any], items: list
+) -> tuple[dict[str, Any], list, bool]:
+    span.add_event("order.idempotent_replay", {"order.id": order["id"]})
+    span.set_attribute("order.id", order["id"])
+    return dict(order), items, True
+
+
 async def _write_audit(
-    request: Request, session: AsyncSession, order: Order, body: OrderProcessRequest, key: str
+    request: Request,
+    connection: AsyncConnection,
+    order: dict[str, Any],
+    body: OrderProcessRequest,
+    key: str,
 ) -> dict[str, Any]:
     """Ask audit-service to log the order; on failure defer it (fallback), never fail."""
     payload: dict[str, Any] = {
-        "user_id": order.user_id,
-        "order_id": order.id,
-        "action": order.action,
+        "user_id": order["user_id"],
+        "order_id": order["id"],
+        "action": order["action"],
         "event_type": "order_processed",
-        "order_total": float(order.total),
-        "item_count": order.item_count,
+        "order_total": float(order["total"]),
+        "item_count": order["item_count"],
     }
     if body.simulate_failure == "audit":
         payload["simulate_failure"] = "audit"
@@ -191,15 +223,16 @@ async def _write_audit(
         audit = {"status": status, "reason": str(exc), "step": exc.step, "service": exc.service}
         trace.get_current_span().add_event(
             "audit.deferred",
-            {"reason": str(exc)[:200], "downstream": exc.service, "order.id": order.id},
+            {"reason": str(exc)[:200], "downstream": exc.service, "order.id": order["id"]},
         )
         logger.warning(
-            "audit_deferred", extra={"order_id": order.id, "error": str(exc), "step": exc.step}
+            "audit_deferred", extra={"order_id": order["id"], "error": str(exc), "step": exc.step}
         )
-    if order.audit_status != status:
-        await session.execute(update(Order).where(Order.id == order.id).values(audit_status=status))
-        await session.commit()
-        order.audit_status = status
+    if order["audit_status"] != status:
+        await connection.execute(
+            update(_orders).where(_orders.c.id == order["id"]).values(audit_status=status)
+        )
+        order["audit_status"] = status
     return audit
 
 
@@ -215,16 +248,18 @@ async def process(
             422, "simulate_failure is disabled (CHAIN_SIMULATED_FAILURES=false)", step="request"
         )
     key = idempotency_key(idempotency_key_header)
-    async with request.app.state.sessions() as session:
+    # Autocommit: each statement is its own transaction; none is held open across the call
+    # to audit-service.
+    async with request.app.state.autocommit.connect() as connection:
         try:
-            order, items, replayed = await _create_order(session, body, key)
+            order, items, replayed = await _create_order(connection, body, key)
         except SimulatedFailureError as exc:
             record_error(exc, "simulated_failure")
             return error_response(500, str(exc), step="order_creation")
         except SimulatedTransientError as exc:
             record_error(exc, "simulated_transient_failure")
             return error_response(503, str(exc), step="order_creation")
-        audit = await _write_audit(request, session, order, body, key)
+        audit = await _write_audit(request, connection, order, body, key)
     return JSONResponse({"order": _out(order, items), "audit": audit, "replayed": replayed})
 
 
@@ -237,25 +272,24 @@ async def list_orders(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[dict[str, Any]]:
     """Newest first; the total is in ``X-Total-Count``."""
-    query = select(Order)
+    query = select(_orders)
     if user_id is not None:
-        query = query.where(Order.user_id == user_id)
-    async with request.app.state.sessions() as session:
-        total = await session.scalar(select(func.count()).select_from(query.subquery()))
-        orders = list(
-            await session.scalars(query.order_by(Order.id.desc()).limit(limit).offset(offset))
-        )
-        items = await _items_of(session, [order.id for order in orders])
+        query = query.where(_orders.c.user_id == user_id)
+    async with request.app.state.autocommit.connect() as connection:
+        total = await connection.scalar(select(func.count()).select_from(query.subquery()))
+        page = query.order_by(_orders.c.id.desc()).limit(limit).offset(offset)
+        orders = list(await connection.execute(page))
+        items = await _items_of(connection, [order.id for order in orders])
     response.headers["X-Total-Count"] = str(total or 0)
-    return [_out(order, items[order.id]) for order in orders]
+    return [_out(order._mapping, items[order.id]) for order in orders]
 
 
 @router.get("/orders/{order_id}", response_model=None)
 async def get_order(order_id: OrderId, request: Request) -> dict[str, Any] | JSONResponse:
-    async with request.app.state.sessions() as session:
-        order = await session.get(Order, order_id)
+    async with request.app.state.autocommit.connect() as connection:
+        order = (await connection.execute(select(_orders).where(_orders.c.id == order_id))).first()
         if order is None:
             return error_response(404, f"order {order_id} not found")
-        items = (await _items_of(session, [order_id]))[order_id]
+        items = (await _items_of(connection, [order_id]))[order_id]
     trace.get_current_span().set_attribute("order.id", order_id)
-    return _out(order, items)
+    return _out(order._mapping, items)

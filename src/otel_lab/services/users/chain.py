@@ -23,8 +23,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from opentelemetry import context, trace
 from opentelemetry.trace import Status, StatusCode
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row
 
 from otel_lab.services.base import error_response
 from otel_lab.services.downstream import (
@@ -33,8 +32,7 @@ from otel_lab.services.downstream import (
     idempotency_key,
     outbound_headers,
 )
-from otel_lab.services.users.models import User
-from otel_lab.services.users.repository import UserRepository
+from otel_lab.services.users.repository import ProfileReader
 from otel_lab.services.users.schemas import ProcessRequest
 from otel_lab.settings import get_settings
 
@@ -55,10 +53,9 @@ class StepError(Exception):
         self.step = step
 
 
-async def _validate_user(session: AsyncSession, body: ProcessRequest) -> User:
+async def _validate_user(users: ProfileReader, body: ProcessRequest) -> Row:
     """Find the user by id (404 if unknown), or by email (created on first sight)."""
     record_pii = get_settings().record_pii
-    users = UserRepository(session)
     with tracer.start_as_current_span(
         "user_validation", attributes={"operation.type": "validation"}
     ) as span:
@@ -76,7 +73,7 @@ async def _validate_user(session: AsyncSession, body: ProcessRequest) -> User:
             assert body.user_email is not None  # the schema guarantees one of the two
             user = await users.get_by_email(body.user_email)
             if user is None:
-                user = await _create_on_first_sight(session, users, body)
+                user = await _create_on_first_sight(users, body)
                 span.add_event("user.created_on_first_sight", {"user.id": str(user.id)})
         span.set_attribute("user.id", str(user.id))
         span.set_attribute("user.validated", True)
@@ -86,24 +83,18 @@ async def _validate_user(session: AsyncSession, body: ProcessRequest) -> User:
         return user
 
 
-async def _create_on_first_sight(
-    session: AsyncSession, users: UserRepository, body: ProcessRequest
-) -> User:
+async def _create_on_first_sight(users: ProfileReader, body: ProcessRequest) -> Row:
     assert body.user_email is not None
     name = body.user_name or body.user_email.split("@", 1)[0]
-    try:
-        user = await users.add(User(name=name, email=body.user_email))
-        await session.commit()
-    except IntegrityError:  # created by a concurrent request meanwhile
-        await session.rollback()
-        found = await users.get_by_email(body.user_email)
-        if found is None:
-            raise
-        user = found
+    user = await users.add(name, body.user_email)
+    if user is None:  # created by a concurrent request meanwhile
+        user = await users.get_by_email(body.user_email)
+        if user is None:
+            raise RuntimeError("user vanished between insert and read")  # deleted meanwhile
     return user
 
 
-async def _enrich_profile(session: AsyncSession, user: User) -> dict[str, Any]:
+async def _enrich_profile(users: ProfileReader, user: Row) -> dict[str, Any]:
     """What the chain knows about the user beyond the row: todo counts, membership age."""
     with tracer.start_as_current_span(
         "profile_enrichment",
@@ -113,7 +104,7 @@ async def _enrich_profile(session: AsyncSession, user: User) -> dict[str, Any]:
             "user.tier": user.tier,
         },
     ) as span:
-        todo_count, open_todos = await UserRepository(session).todo_counts(user.id)
+        todo_count, open_todos = await users.todo_counts(user.id)
         member_days = max(0, (datetime.now(UTC) - user.created_at).days)
         span.set_attributes(
             {
@@ -152,9 +143,10 @@ async def process(
     key = idempotency_key(idempotency_key_header)
 
     try:
-        async with request.app.state.sessions() as session:
-            user = await _validate_user(session, body)
-            profile = await _enrich_profile(session, user)
+        async with request.app.state.autocommit.connect() as connection:
+            users = ProfileReader(connection)
+            user = await _validate_user(users, body)
+            profile = await _enrich_profile(users, user)
     except StepError as exc:
         return error_response(exc.status_code, exc.detail, step=exc.step)
     server_span.set_attribute("user.id", str(user.id))
