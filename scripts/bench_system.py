@@ -6,6 +6,8 @@ from a separate process, and reads the CPU time (user + system, ``/proc/<pid>/st
 gateway, user-service, order-service and audit-service spent per request. A bare
 ``GET /health`` on the gateway is measured in the same system, before and after the chain,
 as the unit that survives this host's drift: "the chain costs N health requests".
+What the processes spend while idle (measured for a few seconds first: timers, scrapes)
+is subtracted, so a slow moment of the host does not add background CPU to each request.
 
     .venv/bin/python scripts/bench_system.py                    # off and on, 8 s each
     .venv/bin/python scripts/bench_system.py --variants off --duration 5
@@ -22,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,12 +80,30 @@ def wrk(url: str, *, duration: int, connections: int, body: str | None, tmp: Pat
     ).stdout  # fmt: skip
 
 
+def idle_rate(system: RunningSystem, seconds: float = 4.0) -> dict[str, float]:
+    """CPU seconds per second each chain process spends with no requests."""
+    pids = {name: system.pid(name) for name in CHAIN}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    return {name: (cpu_seconds(pid) - before[name]) / elapsed for name, pid in pids.items()}
+
+
 def measure(
-    system: RunningSystem, names: tuple[str, ...], url: str, body: str | None, args, tmp: Path
+    system: RunningSystem,
+    names: tuple[str, ...],
+    url: str,
+    body: str | None,
+    args,
+    tmp: Path,
+    idle: dict[str, float],
 ) -> Run:
     pids = {name: system.pid(name) for name in names}
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.monotonic()
     out = wrk(url, duration=args.duration, connections=args.connections, body=body, tmp=tmp)
+    elapsed = time.monotonic() - started
     after = {name: cpu_seconds(pid) for name, pid in pids.items()}
     done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
     if done is None:
@@ -93,7 +114,7 @@ def measure(
         requests=int(done.group(1)),
         seconds=float(done.group(2)) * scale,
         non_2xx=int(errors.group(1)) if errors else 0,
-        cpu={name: after[name] - before[name] for name in names},
+        cpu={name: after[name] - before[name] - idle[name] * elapsed for name in names},
     )
 
 
@@ -108,14 +129,21 @@ def bench_variant(env: dict[str, str], args) -> dict[str, Run]:
                            headers={"Content-Type": "application/json"}, timeout=10)  # fmt: skip
         check.raise_for_status()
         wrk(chain_url, duration=2, connections=args.connections, body=CHAIN_BODY, tmp=Path(tmp))
-        health = [measure(system, ("gateway",), gateway + "/health", None, args, Path(tmp))]
-        chain = measure(system, CHAIN, chain_url, CHAIN_BODY, args, Path(tmp))
-        health.append(measure(system, ("gateway",), gateway + "/health", None, args, Path(tmp)))
+        idle = idle_rate(system)
+        health = [measure(system, ("gateway",), gateway + "/health", None, args, Path(tmp), idle)]
+        chain = measure(system, CHAIN, chain_url, CHAIN_BODY, args, Path(tmp), idle)
+        health.append(
+            measure(system, ("gateway",), gateway + "/health", None, args, Path(tmp), idle)
+        )
     unit = Run(
         sum(h.requests for h in health),
         sum(h.seconds for h in health),
         sum(h.non_2xx for h in health),
         {"gateway": sum(h.cpu["gateway"] for h in health)},
+    )
+    print(
+        "  idle CPU ms/s: " + ", ".join(f"{n} {r * 1000:.1f}" for n, r in idle.items()),
+        file=sys.stderr,
     )
     return {"chain": chain, "health": unit}
 

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import DateTime, Integer, bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 
 from otel_lab.services.audit.models import AuditLog
 from otel_lab.services.audit.schemas import MAX_ID, AuditLogOut, AuditProcessRequest
@@ -31,6 +31,22 @@ class SimulatedFailureError(RuntimeError):
 
 
 _audit_logs = AuditLog.__table__
+# A key that was written before inserts nothing and returns no row. Text, because SQLAlchemy
+# 2.0 does not cache its PostgreSQL ``insert().on_conflict_*`` (a compile per request).
+_INSERT_LOG = (
+    text(
+        """
+        INSERT INTO audit_logs (event_type, user_id, order_id, action, details, trace_id,
+                                request_id, idempotency_key)
+        VALUES (:event_type, :user_id, :order_id, :action, :details, :trace_id,
+                :request_id, :idempotency_key)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING id, created_at
+        """
+    )
+    .bindparams(bindparam("details", type_=JSONB))
+    .columns(id=Integer, created_at=DateTime(timezone=True))
+)
 
 
 def _summary(log: Mapping[str, Any], replayed: bool) -> dict[str, Any]:
@@ -90,13 +106,7 @@ async def process(
             }
             # One statement, autocommit; a key that was written before inserts nothing.
             async with request.app.state.autocommit.connect() as connection:
-                result = await connection.execute(
-                    insert(_audit_logs)
-                    .values(log)
-                    .on_conflict_do_nothing(index_elements=[_audit_logs.c.idempotency_key])
-                    .returning(_audit_logs.c.id, _audit_logs.c.created_at)
-                )
-                created = result.first()
+                created = (await connection.execute(_INSERT_LOG, log)).first()
                 if created is None:  # a retry, or a concurrent attempt with the same key
                     result = await connection.execute(
                         select(_audit_logs).where(_audit_logs.c.idempotency_key == key)

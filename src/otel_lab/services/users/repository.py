@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from opentelemetry import trace
-from sqlalchemy import Row, Select, func, select
+from sqlalchemy import Row, Select, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -96,7 +96,12 @@ class UserRepository:
 
 _users = User.__table__
 _todos = Todo.__table__
-_COUNT_TODOS = select(func.count(), func.count().filter(_todos.c.completed.is_(False)))
+# Built once: a statement object keeps its cache key, so executing it skips even that.
+_GET_USER = select(_users).where(_users.c.id == bindparam("user_id"))
+_GET_USER_BY_EMAIL = select(_users).where(_users.c.email == bindparam("email"))
+_COUNT_TODOS = select(func.count(), func.count().filter(_todos.c.completed.is_(False))).where(
+    _todos.c.user_id == bindparam("user_id")
+)
 
 
 class ProfileReader:
@@ -108,14 +113,14 @@ class ProfileReader:
 
     async def get(self, user_id: int) -> Row | None:
         with _span("get_user", **{"user.id": user_id}) as span:
-            result = await self.connection.execute(select(_users).where(_users.c.id == user_id))
+            result = await self.connection.execute(_GET_USER, {"user_id": user_id})
             user = result.first()
             span.set_attribute("db.found", user is not None)
             return user
 
     async def get_by_email(self, email: str) -> Row | None:
         with _span("get_user_by_email") as span:  # the email itself stays out of the span
-            result = await self.connection.execute(select(_users).where(_users.c.email == email))
+            result = await self.connection.execute(_GET_USER_BY_EMAIL, {"email": email})
             user = result.first()
             span.set_attribute("db.found", user is not None)
             if user is not None:
@@ -139,7 +144,7 @@ class ProfileReader:
     async def todo_counts(self, user_id: int) -> tuple[int, int]:
         """(all todos, open todos) of a user: the profile enrichment reads these."""
         with _span("count_todos", **{"user.id": user_id}):
-            result = await self.connection.execute(_COUNT_TODOS.where(_todos.c.user_id == user_id))
+            result = await self.connection.execute(_COUNT_TODOS, {"user_id": user_id})
             total, open_todos = result.one()
             return int(total), int(open_todos)
 
