@@ -187,3 +187,53 @@ def test_alert_rules_are_evaluated(ui: httpx.Client) -> None:
 def test_bad_promql_is_a_400(ui: httpx.Client) -> None:
     response = ui.get("/api/prom/query", params={"query": "sum("})
     assert response.status_code == 400 and response.json()["status"] == "error"
+
+
+# ----------------------------------------------------------------------------- in a browser
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def page(system: RunningSystem) -> Any:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(
+            base_url=system.url("console"), viewport={"width": 1400, "height": 900}
+        )
+        context.set_default_timeout(15_000)
+        pg = context.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        yield pg
+        browser.close()
+        assert errors == []
+
+
+def test_dashboards_page(page: Any, traffic: list[str]) -> None:
+    """The overview in the browser: every panel title, charts drawn, and a link from the
+    latency panel to a trace that opens."""
+    doc = json.loads((DASHBOARDS / "otel-lab-overview.json").read_text())
+    page.goto("/dashboards?uid=otel-lab-overview&window=5m")
+    page.wait_for_selector(".dash-panel svg.chart")
+    titles = page.locator(".dash-panel h3").all_text_contents()
+    assert titles == [p["title"] for p in doc["panels"]]
+    latency = page.locator('.dash-panel[data-title="Request latency p50 / p95"]')
+    latency.locator(".panel-links a").first.wait_for()
+    latency.locator(".panel-links a").first.click()
+    page.wait_for_url("**/trace/*")
+    page.wait_for_selector(".wf-row")
+
+
+def test_alerts_page(page: Any) -> None:
+    page.goto("/alerts")
+    page.wait_for_selector('#rules tr[data-alert="TargetDown"]')
+    names = page.locator("#rules tr[data-alert]").evaluate_all(
+        "rows => rows.map(r => r.dataset.alert)"
+    )
+    assert "SLOAvailabilityBurnRateFast" in names and "CacheHitRateCollapse" in names

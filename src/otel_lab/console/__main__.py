@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scrape-interval",
         type=float,
         default=float(os.environ.get("CONSOLE_SCRAPE_INTERVAL", "10")),
-        help="seconds between scrapes (env CONSOLE_SCRAPE_INTERVAL, default 10)",
+        help="seconds between scrapes, 0 for none (env CONSOLE_SCRAPE_INTERVAL, default 10)",
     )
     parser.add_argument(
         "--rules-interval",

@@ -183,11 +183,17 @@ def add_prom_routes(app: FastAPI, store: Store, state: PromState) -> None:
         if engine is None:
             return ConsoleJSON({"rules": [], "evaluated_at": None})
         at = engine.evaluated_at_ms
+        rules = engine.snapshot()
+        conn = store.reader()
+        for rule in rules:
+            for alert in rule["alerts"]:
+                alert["examples"] = _examples(conn, alert["labels"], alert["active_since"])
         return ConsoleJSON(
             {
-                "rules": engine.snapshot(),
+                "rules": rules,
                 "evaluated_at": at / 1000 if at is not None else None,
                 "interval_seconds": state.rules.interval if state.rules else None,
+                "cpu_seconds": round(state.rules.cpu_seconds, 3) if state.rules else None,
             }
         )
 
@@ -218,6 +224,25 @@ def add_prom_routes(app: FastAPI, store: Store, state: PromState) -> None:
             scrape_s=state.scrape_seconds,
         )
         return ConsoleJSON(renderer.render(board))
+
+
+def _examples(conn: Any, labels: dict[str, str], since_s: float) -> dict[str, str | None] | None:
+    """The slowest and a failed trace of the service an alert names, since shortly before
+    it became active: where to start looking."""
+    service = labels.get("job")
+    if not service:
+        return None
+    since_ns = int((since_s - 300) * 1e9)
+    slowest = queries.find_traces(
+        conn, queries.TraceFilter(service=service, since_ns=since_ns, limit=1, order="duration")
+    )
+    failed = queries.find_traces(
+        conn, queries.TraceFilter(service=service, since_ns=since_ns, limit=1, status=2)
+    )
+    return {
+        "slowest": slowest[0]["trace_id"] if slowest else None,
+        "error": failed[0]["trace_id"] if failed else None,
+    }
 
 
 def _now() -> float:

@@ -73,7 +73,7 @@ async def serve(
         max_db_bytes=config.max_db_bytes,
     )
     prom = PromState()
-    if config.scrape_targets:
+    if config.scrape_targets and config.scrape_interval > 0:
         prom.scraper = Scraper(store, config.scrape_targets, config.scrape_interval)
     if (prom.deploy / "prometheus" / "rules").is_dir():
         prom.rules = rules_runner(store, prom.deploy, config.rules_interval)

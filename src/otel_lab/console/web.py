@@ -32,6 +32,8 @@ NAV = (
     ("/map", "Service map", "map"),
     ("/red", "RED", "red"),
     ("/metrics", "Metrics", "metrics"),
+    ("/dashboards", "Dashboards", "dashboards"),
+    ("/alerts", "Alerts", "alerts"),
     ("/logs", "Logs", "logs"),
     ("/sql", "SQL", "sql"),
     ("/store", "Store", "store"),
@@ -98,6 +100,8 @@ def add_pages(app: FastAPI, store: Store, options: Any) -> None:
     for path, template, page, title in (
         ("/logs", "logs.html", "logs", "Logs"),
         ("/metrics", "metrics.html", "metrics", "Metrics"),
+        ("/dashboards", "dashboards.html", "dashboards", "Dashboards"),
+        ("/alerts", "alerts.html", "alerts", "Alerts"),
         ("/map", "map.html", "map", "Service map"),
         ("/red", "red.html", "red", "RED"),
         ("/sql", "sql.html", "sql", "SQL"),
