@@ -278,3 +278,41 @@ def test_otlp_metrics_reach_the_console_with_route_and_exemplar(
     trace_id = point["exemplars"][-1]["trace_id"]
     spans = console.trace(trace_id, until=has_spans(("api", "GET /health")))
     assert span_named(spans, "GET /health", "api")["kind"] == "SERVER"
+
+
+HOSTILE_BODIES = {
+    "lone surrogate": (b'{"name": "\\ud800"}', "application/json"),
+    "surrogate key": (b'{"name": "ok", "\\udfff": 1}', "application/json"),
+    "surrogate echoed": (b'{"name": 5, "extra": "\\ud800"}', "application/json"),
+    "deep nesting": (b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json"),
+    "deep but parsable": (
+        b'{"name": ' + b'{"a": ' * 900 + b"1" + b"}" * 900 + b"}",
+        "application/json",
+    ),
+    "huge number": (b'{"name": "n", "description": ' + b"9" * 5000 + b"}", "application/json"),
+    "NaN": (b'{"name": NaN}', "application/json"),
+    "text/plain": (b'{"name": "plain"}', "text/plain"),
+    "form": (b"name=form", "application/x-www-form-urlencoded"),
+    "oversized": (b'{"name": "' + b"x" * 2_000_000 + b'"}', "application/json"),
+}
+
+
+def test_hostile_bodies_get_a_4xx_json_answer(api: httpx.Client, gateway: httpx.Client) -> None:
+    """Never a 500, never a connection reset, never the hostile input echoed in full."""
+    for client in (api, gateway):
+        for name, (body, content_type) in HOSTILE_BODIES.items():
+            response = client.post("/items", content=body, headers={"content-type": content_type})
+            where = f"{name} via {client.base_url}"
+            assert 400 <= response.status_code < 500, (where, response.status_code, response.text)
+            assert response.headers["content-type"] == "application/json", where
+            assert response.json()["detail"], where
+            assert len(response.content) < 20_000, (where, len(response.content))
+            if name == "oversized":
+                assert response.status_code == 413, where
+    unicode = api.post("/items", content=HOSTILE_BODIES["lone surrogate"][0],
+                       headers={"content-type": "application/json"})  # fmt: skip
+    assert unicode.status_code == 422
+    (error,) = unicode.json()["detail"]
+    assert error["loc"] == ["body", "name"] and error["input"] == "\\ud800"  # escaped
+    # The service still works afterwards.
+    assert api.post("/items", json={"name": "after the storm"}).status_code == 201

@@ -228,8 +228,9 @@ def test_undecodable_protobuf_is_400_with_status(console: Console) -> None:
             "is not hex",
         ),
         (json.dumps({"resourceSpans": "nope"}).encode(), "not a valid OTLP JSON"),
+        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
     ],
-    ids=["syntax", "array", "hex", "shape"],
+    ids=["syntax", "array", "hex", "shape", "deep"],
 )
 def test_undecodable_json_is_400(console: Console, body: bytes, expected: str) -> None:
     r = console.post("/v1/traces", body, "application/json")

@@ -35,6 +35,10 @@ def report_restarts(supervisor: Supervisor, log_dir: Path, env: Mapping[str, str
     supervisor_log.addHandler(to_file)
     supervisor_log.setLevel(logging.INFO)
     supervisor_log.propagate = False
+    # The exporters' complaints while the console restarts belong in the log, not the terminal.
+    exporters = logging.getLogger("opentelemetry")
+    exporters.addHandler(to_file)
+    exporters.propagate = False
     endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if endpoint and env.get("OTEL_SDK_DISABLED", "").strip().lower() != "true":
         supervisor_log.addHandler(_otlp(supervisor, endpoint.rstrip("/"), env))

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_lab import __version__
 from otel_lab.db import create_engine, session_factory
@@ -56,21 +57,97 @@ def error_response(status_code: int, detail: str, **extra: object) -> JSONRespon
     )
 
 
-def _json_safe(value: Any) -> Any:
-    """JSON cannot carry NaN or infinity; echo them back as text instead of failing."""
+_ECHO_DEPTH, _ECHO_ITEMS, _ECHO_CHARS = 8, 20, 200
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """Input echoed back in an error, made safe to encode and short: NaN and infinity as
+    text, lone surrogates escaped (UTF-8 cannot carry them), long strings, big and deep
+    containers cut (a 1 MB or 900-deep body must not come back, nor exhaust the stack)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text if len(text) <= _ECHO_CHARS else text[:_ECHO_CHARS] + "..."
+    if isinstance(value, dict | list | tuple) and depth >= _ECHO_DEPTH:
+        return "..."
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        items = list(value.items())[:_ECHO_ITEMS]
+        return {_json_safe(str(k)): _json_safe(v, depth + 1) for k, v in items}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [_json_safe(v, depth + 1) for v in value[:_ECHO_ITEMS]]
+    if isinstance(value, int) and abs(value) > 10**_ECHO_CHARS:
+        return "a very large number"
     return value
 
 
 async def _validation_failed(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 shape (``detail``: the field errors), safe for any input echoed back."""
-    errors = _json_safe(jsonable_encoder(exc.errors()))  # type: ignore[attr-defined]
-    return JSONResponse({"detail": errors}, status_code=422)
+    errors = [
+        {**error, "input": _json_safe(error.get("input"))}
+        for error in exc.errors()  # type: ignore[attr-defined]
+    ]
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
+
+
+async def _text_not_unicode(request: Request, exc: Exception) -> JSONResponse:
+    """Text the database cannot store because it is not valid Unicode (a lone surrogate,
+    which JSON's ``\\ud800`` escapes can carry): the client's error."""
+    return error_response(422, f"text is not valid Unicode: {_json_safe(str(exc))}")
+
+
+class BodyTooLargeError(HTTPException):
+    """A request body over the limit; raised from ``receive`` once the rest is drained."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than {limit} bytes")
+
+
+MAX_BODY_BYTES = 1_048_576
+_DRAIN_BYTES = 64 * 1_048_576  # read (and drop) this much of an oversized body, at most
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over ``max_bytes``, declared or streamed.
+
+    The rest of the body is read and dropped before the answer (up to 64 MiB), so a client
+    that sends the whole body before reading gets the 413 rather than a connection reset.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        received = 0
+
+        async def drain() -> None:
+            nonlocal received
+            message: Message = {"more_body": True}
+            while message.get("more_body") and received <= _DRAIN_BYTES:
+                message = await receive()
+                received += len(message.get("body", b""))
+
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await drain()
+            too_large = BodyTooLargeError(self.max_bytes)
+            await error_response(413, too_large.detail)(scope, receive, send)
+            return
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                if message.get("more_body"):
+                    await drain()
+                raise BodyTooLargeError(self.max_bytes)
+            return message
+
+        await self.app(scope, limited, send)
 
 
 async def _value_rejected_by_database(request: Request, exc: Exception) -> JSONResponse:
@@ -120,6 +197,7 @@ def create_service(
     description: str = "",
     lifespan: Lifespan | None = None,
     readiness_checks: Mapping[str, ReadinessCheck] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """A FastAPI app with the shared telemetry, `/health`, `/ready`, `/metrics` and errors."""
     setup_telemetry(service_name)
@@ -147,11 +225,13 @@ def create_service(
         telemetry=NATIVE_TELEMETRY_OFF,
     )
     app.state.service_name = service_name
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     if telemetry_enabled():
-        app.add_middleware(TelemetryMiddleware)
+        app.add_middleware(TelemetryMiddleware)  # outside: the 413 is traced too
     for exc_type in (OperationalError, InterfaceError, PoolTimeoutError, ConnectionRefusedError):
         app.add_exception_handler(exc_type, _database_unavailable)
     app.add_exception_handler(DataError, _value_rejected_by_database)
+    app.add_exception_handler(UnicodeEncodeError, _text_not_unicode)
     app.add_exception_handler(RedisError, _cache_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_failed)
 

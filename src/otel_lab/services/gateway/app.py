@@ -184,6 +184,7 @@ app = create_service(
     "to the service that owns it.",
     lifespan=lifespan,
     readiness_checks={name: _upstream_check(name) for name in upstream_urls(get_settings())},
+    max_body_bytes=get_settings().gateway_max_body_bytes,
 )
 for _prefix, _service in ROUTES.items():
     for _base in ("", API_PREFIX):

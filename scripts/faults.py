@@ -1,0 +1,116 @@
+"""Fault figures for docs/reliability.md, and the soak (``make soak``).
+
+    python scripts/faults.py                      # every fault once, then the table
+    python scripts/faults.py --only postgres      # the faults whose name contains "postgres"
+    python scripts/faults.py --soak 10            # 10 minutes, one fault a minute
+
+Starts its own ``otel-lab up`` (free ports, a temporary data dir), sends steady traffic
+through the gateway and injects the faults of ``tests/faults/lab.py`` one after the other,
+for real. The soak also samples the RSS of every process of the system and counts 5xx
+answers outside the fault windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from otel_lab.runtime.harness import RunningSystem, running_system
+from tests.faults.lab import FAULTS, Outcome, Traffic, run_fault, table
+
+
+def rss_by_child(system: RunningSystem) -> dict[str, float]:
+    """MiB per child (the child and its descendants: PostgreSQL's backends, Celery's pool)."""
+    system.refresh()
+    sizes: dict[str, float] = {}
+    for name, child in system.children.items():
+        try:
+            root = psutil.Process(int(child["pid"]))
+            procs = [root, *root.children(recursive=True)]
+            sizes[name] = sum(p.memory_info().rss for p in procs) / 2**20
+        except psutil.Error:
+            continue
+    return sizes
+
+
+def faults(system: RunningSystem, traffic: Traffic, only: str | None) -> list[Outcome]:
+    outcomes = []
+    for fault in FAULTS:
+        if only and only.lower() not in fault.name.lower():
+            continue
+        print(f"-- {fault.name}", flush=True)
+        outcome = run_fault(system, traffic, fault)
+        for line in outcome.violations()[:5]:
+            print(f"   violation: {line}")
+        outcomes.append(outcome)
+    return outcomes
+
+
+def soak(system: RunningSystem, traffic: Traffic, minutes: float) -> None:
+    """One fault a minute (the next of the table each time), RSS sampled every 10 s."""
+    started = time.monotonic()
+    end = started + minutes * 60
+    samples: list[tuple[float, dict[str, float]]] = []
+    windows: list[tuple[float, float]] = []
+    outcomes: list[Outcome] = []
+    for fault in itertools.cycle(FAULTS):
+        minute_start = time.monotonic()
+        if minute_start >= end:
+            break
+        print(f"-- {time.monotonic() - started:5.0f} s: {fault.name}", flush=True)
+        outcome = run_fault(system, traffic, fault)
+        outcomes.append(outcome)
+        windows.append((outcome.injected, (outcome.recovered or outcome.healed) + 0.5))
+        while time.monotonic() < min(minute_start + 60, end):
+            samples.append((time.monotonic() - started, rss_by_child(system)))
+            time.sleep(10)
+    results = traffic.between(started, time.monotonic())
+    outside = [
+        r for r in results if r.status >= 500 and not any(a <= r.start <= b for a, b in windows)
+    ]
+    print(table(outcomes))
+    print(f"\nrequests: {len(results)}, 5xx outside fault windows: {len(outside)}")
+    for r in outside[:10]:
+        print(f"   {r.probe} {r.status} {r.body!r:.160}")
+    if samples:
+        first, last = samples[0][1], samples[-1][1]
+        print("\n| process | RSS first (MiB) | RSS last (MiB) | change |\n|---|---:|---:|---:|")
+        for name in sorted(first):
+            if name in last and first[name]:
+                change = (last[name] - first[name]) / first[name] * 100
+                print(f"| {name} | {first[name]:.0f} | {last[name]:.0f} | {change:+.0f} % |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="only the faults whose name contains this")
+    parser.add_argument("--soak", type=float, metavar="MINUTES", help="run the soak instead")
+    parser.add_argument(
+        "--pause", type=float, default=0.2, help="seconds between a probe's requests (0.2)"
+    )
+    args = parser.parse_args()
+    env = {"PENDING_SWEEP_SECONDS": "2"}
+    with (
+        tempfile.TemporaryDirectory(prefix="otel-lab-faults-") as tmp,
+        running_system(Path(tmp), env=env) as system,
+    ):
+        traffic = Traffic(system, pause=args.pause).start()
+        try:
+            if args.soak:
+                soak(system, traffic, args.soak)
+            else:
+                print(table(faults(system, traffic, args.only)))
+        finally:
+            traffic.stop()
+
+
+if __name__ == "__main__":
+    main()
