@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 COMPOSE := docker compose -p otel-lab -f deploy/compose/docker-compose.yml
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo run test lint fmt bench clean reset \
+.PHONY: help install demo run test lint fmt bench faults soak clean reset \
 	up down logs dev collector load dashboards
 
 help: ## Show the targets
@@ -49,6 +49,12 @@ fmt: install ## Format and fix what ruff can
 
 bench: install ## Telemetry cost: throughput with telemetry on versus off
 	$(PY) scripts/bench.py
+
+faults: install ## Every fault under steady traffic, and its figures (docs/reliability.md)
+	$(PY) scripts/faults.py
+
+soak: install ## 10 minutes of traffic at ~70 % of saturation, one fault a minute
+	$(PY) scripts/faults.py --soak 10
 
 clean: ## Remove caches (keeps .venv and the data in .otel-lab)
 	rm -rf .pytest_cache .ruff_cache

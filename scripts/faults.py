@@ -54,11 +54,31 @@ def faults(system: RunningSystem, traffic: Traffic, only: str | None) -> list[Ou
     return outcomes
 
 
+def calibrate(traffic: Traffic, share: float = 0.7, seconds: float = 15.0) -> None:
+    """Set the traffic's pause so it sends about ``share`` of the rate it reaches with none.
+
+    The probes are closed loops (a thread waits for each answer), so without pauses they
+    saturate what the system can serve on this machine; each thread's rate is
+    1 / (latency + pause), hence the pause for ``share`` of it."""
+    traffic.pause = 0.0
+    time.sleep(2)  # let the threads pick up the new pause
+    start = time.monotonic()
+    time.sleep(seconds)
+    sample = traffic.between(start, time.monotonic())
+    threads = traffic.thread_count
+    rate = len(sample) / seconds
+    latency = sum(r.elapsed for r in sample) / max(1, len(sample))
+    traffic.pause = max(0.0, threads / (share * rate) - latency)
+    print(f"saturation: {rate:.0f} req/s (mean latency {latency * 1000:.0f} ms); "
+          f"soak at {share:.0%}: pause {traffic.pause * 1000:.0f} ms per thread")  # fmt: skip
+
+
 def soak(system: RunningSystem, traffic: Traffic, minutes: float) -> None:
     """One fault a minute (the next of the table each time), RSS sampled every 10 s."""
+    calibrate(traffic)
+    samples: list[tuple[float, dict[str, float]]] = [(0.0, rss_by_child(system))]
     started = time.monotonic()
     end = started + minutes * 60
-    samples: list[tuple[float, dict[str, float]]] = []
     windows: list[tuple[float, float]] = []
     outcomes: list[Outcome] = []
     for fault in itertools.cycle(FAULTS):
@@ -77,7 +97,8 @@ def soak(system: RunningSystem, traffic: Traffic, minutes: float) -> None:
         r for r in results if r.status >= 500 and not any(a <= r.start <= b for a, b in windows)
     ]
     print(table(outcomes))
-    print(f"\nrequests: {len(results)}, 5xx outside fault windows: {len(outside)}")
+    rate = len(results) / (time.monotonic() - started)
+    print(f"\nrequests: {len(results)} ({rate:.1f}/s), 5xx outside fault windows: {len(outside)}")
     for r in outside[:10]:
         print(f"   {r.probe} {r.status} {r.body!r:.160}")
     if samples:

@@ -139,6 +139,10 @@ class Traffic:
         for thread in self._threads:
             thread.join(CLIENT_TIMEOUT + 5)
 
+    @property
+    def thread_count(self) -> int:
+        return len(self._threads)
+
     def between(self, start: float, end: float) -> list[Result]:
         with self._lock:
             return [r for r in self.results if start <= r.start < end]
