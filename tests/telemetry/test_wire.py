@@ -73,7 +73,7 @@ def _spans() -> list:
         attributes=ATTRIBUTES,
         links=[Link(remote, {"link.kind": "follows"}), Link(remote)],
     ) as root:
-        root.add_event("cache.miss", {"key": "items:1", "n": 2})
+        root.add_event("cache.miss", {"key": "items:1", "n": 2, "http.route": "/items/{item_id}"})
         root.add_event("bare")
         with other.start_as_current_span("SELECT items", kind=SpanKind.CLIENT) as child:
             child.set_attribute("db.system.name", "postgresql")
@@ -129,7 +129,9 @@ def _log_records() -> list:
     try:
         tracer_provider = TracerProvider(resource=RESOURCE)
         with tracer_provider.get_tracer("t").start_as_current_span("parent"):
-            logger.warning("inside %s", "a span", extra={"request_id": "r-1", "n": 2, "ok": True})
+            logger.warning(
+                "inside %s", "a span", extra={"request_id": "r-1", "n": 2, "ok": True, "flag": True}
+            )
         logger.error("outside", extra={"items": [1, 2], "ratio": 0.5})
         logger.info({"structured": {"nested": [1, "two"]}})
     finally:
@@ -143,6 +145,20 @@ def test_log_records_decode_to_the_official_encoders_message() -> None:
     official = ExportLogsServiceRequest.FromString(encode_logs(records).SerializeToString())
     ours = ExportLogsServiceRequest.FromString(LogEncoder().encode(records))
     assert ours == official
+
+
+def test_a_key_with_many_values_is_encoded_right_after_it_leaves_the_cache() -> None:
+    provider = TracerProvider(resource=RESOURCE)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    for i in range(200):
+        tracer.start_span("s", attributes={"url.path": f"/items/{i}", "flag": True}).end()
+    spans = exporter.get_finished_spans()
+    encoder = SpanEncoder()
+    for _ in range(2):
+        ours = ExportTraceServiceRequest.FromString(encoder.encode(spans))
+        assert ours == ExportTraceServiceRequest.FromString(encode_spans(spans).SerializeToString())
 
 
 @pytest.mark.parametrize("value", [object(), {1, 2}])

@@ -104,29 +104,39 @@ def key_value(key: str, value: Any) -> bytes:
 
 
 class _PairCache:
-    """Encoded ``KeyValue`` fields for scalar pairs that repeat (``http.route = /items``).
+    """Encoded ``KeyValue`` fields for the scalar pairs that repeat (``http.route =
+    /items/{item_id}``, ``db.system.name = postgresql``).
 
-    High-cardinality values (paths, ids) would only churn it, so it is simply emptied
-    when full; the type is part of the key because ``True == 1 == 1.0`` in Python.
+    Cached per key; a key that shows more than ``per_key`` distinct values (a path, a
+    request ID) is high-cardinality and is encoded every time instead, so it neither
+    churns nor grows the cache. The value's type is part of the key because
+    ``True == 1 == 1.0`` in Python.
     """
 
-    __slots__ = ("_items", "_limit")
+    __slots__ = ("_by_key", "_per_key", "_uncached")
 
-    def __init__(self, limit: int = 4096) -> None:
-        self._items: dict[tuple[str, type, Any], bytes] = {}
-        self._limit = limit
+    def __init__(self, per_key: int = 64) -> None:
+        self._by_key: dict[str, dict[tuple[type, Any], bytes]] = {}
+        self._uncached: set[str] = set()
+        self._per_key = per_key
 
     def field(self, field_key: bytes, key: str, value: Any) -> bytes:
         """The pair as a length-prefixed field ``field_key`` of its parent message."""
-        if isinstance(value, (list, tuple, dict)):
+        if key in self._uncached or isinstance(value, (list, tuple, dict)):
             return _len_field(field_key, key_value(key, value))
-        cache_key = (key, type(value), value)
-        encoded = self._items.get(cache_key)
+        values = self._by_key.get(key)
+        if values is None:
+            values = self._by_key[key] = {}
+        encoded = values.get((type(value), value))
         if encoded is None:
-            if len(self._items) >= self._limit:
-                self._items.clear()
-            encoded = self._items[cache_key] = _len_field(field_key, key_value(key, value))
-        return encoded
+            pair = key_value(key, value)
+            encoded = _varint(len(pair)) + pair  # without the field key: spans, events,
+            if len(values) >= self._per_key:  # links and log records use different ones
+                self._uncached.add(key)
+                del self._by_key[key]
+            else:
+                values[(type(value), value)] = encoded
+        return field_key + encoded
 
 
 def _attributes(cache: _PairCache, field_key: bytes, attributes: Mapping[str, Any] | None) -> bytes:
