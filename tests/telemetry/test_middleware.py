@@ -124,3 +124,12 @@ def test_excluded_urls_are_not_traced(monkeypatch: pytest.MonkeyPatch) -> None:
     probe.request("GET", "/items/3")
     names = [dict(s.attributes or {})["url.path"] for s in probe.spans.get_finished_spans()]
     assert names == ["/items/3"]
+
+
+def test_an_incoming_traceparent_is_the_parent(probe: Probe) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    probe.request("GET", "/items/1", headers={"traceparent": traceparent})
+    span = probe.only_span()
+    assert f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert span.parent is not None and span.parent.is_remote
+    assert f"{span.parent.span_id:016x}" == "b7ad6b7169203331"

@@ -57,10 +57,9 @@ _KNOWN_METHODS = frozenset(
 )
 # Query parameters whose values semconv says to redact in ``url.query``.
 _SENSITIVE_QUERY_KEYS = frozenset(("AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"))
-# The request headers the middleware reads; the rest are never decoded.
-_WANTED_HEADERS = frozenset(
-    (b"traceparent", b"tracestate", b"baggage", b"x-request-id", b"user-agent", b"host")
-)
+# The request headers the middleware reads besides the propagators' own; the rest are
+# never decoded.
+_OWN_HEADERS = frozenset((b"x-request-id", b"user-agent", b"host"))
 
 
 class _HeaderGetter(Getter[dict[str, str]]):
@@ -133,6 +132,8 @@ class TelemetryMiddleware:
             explicit_bucket_boundaries_advisory=list(prom.LATENCY_BUCKETS),
         )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._propagator_headers = frozenset(propagate.get_global_textmap().fields)
+        self._wanted_headers = _OWN_HEADERS | {h.encode() for h in self._propagator_headers}
         self.excluded_urls = get_excluded_urls("FASTAPI")  # or OTEL_PYTHON_EXCLUDED_URLS
         self.access_log = AccessLog(_service_name(tracer_provider or trace.get_tracer_provider()))
 
@@ -162,13 +163,19 @@ class TelemetryMiddleware:
         headers = {
             name.decode("latin-1"): value.decode("latin-1")
             for name, value in scope["headers"]
-            if name in _WANTED_HEADERS
+            if name in self._wanted_headers
         }
         request_id = sanitize_request_id(headers.get("x-request-id"))
         method = scope["method"]
         known_method = method if method in _KNOWN_METHODS else "_OTHER"
         start = time.perf_counter()
-        parent = propagate.extract(headers, getter=_getter)  # trace context and baggage
+        # Trace context and baggage, by whatever propagators OTEL_PROPAGATORS names; with
+        # none of their headers present there is nothing to extract.
+        parent = (
+            propagate.extract(headers, getter=_getter)
+            if not self._propagator_headers.isdisjoint(headers)
+            else None
+        )
         address, port = _server_address(headers.get("host"), scope)
         attributes = {
             HTTP_REQUEST_METHOD: known_method,
