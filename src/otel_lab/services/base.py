@@ -28,6 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_lab import __version__
 from otel_lab.db import create_engine, session_factory
+from otel_lab.services.chaos import ChaosMiddleware
+from otel_lab.settings import get_settings
 from otel_lab.telemetry import TelemetryMiddleware, setup_telemetry, shutdown_telemetry
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var
@@ -200,7 +202,13 @@ def create_service(
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """A FastAPI app with the shared telemetry, `/health`, `/ready`, `/metrics` and errors."""
-    setup_telemetry(service_name)
+    settings = get_settings()
+    setup_telemetry(
+        service_name,
+        service_version=__version__,
+        environment=settings.environment,
+        log_level=settings.log_level,
+    )
     checks = dict(readiness_checks or {})
 
     @asynccontextmanager
@@ -225,6 +233,8 @@ def create_service(
         telemetry=NATIVE_TELEMETRY_OFF,
     )
     app.state.service_name = service_name
+    if settings.chaos_enabled:
+        app.add_middleware(ChaosMiddleware, settings=settings)  # inside the server span
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     if telemetry_enabled():
         app.add_middleware(TelemetryMiddleware)  # outside: the 413 is traced too

@@ -3,8 +3,8 @@
 One server span per request (no per-chunk send/receive spans) with the stable HTTP
 semantic conventions, the route template as ``http.route`` and as the ``path`` label, the
 request ID on the span, the access log line and the response, a W3C ``traceresponse``
-header, Prometheus metrics with trace exemplars, the OTel ``http.server.request.duration``
-histogram, and the opt-in chaos delay.
+header, Prometheus metrics with trace exemplars and the OTel ``http.server.request.duration``
+histogram.
 
 It is hand-written rather than ``opentelemetry-instrumentation-asgi`` because the stock
 middleware costs several times an endpoint's own CPU; this one reads only the headers it
@@ -14,10 +14,8 @@ machinery (docs/instrumentation.md has the measurements).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -41,7 +39,6 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.http import get_excluded_urls
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var, sanitize_request_id
 from otel_lab.telemetry.logs import AccessLog
@@ -117,12 +114,10 @@ class TelemetryMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        settings: Settings | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self.app = app
-        self.settings = settings or get_settings()
         self.tracer = trace.get_tracer("otel_lab.http", tracer_provider=tracer_provider)
         meter = metrics.get_meter("otel_lab.http", meter_provider=meter_provider)
         self.duration = meter.create_histogram(
@@ -221,7 +216,6 @@ class TelemetryMiddleware:
 
         prom.CONCURRENT_REQUESTS.inc()
         try:
-            await self._maybe_chaos(span)
             await self.app(scope, receive, send_with_headers)
         except Exception as exc:
             error_type = type(exc).__qualname__
@@ -269,13 +263,3 @@ class TelemetryMiddleware:
             )
             request_id_var.reset(request_id_token)
             context.detach(context_token)
-
-    async def _maybe_chaos(self, span: trace.Span) -> None:
-        """Chaos mode: delay a share of requests, visibly on the span."""
-        settings = self.settings
-        if not settings.chaos_enabled or random.random() >= settings.chaos_rate:
-            return
-        delay_ms = random.uniform(settings.chaos_min_delay_ms, settings.chaos_max_delay_ms)
-        span.set_attribute("chaos.delay_ms", round(delay_ms, 1))
-        span.add_event("chaos.delay", {"delay_ms": round(delay_ms, 1)})
-        await asyncio.sleep(delay_ms / 1000)

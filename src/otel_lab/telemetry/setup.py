@@ -27,8 +27,6 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from otel_lab import __version__
-from otel_lab.settings import get_settings
 from otel_lab.telemetry.exporters import DEFAULT_EXPORT_TIMEOUT_SECONDS, exporters_for
 from otel_lab.telemetry.logs import OTLPHandler, configure_logging
 
@@ -68,17 +66,21 @@ class _HashOnceResource(Resource):
         return self._hash
 
 
-def build_resource(service_name: str) -> Resource:
+def build_resource(
+    service_name: str, service_version: str | None = None, environment: str | None = None
+) -> Resource:
     """The service's identity: defaults here, then ``OTEL_RESOURCE_ATTRIBUTES`` and
     ``OTEL_SERVICE_NAME`` over them (so Kubernetes can set ``service.instance.id`` to the
     pod name)."""
     defaults = {
         SERVICE_NAME: service_name,
         "service.namespace": "otel-lab",
-        "service.version": __version__,
         "service.instance.id": f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
-        "deployment.environment.name": get_settings().environment,
     }
+    if service_version:
+        defaults["service.version"] = service_version
+    if environment:
+        defaults["deployment.environment.name"] = environment
     # Resource.create() reads the environment and adds the SDK's own attributes; its
     # "unknown_service" placeholder must not replace the name given here.
     from_environment = {
@@ -89,24 +91,33 @@ def build_resource(service_name: str) -> Resource:
     return _HashOnceResource(Resource({**defaults, **from_environment}))
 
 
-def setup_telemetry(service_name: str) -> None:
-    """Install the global providers and JSON logging; safe to call more than once."""
+def setup_telemetry(
+    service_name: str,
+    *,
+    service_version: str | None = None,
+    environment: str | None = None,
+    log_level: str = "INFO",
+) -> None:
+    """Install the global providers and JSON logging; safe to call more than once.
+
+    The arguments are defaults: ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``
+    override the first three.
+    """
     if _state:
         return
-    settings = get_settings()
     if not telemetry_enabled():
-        configure_logging(service_name, settings.log_level, otlp_handler=None)
+        configure_logging(service_name, log_level, otlp_handler=None)
         _state["disabled"] = True
         return
 
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         # Zero-code mode: `opentelemetry-instrument` installed the providers before us.
-        configure_logging(service_name, settings.log_level, otlp_handler=LoggingHandler())
+        configure_logging(service_name, log_level, otlp_handler=LoggingHandler())
         _state["external"] = True
         return
 
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
-    resource = build_resource(service_name)
+    resource = build_resource(service_name, service_version, environment)
 
     tracer_provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER
     for span_exporter in exporters_for("traces"):
@@ -138,7 +149,7 @@ def setup_telemetry(service_name: str) -> None:
 
     configure_logging(
         service_name,
-        settings.log_level,
+        log_level,
         otlp_handler=OTLPHandler(logger_provider=logger_provider) if log_exporters else None,
     )
     _state.update(tracer=tracer_provider, meter=meter_provider, logger=logger_provider)
