@@ -134,7 +134,7 @@ def test_app_services_run_the_documented_commands(compose: dict) -> None:
         assert svc["command"][-1] == str(port)
         assert svc["environment"]["OTEL_SERVICE_NAME"] == name
         assert svc["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
-        assert svc["environment"]["OTEL_SEMCONV_STABILITY_OPT_IN"] == "http"
+        assert svc["environment"]["OTEL_SEMCONV_STABILITY_OPT_IN"] == "http,database"
         assert svc["environment"]["OTEL_LAB_HOST"] == "0.0.0.0"  # worker metrics reachable
         assert str(port) in " ".join(svc["healthcheck"]["test"])
     worker = services["worker"]
