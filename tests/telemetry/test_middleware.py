@@ -98,6 +98,17 @@ def test_an_unknown_method_is_other_with_the_original_kept(probe: Probe) -> None
     assert span.name.startswith("HTTP")
 
 
+def test_known_methods_follow_the_standard_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS", "GET,FOO")
+    probe = Probe(monkeypatch)
+    probe.request("FOO", "/items/1")
+    probe.request("POST", "/items/1")
+    methods = [
+        dict(s.attributes or {})["http.request.method"] for s in probe.spans.get_finished_spans()
+    ]
+    assert methods == ["FOO", "_OTHER"]
+
+
 def test_an_unmatched_path_leaves_the_route_unset(probe: Probe) -> None:
     assert probe.request("GET", "/nowhere").status_code == 404
     span = probe.only_span()

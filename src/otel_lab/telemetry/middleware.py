@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -49,9 +50,19 @@ logger = logging.getLogger("otel_lab.request")
 # the label unbounded). The span leaves ``http.route`` unset instead, as semconv says.
 UNMATCHED_ROUTE = "unmatched"
 _UNTRACED_PATHS = frozenset({"/metrics"})  # scrapes every few seconds would bury real traffic
-_KNOWN_METHODS = frozenset(
+_DEFAULT_KNOWN_METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY")
 )
+
+
+def _known_methods() -> frozenset[str]:
+    """``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`` (comma-separated) replaces the default
+    set, as the HTTP semantic conventions say; other methods are reported as ``_OTHER``."""
+    configured = os.environ.get("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS", "")
+    methods = frozenset(m.strip() for m in configured.split(",") if m.strip())
+    return methods or _DEFAULT_KNOWN_METHODS
+
+
 # Query parameters whose values semconv says to redact in ``url.query``.
 _SENSITIVE_QUERY_KEYS = frozenset(("AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"))
 # The request headers the middleware reads besides the propagators' own; the rest are
@@ -127,6 +138,7 @@ class TelemetryMiddleware:
             explicit_bucket_boundaries_advisory=list(prom.LATENCY_BUCKETS),
         )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._known_methods = _known_methods()
         self._propagator_headers = frozenset(propagate.get_global_textmap().fields)
         self._wanted_headers = _OWN_HEADERS | {h.encode() for h in self._propagator_headers}
         self.excluded_urls = get_excluded_urls("FASTAPI")  # or OTEL_PYTHON_EXCLUDED_URLS
@@ -162,7 +174,7 @@ class TelemetryMiddleware:
         }
         request_id = sanitize_request_id(headers.get("x-request-id"))
         method = scope["method"]
-        known_method = method if method in _KNOWN_METHODS else "_OTHER"
+        known_method = method if method in self._known_methods else "_OTHER"
         start = time.perf_counter()
         # Trace context and baggage, by whatever propagators OTEL_PROPAGATORS names; with
         # none of their headers present there is nothing to extract.
