@@ -12,8 +12,14 @@ is in PostgreSQL and ends enriched. ``scripts/faults.py`` prints the same figure
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from otel_lab.runtime.harness import RunningSystem, running_system
@@ -64,3 +70,47 @@ def test_fault_kept_serving_came_back_nothing_lost(
     assert not outcome.lost, f"acknowledged writes lost: {outcome.lost}"
     assert not outcome.not_enriched, f"never enriched: {outcome.not_enriched}"
     assert system.process.poll() is None, system.output()[-3000:]
+
+
+def test_restarts_are_visible_in_the_output_the_log_status_and_the_console(
+    lab: tuple[RunningSystem, Traffic],
+) -> None:
+    """Each restart is a line in the `otel-lab up` output, a `child_restarted` record in
+    supervisor.log and in the console's logs, a count in `otel-lab status`, and the
+    `supervisor.child.restarts` counter in the console (this test restarts one child itself,
+    after those of the tests above)."""
+    system, traffic = lab
+    fault = next(f for f in FAULTS if f.child == "weather-upstream")
+    assert run_fault(system, traffic, fault).restarts == 1
+    system.refresh()
+    counts = {name: int(c["restarts"]) for name, c in system.children.items()}
+    assert counts["weather-upstream"] >= 1
+
+    output = system.output()
+    assert output.count("restarted weather-upstream (pid") == counts["weather-upstream"]
+    records = [json.loads(line) for line in system.log("supervisor").splitlines()]
+    restarted = Counter(r["child"] for r in records if r["message"] == "child_restarted")
+    assert restarted == {name: n for name, n in counts.items() if n}
+
+    status = subprocess.run(
+        [sys.executable, "-m", "otel_lab.runtime.cli", "status"],
+        env=system.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    row = next(line for line in status.stdout.splitlines() if "weather-upstream" in line)
+    assert f" {counts['weather-upstream']} " in row, status.stdout
+
+    console = httpx.Client(base_url=system.url("console"), timeout=5)
+    deadline = time.monotonic() + 30
+    shown: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        response = console.get("/api/metrics/supervisor.child.restarts")
+        if response.status_code == 200:
+            for point in response.json()["points"]:
+                shown[point["attributes"]["child"]] = point["value"]
+        if all(shown.get(name) == n for name, n in counts.items() if n):
+            break
+        time.sleep(0.5)
+    assert all(shown.get(name) == n for name, n in counts.items() if n), (shown, counts)
+    logs = console.get("/api/logs", params={"service": "supervisor", "q": "child_restarted"})
+    assert any(log["attributes"].get("child") == "weather-upstream" for log in logs.json()["logs"])
