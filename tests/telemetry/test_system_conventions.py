@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -12,8 +14,17 @@ from otel_lab.runtime.harness import RunningSystem
 from tests.conftest import Console, trace_id_of
 
 
-def _json_lines(system: RunningSystem, name: str) -> list[dict]:
-    return [json.loads(line) for line in system.log(name).splitlines() if line.startswith("{")]
+def _wait_for_lines(
+    system: RunningSystem, name: str, wanted: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
+    """The JSON lines of a child's log that ``wanted`` accepts, polled for up to 20 s."""
+    deadline = time.monotonic() + 20
+    while True:
+        lines = [json.loads(line) for line in system.log(name).splitlines() if line[:1] == "{"]
+        found = [line for line in lines if wanted(line)]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def test_the_request_id_reaches_the_workers_logs(
@@ -25,15 +36,11 @@ def test_the_request_id_reaches_the_workers_logs(
     assert response.status_code in (200, 201)
     trace_id = trace_id_of(response)
 
-    deadline = time.monotonic() + 20
-    enriched: list[dict] = []
-    while not enriched and time.monotonic() < deadline:
-        enriched = [
-            line
-            for line in _json_lines(system, "worker")
-            if line.get("message") == "item_enriched" and line.get("trace_id") == trace_id
-        ]
-        time.sleep(0.2)
+    enriched = _wait_for_lines(
+        system,
+        "worker",
+        lambda line: line.get("message") == "item_enriched" and line.get("trace_id") == trace_id,
+    )
     assert enriched, "the worker logged the enrichment of the item"
     assert enriched[0]["request_id"] == "rid-to-the-worker"
 
@@ -71,16 +78,14 @@ def test_the_access_line_is_on_stderr_and_in_the_console_from_the_span(
     }
     assert completed["severity_text"] == "INFO" and completed["service_name"] == "api"
 
-    deadline = time.monotonic() + 10
-    lines: list[dict] = []
-    while not lines and time.monotonic() < deadline:
-        lines = [
-            line
-            for line in _json_lines(system, "api")
-            if line.get("request_id") == "rid-access-404"
+    lines = _wait_for_lines(
+        system,
+        "api",
+        lambda line: (
+            line.get("request_id") == "rid-access-404"
             and line.get("message") == "request_completed"
-        ]
-        time.sleep(0.2)
+        ),
+    )
     assert lines, "the access line reached the api's stderr"
     line = lines[0]
     assert (line["method"], line["path"], line["status_code"]) == ("GET", "/items/{item_id}", 404)

@@ -16,8 +16,8 @@ Field numbers are those of opentelemetry-proto 1.x (``trace.proto``, ``logs.prot
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk.resources import Resource
@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind
 
+_Item = TypeVar("_Item")
 _pack_double = struct.Struct("<d").pack
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_fixed32 = struct.Struct("<I").pack
@@ -204,9 +205,7 @@ class _Envelopes:
 
 
 def _group(
-    envelopes: _Envelopes,
-    items: Sequence[Any],
-    encode: Any,
+    items: Sequence[Any], encode: Callable[[Any], bytes]
 ) -> dict[int, tuple[Resource, dict[int, tuple[Any, list[bytes]]]]]:
     """Items grouped by resource, then scope (by identity), each already encoded."""
     groups: dict[int, tuple[Resource, dict[int, tuple[Any, list[bytes]]]]] = {}
@@ -283,7 +282,6 @@ _LINK_DROPPED = _key(5, _VARINT)
 _LINK_FLAGS = _key(6, _I32)
 _STATUS_MESSAGE = _key(2, _LEN)
 _STATUS_CODE = _key(3, _VARINT)
-_RESOURCE_SPANS = _key(1, _LEN)
 
 # OTLP's SpanKind numbers are the SDK's plus one (0 is "unspecified" in OTLP).
 _KIND = {kind: bytes((kind.value + 1,)) for kind in SpanKind}
@@ -296,19 +294,29 @@ def _flags(parent: Any) -> bytes:
     return _pack_fixed32(flags)
 
 
-class SpanEncoder:
-    """``ExportTraceServiceRequest`` bytes for a batch of SDK spans. One per exporter:
-    its caches are not shared between threads."""
+class _BatchEncoder(Generic[_Item]):
+    """An export request for a batch of SDK items (spans or log records) grouped by
+    resource and scope. One per exporter: its caches are not shared between threads."""
+
+    _item_field: bytes  # the field of the scope message that holds the items
 
     def __init__(self) -> None:
         self._pairs = _PairCache()
         self._envelopes = _Envelopes()
 
-    def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
-        groups = _group(self._envelopes, spans, self._span)
-        return _request(self._envelopes, groups, _RESOURCE_SPANS_ITEM)
+    def encode(self, items: Sequence[_Item]) -> bytes:
+        return _request(self._envelopes, _group(items, self._item), self._item_field)
 
-    def _span(self, span: ReadableSpan) -> bytes:
+    def _item(self, item: _Item) -> bytes:
+        raise NotImplementedError
+
+
+class SpanEncoder(_BatchEncoder[ReadableSpan]):
+    """``ExportTraceServiceRequest`` bytes for a batch of SDK spans."""
+
+    _item_field = _key(2, _LEN)  # ScopeSpans.spans
+
+    def _item(self, span: ReadableSpan) -> bytes:
         context = span.context
         parent = span.parent
         pairs = self._pairs
@@ -369,7 +377,6 @@ class SpanEncoder:
         return bytes(out)
 
 
-_RESOURCE_SPANS_ITEM = _key(2, _LEN)  # ScopeSpans.spans
 _EMPTY_STATUS = _SPAN_STATUS + b"\x00"  # the official encoder always writes a Status
 
 # --------------------------------------------------------------------------- logs.proto
@@ -385,21 +392,14 @@ _LOG_TRACE_ID = _key(9, _LEN) + b"\x10"
 _LOG_SPAN_ID = _key(10, _LEN) + b"\x08"
 _LOG_OBSERVED_TIME = _key(11, _I64)
 _LOG_EVENT_NAME = _key(12, _LEN)
-_LOG_RECORDS_ITEM = _key(2, _LEN)  # ScopeLogs.log_records
 
 
-class LogEncoder:
+class LogEncoder(_BatchEncoder[ReadableLogRecord]):
     """``ExportLogsServiceRequest`` bytes for a batch of SDK log records."""
 
-    def __init__(self) -> None:
-        self._pairs = _PairCache()
-        self._envelopes = _Envelopes()
+    _item_field = _key(2, _LEN)  # ScopeLogs.log_records
 
-    def encode(self, records: Sequence[ReadableLogRecord]) -> bytes:
-        groups = _group(self._envelopes, records, self._record)
-        return _request(self._envelopes, groups, _LOG_RECORDS_ITEM)
-
-    def _record(self, readable: ReadableLogRecord) -> bytes:
+    def _item(self, readable: ReadableLogRecord) -> bytes:
         record = readable.log_record
         out = bytearray()
         if record.timestamp:
