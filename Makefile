@@ -47,7 +47,7 @@ fmt: install ## Format and fix what ruff can
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: install ## Telemetry cost: throughput with telemetry on versus off
+bench: install ## Telemetry cost: CPU per request with telemetry on versus off, side by side
 	$(PY) scripts/bench.py
 
 faults: install ## Every fault under steady traffic, and its figures (docs/reliability.md)
