@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 COMPOSE := docker compose -p otel-lab -f deploy/compose/docker-compose.yml
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo run test lint fmt bench faults soak clean reset \
+.PHONY: help install runtime demo run test lint fmt bench faults soak clean reset \
 	up down logs dev collector load dashboards
 
 help: ## Show the targets
@@ -28,10 +28,16 @@ help: ## Show the targets
 		mkdir -p .tools/uv/bin && ln -sf ../../venv/bin/uv .tools/uv/bin/uv; \
 	fi
 
-install: $(UV_BOOTSTRAP) ## Create .venv with the locked dependencies
-	$(UV) sync --frozen
+# Bytecode is compiled at install time, so the first start does not compile it seven times
+# over in parallel. `runtime` leaves dev packages that are already there (--inexact), so
+# switching between `make demo` and `make test` does not reinstall them.
+install: $(UV_BOOTSTRAP) ## Create .venv with every locked dependency (tests, lint, tools)
+	$(UV) sync --frozen --compile-bytecode
 
-demo: install ## Start everything (embedded PostgreSQL, Valkey, console, services, worker)
+runtime: $(UV_BOOTSTRAP) ## Create .venv with only what the running system needs
+	$(UV) sync --frozen --no-dev --inexact --compile-bytecode
+
+demo: runtime ## Start everything (embedded PostgreSQL, Valkey, console, services, worker)
 	$(VENV)/bin/otel-lab up
 
 run: demo ## Same as demo

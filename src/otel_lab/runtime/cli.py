@@ -136,6 +136,8 @@ def _up(supervisor: Supervisor, settings: Settings, data_dir: Path, *, traffic: 
     plan = plan_children(settings, data_dir, env, traffic=traffic)
     if plan.migrations is not None:
         supervisor.run_task(plan.migrations)
+    else:
+        say("[green]ready[/] schema at the newest migration: nothing to migrate")
     for group in plan.groups:
         supervisor.start_group(group)
 
