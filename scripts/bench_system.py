@@ -11,6 +11,12 @@ is subtracted, so a slow moment of the host does not add background CPU to each 
 
     .venv/bin/python scripts/bench_system.py                    # off and on, 8 s each
     .venv/bin/python scripts/bench_system.py --variants off --duration 5
+    .venv/bin/python scripts/bench_system.py --startup          # also time otel-lab up
+
+``--startup`` times ``otel-lab up`` until it prints its table (every child ready), first on an
+empty data directory, then again on the same one (nothing to initialise), and sums the CPU
+its process tree spent getting there: wall time depends on what else the host runs, the CPU
+seconds much less.
 
 Figures are only comparable within one run (the host's speed varies by up to 1.6x).
 """
@@ -29,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
-from otel_lab.runtime.harness import RunningSystem, running_system
+from otel_lab.runtime.harness import RunningSystem, running_system, start_system
 
 CHAIN = ("gateway", "user-service", "order-service", "audit-service")
 CHAIN_BODY = '{"user_id": 1001, "action": "bench"}'
@@ -148,16 +155,43 @@ def bench_variant(env: dict[str, str], args) -> dict[str, Run]:
     return {"chain": chain, "health": unit}
 
 
+def startup(runs: int = 2) -> list[tuple[str, float, float, float]]:
+    """(label, wall s, CPU s of the whole tree, load average) for a first and a later start."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="otel-lab-startup-") as tmp:
+        for run in range(runs):
+            started = time.monotonic()
+            system = start_system(Path(tmp) / "data", env={"OTEL_SDK_DISABLED": "false"})
+            wall = time.monotonic() - started
+            cpu = 0.0
+            for process in system.processes():
+                try:
+                    times = process.cpu_times()
+                except psutil.Error:
+                    continue
+                cpu += times.user + times.system + times.children_user + times.children_system
+            load = os.getloadavg()[0]
+            system.stop()
+            label = "first (empty data dir)" if run == 0 else "again"
+            results.append((label, wall, cpu, load))
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--startup", action="store_true", help="also time otel-lab up")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
         return 2
 
+    starts = []
+    if args.startup:
+        print("timing otel-lab up ...", file=sys.stderr, flush=True)
+        starts = startup()
     results: dict[str, dict[str, Run]] = {}
     for variant in args.variants:
         print(f"measuring with telemetry {variant} ...", file=sys.stderr, flush=True)
@@ -185,6 +219,11 @@ def main() -> int:
         off_health = results["off"]["health"].ms_per_request()
         on_chain = results["on"]["chain"].ms_per_request()
         print(f"\non: the chain costs {on_chain / off_health:.1f} telemetry-off health requests")
+    for label, wall, cpu, load in starts:
+        target = 15 if label.startswith("first") else 10
+        print(f"otel-lab up, {label:22} {wall:5.1f} s to all ready (target <= {target} s),"
+              f" {cpu:5.1f} s CPU in its process tree, load average {load:.1f}"
+              f" on {os.cpu_count()} CPUs")  # fmt: skip
     return 0
 
 
