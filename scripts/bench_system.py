@@ -12,6 +12,7 @@ is subtracted, so a slow moment of the host does not add background CPU to each 
     .venv/bin/python scripts/bench_system.py                    # off and on, 8 s each
     .venv/bin/python scripts/bench_system.py --variants off --duration 5
     .venv/bin/python scripts/bench_system.py --startup          # also time otel-lab up
+    .venv/bin/python scripts/bench_system.py --startup --variants   # only that (make bench)
 
 ``--startup`` times ``otel-lab up`` until it prints its table (every child ready), first on an
 empty data directory, then again on the same one (nothing to initialise), and sums the CPU
@@ -177,26 +178,7 @@ def startup(runs: int = 2) -> list[tuple[str, float, float, float]]:
     return results
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
-    parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--startup", action="store_true", help="also time otel-lab up")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is needed: apt-get install wrk", file=sys.stderr)
-        return 2
-
-    starts = []
-    if args.startup:
-        print("timing otel-lab up ...", file=sys.stderr, flush=True)
-        starts = startup()
-    results: dict[str, dict[str, Run]] = {}
-    for variant in args.variants:
-        print(f"measuring with telemetry {variant} ...", file=sys.stderr, flush=True)
-        results[variant] = bench_variant(VARIANTS[variant], args)
-
+def print_chain(results: dict[str, dict[str, Run]], args) -> None:
     print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s; CPU = utime+stime from /proc")
     header = (
         f"{'telemetry':9} {'chain req/s':>11} {'CPU ms/req':>10} {'target':>7}"
@@ -219,6 +201,33 @@ def main() -> int:
         off_health = results["off"]["health"].ms_per_request()
         on_chain = results["on"]["chain"].ms_per_request()
         print(f"\non: the chain costs {on_chain / off_health:.1f} telemetry-off health requests")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument(
+        "--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+        help="telemetry variants of the chain to measure (none: only --startup)",
+    )  # fmt: skip
+    parser.add_argument("--startup", action="store_true", help="also time otel-lab up")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is needed: apt-get install wrk", file=sys.stderr)
+        return 2
+
+    starts = []
+    if args.startup:
+        print("timing otel-lab up ...", file=sys.stderr, flush=True)
+        starts = startup()
+    results: dict[str, dict[str, Run]] = {}
+    for variant in args.variants:
+        print(f"measuring with telemetry {variant} ...", file=sys.stderr, flush=True)
+        results[variant] = bench_variant(VARIANTS[variant], args)
+
+    if results:
+        print_chain(results, args)
     for label, wall, cpu, load in starts:
         target = 15 if label.startswith("first") else 10
         print(f"otel-lab up, {label:22} {wall:5.1f} s to all ready (target <= {target} s),"
