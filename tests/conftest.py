@@ -178,6 +178,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
         # Prometheus of tests/deploy does, so rate() windows fill within seconds.
         "CONSOLE_SCRAPE_INTERVAL": "1",
         "CONSOLE_RULES_INTERVAL": "2",
+        "CONSOLE_SLOW_RULES_INTERVAL": "4",
     }
     with running_system(data_dir, env=env) as running:
         yield running

@@ -8,14 +8,16 @@ the expression returns nothing) and its ``ALERTS`` series. ``run_rule_tests`` ru
 promtool agree on the rule tests' inputs (``tests/console/test_alerts.py``).
 
 Cost: a rule whose longest range is 30 minutes or more (the slow SLO windows, up to 3 days)
-is evaluated every ``SLOW_RULE_SECONDS`` instead of every interval; its recorded value is
-carried in between. Those windows move by a fraction of a percent in five minutes.
+is evaluated every ``SLOW_RULE_SECONDS`` (``CONSOLE_SLOW_RULES_INTERVAL``, 300) instead of
+every interval; its recorded value is carried in between. Those windows move by a fraction
+of a percent in five minutes.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -32,7 +34,7 @@ from otel_lab.console.promql import NAME, Labels, Matcher, MemorySource, Series,
 log = logging.getLogger("otel_lab.console.alerts")
 
 DEFAULT_INTERVAL = 15.0  # prometheus.yml evaluation_interval
-SLOW_RULE_SECONDS = 300.0
+SLOW_RULE_SECONDS = float(os.environ.get("CONSOLE_SLOW_RULES_INTERVAL", "300"))
 SLOW_RANGE_MS = 30 * 60 * 1000
 HISTORY_MS = 6 * 3600 * 1000  # recorded series and ALERTS kept in memory this long
 

@@ -564,9 +564,11 @@ def create_app(
         return ConsoleJSON({"cleared": store.clear()})
 
     from otel_lab.console.promapi import PromState, add_prom_routes
+    from otel_lab.console.scenarios import add_scenario_routes
     from otel_lab.console.web import add_pages
 
     add_prom_routes(app, store, options.prom or PromState())
+    add_scenario_routes(app)
 
     add_pages(app, store, options)
     return UiGuard(app, options.security)

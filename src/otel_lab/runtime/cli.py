@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from otel_lab.faults import cli as fault_commands
 from otel_lab.runtime.embedded import EmbeddedPostgres, EmbeddedValkey
 from otel_lab.runtime.plan import child_env, connect_host, plan_children
 from otel_lab.runtime.procs import ChildFailedError, RuntimeFailure
@@ -221,6 +222,8 @@ def status(data_dir: DataDirOption = None) -> None:
         table.add_row(row["name"], mark, row["url"], row["pid"], restarts, row["log"])
     out.print(table)
 
+
+app.add_typer(fault_commands, name="fault")  # otel-lab fault list|on NAME|off NAME
 
 try:  # `otel-lab load`: the load generator's command, when it is installed
     from otel_lab.loadgen.cli import load as _load_command

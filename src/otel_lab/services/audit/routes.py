@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from opentelemetry import trace
 from sqlalchemy import DateTime, Integer, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 
+from otel_lab import faults
 from otel_lab.services.audit.models import AuditLog
 from otel_lab.services.audit.schemas import MAX_ID, AuditLogOut, AuditProcessRequest
 from otel_lab.services.base import error_response, record_error
@@ -94,6 +96,9 @@ async def process(
                 span.set_attribute("order.id", body.order_id)
             if body.simulate_failure == "audit":
                 raise SimulatedFailureError("simulated failure in audit log write")
+            if faults.active("audit-errors") and random.random() < 0.5:
+                faults.mark(span, "audit-errors")
+                raise SimulatedFailureError("fault audit-errors: audit write failed on purpose")
             log: dict[str, Any] = {
                 "event_type": body.event_type,
                 "user_id": body.user_id,

@@ -10,6 +10,7 @@ audit is *deferred* (``orders.audit_status``), answered as such, and shown as an
 from __future__ import annotations
 
 import logging
+import random
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
@@ -20,6 +21,7 @@ from opentelemetry import trace
 from sqlalchemy import DateTime, Integer, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from otel_lab import faults
 from otel_lab.services.base import error_response, record_error
 from otel_lab.services.downstream import (
     DownstreamError,
@@ -85,6 +87,7 @@ def _out(order: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[s
 # already has an order inserts nothing and returns no row. Written as text because
 # SQLAlchemy 2.0 does not cache its PostgreSQL ``insert().on_conflict_*`` constructs (each
 # call would compile the statement again: about a fifth of this service's CPU).
+_SLOW_QUERY = text("SELECT pg_sleep(:seconds)")  # the slow-database fault (otel_lab.faults)
 _INSERT_ORDER = text(
     """
     WITH new_order AS (
@@ -179,6 +182,9 @@ async def _create_order(
             "trace_id": format(span.get_span_context().trace_id, "032x"),
         }
         params = {**order, **_line_arrays(priced.lines)}
+        if faults.active("slow-database"):  # a real slow query, on the order's connection
+            faults.mark(span, "slow-database")
+            await connection.execute(_SLOW_QUERY, {"seconds": random.uniform(0.6, 0.9)})
         created = (await connection.execute(_INSERT_ORDER, params)).first()
         if created is None:  # the key has an order: a retry, or a concurrent attempt won
             stored = await _stored_order(connection, key)

@@ -1,0 +1,221 @@
+"""Fault scenarios switched on and off at run time, with OpenFeature and flagd flag definitions.
+
+The OpenTelemetry demo's way: each fault is a boolean flag in a flagd flag file
+(``<data dir>/flags.flagd.json``, or ``FLAGD_OFFLINE_FLAG_SOURCE_PATH``); the services read it
+through OpenFeature's flagd provider with its in-process resolver (a flagd container can
+serve the same file in stack mode). ``otel-lab fault on NAME``, the console's Scenarios
+page and ``POST /api/scenarios/{name}`` rewrite the file; the provider notices the change
+within about a second.
+
+The hot path pays a set lookup: a background thread re-evaluates every fault flag through
+OpenFeature every half second (one evaluation costs about 20 us here) and publishes the set
+of active faults; ``active(name)`` reads that set. A service that never asks starts nothing.
+
+Every fault marks what it touches: the span it slows or fails gets ``otel_lab.fault`` =
+the fault's name and a ``fault`` event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+log = logging.getLogger("otel_lab.faults")
+
+PATH_ENV = "FLAGD_OFFLINE_FLAG_SOURCE_PATH"  # the flagd provider's own variable
+FILE_NAME = "flags.flagd.json"
+REFRESH_SECONDS = 0.5
+ATTRIBUTE = "otel_lab.fault"
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    service: str
+    description: str
+    panel: str  # a dashboard panel it moves
+    alert: str  # an alert it fires
+
+
+FAULTS: dict[str, Fault] = {
+    f.name: f
+    for f in (
+        Fault(
+            "slow-database",
+            "order-service",
+            "Every order's pricing query waits 0.6-0.9 s in PostgreSQL (pg_sleep), so the "
+            "chain answers in about a second instead of milliseconds.",
+            "Otel Lab - Overview / Request latency p50 / p95",
+            "SLOLatencyBurnRateFast",
+        ),
+        Fault(
+            "audit-errors",
+            "audit-service",
+            "audit-service fails half of its audit writes with a 500, so the chain fails.",
+            "Otel Lab - Overview / Error rate (5xx)",
+            "High5xxRate",
+        ),
+    )
+}
+
+
+def flags_path() -> Path:
+    explicit = os.environ.get(PATH_ENV)
+    if explicit:
+        return Path(explicit)
+    from otel_lab.settings import get_settings
+
+    return get_settings().data_dir / FILE_NAME
+
+
+def _flag(on: bool, fault: Fault) -> dict[str, Any]:
+    return {
+        "state": "ENABLED",
+        "variants": {"on": True, "off": False},
+        "defaultVariant": "on" if on else "off",
+        "metadata": {"service": fault.service, "description": fault.description},
+    }
+
+
+def read_enabled(path: Path | None = None) -> set[str]:
+    """The faults switched on in the flag file (none when it does not exist)."""
+    try:
+        flags = json.loads((path or flags_path()).read_text()).get("flags", {})
+    except (OSError, ValueError):
+        return set()
+    return {name for name, flag in flags.items() if flag.get("defaultVariant") == "on"}
+
+
+def write(enabled: set[str], path: Path | None = None) -> Path:
+    """Write the flag file with these faults on (atomically: readers never see half)."""
+    path = path or flags_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "$schema": "https://flagd.dev/schema/v0/flags.json",
+        "flags": {name: _flag(name in enabled, fault) for name, fault in FAULTS.items()},
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def switch(name: str, on: bool, path: Path | None = None) -> set[str]:
+    if name not in FAULTS:
+        raise KeyError(name)
+    enabled = read_enabled(path)
+    enabled = enabled | {name} if on else enabled - {name}
+    write(enabled, path)
+    return enabled
+
+
+# ----------------------------------------------------------------------------- in services
+
+
+class _Watcher:
+    """Evaluates every fault flag through OpenFeature in the background."""
+
+    def __init__(self) -> None:
+        self.active: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="faults", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        path = flags_path()
+        if not path.exists():
+            with contextlib.suppress(OSError):
+                write(set(), path)
+        try:
+            from openfeature import api
+            from openfeature.contrib.provider.flagd import FlagdProvider
+            from openfeature.contrib.provider.flagd.config import ResolverType
+
+            api.set_provider(
+                FlagdProvider(
+                    resolver_type=ResolverType.IN_PROCESS, offline_flag_source_path=str(path)
+                )
+            )
+            client = api.get_client("otel-lab-faults")
+        except Exception:
+            log.exception("fault flags unavailable; faults stay off")
+            return
+        while True:
+            try:
+                self.active = frozenset(
+                    name for name in FAULTS if client.get_boolean_value(name, False)
+                )
+            except Exception:  # a half-written file, a provider hiccup: keep the last set
+                log.debug("fault flag evaluation failed", exc_info=True)
+            time.sleep(REFRESH_SECONDS)
+
+
+_watcher = _Watcher()
+
+
+def active(name: str) -> bool:
+    """Whether the fault is on (a set lookup; the first call starts the watcher)."""
+    if _watcher._thread is None:
+        _watcher.start()
+    return name in _watcher.active
+
+
+def mark(span: Any, name: str) -> None:
+    """Say on the span that a fault touched it."""
+    span.set_attribute(ATTRIBUTE, name)
+    span.add_event("fault", {ATTRIBUTE: name, "fault.description": FAULTS[name].description})
+
+
+# ----------------------------------------------------------------------------- CLI
+
+cli = typer.Typer(help="Fault scenarios: list them, switch one on or off (no restart).")
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="the data dir of `otel-lab up`")]
+
+
+def _path(data_dir: Path | None) -> Path:
+    return data_dir.expanduser().resolve() / FILE_NAME if data_dir else flags_path()
+
+
+@cli.command("list")
+def list_faults(data_dir: DataDir = None) -> None:
+    """Every fault, whether it is on, what it does."""
+    enabled = read_enabled(_path(data_dir))
+    for fault in FAULTS.values():
+        state = "ON " if fault.name in enabled else "off"
+        typer.echo(f"{state}  {fault.name:<15} {fault.service:<14} {fault.description}")
+
+
+@cli.command("on")
+def fault_on(name: str, data_dir: DataDir = None) -> None:
+    """Switch a fault on (the services notice within about a second)."""
+    _switch(name, True, data_dir)
+
+
+@cli.command("off")
+def fault_off(name: str, data_dir: DataDir = None) -> None:
+    """Switch a fault off."""
+    _switch(name, False, data_dir)
+
+
+def _switch(name: str, on: bool, data_dir: Path | None) -> None:
+    try:
+        enabled = switch(name, on, _path(data_dir))
+    except KeyError:
+        typer.echo(f"unknown fault {name!r}; known: {', '.join(FAULTS)}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{name} {'on' if on else 'off'}; active: {', '.join(sorted(enabled)) or 'none'}")
