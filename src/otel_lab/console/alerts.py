@@ -287,7 +287,7 @@ class RuleRunner:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=3)
 
     def _run(self) -> None:
         try:
