@@ -41,17 +41,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSyste
             traffic.stop()
 
 
-# Known gap, owned by issue 10 (services/downstream.py): the gateway retries an idempotent
-# request that got a 503 up to 3 times, so a GET behind a hung database answers after
-# 3 x 1.5 s instead of 1.5 s. Not strict: a retry that lands after the fault passes.
-GATEWAY_RETRIES_503 = pytest.mark.xfail(
-    reason="issue 10: the gateway retries 503 answers from a hung database past the 3 s bound"
-)
-
-
 def _param(fault: Fault) -> object:
-    marks = [GATEWAY_RETRIES_503] if fault.name == "PostgreSQL hung (SIGSTOP)" else []
-    return pytest.param(fault, id=fault.name.split(" (")[0], marks=marks)
+    return pytest.param(fault, id=fault.name.split(" (")[0])
 
 
 @pytest.mark.parametrize("fault", [_param(f) for f in FAULTS])

@@ -353,6 +353,11 @@ class Downstream:
     yes (order-service answering 500 is order-service failing); the gateway says no (a 5xx
     from user-service may be about order-service, and cascading breakers would turn one
     fault into an outage of the front door), so only unreachable upstreams open its breakers.
+
+    ``retry_statuses``: answers an idempotent call is retried on. The gateway passes none:
+    an upstream's 502/503/504 already comes after that upstream's own deadline and retries
+    (a hung database is a 503 after its 1.5 s deadline), and asking again from the front
+    door would multiply the wait; it still retries connections that could not be made.
     """
 
     def __init__(
@@ -363,6 +368,7 @@ class Downstream:
         *,
         settings: Settings | None = None,
         count_http_errors: bool = True,
+        retry_statuses: frozenset[int] = RETRY_STATUSES,
         timeout: float | None = None,
     ) -> None:
         self.settings = settings or get_settings()
@@ -370,6 +376,7 @@ class Downstream:
         self.base_url = base_url.rstrip("/")
         self.client = client
         self.count_http_errors = count_http_errors
+        self.retry_statuses = retry_statuses
         self.timeout = aiohttp.ClientTimeout(
             total=timeout or self.settings.downstream_timeout_seconds,
             sock_connect=self.settings.downstream_connect_timeout_seconds,
@@ -526,7 +533,7 @@ class Downstream:
             breaker.record_failure()
         else:
             breaker.record_success()
-        if idempotent and response.status_code in RETRY_STATUSES:
+        if idempotent and response.status_code in self.retry_statuses:
             raise _RetryableError(response=response)
         return response
 

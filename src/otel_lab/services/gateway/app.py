@@ -156,9 +156,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     timeout = get_settings().gateway_upstream_timeout_seconds
     client = create_client()
     app.state.client = client
-    # Only unreachable upstreams count against the gateway's breakers (see Downstream).
+    # Only unreachable upstreams count against the gateway's breakers and are retried; an
+    # upstream's own 5xx answer is passed on as it is (see Downstream).
     app.state.upstreams = {
-        name: Downstream(name, url, client, count_http_errors=False, timeout=timeout)
+        name: Downstream(
+            name, url, client, count_http_errors=False, retry_statuses=frozenset(), timeout=timeout
+        )
         for name, url in upstream_urls(get_settings()).items()
     }
     try:
