@@ -41,9 +41,8 @@ def test_service_works_and_stops_when_the_otlp_endpoint_fails(
     }
     with serving("exporter-probe", WEATHER_UPSTREAM, env, tmp_path) as (base, child):
         # Enough requests to fill export batches while the exporters fail or hang.
-        statuses = {
-            httpx.get(f"{base}/v1/current?city=london", timeout=5).status_code for _ in range(300)
-        }
+        with httpx.Client(base_url=base, timeout=5) as client:
+            statuses = {client.get("/v1/current?city=london").status_code for _ in range(300)}
         assert statuses == {200}
         child.proc.send_signal(signal.SIGTERM)
         try:
