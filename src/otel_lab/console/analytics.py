@@ -239,7 +239,8 @@ def red(
     first, last = w.since_ns // MINUTE_NS, w.until_ns // MINUTE_NS
     minutes_per_bucket = max(1, math.ceil((last - first + 1) / max(1, buckets)))
     n_buckets = math.ceil((last - first + 1) / minutes_per_bucket)
-    conditions, params = ["minute >= ? AND minute <= ?"], [first, last]
+    conditions = ["minute >= ? AND minute <= ?"]
+    params: list[int | str] = [first, last]
     if service is not None:
         conditions.append("service_name = ?")
         params.append(service)
@@ -305,7 +306,8 @@ def red(
         out["service"] = {"name": service, **render(*service_total)}
         for r in rendered:
             r["route"] = r.pop("name")
-            r["search"] = json.loads(searches[r["route"]]) if searches.get(r["route"]) else None
+            search = searches.get(r["route"])
+            r["search"] = json.loads(search) if search else None
         out["routes"] = rendered
     return out
 

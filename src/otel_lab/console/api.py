@@ -67,7 +67,7 @@ def _signal(value: str | None, default: str = "spans") -> str:
 
 def oldest_ns(conn: Any, table: str) -> int | None:
     column = {"traces": "start_ns", "logs": "time_ns", "metric_points": "time_ns"}[table]
-    return conn.execute(f"SELECT min({column}) FROM {table}").fetchone()[0]  # type: ignore[no-any-return]
+    return conn.execute(f"SELECT min({column}) FROM {table}").fetchone()[0]
 
 
 def _window(

@@ -52,7 +52,7 @@ UNAUTHENTICATED = 16
 Scope = dict[str, Any]
 
 
-def grpc_hint(server: tuple[str, int] | None) -> str:
+def grpc_hint(server: tuple[str, int | None] | None) -> str:
     """What a gRPC client is told: this port speaks OTLP/HTTP, and how to configure for it."""
     host, port = server if server else ("<host>", None)
     host = f"[{host}]" if ":" in host else host
@@ -289,7 +289,7 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 class _GrpcHintConnection:
     """Speaks just enough HTTP/2 to fail every gRPC call with UNIMPLEMENTED and the hint."""
 
-    def __init__(self, transport: Any, server: tuple[str, int] | None) -> None:
+    def __init__(self, transport: Any, server: tuple[str, int | None] | None) -> None:
         self.transport = transport
         self.hint = grpc_hint(server)
         self.conn = h2.connection.H2Connection(

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -84,7 +85,11 @@ async def serve(
         prom=prom,
     )
     try:
-        common = {"log_config": None, "server_header": False, "timeout_graceful_shutdown": 5}
+        common: dict[str, Any] = {
+            "log_config": None,
+            "server_header": False,
+            "timeout_graceful_shutdown": 5,
+        }
         servers = [
             _Server(
                 uvicorn.Config(

@@ -588,7 +588,7 @@ class Store:
 
     def clear(self) -> dict[str, int]:
         """Delete all telemetry (in the writer thread, after what is already queued)."""
-        return self.call(self._clear)  # type: ignore[no-any-return]
+        return self.call(self._clear)
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, checkpoint the WAL and close everything."""

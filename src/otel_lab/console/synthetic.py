@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, SeverityNumber
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AGGREGATION_TEMPORALITY_CUMULATIVE,
     Exemplar,
@@ -143,7 +143,7 @@ class Generator:
             span_id=span_id,
             parent_span_id=parent or b"",
             name=name,
-            kind=kind,
+            kind=Span.SpanKind.ValueType(kind),
             start_time_unix_nano=start,
             end_time_unix_nano=start + duration,
         )
@@ -169,8 +169,8 @@ class Generator:
         record = LogRecord(
             time_unix_nano=at,
             observed_time_unix_nano=at + 50_000,
-            severity_number=severity,
-            severity_text=text,  # type: ignore[arg-type]
+            severity_number=SeverityNumber.ValueType(severity),
+            severity_text=text,
             trace_id=trace_id,
             span_id=span_id,
         )

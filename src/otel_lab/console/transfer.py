@@ -334,18 +334,18 @@ def export_range(
     for signal, sql, alias in (("logs", _LOG_SQL, "logs"), ("metrics", _POINT_SQL, "p")):
         if signal not in signals:
             continue
-        after = (since_ns - 1, 2**63 - 1)
+        position = (since_ns - 1, 2**63 - 1)  # (time_ns, rowid)
         while True:
             # Keyset pagination over the (time_ns) index, whose entries carry the rowid.
             columns = sql.replace("SELECT ", f"SELECT {alias}.time_ns, {alias}.rowid, ", 1)
             rows = conn.execute(
                 f"{columns} WHERE ({alias}.time_ns, {alias}.rowid) > (?, ?)"
                 f" AND {alias}.time_ns <= ? ORDER BY {alias}.time_ns, {alias}.rowid LIMIT ?",
-                (*after, until_ns, ROW_CHUNK),
+                (*position, until_ns, ROW_CHUNK),
             ).fetchall()
             if not rows:
                 break
-            after = (rows[-1][0], rows[-1][1])
+            position = (rows[-1][0], rows[-1][1])
             body = [r[2:] for r in rows]
             if signal == "logs":
                 yield _logs_line(body, cat)

@@ -147,8 +147,10 @@ class ChildSpec:
 class Managed(Protocol):
     """What the supervisor needs of a running child (a spawned spec or an embedded server)."""
 
-    name: str
     log_path: Path
+
+    @property
+    def name(self) -> str: ...
 
     @property
     def pid(self) -> int | None: ...

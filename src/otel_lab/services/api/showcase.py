@@ -98,7 +98,9 @@ async def error_simulation(
 ) -> SimulationOut | JSONResponse:
     """Fail with ``probability``: the span shows the exception, ERROR status and the odds."""
     chance = get_settings().error_simulation_rate if probability is None else probability
-    attributes = {**_common(request, "error-simulation", "error_simulation")}
+    attributes: dict[str, str | float] = {
+        **_common(request, "error-simulation", "error_simulation")
+    }
     attributes["error.probability"] = chance
     try:
         with tracer.start_as_current_span("error_simulation", attributes=attributes) as span:
