@@ -86,14 +86,16 @@ def _missed(conn: psycopg.BaseConnection[Any], deadline: float) -> psycopg.Opera
 @functools.cache
 def _async_connection_class(deadline: float) -> type[psycopg.AsyncConnection[Any]]:
     class DeadlineAsyncConnection(psycopg.AsyncConnection[Any]):
-        async def wait(self, gen, interval=_WAIT_INTERVAL, timeout=None):  # type: ignore[no-untyped-def]
+        async def wait(
+            self, gen: Any, interval: float = _WAIT_INTERVAL, timeout: float | None = None
+        ) -> Any:
             try:
                 return await super().wait(gen, interval, deadline if timeout is None else timeout)
             except pg_errors._WaitTimeout:  # psycopg's own "timeout expired" signal
                 raise _missed(self, deadline) from None
 
         @classmethod
-        async def connect(cls, *args: Any, **kwargs: Any) -> DeadlineAsyncConnection:  # type: ignore[override]
+        async def connect(cls, *args: Any, **kwargs: Any) -> DeadlineAsyncConnection:
             # libpq's connect_timeout cannot go below 2 s; this one can.
             try:
                 async with asyncio.timeout(deadline):
@@ -109,7 +111,9 @@ def _async_connection_class(deadline: float) -> type[psycopg.AsyncConnection[Any
 @functools.cache
 def _connection_class(deadline: float) -> type[psycopg.Connection[Any]]:
     class DeadlineConnection(psycopg.Connection[Any]):
-        def wait(self, gen, interval=_WAIT_INTERVAL, timeout=None):  # type: ignore[no-untyped-def]
+        def wait(
+            self, gen: Any, interval: float = _WAIT_INTERVAL, timeout: float | None = None
+        ) -> Any:
             try:
                 return super().wait(gen, interval, deadline if timeout is None else timeout)
             except pg_errors._WaitTimeout:
@@ -174,7 +178,7 @@ def create_blocking_engine(settings: Settings | None = None) -> Engine:
     )
 
     @event.listens_for(engine, "do_connect")
-    def _connect(dialect, conn_rec, cargs, cparams):  # type: ignore[no-untyped-def]
+    def _connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
         return _connection_class(deadline).connect(*cargs, **cparams)
 
     _observe(engine)
