@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     weather_upstream_port: int = Field(8090, alias="WEATHER_UPSTREAM_PORT")
     console_otlp_port: int = Field(4318, alias="CONSOLE_OTLP_PORT")
     console_ui_port: int = Field(16686, alias="CONSOLE_UI_PORT")
+    # The embedded servers' ports; unset, a free port is picked once and remembered in data_dir.
+    postgres_port: int | None = Field(None, ge=1, le=65535, alias="OTEL_LAB_POSTGRES_PORT")
+    valkey_port: int | None = Field(None, ge=1, le=65535, alias="OTEL_LAB_VALKEY_PORT")
+
+    # The telemetry console. With a token, OTLP and the UI/API require it (and `otel-lab up`
+    # gives it to every child); it is also what lets the console bind beyond loopback.
+    console_token: str | None = Field(None, alias="CONSOLE_TOKEN")
+    # Evict telemetry older than this (90m, 24h, 7d; 0 = no time limit) or beyond this size.
+    console_retention: str = Field("24h", alias="CONSOLE_RETENTION")
+    console_max_db_mb: float = Field(1024, ge=0, alias="CONSOLE_MAX_DB_MB")
 
     # Where services find each other; default to the local ports above.
     api_url: str | None = Field(None, alias="API_URL")
@@ -101,6 +111,12 @@ class Settings(BaseSettings):
     instrumentation_mode: Literal["manual", "zero-code"] = Field(
         "manual", alias="INSTRUMENTATION_MODE"
     )
+
+    @field_validator("postgres_port", "valkey_port", "console_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``OTEL_LAB_POSTGRES_PORT=`` (or an empty token) means not set."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("database_url")
     @classmethod

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from otel_lab.console.net import bind
 from otel_lab.settings import get_settings
-
-DEFAULT_RETENTION = "24h"
-DEFAULT_MAX_DB_MB = 1024
 
 
 def _retention(value: str) -> float | None:
@@ -82,20 +78,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--retention",
         type=_retention,
-        default=_retention(os.environ.get("CONSOLE_RETENTION", DEFAULT_RETENTION)),
+        default=_retention(settings.console_retention),
         help="evict telemetry older than this: 24h, 7d, 90m, or 0 for no time limit "
-        f"(env CONSOLE_RETENTION, default {DEFAULT_RETENTION})",
+        "(env CONSOLE_RETENTION, default 24h)",
     )
     parser.add_argument(
         "--max-db-mb",
         type=float,
-        default=float(os.environ.get("CONSOLE_MAX_DB_MB", DEFAULT_MAX_DB_MB)),
+        default=settings.console_max_db_mb,
         help="evict the oldest telemetry beyond this database size in MB, 0 for no cap "
-        f"(env CONSOLE_MAX_DB_MB, default {DEFAULT_MAX_DB_MB})",
+        "(env CONSOLE_MAX_DB_MB, default 1024)",
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get("CONSOLE_TOKEN") or None,
+        default=settings.console_token,
         help="require 'Authorization: Bearer TOKEN' for OTLP and the UI/API (env CONSOLE_TOKEN)",
     )
     parser.add_argument(

@@ -60,16 +60,6 @@ def _data_dir(option: Path | None, settings: Settings) -> Path:
     return (option or settings.data_dir).expanduser().resolve()
 
 
-def _env_port(name: str) -> int | None:
-    """A pinned port for an embedded server (OTEL_LAB_POSTGRES_PORT / OTEL_LAB_VALKEY_PORT)."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise RuntimeFailure(f"{name}={raw!r} is not a port number")
-    return int(raw)
-
-
 @app.command()
 def up(
     data_dir: DataDirOption = None,
@@ -105,7 +95,7 @@ def _up(supervisor: Supervisor, settings: Settings, data_dir: Path, *, traffic: 
     say = supervisor.say
     log_dir = data_dir / "logs"
     # Fail on a taken port before anything starts.
-    pg_port, kv_port = _env_port("OTEL_LAB_POSTGRES_PORT"), _env_port("OTEL_LAB_VALKEY_PORT")
+    pg_port, kv_port = settings.postgres_port, settings.valkey_port
     plan = plan_children(settings, data_dir, {}, traffic=traffic)
     claims = list(plan.port_claims)
     if pg_port and not settings.database_url:

@@ -79,8 +79,9 @@ def port_env(settings: Settings) -> dict[str, str]:
     """Every ``*_port`` setting as its environment variable, so children agree on ports."""
     env = {"OTEL_LAB_HOST": settings.host}
     for field_name in Settings.model_fields:
-        if field_name.endswith("_port"):
-            env[setting_name(field_name)] = str(getattr(settings, field_name))
+        value = getattr(settings, field_name)
+        if field_name.endswith("_port") and value is not None:
+            env[setting_name(field_name)] = str(value)
     return env
 
 
@@ -90,7 +91,7 @@ def child_env(
     """Environment shared by every child; each spec adds its own OTEL_SERVICE_NAME."""
     host = connect_host(settings)
     # A console started with a token accepts OTLP only with it (see docs/console.md).
-    token = os.environ.get("CONSOLE_TOKEN")
+    token = settings.console_token
     auth = {"OTEL_EXPORTER_OTLP_HEADERS": f"Authorization=Bearer {token}"} if token else {}
     # Locally, a trace should be in the console a second after the request, not five.
     snappy = {
