@@ -85,10 +85,8 @@ clean: ## Remove caches (keeps .venv and the data in .otel-lab)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -not -path './.venv/*' -not -path './.tools/*' -prune -exec rm -rf {} +
 
-reset: ## Delete the embedded data and logs in .otel-lab (stop `otel-lab up` first)
-	@if $(VENV)/bin/otel-lab status --data-dir $(DATA_DIR) >/dev/null 2>&1; then \
-		echo "otel-lab up is running on $(DATA_DIR): stop it first"; exit 1; fi
-	rm -rf $(DATA_DIR)
+reset: install ## Delete the embedded data and logs in .otel-lab (stop `otel-lab up` first)
+	$(VENV)/bin/otel-lab reset --yes --data-dir $(DATA_DIR)
 
 # --- Stack mode (Docker): see docs/stack.md ------------------------------------------------
 up: ## Stack mode: services + Collector, Jaeger, Tempo, Prometheus, Loki, Grafana

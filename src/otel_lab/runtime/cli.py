@@ -21,6 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 from otel_lab.faults import cli as fault_commands
+from otel_lab.loadgen.cli import load
+from otel_lab.runtime import commands
+from otel_lab.runtime.commands import RUN_FILE, DataDirOption, show_version
 from otel_lab.runtime.embedded import EmbeddedPostgres, EmbeddedValkey
 from otel_lab.runtime.plan import child_env, connect_host, plan_children
 from otel_lab.runtime.procs import ChildFailedError, RuntimeFailure
@@ -33,22 +36,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True)
 out = Console(width=None if sys.stdout.isatty() else 200)  # the table
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)  # progress, errors
 
-RUN_FILE = "run.json"
 READY_LINE = "otel-lab is up"
-
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        help="Where embedded data, logs and the console store live "
-        "\\[default: OTEL_LAB_DATA_DIR or .otel-lab]",
-        show_default=False,
-    ),
-]
 
 
 @app.callback()
-def main() -> None:
+def main(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=show_version, is_eager=True, help="Show it."),
+    ] = None,
+) -> None:
     """Otel Lab: observable Python microservices on one machine.
 
     `otel-lab up` starts everything (embedded PostgreSQL and Valkey, migrations, the
@@ -214,13 +211,8 @@ def status(data_dir: DataDirOption = None) -> None:
 
 
 app.add_typer(fault_commands, name="fault")  # otel-lab fault list|on NAME|off NAME
-
-try:  # `otel-lab load`: the load generator's command, when it is installed
-    from otel_lab.loadgen.cli import load as _load_command
-except ImportError:  # pragma: no cover - the package arrives with its own issue
-    pass
-else:
-    app.command("load")(_load_command)
+app.command("load")(load)
+commands.register(app)
 
 
 if __name__ == "__main__":
