@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     # Evict telemetry older than this (90m, 24h, 7d; 0 = no time limit) or beyond this size.
     console_retention: str = Field("24h", alias="CONSOLE_RETENTION")
     console_max_db_mb: float = Field(1024, ge=0, alias="CONSOLE_MAX_DB_MB")
+    # /metrics endpoints the console scrapes like Prometheus (job=url,job=url; `otel-lab up`
+    # passes every service), how often (0: never), and how often it evaluates the alert rules.
+    console_scrape_targets: str = Field("", alias="CONSOLE_SCRAPE_TARGETS")
+    console_scrape_interval: float = Field(10.0, ge=0, alias="CONSOLE_SCRAPE_INTERVAL")
+    console_rules_interval: float = Field(15.0, gt=0, alias="CONSOLE_RULES_INTERVAL")
 
     # Where services find each other; default to the local ports above.
     api_url: str | None = Field(None, alias="API_URL")

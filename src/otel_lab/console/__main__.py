@@ -108,20 +108,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--scrape",
         type=_targets,
-        default=_targets(os.environ.get("CONSOLE_SCRAPE_TARGETS", "")),
+        default=_targets(settings.console_scrape_targets),
         help="scrape these /metrics endpoints like Prometheus: job=url,job=url "
         "(env CONSOLE_SCRAPE_TARGETS; `otel-lab up` passes every service)",
     )
     parser.add_argument(
         "--scrape-interval",
         type=float,
-        default=float(os.environ.get("CONSOLE_SCRAPE_INTERVAL", "10")),
+        default=settings.console_scrape_interval,
         help="seconds between scrapes, 0 for none (env CONSOLE_SCRAPE_INTERVAL, default 10)",
     )
     parser.add_argument(
         "--rules-interval",
         type=float,
-        default=float(os.environ.get("CONSOLE_RULES_INTERVAL", "15")),
+        default=settings.console_rules_interval,
         help="seconds between evaluations of the alert rules (env CONSOLE_RULES_INTERVAL, "
         "default 15)",
     )

@@ -219,9 +219,9 @@ class RuleEngine:
                     history.insert(0, {**_alert_json(alert), "resolved_at_ms": t})
                     del history[10:]
         for key, alert in active.items():
-            labels = dict(key)
-            labels.update({NAME: "ALERTS", "alertname": rule.name, "alertstate": alert.state})
-            self.alerts_series.append(tuple(sorted(labels.items())), t, 1.0)
+            series = dict(key)
+            series.update({NAME: "ALERTS", "alertname": rule.name, "alertstate": alert.state})
+            self.alerts_series.append(tuple(sorted(series.items())), t, 1.0)
 
     def firing(self, name: str) -> list[Alert]:
         return [a for a in self.active.get(name, {}).values() if a.state == "firing"]
@@ -362,7 +362,7 @@ def run_rule_tests(test_file: Path) -> list[str]:
                     stale.append(i * interval)
                     continue
                 ts.append(i * interval)
-                vals.append(float(v))  # type: ignore[arg-type]
+                vals.append(float(v))
             source.series.append(Series(tuple(sorted(labels.items())), ts, vals, stale))
         engine = RuleEngine(rules, source)
         checks: dict[int, list[tuple[str, Any]]] = {}
@@ -413,11 +413,11 @@ def _check(test: str, kind: str, case: dict[str, Any], engine: RuleEngine, t: in
     problems = []
     if set(got_map) != set(want_map):
         problems.append(f"{where}: {case['expr']}: series {sorted(got_map)} != {sorted(want_map)}")
-    for key, want in want_map.items():
-        got = got_map.get(key)
-        if got is not None and not (
-            math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
-            or (math.isnan(got) and math.isnan(want))
+    for key, wanted in want_map.items():
+        found = got_map.get(key)
+        if found is not None and not (
+            math.isclose(found, wanted, rel_tol=1e-6, abs_tol=1e-9)
+            or (math.isnan(found) and math.isnan(wanted))
         ):
-            problems.append(f"{where}: {case['expr']} {dict(key)}: got {got}, want {want}")
+            problems.append(f"{where}: {case['expr']} {dict(key)}: got {found}, want {wanted}")
     return problems

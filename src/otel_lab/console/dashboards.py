@@ -159,7 +159,10 @@ class Renderer:
             return self._traces(target.get("query", ""), ctx, panel.get("title", ""))
         if kinds == {"loki"}:
             return self._logs(targets[0].get("expr", ""), ctx)
-        return {"empty": True, "error": f"no data source the console knows: {sorted(kinds)}"}
+        return {
+            "empty": True,
+            "error": f"no data source the console knows: {sorted(map(str, kinds))}",
+        }
 
     def _prometheus(
         self, panel: dict[str, Any], targets: list[dict[str, Any]], ctx: _Ctx

@@ -593,7 +593,7 @@ class Evaluator:
             vec = rhs if scalar_left else lhs
             for labels, v in vec:
                 a, b = (lhs, v) if scalar_left else (v, rhs)
-                keep, value = _apply(op, a, b, node.bool_)  # type: ignore[arg-type]
+                keep, value = _apply(op, a, b, node.bool_)
                 if not keep:
                     continue
                 if op in COMPARISONS and not node.bool_:
@@ -670,7 +670,7 @@ class Evaluator:
             values = [v for _, v in members]
             op = node.op
             if op in ("topk", "bottomk"):
-                k = int(param or 0)  # type: ignore[arg-type]
+                k = int(param or 0)
                 ranked = sorted(members, key=lambda m: m[1], reverse=op == "topk")
                 out.extend(ranked[: max(k, 0)])
                 continue

@@ -387,7 +387,7 @@ def _library_parse(text: str, target: Target) -> list[Sample]:
     if "# EOF" in text[-64:]:
         from prometheus_client.openmetrics.parser import text_string_to_metric_families
     else:
-        from prometheus_client.parser import (  # type: ignore[assignment]
+        from prometheus_client.parser import (
             text_string_to_metric_families,
         )
     out = []

@@ -13,12 +13,12 @@ import logging
 import random
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
-from sqlalchemy import DateTime, Integer, bindparam, func, select, text, update
+from sqlalchemy import DateTime, Integer, Table, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from otel_lab import faults
@@ -62,7 +62,8 @@ def _fail_first_attempt(key: str) -> bool:
     return True
 
 
-_orders = Order.__table__
+# Declarative tables are typed FromClause; update() wants the Table they are.
+_orders = cast(Table, Order.__table__)
 _items = OrderItem.__table__
 _ITEM_COLUMNS = ("sku", "name", "quantity", "unit_price", "line_total")
 
@@ -133,12 +134,13 @@ def _line_arrays(lines: Sequence[Line]) -> dict[str, list[Any]]:
 
 async def _stored_order(
     connection: AsyncConnection, key: str
-) -> tuple[Mapping[str, Any], list] | None:
+) -> tuple[Mapping[str, Any], list[Any]] | None:
     result = await connection.execute(_ORDER_BY_KEY, {"key": key})
     found = result.first()
     if found is None:
         return None
-    return found._mapping, (await _items_of(connection, [found.id]))[found.id]
+    row = cast(Mapping[str, Any], found._mapping)  # RowMapping: keys are column names
+    return row, (await _items_of(connection, [found.id]))[found.id]
 
 
 async def _create_order(

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import cast
 
 from opentelemetry import trace
-from sqlalchemy import Row, Select, bindparam, func, select
+from sqlalchemy import Row, Select, Table, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -94,7 +95,8 @@ class UserRepository:
             await self.session.flush()
 
 
-_users = User.__table__
+# Declarative tables are typed FromClause; insert() wants the Table they are.
+_users = cast(Table, User.__table__)
 _todos = Todo.__table__
 # Built once: a statement object keeps its cache key, so executing it skips even that.
 _GET_USER = select(_users).where(_users.c.id == bindparam("user_id"))
