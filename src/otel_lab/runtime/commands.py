@@ -53,7 +53,7 @@ def running_state(directory: Path) -> dict[str, Any] | None:
         state: dict[str, Any] = json.loads((directory / RUN_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return state if psutil.pid_exists(int(state["pid"])) else None
+    return state if _alive(int(state["pid"])) else None
 
 
 def show_version(value: bool) -> None:
@@ -64,14 +64,16 @@ def show_version(value: bool) -> None:
 
 
 # --------------------------------------------------------------------------- logs
-def _tail(path: Path, lines: int) -> list[str]:
-    with path.open(errors="replace") as f:
-        return list(deque(f, maxlen=lines)) if lines > 0 else []
+def _tail(path: Path, lines: int) -> tuple[list[str], int]:
+    """The last ``lines`` lines of ``path``, and the offset where they end."""
+    with path.open("rb") as f:
+        last = deque(f, maxlen=lines) if lines > 0 else deque(f, maxlen=0)
+        return [line.decode(errors="replace") for line in last], f.tell()
 
 
-def _follow(paths: dict[str, Path], prefix: bool) -> None:
-    """Print what is appended to ``paths`` until Ctrl-C (a rotated file is reopened)."""
-    offsets = {name: path.stat().st_size if path.exists() else 0 for name, path in paths.items()}
+def _follow(paths: dict[str, Path], offsets: dict[str, int], prefix: bool) -> None:
+    """Print what is appended to ``paths`` after ``offsets`` until Ctrl-C (a rotated file
+    starts over)."""
     try:
         while True:
             for name, path in paths.items():
@@ -89,6 +91,7 @@ def _follow(paths: dict[str, Path], prefix: bool) -> None:
                 offsets[name] = size
                 for line in chunk.decode(errors="replace").splitlines():
                     out.print(f"{name} | {line}" if prefix else line, markup=False)
+                out.file.flush()  # into a pipe (`| grep`) as it comes
             time.sleep(0.25)
     except KeyboardInterrupt:
         pass
@@ -114,12 +117,15 @@ def logs(
         raise typer.Exit(1)
     chosen = {name: available[name]} if name is not None else available
     prefix = name is None
+    offsets = {}
     for child, path in chosen.items():
-        for line in _tail(path, lines):
+        tail, offsets[child] = _tail(path, lines)
+        for line in tail:
             text = line.rstrip("\n")
             out.print(f"{child} | {text}" if prefix else text, markup=False)
+    out.file.flush()
     if follow:
-        _follow(chosen, prefix)
+        _follow(chosen, offsets, prefix)
 
 
 # --------------------------------------------------------------------------- stop
@@ -133,14 +139,21 @@ def stop(data_dir: DataDirOption = None) -> None:
     pid = int(state["pid"])
     out.print(f"stopping `otel-lab up` (pid {pid}) ...")
     os.kill(pid, signal.SIGTERM)
-    try:
-        psutil.Process(pid).wait(STOP_TIMEOUT_SECONDS)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        err.print(f"`otel-lab up` (pid {pid}) did not stop within {STOP_TIMEOUT_SECONDS:g} s")
-        raise typer.Exit(1) from None
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            err.print(f"`otel-lab up` (pid {pid}) did not stop within {STOP_TIMEOUT_SECONDS:g} s")
+            raise typer.Exit(1)
+        time.sleep(0.2)
     out.print("stopped")
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not merely a zombie its parent has yet to reap."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 # --------------------------------------------------------------------------- open
