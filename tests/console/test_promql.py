@@ -100,3 +100,10 @@ def test_bad_queries_are_errors(query: str) -> None:
 def test_division_by_zero_is_nan_or_inf() -> None:
     assert math.isnan(run("0 / 0"))  # type: ignore[arg-type]
     assert run("1 / 0") == math.inf
+
+
+@pytest.mark.parametrize("query", ["absent( )", "- x[5m]", "(" * 3000 + "1" + ")" * 3000])
+def test_odd_queries_are_query_errors_not_crashes(query: str) -> None:
+    """Whatever a user types is a PromQLError (the API's 400), never another exception."""
+    with pytest.raises(PromQLError):
+        Evaluator(source()).instant(parse(query), 120 * S)

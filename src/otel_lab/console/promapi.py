@@ -75,19 +75,25 @@ def _time(value: str | None, default: float) -> float:
     if value is None or value == "":
         return default
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         ns = queries.parse_time(value, "time")
         return ns / 1e9 if ns is not None else default
+    if not math.isfinite(seconds) or abs(seconds) > 1e11:
+        raise queries.QueryError(f"time={value[:32]!r}: use unix seconds or RFC 3339")
+    return seconds
 
 
 def _step(value: str | None, span: float) -> float:
     if not value:
         return max(1.0, span / 250)
     try:
-        return float(value)
+        step = float(value)
     except ValueError:
-        return promql.parse_duration_ms(value) / 1000
+        step = promql.parse_duration_ms(value) / 1000
+    if not 0.001 <= step <= 366 * 86400:
+        raise promql.PromQLError(f"step={value[:32]!r}: use a duration like 15s, or seconds")
+    return step
 
 
 def _fmt(v: float) -> str:

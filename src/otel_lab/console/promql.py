@@ -430,7 +430,10 @@ def parse(text: str) -> Any:
     if tree is None:
         if len(text) > 20_000:
             raise PromQLError("query too long")
-        tree = _Parser(text).parse()
+        try:
+            tree = _Parser(text).parse()
+        except RecursionError:
+            raise PromQLError("query nested too deeply") from None
         if len(_PARSED) > 2000:
             _PARSED.clear()
         _PARSED[text] = tree
@@ -500,7 +503,14 @@ class Evaluator:
 
     def instant(self, tree: Any, t_ms: int) -> float | Vector:
         """A scalar, or a vector of (labels, value)."""
-        value = self.eval(tree, t_ms)
+        try:
+            value = self.eval(tree, t_ms)
+        except PromQLError:
+            raise
+        except (ValueError, TypeError, IndexError, OverflowError, RecursionError) as exc:
+            # An odd combination the subset does not check for up front: still the query's
+            # fault, not the console's.
+            raise PromQLError(f"cannot evaluate this query: {type(exc).__name__}: {exc}") from None
         if isinstance(value, str):
             raise PromQLError("a query cannot return a string")
         if isinstance(value, _Range):
