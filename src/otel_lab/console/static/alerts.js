@@ -38,7 +38,7 @@
       tbody.append(h("tr", { class: rule.state === "firing" ? "err" : "", dataset: { alert: rule.name } },
         h("td", null, rule.name), h("td", null, badge(rule.state)), h("td", null, rule.severity || ""),
         h("td", null, rule.active_since ? C.fmtTime(rule.active_since * 1e9, false) : "–"),
-        h("td", { class: "muted" }, rule.group), h("td", null, (rule.alerts[0] && rule.alerts[0].annotations.summary) || rule.summary || "")));
+        h("td", { class: "muted" }, rule.group), h("td", null, (rule.alerts[0] && rule.alerts[0].annotations.summary) || (rule.summary || "").replace(/\{\{\s*\$labels\.(\w+)\s*\}\}/g, "‹$1›"))));
       if (rule.state !== "inactive" || rule.recently_resolved.length || rule.error) tbody.append(detail(rule));
     }
     C.showError($("#error"), null);
