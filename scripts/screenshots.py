@@ -1,10 +1,12 @@
-"""Screenshots for docs/walkthrough.md, taken from a real run in Chromium.
+"""Screenshots for the README and docs/walkthrough.md, taken from a real run in Chromium.
 
 Starts the whole system with ``otel-lab up`` (free ports, a throwaway data dir), drives
-traffic through the gateway, switches each fault on through the console's API, waits until the
-dashboard panel and the alert react, and photographs the pages a newcomer would look at:
+traffic through the gateway, photographs the README's pages (the traces list, one service
+chain trace, the service map, the overview dashboard), then switches each fault on through
+the console's API, waits until the dashboard panel and the alert react, and photographs the
+pages a newcomer would look at. Re-run it when the UI changes:
 
-    .venv/bin/python scripts/screenshots.py            # writes docs/images/walkthrough-*.png
+    .venv/bin/python scripts/screenshots.py   # writes docs/images/console-*.png, walkthrough-*.png
 
 Needs Debian's chromium (/usr/bin/chromium) and the project venv (playwright).
 """
@@ -68,6 +70,15 @@ def marked_span(ui: httpx.Client, fault: str) -> str:
     return f"/trace/{trace['trace_id']}?span={span['span_id']}"
 
 
+def chain_trace(gateway: str) -> str:
+    """The trace id of one service-chain request, once the console has all of it."""
+    response = httpx.post(
+        f"{gateway}/api/v1/process", json={"user_id": 1001, "action": "picture"}, timeout=15
+    )
+    time.sleep(3)
+    return response.headers["traceresponse"].split("-")[1]
+
+
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
@@ -87,10 +98,17 @@ def main() -> None:
                 page.wait_for_load_state("networkidle")
                 time.sleep(1.5)
                 target = page.locator(selector).first if selector else page
-                target.screenshot(path=str(OUT / f"walkthrough-{name}.png"))
-                print("wrote", OUT / f"walkthrough-{name}.png")
+                file = OUT / (name if name.endswith(".png") else f"walkthrough-{name}.png")
+                target.screenshot(path=str(file))
+                print("wrote", file)
 
             time.sleep(40)  # a baseline before any fault
+            # The README's pictures.
+            shot("/", "console-traces.png")
+            shot(f"/trace/{chain_trace(system.url('gateway'))}", "console-trace.png")
+            shot("/map", "console-service-map.png")
+            shot("/dashboards?uid=otel-lab-overview&window=5m", "console-dashboard.png")
+            # The walkthrough's.
             shot("/dashboards?uid=otel-lab-overview&window=5m", "1-overview")
             # Scenario 1: slow database.
             ui.post("/api/scenarios/slow-database", json={"enabled": True})
