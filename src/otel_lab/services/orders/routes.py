@@ -83,12 +83,13 @@ def _out(order: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[s
     return OrderOut.model_validate({**order, "items": items}).model_dump(mode="json")
 
 
+_SLOW_QUERY = text("SELECT pg_sleep(:seconds)")  # the slow-database fault (otel_lab.faults)
+
 # One statement for the order and its lines (data-modifying CTEs): atomic on its own, one
 # round trip, and one cached statement whatever the number of lines. An idempotency key that
 # already has an order inserts nothing and returns no row. Written as text because
 # SQLAlchemy 2.0 does not cache its PostgreSQL ``insert().on_conflict_*`` constructs (each
 # call would compile the statement again: about a fifth of this service's CPU).
-_SLOW_QUERY = text("SELECT pg_sleep(:seconds)")  # the slow-database fault (otel_lab.faults)
 _INSERT_ORDER = text(
     """
     WITH new_order AS (
