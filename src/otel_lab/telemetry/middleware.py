@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -75,8 +74,8 @@ class _HeaderGetter(Getter[dict[str, str]]):
         value = carrier.get(key)
         return [value] if value is not None else None
 
-    def keys(self, carrier: dict[str, str]) -> Iterable[str]:
-        return carrier.keys()
+    def keys(self, carrier: dict[str, str]) -> list[str]:
+        return list(carrier)
 
 
 _getter = _HeaderGetter()
@@ -249,8 +248,11 @@ class TelemetryMiddleware:
             if status_code >= 500:
                 span.set_status(Status(StatusCode.ERROR))
                 error_type = error_type or str(status_code)
-            final = {HTTP_RESPONSE_STATUS_CODE: status_code}
-            duration_attributes = {HTTP_REQUEST_METHOD: known_method, **final}
+            final: dict[str, str | int] = {HTTP_RESPONSE_STATUS_CODE: status_code}
+            duration_attributes: dict[str, str | int] = {
+                HTTP_REQUEST_METHOD: known_method,
+                **final,
+            }
             if route is not None:
                 span.update_name(f"{span_method} {route}")
                 final[HTTP_ROUTE] = duration_attributes[HTTP_ROUTE] = route
