@@ -8,10 +8,20 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from otel_lab import __version__
+
+
+class TelemetryDefaults(TypedDict):
+    """What ``setup_telemetry`` takes from the settings; ``OTEL_*`` variables override it."""
+
+    service_version: str
+    environment: str
+    log_level: str
 
 
 class Settings(BaseSettings):
@@ -130,6 +140,13 @@ class Settings(BaseSettings):
         if url and url.startswith(("postgresql://", "postgres://")):
             return "postgresql+psycopg://" + url.split("://", 1)[1]
         return url
+
+    def telemetry_defaults(self) -> TelemetryDefaults:
+        return {
+            "service_version": __version__,
+            "environment": self.environment,
+            "log_level": self.log_level,
+        }
 
     def url_of(self, port: int, explicit: str | None) -> str:
         return (explicit or f"http://{self.host}:{port}").rstrip("/")

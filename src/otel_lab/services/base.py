@@ -203,12 +203,7 @@ def create_service(
 ) -> FastAPI:
     """A FastAPI app with the shared telemetry, `/health`, `/ready`, `/metrics` and errors."""
     settings = get_settings()
-    setup_telemetry(
-        service_name,
-        service_version=__version__,
-        environment=settings.environment,
-        log_level=settings.log_level,
-    )
+    setup_telemetry(service_name, **settings.telemetry_defaults())
     checks = dict(readiness_checks or {})
 
     @asynccontextmanager

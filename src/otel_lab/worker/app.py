@@ -23,7 +23,6 @@ from celery.signals import (
 )
 from prometheus_client import Counter, Histogram, start_http_server
 
-from otel_lab import __version__
 from otel_lab.settings import get_settings
 from otel_lab.telemetry import setup_telemetry, shutdown_telemetry
 from otel_lab.telemetry.metrics import LATENCY_BUCKETS
@@ -46,12 +45,7 @@ _task_started: dict[str, float] = {}
 @worker_process_init.connect
 def _start_telemetry(**_: Any) -> None:
     settings = get_settings()
-    setup_telemetry(
-        SERVICE_NAME,
-        service_version=__version__,
-        environment=settings.environment,
-        log_level=settings.log_level,
-    )
+    setup_telemetry(SERVICE_NAME, **settings.telemetry_defaults())
 
 
 @worker_init.connect
