@@ -6,8 +6,9 @@ from a separate process, and reads the CPU time (user + system, ``/proc/<pid>/st
 gateway, user-service, order-service and audit-service spent per request. A bare
 ``GET /health`` on the gateway is measured in the same system, before and after the chain,
 as the unit that survives this host's drift: "the chain costs N health requests".
-What the processes spend while idle (measured for a few seconds first: timers, scrapes)
-is subtracted, so a slow moment of the host does not add background CPU to each request.
+What the processes spend while idle (timers, scrapes; measured for a few seconds after a
+warm-up has settled) is subtracted, so a slow moment of the host does not add background
+CPU to each request.
 
     .venv/bin/python scripts/bench_system.py                    # off and on, 8 s each
     .venv/bin/python scripts/bench_system.py --variants off --duration 5
@@ -136,7 +137,10 @@ def bench_variant(env: dict[str, str], args) -> dict[str, Run]:
         check = httpx.post(chain_url, content=CHAIN_BODY,
                            headers={"Content-Type": "application/json"}, timeout=10)  # fmt: skip
         check.raise_for_status()
+        # Warm up (pools, lazy imports), let the exporters finish with the burst, then
+        # measure what the processes spend idle.
         wrk(chain_url, duration=2, connections=args.connections, body=CHAIN_BODY, tmp=Path(tmp))
+        time.sleep(4)
         idle = idle_rate(system)
         health = [measure(system, ("gateway",), gateway + "/health", None, args, Path(tmp), idle)]
         chain = measure(system, CHAIN, chain_url, CHAIN_BODY, args, Path(tmp), idle)
