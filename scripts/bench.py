@@ -43,7 +43,9 @@ class Scenario:
     processes: tuple[str, ...]  # the services whose CPU a request costs
     method: str = "GET"
     body: str | None = None
-    target: float | None = None  # the maximum CPU ratio on/off
+    target: float | None = None  # the maximum CPU ratio on/off (telemetry's cost)
+    # The most CPU a request may cost, off and on, in ms (the system's own cost).
+    budget_ms: tuple[float, float] | None = None
 
 
 SCENARIOS = (
@@ -57,6 +59,7 @@ SCENARIOS = (
         method="POST",
         body='{"user_id": 1001, "action": "bench"}',
         target=1.25,
+        budget_ms=(10.0, 13.0),
     ),
 )
 
@@ -217,6 +220,13 @@ def report(
             f" {f'<={scenario.target:.2f}':>7} {rps_off:9.0f} {rps_on:9.0f}"
             f" {rps_on / rps_off:6.2f} {console:15.1f}  {verdict}"
         )
+        if scenario.budget_ms:
+            budget_off, budget_on = scenario.budget_ms
+            print(
+                f"    CPU per request, all {len(scenario.processes)} processes: off"
+                f" {cpu_off / 1000:.1f} ms (budget <= {budget_off:g} ms), on"
+                f" {cpu_on / 1000:.1f} ms (budget <= {budget_on:g} ms)"
+            )
         errors = sum(s.errors for s in so + sn)
         if errors:
             print(f"    ({errors} non-2xx answers in this scenario)")

@@ -39,7 +39,7 @@ ZERO_CODE_ENV: dict[str, str] = {
     "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "health,ready,metrics",
     # The upstream talks to no database, cache or broker: loading those instrumentors only
     # costs start-up time. This is the knob for "what to turn off".
-    "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "sqlalchemy,redis,celery,httpx,httpx2",
+    "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "sqlalchemy,redis,celery,httpx,httpx2,aiohttp-client",
 }
 
 
