@@ -161,6 +161,10 @@ def test_dashboards_fill_from_the_running_system(
     latency = panels["Request latency p50 / p95"]
     assert {s["labels"]["job"] for s in latency["series"]} >= {"gateway", "api"}
     assert latency["links"] and len(latency["links"][0]["trace_id"]) == 32
+    assert "kind" not in latency["links"][0]  # an exemplar of the latency histogram
+    # A counter has no exemplars: the panel links to each service's slowest and failed traces.
+    errors = panels["Error rate (5xx)"]["links"]
+    assert {link["kind"] for link in errors} == {"slowest", "failed"}, errors
 
     board = ui.get("/api/dashboards/otel-lab-services", params={"window": "5m"}).json()
     by_title = {p["title"]: p for p in board["panels"]}

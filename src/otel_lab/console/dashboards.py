@@ -213,7 +213,9 @@ class Renderer:
             out["value"] = values[0] if len(values) == 1 else None
         if kind == "table":
             out["table"] = _table(series_out, targets)
-        out["links"] = self._exemplar_links(exprs, start_ms, end_ms)
+        out["links"] = self._exemplar_links(exprs, start_ms, end_ms) or self._job_links(
+            series_out, start_ms, end_ms
+        )
         return out
 
     def _exemplar_links(self, exprs: list[str], start_ms: int, end_ms: int) -> list[dict[str, Any]]:
@@ -245,6 +247,31 @@ class Renderer:
             }
             for e in ranked[:10]
         ]
+
+    def _job_links(
+        self, series: list[dict[str, Any]], start_ms: int, end_ms: int
+    ) -> list[dict[str, Any]]:
+        """Without exemplars (counters, gauges): the slowest and a failed trace of each
+        service the panel shows, in its time range."""
+        links: list[dict[str, Any]] = []
+        jobs = sorted({s["labels"]["job"] for s in series if s["labels"].get("job")})
+        for job in jobs[:5]:
+            for extra in ({"order": "duration"}, {"status": 2}):
+                f = queries.TraceFilter(
+                    service=job, since_ns=start_ms * 1_000_000, until_ns=end_ms * 1_000_000,
+                    limit=1, **extra,
+                )  # fmt: skip
+                for t in queries.find_traces(self.conn, f):
+                    links.append(
+                        {
+                            "trace_id": t["trace_id"],
+                            "value": t["duration_ms"] / 1000,
+                            "time": t["start_time_unix_nano"] / 1e9,
+                            "series": {"job": job},
+                            "kind": "failed" if extra.get("status") else "slowest",
+                        }
+                    )
+        return links
 
     def _traces(self, traceql: str, ctx: _Ctx, title: str) -> dict[str, Any]:
         f = traceql_filter(traceql)

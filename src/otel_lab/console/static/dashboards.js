@@ -24,8 +24,8 @@
   function traceLinks(panel) {
     if (!panel.links || !panel.links.length) return null;
     return h("p", { class: "panel-links muted" }, "Traces behind this panel: ",
-      ...panel.links.slice(0, 5).flatMap((l, i) => [i ? ", " : "",
-        C.traceLink(l.trace_id, null, `${l.trace_id.slice(0, 8)} (${C.fmtMs(l.value * 1000)})`)]));
+      ...panel.links.slice(0, 6).flatMap((l, i) => [i ? ", " : "",
+        C.traceLink(l.trace_id, null, `${l.trace_id.slice(0, 8)} (${l.kind === "failed" ? `failed, ${l.series.job}` : l.kind ? `slowest, ${l.series.job}` : C.fmtMs(l.value * 1000)})`)]));
   }
 
   function timeseries(panel) {
@@ -34,7 +34,7 @@
       name: s.name, color: PALETTE[i % PALETTE.length],
       points: s.points.map(([t, v]) => [t * 1e9, typeof v === "number" ? v : null]),
     }));
-    const markers = panel.unit === "s" ? (panel.links || []).map((l) => ({
+    const markers = panel.unit === "s" ? (panel.links || []).filter((l) => !l.kind).map((l) => ({
       x: l.time * 1e9, y: l.value, href: C.traceHref(l.trace_id), title: `trace ${l.trace_id}: ${C.fmtMs(l.value * 1000)}`,
     })) : [];
     const end = board.end * 1e9;
