@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from otel_lab.console.__main__ import parse_args
+from otel_lab.console.promapi import deploy_dir
 from otel_lab.runtime.harness import free_ports
 from otel_lab.runtime.plan import child_env
 from otel_lab.settings import Settings, get_settings
@@ -34,6 +35,8 @@ NAMES = (
     "CONSOLE_UI_PORT",
     "OTEL_LAB_POSTGRES_PORT",
     "OTEL_LAB_VALKEY_PORT",
+    "CONSOLE_DEPLOY_DIR",
+    "CONSOLE_SWITCH_INTERVAL",
 )
 
 
@@ -52,11 +55,14 @@ def test_console_and_embedded_settings_come_from_dotenv(dotenv_dir: Path) -> Non
     (dotenv_dir / ".env").write_text(
         f"CONSOLE_TOKEN={TOKEN}\nCONSOLE_RETENTION=2h\nCONSOLE_MAX_DB_MB=5\n"
         "OTEL_LAB_POSTGRES_PORT=15432\nOTEL_LAB_VALKEY_PORT=16379\n"
+        f"CONSOLE_DEPLOY_DIR={dotenv_dir / 'deploy'}\nCONSOLE_SWITCH_INTERVAL=0.002\n"
     )
     settings = Settings()
     assert settings.console_token == TOKEN
     assert (settings.console_retention, settings.console_max_db_mb) == ("2h", 5)
     assert (settings.postgres_port, settings.valkey_port) == (15432, 16379)
+    assert settings.console_switch_interval == 0.002
+    assert deploy_dir() == dotenv_dir / "deploy"
 
     args = parse_args([])  # the console's own defaults come from the same Settings
     assert (args.token, args.retention, args.max_db_mb) == (TOKEN, 7200, 5)

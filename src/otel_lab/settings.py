@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     console_scrape_targets: str = Field("", alias="CONSOLE_SCRAPE_TARGETS")
     console_scrape_interval: float = Field(10.0, ge=0, alias="CONSOLE_SCRAPE_INTERVAL")
     console_rules_interval: float = Field(15.0, gt=0, alias="CONSOLE_RULES_INTERVAL")
+    # Rules over long ranges are evaluated this seldom, in seconds.
+    console_slow_rules_interval: float = Field(300.0, gt=0, alias="CONSOLE_SLOW_RULES_INTERVAL")
+    # Where the console reads the rule files and dashboards; unset: the checkout's deploy/.
+    console_deploy_dir: Path | None = Field(None, alias="CONSOLE_DEPLOY_DIR")
+    # The console's interpreter thread switch interval (docs/console.md).
+    console_switch_interval: float = Field(0.001, gt=0, alias="CONSOLE_SWITCH_INTERVAL")
 
     # Where services find each other; default to the local ports above.
     api_url: str | None = Field(None, alias="API_URL")
@@ -127,7 +133,9 @@ class Settings(BaseSettings):
         "manual", alias="INSTRUMENTATION_MODE"
     )
 
-    @field_validator("postgres_port", "valkey_port", "console_token", mode="before")
+    @field_validator(
+        "postgres_port", "valkey_port", "console_token", "console_deploy_dir", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``OTEL_LAB_POSTGRES_PORT=`` (or an empty token) means not set."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -30,11 +29,12 @@ import yaml
 
 from otel_lab.console import promql
 from otel_lab.console.promql import NAME, Labels, Matcher, MemorySource, Series, Source
+from otel_lab.settings import get_settings
 
 log = logging.getLogger("otel_lab.console.alerts")
 
 DEFAULT_INTERVAL = 15.0  # prometheus.yml evaluation_interval
-SLOW_RULE_SECONDS = float(os.environ.get("CONSOLE_SLOW_RULES_INTERVAL", "300"))
+SLOW_RULE_SECONDS = get_settings().console_slow_rules_interval
 SLOW_RANGE_MS = 30 * 60 * 1000
 HISTORY_MS = 6 * 3600 * 1000  # recorded series and ALERTS kept in memory this long
 

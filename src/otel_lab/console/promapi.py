@@ -9,7 +9,6 @@ written against Prometheus reads the console unchanged.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +21,15 @@ from otel_lab.console import dashboards, promql, queries
 from otel_lab.console.alerts import RuleEngine, RuleRunner, load_rules
 from otel_lab.console.scrape import Scraper, StoreSource, exemplars
 from otel_lab.console.store import Store
+from otel_lab.settings import get_settings
 
 
 def deploy_dir() -> Path:
     """Where the rule files and dashboards are: ``CONSOLE_DEPLOY_DIR``, or the checkout's
     ``deploy/`` (the console reads the stack's files, it has no copy of its own)."""
-    explicit = os.environ.get("CONSOLE_DEPLOY_DIR")
+    explicit = get_settings().console_deploy_dir
     if explicit:
-        return Path(explicit)
+        return explicit
     return Path(otel_lab.__file__).resolve().parents[2] / "deploy"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import sys
@@ -30,6 +29,7 @@ from otel_lab.console.scrape import DEFAULT_INTERVAL as DEFAULT_SCRAPE_INTERVAL
 from otel_lab.console.scrape import Scraper, Target
 from otel_lab.console.security import Security
 from otel_lab.console.store import Store
+from otel_lab.settings import get_settings
 
 log = logging.getLogger("otel_lab.console")
 
@@ -155,7 +155,7 @@ def run(config: ConsoleConfig, sockets: tuple[socket.socket, socket.socket] | No
     # switch interval lets a decode or a commit hold the loop up to 5 ms per hand-off; 1 ms
     # took the OTLP acknowledgement p99 from about 60 ms to under 50 ms at the same
     # throughput in scripts/bench_console.py.
-    sys.setswitchinterval(float(os.environ.get("CONSOLE_SWITCH_INTERVAL", "0.001")))
+    sys.setswitchinterval(get_settings().console_switch_interval)
     try:
         import uvloop
 
