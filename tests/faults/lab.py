@@ -53,6 +53,7 @@ PROBES = (
     Probe("item-read", "GET", "/items/{item}", threads=2),  # api, Valkey cache, PostgreSQL
     Probe("item-write", "POST", "/items", body={"name": "steady"}),  # + the broker
     Probe("users", "GET", "/users?limit=5"),  # user-service, PostgreSQL
+    Probe("weather", "GET", "/weather/London"),  # api, the weather upstream
     Probe(
         "chain",
         "POST",
@@ -228,7 +229,18 @@ FAULTS = (
         may_fail={"users": ("user-service",), "chain": ("user-service",)},
     ),
     Fault("worker killed (SIGKILL)", "worker", "kill"),
-    Fault("weather upstream killed (SIGKILL)", "weather-upstream", "kill"),
+    Fault(
+        "weather upstream killed (SIGKILL)",
+        "weather-upstream",
+        "kill",
+        may_fail={"weather": ("weather",)},
+    ),
+    Fault(
+        "weather upstream hung (SIGSTOP)",
+        "weather-upstream",
+        "stop",
+        may_fail={"weather": ("weather",)},
+    ),
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
@@ -39,19 +40,41 @@ def slugify(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:220]
 
 
-def requeue_pending_items(older_than_seconds: float = 30.0) -> int:
-    """Queue enrichment again for items left pending, e.g. written while the broker was down.
+# item id -> when this process last queued it again (time.monotonic()).
+_requeued: dict[int, float] = {}
+REQUEUE_BATCH = 500
 
-    Enrichment is idempotent, so a task that was in fact still queued does no harm.
+
+def requeue_pending_items(older_than_seconds: float = 30.0) -> int:
+    """Queue enrichment again for items left pending, e.g. written while the broker was down
+    or whose task died with a worker: the mechanism that makes "0 enrichments lost" hold.
+
+    Enrichment is idempotent, so a task that was in fact still queued does no harm; but an
+    item is queued again at most once per ``max(60 s, 5 sweeps)``. Without that, a backlog
+    longer than one sweep gets a copy of every pending task each sweep, which lengthens the
+    backlog: under load the queue would grow without end and nothing would be enriched.
     """
+    now = time.monotonic()
+    again_after = max(60.0, 5 * older_than_seconds)
+    for item_id, when in list(_requeued.items()):
+        if now - when > again_after:
+            del _requeued[item_id]
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
     with tracer.start_as_current_span("items.requeue_pending") as span:
         with Session(_engine()) as session:
-            pending = session.scalars(
-                select(Item.id).where(Item.status == "pending", Item.created_at < cutoff)
-            ).all()
+            pending = [
+                item_id
+                for item_id in session.scalars(
+                    select(Item.id)
+                    .where(Item.status == "pending", Item.created_at < cutoff)
+                    .order_by(Item.id)
+                    .limit(REQUEUE_BATCH + len(_requeued))
+                )
+                if item_id not in _requeued
+            ][:REQUEUE_BATCH]
         for item_id in pending:
             item_enrichment.delay(item_id)
+            _requeued[item_id] = now
         span.set_attribute("items.requeued", len(pending))
     if pending:
         logger.info("pending_items_requeued", extra={"count": len(pending)})
