@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import psutil
+import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -97,6 +98,8 @@ def soak(system: RunningSystem, traffic: Traffic, minutes: float) -> None:
         r for r in results if r.status >= 500 and not any(a <= r.start <= b for a, b in windows)
     ]
     print(table(outcomes))
+    queue = redis.Redis.from_url(system.redis_url, socket_timeout=2).llen("celery")
+    print(f"\ntasks still queued at the end: {queue}")
     rate = len(results) / (time.monotonic() - started)
     print(f"\nrequests: {len(results)} ({rate:.1f}/s), 5xx outside fault windows: {len(outside)}")
     for r in outside[:10]:
@@ -117,11 +120,14 @@ def main() -> None:
     parser.add_argument(
         "--pause", type=float, default=0.2, help="seconds between a probe's requests (0.2)"
     )
+    parser.add_argument(
+        "--data-dir", type=Path, help="keep data and logs here (default: a temp dir)"
+    )
     args = parser.parse_args()
     env = {"PENDING_SWEEP_SECONDS": "2"}
     with (
         tempfile.TemporaryDirectory(prefix="otel-lab-faults-") as tmp,
-        running_system(Path(tmp), env=env) as system,
+        running_system(args.data_dir or Path(tmp), env=env) as system,
     ):
         traffic = Traffic(system, pause=args.pause).start()
         try:
