@@ -94,8 +94,12 @@ def soak(system: RunningSystem, traffic: Traffic, minutes: float) -> None:
             samples.append((time.monotonic() - started, rss_by_child(system)))
             time.sleep(10)
     results = traffic.between(started, time.monotonic())
+    # A request in flight at any moment of a fault's window counts as inside it (one sent
+    # just before a kill reaches the killed process just after it).
     outside = [
-        r for r in results if r.status >= 500 and not any(a <= r.start <= b for a, b in windows)
+        r
+        for r in results
+        if r.status >= 500 and not any(r.start <= b and r.end >= a for a, b in windows)
     ]
     print(table(outcomes))
     queue = redis.Redis.from_url(system.redis_url, socket_timeout=2).llen("celery")
