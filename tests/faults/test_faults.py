@@ -25,6 +25,10 @@ import pytest
 from otel_lab.runtime.harness import RunningSystem, running_system
 from tests.faults.lab import FAULTS, Fault, Traffic, run_fault
 
+# Starting the system (in the first test) and a killed service's import can each take a
+# minute on a busy 2-core machine; the enrichment check waits up to another.
+pytestmark = pytest.mark.timeout(420)
+
 RECOVER_SECONDS = 15.0
 """Clean traffic again this soon after a fault ends (a killed child: once it serves again;
 the gateway's breaker for a service that was down stays open up to 10 s)."""
