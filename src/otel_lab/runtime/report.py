@@ -91,4 +91,9 @@ def _otlp(supervisor: Supervisor, endpoint: str, env: Mapping[str, str]) -> logg
         )
     )
     _providers.extend((meters, loggers))
-    return LoggingHandler(logger_provider=loggers)
+
+    class Handler(LoggingHandler):
+        def flush(self) -> None:
+            """Not at exit: the console is stopped by then, and the batch exports anyway."""
+
+    return Handler(logger_provider=loggers)
