@@ -220,7 +220,7 @@ FAULTS = (
         "api killed (SIGKILL)",
         "api",
         "kill",
-        may_fail={"item-read": ("api",), "item-write": ("api",)},
+        may_fail={"item-read": ("api",), "item-write": ("api",), "weather": ("api",)},
     ),
     Fault(
         "user-service killed (SIGKILL)",
