@@ -629,15 +629,17 @@ def _metric_info(row: tuple[Any, ...], services: list[str]) -> dict[str, Any]:
 
 
 def list_metrics(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    # Metrics first: a metric and its services are committed together, so every metric read
+    # here has its services in the next read (the other order could see a metric without).
+    rows = conn.execute(
+        "SELECT id, name, type, unit, description, is_monotonic, temporality FROM metrics"
+        " ORDER BY name"
+    ).fetchall()
     services: dict[int, list[str]] = {}
     for mid, service in conn.execute(
         "SELECT metric_id, service_name FROM metric_services ORDER BY service_name"
     ):
         services.setdefault(mid, []).append(service)
-    rows = conn.execute(
-        "SELECT id, name, type, unit, description, is_monotonic, temporality FROM metrics"
-        " ORDER BY name"
-    )
     return [_metric_info(r, services.get(r[0], [])) for r in rows]
 
 
