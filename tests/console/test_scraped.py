@@ -48,7 +48,7 @@ def traffic(gateway: httpx.Client) -> list[str]:
     """Requests that touch every metric asserted below: a miss then hits on the items cache,
     a worker task, the user -> order -> audit chain (circuit breakers), a 5xx."""
     trace_ids = []
-    for i in range(3):
+    for i in range(4):
         created = gateway.post("/items", json={"name": f"scraped {i}", "description": "d"})
         assert created.status_code == 201, created.text
         item = created.json()["id"]
@@ -58,6 +58,11 @@ def traffic(gateway: httpx.Client) -> list[str]:
             trace_ids.append(response.headers["traceresponse"].split("-")[1])
         gateway.post("/api/v1/process", json={"user_id": 1001 + i, "action": "scrape"})
         gateway.get("/error-simulation", params={"probability": 1})
+        if i == 0:
+            # The first round creates the series; rate() counts only what a series gains
+            # after its first sample (in Prometheus too), so let a few scrapes (1 s apart)
+            # see them before the other rounds make them grow.
+            time.sleep(3)
     return trace_ids
 
 
