@@ -127,3 +127,22 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     assert code == 0, f"console exited with {code}:\n{instance.log_path.read_text()}"
     log = instance.log_path.read_text()
     assert "Traceback" not in log, log
+
+
+# ----------------------------------------------------------------------------- Chromium
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright (no browser download), one per test module."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield instance
+        instance.close()

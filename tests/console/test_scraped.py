@@ -203,29 +203,18 @@ def test_bad_promql_is_a_400(ui: httpx.Client) -> None:
 
 
 # ----------------------------------------------------------------------------- in a browser
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
-def page(system: RunningSystem) -> Any:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("apt-get install chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        context = browser.new_context(
-            base_url=system.url("console"), viewport={"width": 1400, "height": 900}
-        )
-        context.set_default_timeout(15_000)
-        pg = context.new_page()
-        errors: list[str] = []
-        pg.on("pageerror", lambda exc: errors.append(str(exc)))
-        yield pg
-        browser.close()
-        assert errors == []
+def page(system: RunningSystem, browser: Any) -> Any:
+    context = browser.new_context(
+        base_url=system.url("console"), viewport={"width": 1400, "height": 900}
+    )
+    context.set_default_timeout(15_000)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield pg
+    context.close()
+    assert errors == []
 
 
 def test_dashboards_page(page: Any, traffic: list[str]) -> None:
