@@ -36,7 +36,7 @@ from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, S
 from opentelemetry.semconv.attributes.url_attributes import URL_PATH, URL_QUERY, URL_SCHEME
 from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_ORIGINAL
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from opentelemetry.util.http import get_excluded_urls
+from opentelemetry.util.http import PARAMS_TO_REDACT, get_excluded_urls
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_lab.telemetry import metrics as prom
@@ -62,8 +62,9 @@ def _known_methods() -> frozenset[str]:
     return methods or _DEFAULT_KNOWN_METHODS
 
 
-# Query parameters whose values semconv says to redact in ``url.query``.
-_SENSITIVE_QUERY_KEYS = frozenset(("AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"))
+# The query parameters semconv says to redact in ``url.query`` (the contrib instrumentations'
+# own list).
+_SENSITIVE_QUERY_KEYS = frozenset(PARAMS_TO_REDACT)
 # The request headers the middleware reads besides the propagators' own; the rest are
 # never decoded.
 _OWN_HEADERS = frozenset((b"x-request-id", b"user-agent", b"host"))
