@@ -39,9 +39,10 @@ from pathlib import Path
 import httpx
 import psutil
 
+from otel_lab import registry
 from otel_lab.runtime.harness import RunningSystem, running_system, start_system
 
-CHAIN = ("gateway", "user-service", "order-service", "audit-service")
+CHAIN = ("gateway", *registry.CHAIN)
 CHAIN_BODY = '{"user_id": 1001, "action": "bench"}'
 TICKS = os.sysconf("SC_CLK_TCK")
 TARGET_MS = {"off": 10.0, "on": 13.0}  # issue 10

@@ -13,7 +13,7 @@ from typing import Literal, TypedDict
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from otel_lab import __version__
+from otel_lab import __version__, registry
 
 
 class TelemetryDefaults(TypedDict):
@@ -35,15 +35,17 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, alias="DATABASE_URL")
     redis_url: str | None = Field(None, alias="REDIS_URL")
 
-    # Ports (embedded mode binds 127.0.0.1).
+    # Ports (embedded mode binds 127.0.0.1); the defaults are the registry's.
     host: str = Field("127.0.0.1", alias="OTEL_LAB_HOST")
-    gateway_port: int = Field(8080, alias="GATEWAY_PORT")
-    api_port: int = Field(8000, alias="API_PORT")
-    user_service_port: int = Field(5001, alias="USER_SERVICE_PORT")
-    order_service_port: int = Field(5002, alias="ORDER_SERVICE_PORT")
-    audit_service_port: int = Field(5003, alias="AUDIT_SERVICE_PORT")
-    worker_metrics_port: int = Field(9101, alias="WORKER_METRICS_PORT")
-    weather_upstream_port: int = Field(8090, alias="WEATHER_UPSTREAM_PORT")
+    gateway_port: int = Field(registry.GATEWAY.port, alias="GATEWAY_PORT")
+    api_port: int = Field(registry.API.port, alias="API_PORT")
+    user_service_port: int = Field(registry.USERS.port, alias="USER_SERVICE_PORT")
+    order_service_port: int = Field(registry.ORDERS.port, alias="ORDER_SERVICE_PORT")
+    audit_service_port: int = Field(registry.AUDIT.port, alias="AUDIT_SERVICE_PORT")
+    worker_metrics_port: int = Field(registry.WORKER.port, alias="WORKER_METRICS_PORT")
+    weather_upstream_port: int = Field(
+        registry.WEATHER_UPSTREAM.port, alias="WEATHER_UPSTREAM_PORT"
+    )
     console_otlp_port: int = Field(4318, alias="CONSOLE_OTLP_PORT")
     console_ui_port: int = Field(16686, alias="CONSOLE_UI_PORT")
     # The embedded servers' ports; unset, a free port is picked once and remembered in data_dir.
@@ -159,25 +161,15 @@ class Settings(BaseSettings):
     def url_of(self, port: int, explicit: str | None) -> str:
         return (explicit or f"http://{self.host}:{port}").rstrip("/")
 
-    @property
-    def api_base_url(self) -> str:
-        return self.url_of(self.api_port, self.api_url)
+    def port_of(self, service: registry.Service | registry.Worker) -> int:
+        """The port ``service`` listens on (its ``*_PORT`` setting)."""
+        port: int = getattr(self, service.port_field)
+        return port
 
-    @property
-    def user_service_base_url(self) -> str:
-        return self.url_of(self.user_service_port, self.user_service_url)
-
-    @property
-    def order_service_base_url(self) -> str:
-        return self.url_of(self.order_service_port, self.order_service_url)
-
-    @property
-    def audit_service_base_url(self) -> str:
-        return self.url_of(self.audit_service_port, self.audit_service_url)
-
-    @property
-    def weather_base_url(self) -> str:
-        return self.url_of(self.weather_upstream_port, self.weather_api_url)
+    def base_url(self, service: registry.Service) -> str:
+        """Where ``service`` is reached: its ``*_URL`` setting, else this host and its port."""
+        explicit: str | None = getattr(self, service.url_field) if service.url_field else None
+        return self.url_of(self.port_of(service), explicit)
 
 
 @lru_cache

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import yaml
 
+from otel_lab.registry import metrics_jobs
 from otel_lab.runtime.harness import RunningSystem
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,8 +74,7 @@ def query(ui: httpx.Client, expr: str) -> list[dict[str, Any]]:
 
 
 def test_every_target_is_scraped(ui: httpx.Client) -> None:
-    jobs = {"gateway", "api", "user-service", "order-service", "audit-service",
-            "weather-upstream", "worker"}  # fmt: skip
+    jobs = set(metrics_jobs())  # every service and the worker
 
     def all_up() -> bool:
         targets = ui.get("/api/prom/targets").json()["targets"]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from otel_lab.registry import SERVICES, WORKER
+
 from .conftest import (
     COLLECTOR_CONFIG,
     COMPOSE_DEV_FILE,
@@ -19,23 +21,15 @@ from .conftest import (
     run,
 )
 
-APP_SERVICES = {
-    # compose service: (container port, module)
-    "gateway": (8080, "otel_lab.services.gateway.app:app"),
-    "api": (8000, "otel_lab.services.api.app:app"),
-    "user-service": (5001, "otel_lab.services.users.app:app"),
-    "order-service": (5002, "otel_lab.services.orders.app:app"),
-    "audit-service": (5003, "otel_lab.services.audit.app:app"),
-}
+# compose service: (container port, module), from the registry.
+APP_SERVICES = {s.name: (s.port, f"{s.module}:{s.attr}") for s in SERVICES if s.uses_datastores}
 # Started like the services, but depends on no data store.
-STUB_SERVICES = {"weather-upstream": (8090, "otel_lab.services.weather_upstream.app:app")}
-# Ports the README documents, published on the host.
+STUB_SERVICES = {
+    s.name: (s.port, f"{s.module}:{s.attr}") for s in SERVICES if not s.uses_datastores
+}
+# Ports the README documents, published on the host: every service but the weather stub.
 DOCUMENTED_PORTS = {
-    "gateway": {8080},
-    "api": {8000},
-    "user-service": {5001},
-    "order-service": {5002},
-    "audit-service": {5003},
+    **{name: {port} for name, (port, _) in APP_SERVICES.items()},
     "grafana": {3000},
     "prometheus": {9090},
     "jaeger": {16686},
@@ -116,7 +110,7 @@ def test_health_gated_start_order(compose: dict) -> None:
                 assert services[dep].get("restart") == "no", (
                     f"{dep} is a one-shot job: restart must be 'no'"
                 )
-    for name in [*APP_SERVICES, "worker"]:
+    for name in [*APP_SERVICES, WORKER.name]:
         deps = services[name]["depends_on"]
         assert deps["postgres"]["condition"] == "service_healthy"
         assert deps["valkey"]["condition"] == "service_healthy"
@@ -138,10 +132,10 @@ def test_app_services_run_the_documented_commands(compose: dict) -> None:
         assert svc["environment"]["OTEL_LAB_HOST"] == "0.0.0.0"  # worker metrics reachable
         assert str(port) in " ".join(svc["healthcheck"]["test"])
     worker = services["worker"]
-    assert worker["command"][:4] == ["celery", "-A", "otel_lab.worker.app", "worker"]
+    assert worker["command"][:4] == ["celery", "-A", WORKER.module, "worker"]
     assert "threads" in worker["command"]
-    assert worker["environment"]["OTEL_SERVICE_NAME"] == "worker"
-    assert "9101" in " ".join(worker["healthcheck"]["test"])
+    assert worker["environment"]["OTEL_SERVICE_NAME"] == WORKER.name
+    assert str(WORKER.port) in " ".join(worker["healthcheck"]["test"])
     migrate = services["migrate"]
     assert migrate["command"] == [
         "python",
@@ -205,7 +199,7 @@ def test_collector_config_is_the_one_mounted(compose: dict) -> None:
 
 def test_dev_override(dev: dict, compose: dict) -> None:
     """Dev target, source mounted, reload, and an idle option."""
-    for name in [*APP_SERVICES, *STUB_SERVICES, "worker"]:
+    for name in [*APP_SERVICES, *STUB_SERVICES, WORKER.name]:
         svc = dev["services"][name]
         assert svc["build"]["target"] == "dev"
         assert any(v.startswith("../../src:/app/src") for v in svc["volumes"])

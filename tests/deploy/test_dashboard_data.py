@@ -32,6 +32,7 @@ import httpx
 import pytest
 import yaml
 
+from otel_lab.registry import metrics_jobs
 from otel_lab.runtime.harness import RunningSystem, free_ports
 
 from .conftest import PROMETHEUS_DIR, add_summary_lines, load_yaml, require_tool
@@ -318,15 +319,7 @@ EXECUTABLE = executable_queries()
 
 def test_scrapes_every_stack_service(live: LiveRun) -> None:
     """The jobs are the stack's service names (the dashboards filter on ``job``)."""
-    assert set(live.jobs) >= {
-        "gateway",
-        "api",
-        "user-service",
-        "order-service",
-        "audit-service",
-        "weather-upstream",
-        "worker",
-    }
+    assert set(live.jobs) >= set(metrics_jobs())
 
 
 @pytest.mark.parametrize("query", EXECUTABLE, ids=[_query_id(q) for q in EXECUTABLE])

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from otel_lab.registry import SERVICES, WORKER
+
 from .conftest import K8S_DIR, load_yaml, load_yaml_all, require_tool, run
 
 KUBERNETES_VERSION = "1.32.0"
@@ -19,7 +21,8 @@ BASE = K8S_DIR / "base"
 OVERLAYS = sorted(p.parent for p in (K8S_DIR / "overlays").glob("*/kustomization.yaml"))
 # Files that are not Kubernetes objects (Collector configs fed to configMapGenerator).
 NOT_MANIFESTS = {"kustomization.yaml", "agent.yaml", "gateway.yaml"}
-APP_DEPLOYMENTS = {"gateway", "api", "user-service", "order-service", "audit-service", "worker"}
+# The registry's services that use the data stores, and the worker.
+APP_DEPLOYMENTS = {s.name for s in SERVICES if s.uses_datastores} | {WORKER.name}
 
 
 def _kv():

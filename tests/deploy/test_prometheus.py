@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from otel_lab.registry import metrics_jobs
+
 from .conftest import (
     COLLECTOR_CONFIG,
     COMPOSE_FILE,
@@ -161,16 +163,8 @@ def test_scrape_targets_match_compose() -> None:
     config = load_yaml(CONFIG)
     compose = load_yaml(COMPOSE_FILE)["services"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    expected = {
-        "gateway": "gateway:8080",
-        "api": "api:8000",
-        "user-service": "user-service:5001",
-        "order-service": "order-service:5002",
-        "audit-service": "audit-service:5003",
-        "worker": "worker:9101",
-        "weather-upstream": "weather-upstream:8090",
-        "otel-collector": "otel-collector:8888",
-    }
+    expected = {job: f"{job}:{port}" for job, port in metrics_jobs().items()}
+    expected["otel-collector"] = "otel-collector:8888"
     for job, target in expected.items():
         assert job in jobs, f"no scrape job {job}"
         targets = [t for sc in jobs[job]["static_configs"] for t in sc["targets"]]

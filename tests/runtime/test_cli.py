@@ -16,8 +16,9 @@ import psutil
 import psycopg
 import redis
 
+from otel_lab.registry import SERVICES
 from otel_lab.runtime.harness import running_system
-from otel_lab.runtime.plan import SERVICES, setting_name
+from otel_lab.runtime.plan import setting_name
 from otel_lab.runtime.procs import free_port
 from tests.runtime.conftest import run_up_to_exit
 

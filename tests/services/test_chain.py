@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
+from otel_lab.registry import CHAIN
 from otel_lab.runtime.harness import RunningSystem
 from tests.conftest import Console, Span, ancestors, span_named, trace_id_of
 
-CHAIN_SERVICES = ("gateway", "user-service", "order-service", "audit-service")
+CHAIN_SERVICES = ("gateway", *CHAIN)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,6 +1,7 @@
-"""What ``otel-lab up`` runs: the one table of services, and how each child is started.
+"""What ``otel-lab up`` runs, and how each child is started.
 
-To add a service, add a :class:`ServiceSpec` to :data:`SERVICES`.
+The services and the worker are the registry's (``otel_lab.registry``); to add a service,
+add it there.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import otel_lab
+from otel_lab.registry import SERVICES, WORKER, Service
 from otel_lab.runtime.supervisor import (
     ChildSpec,
     PortClaim,
@@ -29,39 +31,8 @@ PACKAGE_DIR = Path(otel_lab.__file__).resolve().parent
 MIGRATIONS_INI = PACKAGE_DIR / "migrations" / "alembic.ini"
 MIGRATION_VERSIONS = PACKAGE_DIR / "migrations" / "versions"
 CONSOLE_MODULE = "otel_lab.console"
-WORKER_MODULE = "otel_lab.worker.app"
 TRAFFIC_MODULE = "otel_lab.loadgen"
 WORKER_NODE = "worker@%h"
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """An ASGI service run by uvicorn on the port held by ``port_field`` in Settings."""
-
-    name: str  # also OTEL_SERVICE_NAME and the log file name
-    module: str  # imported by uvicorn as ``module:attr``
-    port_field: str  # a Settings field, e.g. "api_port" (env API_PORT)
-    attr: str = "app"
-    health_path: str = "/health"
-    # A module with ``wrap_argv(argv, settings)`` and ``environment(settings)`` that may
-    # change how the service starts (e.g. under ``opentelemetry-instrument``).
-    launcher: str | None = None
-
-
-# Listed in start order (a group starts together); the gateway routes to the others.
-SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec(
-        "weather-upstream",
-        "otel_lab.services.weather_upstream.app",
-        "weather_upstream_port",
-        launcher="otel_lab.services.weather_upstream.launch",
-    ),
-    ServiceSpec("api", "otel_lab.services.api.app", "api_port"),
-    ServiceSpec("user-service", "otel_lab.services.users.app", "user_service_port"),
-    ServiceSpec("order-service", "otel_lab.services.orders.app", "order_service_port"),
-    ServiceSpec("audit-service", "otel_lab.services.audit.app", "audit_service_port"),
-    ServiceSpec("gateway", "otel_lab.services.gateway.app", "gateway_port"),
-)
 
 
 def setting_name(field_name: str) -> str:
@@ -171,8 +142,8 @@ def scrape_targets(settings: Settings) -> str:
     """``job=url,...`` of every service's and the worker's /metrics: what the console scrapes
     in embedded mode, with the job names Prometheus uses in stack mode."""
     host = connect_host(settings)
-    jobs = [(s.name, getattr(settings, s.port_field)) for s in SERVICES]
-    jobs.append(("worker", settings.worker_metrics_port))
+    jobs = [(s.name, settings.port_of(s)) for s in SERVICES]
+    jobs.append((WORKER.name, settings.port_of(WORKER)))
     return ",".join(f"{job}=http://{host}:{port}/metrics" for job, port in jobs)
 
 
@@ -192,8 +163,8 @@ def console_spec(settings: Settings, data_dir: Path, env: Mapping[str, str]) -> 
     )  # fmt: skip
 
 
-def service_spec(service: ServiceSpec, settings: Settings, env: Mapping[str, str]) -> ChildSpec:
-    port = getattr(settings, service.port_field)
+def service_spec(service: Service, settings: Settings, env: Mapping[str, str]) -> ChildSpec:
+    port = settings.port_of(service)
     url = f"http://{connect_host(settings)}:{port}"
     argv = [sys.executable, "-m", "uvicorn", f"{service.module}:{service.attr}",
             "--host", settings.host, "--port", str(port),
@@ -241,17 +212,17 @@ def worker_spec(
     import socket
 
     node = WORKER_NODE.replace("%h", socket.gethostname())
-    argv = [sys.executable, "-m", "celery", "-A", WORKER_MODULE, "worker",
+    argv = [sys.executable, "-m", "celery", "-A", WORKER.module, "worker",
             "--loglevel", "INFO", "--pool", "threads", "--concurrency", "2", "-Q", "celery",
             "-n", node, "--without-mingle", "--without-gossip"]  # fmt: skip
     ready = any_of(
-        log_matches(log_dir / "worker.log", r"\bready\."),
+        log_matches(log_dir / f"{WORKER.name}.log", r"\bready\."),
         every(2.0, _celery_ping(redis_url, node)),
     )
     return ChildSpec(
-        "worker", argv, env={**env, "OTEL_SERVICE_NAME": "worker"}, ready=ready,
-        ready_timeout=60.0, ports=(_claim(settings, "worker_metrics_port"),),
-        url=f"http://{connect_host(settings)}:{settings.worker_metrics_port}/metrics",
+        WORKER.name, argv, env={**env, "OTEL_SERVICE_NAME": WORKER.name}, ready=ready,
+        ready_timeout=60.0, ports=(_claim(settings, WORKER.port_field),),
+        url=f"http://{connect_host(settings)}:{settings.port_of(WORKER)}/metrics",
     )  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from pydantic import BaseModel, ValidationError
 
 from otel_lab import __version__
+from otel_lab.registry import WEATHER_UPSTREAM
 from otel_lab.services.base import error_response, record_error
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import metrics as prom
@@ -114,7 +115,7 @@ class WeatherClient:
     def from_settings(cls, settings: Settings | None = None) -> WeatherClient:
         settings = settings or get_settings()
         return cls(
-            settings.weather_base_url,
+            settings.base_url(WEATHER_UPSTREAM),
             timeout_seconds=settings.weather_timeout_seconds,
             max_retries=settings.weather_max_retries,
             backoff_seconds=settings.weather_backoff_seconds,

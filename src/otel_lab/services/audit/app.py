@@ -5,11 +5,12 @@ The audit trail; ``POST /process`` ends the chain.
 
 from __future__ import annotations
 
+from otel_lab.registry import AUDIT
 from otel_lab.services.audit import routes
 from otel_lab.services.base import create_service, database, database_ready
 from otel_lab.services.downstream import install_baggage_span_attributes
 
-SERVICE_NAME = "audit-service"
+SERVICE_NAME = AUDIT.name
 
 
 app = create_service(

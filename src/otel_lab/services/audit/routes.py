@@ -15,6 +15,7 @@ from sqlalchemy import DateTime, Integer, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 
 from otel_lab import faults
+from otel_lab.registry import CHAIN
 from otel_lab.services.audit.models import AuditLog
 from otel_lab.services.audit.schemas import MAX_ID, AuditLogOut, AuditProcessRequest
 from otel_lab.services.base import error_response, record_error
@@ -24,8 +25,6 @@ from otel_lab.telemetry.context import request_id_var
 
 tracer = trace.get_tracer("otel_lab.audit")
 router = APIRouter(tags=["audit"])
-
-CHAIN = ("user-service", "order-service", "audit-service")
 
 
 class SimulatedFailureError(RuntimeError):

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from opentelemetry import baggage, context, trace
 
+from otel_lab.registry import GATEWAY, SERVICES
 from otel_lab.services.base import create_service, error_response
 from otel_lab.services.downstream import (
     IDEMPOTENT_METHODS,
@@ -39,7 +40,7 @@ from otel_lab.telemetry.context import request_id_var
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "gateway"
+SERVICE_NAME = GATEWAY.name
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the gateway sets itself.
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -60,12 +61,8 @@ _DROP_RESPONSE = {
 
 
 def upstream_urls(settings: Settings) -> dict[str, str]:
-    return {
-        "api": settings.api_base_url,
-        "user-service": settings.user_service_base_url,
-        "order-service": settings.order_service_base_url,
-        "audit-service": settings.audit_service_base_url,
-    }
+    """Each service the gateway routes to, and where it is reached."""
+    return {s.name: settings.base_url(s) for s in SERVICES if s.paths}
 
 
 def _forward_headers(request: Request) -> dict[str, str]:

@@ -1,27 +1,16 @@
-"""The gateway's routing table: which service owns which public path. The only copy.
+"""The gateway's routing table: which service owns which public path, from the registry.
 
 A plain module (no app, no telemetry set-up), so tools and tests can read it.
 """
 
 from __future__ import annotations
 
+from otel_lab.registry import SERVICES
+
 API_PREFIX = "/api/v1"
 
-# The routing table: public path prefix -> the service that owns it. Nowhere else.
-ROUTES: dict[str, str] = {
-    "/items": "api",
-    "/analyze": "api",
-    "/weather": "api",
-    "/hello": "api",
-    "/error-simulation": "api",
-    "/db-operation": "api",
-    "/complex-operation": "api",
-    "/users": "user-service",
-    "/todos": "user-service",
-    "/process": "user-service",
-    "/orders": "order-service",
-    "/audit": "audit-service",
-}
+# The routing table: public path prefix -> the service that owns it (the registry's ``paths``).
+ROUTES: dict[str, str] = {prefix: s.name for s in SERVICES for prefix in s.paths}
 PROXY_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 

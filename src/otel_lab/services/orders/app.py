@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from otel_lab.registry import AUDIT, ORDERS
 from otel_lab.services.base import create_service, database, database_ready
 from otel_lab.services.downstream import (
     Downstream,
@@ -19,13 +20,13 @@ from otel_lab.services.downstream import (
 from otel_lab.services.orders import routes
 from otel_lab.settings import get_settings
 
-SERVICE_NAME = "order-service"
+SERVICE_NAME = ORDERS.name
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with database(app), create_client() as client:
-        app.state.audit = Downstream("audit-service", get_settings().audit_service_base_url, client)
+        app.state.audit = Downstream(AUDIT.name, get_settings().base_url(AUDIT), client)
         yield
 
 

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from otel_lab.registry import ORDERS, USERS
 from otel_lab.services.base import create_service, database, database_ready, error_response
 from otel_lab.services.downstream import (
     Downstream,
@@ -21,15 +22,13 @@ from otel_lab.services.users import chain, routes
 from otel_lab.services.users.service import DomainError
 from otel_lab.settings import get_settings
 
-SERVICE_NAME = "user-service"
+SERVICE_NAME = USERS.name
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with database(app), create_client() as client:
-        app.state.orders = Downstream(
-            "order-service", get_settings().order_service_base_url, client
-        )
+        app.state.orders = Downstream(ORDERS.name, get_settings().base_url(ORDERS), client)
         yield
 
 

@@ -25,6 +25,7 @@ from opentelemetry import context, trace
 from opentelemetry.trace import Status, StatusCode
 from sqlalchemy import Row
 
+from otel_lab.registry import CHAIN
 from otel_lab.services.base import error_response
 from otel_lab.services.downstream import (
     DownstreamError,
@@ -39,8 +40,6 @@ from otel_lab.settings import get_settings
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("otel_lab.users.chain")
 router = APIRouter(tags=["chain"])
-
-CHAIN = ("user-service", "order-service", "audit-service")
 
 
 class StepError(Exception):

@@ -32,11 +32,12 @@ from opentelemetry import trace
 from pydantic import BaseModel
 
 from otel_lab import __version__
+from otel_lab.registry import WEATHER_UPSTREAM
 from otel_lab.services.base import create_service
 from otel_lab.settings import get_settings
 from otel_lab.telemetry.logs import configure_logging
 
-SERVICE_NAME = "weather-upstream"
+SERVICE_NAME = WEATHER_UPSTREAM.name
 TITLE = "Otel Lab weather upstream"
 DESCRIPTION = "Deterministic fake weather on loopback, with cities that simulate failures."
 

@@ -17,10 +17,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from otel_lab.registry import WEATHER_UPSTREAM
 from otel_lab.settings import Settings, get_settings
 
 MODULE = "otel_lab.services.weather_upstream.app"
-SERVICE_NAME = "weather-upstream"
+SERVICE_NAME = WEATHER_UPSTREAM.name
 
 # The agent's defaults, chosen to match what the telemetry package does by hand:
 ZERO_CODE_ENV: dict[str, str] = {
