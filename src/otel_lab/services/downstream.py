@@ -11,7 +11,8 @@ What a call gets here, so no service hand-rolls its own:
   a connection that could not be made (the request never left, so any method is safe), and
   502/503/504 answers or broken connections when the call is idempotent (a safe method, or a
   call carrying an ``Idempotency-Key`` the downstream honours). Timeouts are not retried: a
-  slow service asked again is a slower service;
+  slow service asked again is a slower service. A :class:`RetryPolicy` changes that per
+  downstream (the api's weather call retries timeouts and 429 within an overall deadline);
 - a circuit breaker per downstream (closed -> open after N consecutive failures -> half-open
   after a cool-down, one trial call -> closed or open again), published as the
   ``circuit_breaker_state`` gauge and as the ``circuit_breaker.state`` span attribute;
@@ -31,7 +32,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -48,8 +49,10 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_before_delay,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 from yarl import URL
 
 from otel_lab.services.base import error_response
@@ -84,6 +87,7 @@ class DownstreamError(Exception):
         self.service = service
         self.step = step
         self.reason = reason
+        self.attempts = 0  # calls made before giving up (set by Downstream.send)
 
     def response(self, **extra: object) -> JSONResponse:
         """The JSON error a caller answers with: names the service and the failed step."""
@@ -241,6 +245,30 @@ class CircuitBreaker:
 # --------------------------------------------------------------------------- calls
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often, how far apart and on what a call to one downstream is tried again."""
+
+    attempts: int
+    backoff_seconds: float  # the first wait; each next one doubles, plus jitter
+    max_backoff_seconds: float
+    statuses: frozenset[int] = field(default=RETRY_STATUSES)  # answers retried (idempotent)
+    # Try a timed-out attempt again: off by default (a slow service asked again is slower).
+    retry_timeouts: bool = False
+    # Nothing outlives this, attempts and waits included; an attempt gets what is left.
+    deadline_seconds: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **changes: Any) -> RetryPolicy:
+        """The ``DOWNSTREAM_RETRY_*`` policy, with ``changes`` (e.g. ``statuses=frozenset()``)."""
+        policy = cls(
+            attempts=settings.downstream_retry_attempts,
+            backoff_seconds=settings.downstream_retry_backoff_seconds,
+            max_backoff_seconds=settings.downstream_retry_max_backoff_seconds,
+        )
+        return replace(policy, **changes)
+
+
 class _RetryableError(Exception):
     """Wraps a failure that another attempt may fix (only tenacity sees it)."""
 
@@ -354,10 +382,11 @@ class Downstream:
     from user-service may be about order-service, and cascading breakers would turn one
     fault into an outage of the front door), so only unreachable upstreams open its breakers.
 
-    ``retry_statuses``: answers an idempotent call is retried on. The gateway passes none:
-    an upstream's 502/503/504 already comes after that upstream's own deadline and retries
-    (a hung database is a 503 after its 1.5 s deadline), and asking again from the front
-    door would multiply the wait; it still retries connections that could not be made.
+    ``retry``: the :class:`RetryPolicy` (default: the ``DOWNSTREAM_RETRY_*`` settings). The
+    gateway retries no answers: an upstream's 502/503/504 already comes after that upstream's
+    own deadline and retries (a hung database is a 503 after its 1.5 s deadline), and asking
+    again from the front door would multiply the wait; it still retries connections that
+    could not be made.
     """
 
     def __init__(
@@ -368,7 +397,7 @@ class Downstream:
         *,
         settings: Settings | None = None,
         count_http_errors: bool = True,
-        retry_statuses: frozenset[int] = RETRY_STATUSES,
+        retry: RetryPolicy | None = None,
         timeout: float | None = None,
     ) -> None:
         self.settings = settings or get_settings()
@@ -376,7 +405,7 @@ class Downstream:
         self.base_url = base_url.rstrip("/")
         self.client = client
         self.count_http_errors = count_http_errors
-        self.retry_statuses = retry_statuses
+        self.retry = retry or RetryPolicy.from_settings(self.settings)
         self.timeout = aiohttp.ClientTimeout(
             total=timeout or self.settings.downstream_timeout_seconds,
             sock_connect=self.settings.downstream_connect_timeout_seconds,
@@ -408,13 +437,6 @@ class Downstream:
         method = method.upper()
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
-        request_kwargs: dict[str, Any] = {"params": params, "headers": headers}
-        if json is not None:
-            request_kwargs["json"] = json
-        elif content:  # no body, no Content-Type (aiohttp would add octet-stream)
-            request_kwargs["data"] = content
-        # Sent as given: the path and query were already encoded by whoever made them.
-        url = URL(self.base_url + path, encoded=True)
         started = time.perf_counter()
         with tracer.start_as_current_span(
             f"{self.name} {step}",
@@ -429,9 +451,10 @@ class Downstream:
             set_status_on_exception=False,
         ) as span:
             try:
-                response = await self._with_retries(
-                    span, method, url, step, idempotent, request_kwargs
-                )
+                response, _ = await self.send(
+                    method, path, step=step, idempotent=idempotent, json=json,
+                    content=content, params=params, headers=headers,
+                )  # fmt: skip
                 span.set_attribute("http.response.status_code", response.status_code)
                 if raise_for_status and response.status_code >= 400:
                     raise DownstreamHTTPError(
@@ -450,26 +473,64 @@ class Downstream:
                     time.perf_counter() - started
                 )
 
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        step: str,
+        operation: str | None = None,
+        idempotent: bool | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[Reply, int]:
+        """The attempts of one call under the retry policy and the breaker, without a span of
+        their own: retry and breaker events go on the current span. Returns the answer and
+        how many attempts it took (a :class:`DownstreamError` carries ``attempts`` too).
+        ``operation`` labels the retry counter (default ``"<service>:<step>"``).
+        """
+        method = method.upper()
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        request_kwargs: dict[str, Any] = {"params": params, "headers": headers}
+        if json is not None:
+            request_kwargs["json"] = json
+        elif content:  # no body, no Content-Type (aiohttp would add octet-stream)
+            request_kwargs["data"] = content
+        # Sent as given: the path and query were already encoded by whoever made them.
+        url = URL(self.base_url + path, encoded=True)
+        return await self._with_retries(
+            trace.get_current_span(), method, url, step, operation or f"{self.name}:{step}",
+            idempotent, request_kwargs,
+        )  # fmt: skip
+
     async def _with_retries(
         self,
         span: trace.Span,
         method: str,
         url: URL,
         step: str,
+        operation: str,
         idempotent: bool,
         request_kwargs: dict[str, Any],
-    ) -> Reply:
-        settings = self.settings
-        backoff = settings.downstream_retry_backoff_seconds
+    ) -> tuple[Reply, int]:
+        policy = self.retry
+        stop: stop_base = stop_after_attempt(policy.attempts)
+        deadline = math.inf
+        if policy.deadline_seconds is not None:
+            stop = stop | stop_before_delay(policy.deadline_seconds)
+            deadline = time.monotonic() + policy.deadline_seconds
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(settings.downstream_retry_attempts),
+            stop=stop,
             wait=wait_exponential_jitter(
-                initial=backoff,
-                max=settings.downstream_retry_max_backoff_seconds,
-                jitter=backoff / 2,
+                multiplier=policy.backoff_seconds,
+                max=policy.max_backoff_seconds,
+                jitter=policy.backoff_seconds / 2,
             ),
             retry=retry_if_exception_type(_RetryableError),
-            before_sleep=lambda state: self._on_retry(span, step, state),
+            before_sleep=lambda state: self._on_retry(span, step, operation, state),
             reraise=True,
         )
         attempts = 0
@@ -478,34 +539,53 @@ class Downstream:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
+                    remaining = deadline - time.monotonic()
                     try:
-                        return await self._attempt(method, url, step, idempotent, request_kwargs)
+                        reply = await self._attempt(
+                            method, url, step, idempotent, request_kwargs, remaining
+                        )
+                        return reply, attempts
                     except CircuitOpenError:
                         # Opened by our own earlier attempts: the real cause says more.
                         if previous is not None and previous.error is not None:
                             raise previous.error from None
                         if previous is not None and previous.response is not None:
-                            return previous.response
+                            return previous.response, attempts - 1
                         raise
                     except _RetryableError as retryable:
                         previous = retryable
                         raise
         except _RetryableError as exhausted:
             if exhausted.error is not None:
+                exhausted.error.attempts = attempts
                 raise exhausted.error from None
             assert exhausted.response is not None
-            return exhausted.response  # the last answer, e.g. 503: the caller decides
+            return exhausted.response, attempts  # the last answer, e.g. 503: the caller decides
+        except DownstreamError as error:
+            error.attempts = attempts
+            raise
         finally:
             span.set_attribute("retry.attempts", attempts)
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     async def _attempt(
-        self, method: str, url: URL, step: str, idempotent: bool, kwargs: dict[str, Any]
+        self,
+        method: str,
+        url: URL,
+        step: str,
+        idempotent: bool,
+        kwargs: dict[str, Any],
+        remaining: float = math.inf,
     ) -> Reply:
         breaker = self.breaker
         breaker.allow(step)  # raises CircuitOpenError: never retried
+        timeout = self.timeout
+        if remaining < (timeout.total or math.inf):  # the deadline is nearer than a full try
+            timeout = aiohttp.ClientTimeout(
+                total=max(remaining, 0.001), sock_connect=timeout.sock_connect
+            )
         try:
-            async with self.client.request(method, url, timeout=self.timeout, **kwargs) as answer:
+            async with self.client.request(method, url, timeout=timeout, **kwargs) as answer:
                 response = _reply(answer, await answer.read())
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             breaker.record_failure()
@@ -514,10 +594,12 @@ class Downstream:
             raise _RetryableError(DownstreamUnavailableError(self.name, step, reason)) from exc
         except TimeoutError as exc:  # aiohttp's read timeouts are TimeoutErrors too
             breaker.record_failure()
-            seconds = self.timeout.total
-            raise DownstreamTimeoutError(
-                self.name, step, f"timed out after {seconds:g}s ({failure_name(exc)})"
-            ) from exc
+            timed_out = DownstreamTimeoutError(
+                self.name, step, f"timed out after {timeout.total:g}s ({failure_name(exc)})"
+            )
+            if self.retry.retry_timeouts:
+                raise _RetryableError(timed_out) from exc
+            raise timed_out from exc
         except aiohttp.ClientError as exc:
             breaker.record_failure()
             error = DownstreamUnavailableError(
@@ -533,11 +615,11 @@ class Downstream:
             breaker.record_failure()
         else:
             breaker.record_success()
-        if idempotent and response.status_code in self.retry_statuses:
+        if idempotent and response.status_code in self.retry.statuses:
             raise _RetryableError(response=response)
         return response
 
-    def _on_retry(self, span: trace.Span, step: str, state: RetryCallState) -> None:
+    def _on_retry(self, span: trace.Span, step: str, operation: str, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _RetryableError) and exc.response is not None:
             reason = f"status_{exc.response.status_code}"
@@ -554,7 +636,7 @@ class Downstream:
                 "retry.delay_s": round(delay, 3),
             },
         )
-        prom.API_OPERATION_RETRIES.labels(f"{self.name}:{step}", reason).inc()
+        prom.API_OPERATION_RETRIES.labels(operation, reason).inc()
         logger.info(
             "downstream_retry",
             extra={"downstream": self.name, "step": step, "attempt": state.attempt_number,

@@ -1,39 +1,46 @@
 """``GET /weather/{city}``: a real outbound HTTP call that fails well.
 
 The upstream (``WEATHER_API_URL``; by default the offline ``weather_upstream`` service) is
-called through one shared ``httpx.AsyncClient`` whose object is instrumented, so every
+called through one shared ``aiohttp`` session whose object is instrumented, so every
 attempt is a CLIENT span whose context travels in ``traceparent`` and the upstream's
 server span joins the same trace. Around the attempts, a ``weather.fetch`` span carries
 the retries as events and the outcome; ``api_operation_seconds{operation="weather.current"}``
 times the whole call.
 
-Failure policy: each attempt has its own timeout; timeouts, connection errors and
-502/503/504/429 are retried with exponential backoff and jitter; nothing outlives the
-deadline. A timeout is answered 504, any other upstream failure 502, an unknown city 404,
-each as JSON naming what went wrong.
+Failure policy (the ``WEATHER_*`` settings, carried out by ``services/downstream.py``, the
+one calling path every service uses): each attempt has its own timeout; timeouts, connection
+errors and 502/503/504/429 are retried with exponential backoff and jitter; nothing outlives
+the deadline; an upstream that keeps timing out or refusing opens a circuit breaker. A
+timeout is answered 504, an open breaker 503, any other upstream failure 502, an unknown city
+404, each as JSON naming what went wrong.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import time
 from typing import Annotated
 
-import httpx
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from pydantic import BaseModel, ValidationError
+from yarl import URL
 
 from otel_lab import __version__
 from otel_lab.registry import WEATHER_UPSTREAM
 from otel_lab.services.base import error_response, record_error
+from otel_lab.services.downstream import (
+    CircuitOpenError,
+    Downstream,
+    DownstreamError,
+    DownstreamTimeoutError,
+    Reply,
+    RetryPolicy,
+    create_client,
+)
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import metrics as prom
-from otel_lab.telemetry.setup import telemetry_enabled
 
 logger = logging.getLogger("otel_lab.api.weather")
 tracer = trace.get_tracer("otel_lab.api.weather")
@@ -42,6 +49,7 @@ router = APIRouter(tags=["weather"])
 OPERATION = "weather.current"
 UPSTREAM_PATH = "/v1/current"
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+HEADERS = {"accept": "application/json", "user-agent": f"otel-lab-api/{__version__}"}
 
 # Letters (any script) and digits, words joined by at most two of space . ' - ; it starts
 # with a letter. Keeps path tricks, control characters and markup out of logs and spans.
@@ -85,7 +93,8 @@ class UpstreamFailure(Exception):
 
 
 class WeatherClient:
-    """The upstream weather API behind timeouts, bounded retries and a deadline."""
+    """The upstream weather API behind timeouts, bounded retries, a deadline and a breaker:
+    the services' one calling path (:class:`Downstream`) with the ``WEATHER_*`` policy."""
 
     def __init__(
         self,
@@ -96,20 +105,24 @@ class WeatherClient:
         backoff_seconds: float,
         deadline_seconds: float,
     ) -> None:
-        self.base_url = base_url
-        self.timeout_seconds = timeout_seconds
-        self.max_retries = max_retries
-        self.backoff_seconds = backoff_seconds
-        self.deadline_seconds = deadline_seconds
-        self._client = httpx.AsyncClient(
-            base_url=base_url,
+        self._client = create_client()
+        # Only an upstream that cannot be reached or does not answer opens the breaker: a 5xx
+        # answer is passed on as a 502 that names it (as the gateway counts its upstreams).
+        self._upstream = Downstream(
+            WEATHER_UPSTREAM.name,
+            base_url,
+            self._client,
+            count_http_errors=False,
             timeout=timeout_seconds,
-            headers={"accept": "application/json", "user-agent": f"otel-lab-api/{__version__}"},
-            limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
+            retry=RetryPolicy(
+                attempts=1 + max_retries,
+                backoff_seconds=backoff_seconds,
+                max_backoff_seconds=deadline_seconds,
+                statuses=RETRYABLE_STATUS,
+                retry_timeouts=True,
+                deadline_seconds=deadline_seconds,
+            ),
         )
-        if telemetry_enabled():
-            # The client object, not the module: only calls through it are traced.
-            HTTPXClientInstrumentor.instrument_client(self._client)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> WeatherClient:
@@ -123,101 +136,71 @@ class WeatherClient:
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._client.close()
 
     async def current(self, city: str) -> tuple[Observation, int]:
         """The city's current weather and how many attempts it took."""
         start = time.perf_counter()
-        deadline = time.monotonic() + self.deadline_seconds
         with tracer.start_as_current_span(
             "weather.fetch",
             attributes={
                 "api.operation": OPERATION,
                 "operation.type": "external_api",
                 "weather.city": city,
-                "server.address": self._client.base_url.host,
+                "server.address": URL(self._upstream.base_url).host or "",
             },
             record_exception=False,  # recorded below, only for real failures (not a 404)
             set_status_on_exception=False,
         ) as span:
+            attempts = 0
             try:
-                observation, attempts = await self._attempts(city, span, deadline)
-                span.set_attribute("weather.attempts", attempts)
-                return observation, attempts
+                try:
+                    reply, attempts = await self._upstream.send(
+                        "GET", UPSTREAM_PATH, step="current", operation=OPERATION,
+                        params={"city": city}, headers=HEADERS,
+                    )  # fmt: skip
+                except DownstreamError as exc:
+                    attempts = exc.attempts
+                    raise _failure(exc) from exc
+                return _parse(reply, city, attempts), attempts
             except UpstreamFailure as exc:
-                span.set_attribute("weather.attempts", exc.attempts)
                 if exc.status_code >= 500:
                     record_error(exc, exc.error_type)
                 raise
             finally:
+                span.set_attribute("weather.attempts", attempts)
                 prom.API_OPERATION.labels(OPERATION).observe(
                     time.perf_counter() - start, exemplar=prom.exemplar_for(span.get_span_context())
                 )
 
-    async def _attempts(
-        self, city: str, span: trace.Span, deadline: float
-    ) -> tuple[Observation, int]:
-        attempt = 0
-        reason = "deadline"
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            attempt += 1
-            try:
-                response = await self._client.get(
-                    UPSTREAM_PATH,
-                    params={"city": city},
-                    timeout=min(self.timeout_seconds, remaining),
-                )
-            except httpx.TimeoutException:
-                reason = "timeout"
-            except httpx.TransportError as exc:
-                reason = "connection"
-                span.add_event("upstream.connection_error", {"error.type": type(exc).__name__})
-            else:
-                if response.status_code not in RETRYABLE_STATUS:
-                    return _parse(response, city, attempt), attempt
-                reason = f"status_{response.status_code}"
-            if attempt > self.max_retries:
-                break
-            # Exponential backoff with jitter, so callers retrying together spread out.
-            delay = self.backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
-            if time.monotonic() + delay >= deadline:
-                break
-            span.add_event(
-                "retry",
-                {"retry.attempt": attempt, "retry.reason": reason, "retry.backoff_s": delay},
-            )
-            prom.API_OPERATION_RETRIES.labels(OPERATION, reason).inc()
-            await asyncio.sleep(delay)
-        raise _give_up(reason, attempt)
 
-
-def _give_up(reason: str, attempts: int) -> UpstreamFailure:
+def _failure(exc: DownstreamError) -> UpstreamFailure:
+    """What a failed call means for the client of ``/weather``."""
+    attempts = exc.attempts
     tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
-    if reason in ("timeout", "deadline"):
+    if isinstance(exc, DownstreamTimeoutError):
         return UpstreamFailure(
             504, f"weather upstream timed out {tries}", "upstream_timeout", attempts
         )
-    if reason == "connection":
+    if isinstance(exc, CircuitOpenError):
         return UpstreamFailure(
-            502, f"weather upstream unreachable {tries}", "upstream_unreachable", attempts
-        )
-    status = reason.removeprefix("status_")
+            503, f"weather upstream circuit open, retry in {exc.retry_after:.0f}s",
+            "circuit_open", attempts,
+        )  # fmt: skip
     return UpstreamFailure(
-        502, f"weather upstream failed with status {status} {tries}", "upstream_error", attempts
+        502, f"weather upstream unreachable {tries}", "upstream_unreachable", attempts
     )
 
 
-def _parse(response: httpx.Response, city: str, attempts: int) -> Observation:
-    """A final (non-retryable) answer: the observation, or the failure it stands for."""
+def _parse(response: Reply, city: str, attempts: int) -> Observation:
+    """A final answer: the observation, or the failure it stands for."""
     if response.status_code == 404:
         raise UpstreamFailure(404, f"unknown city: {city}", "city_not_found", attempts)
     if response.status_code != 200:
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
         raise UpstreamFailure(
             502,
-            f"weather upstream failed with status {response.status_code}",
+            f"weather upstream failed with status {response.status_code}{tries}",
             "upstream_error",
             attempts,
         )

@@ -31,6 +31,7 @@ from otel_lab.services.downstream import (
     Downstream,
     DownstreamError,
     Reply,
+    RetryPolicy,
     create_client,
     probe,
 )
@@ -150,16 +151,16 @@ async def not_found(request: Request) -> JSONResponse:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    timeout = get_settings().gateway_upstream_timeout_seconds
+    settings = get_settings()
+    timeout = settings.gateway_upstream_timeout_seconds
+    retry = RetryPolicy.from_settings(settings, statuses=frozenset())
     client = create_client()
     app.state.client = client
     # Only unreachable upstreams count against the gateway's breakers and are retried; an
     # upstream's own 5xx answer is passed on as it is (see Downstream).
     app.state.upstreams = {
-        name: Downstream(
-            name, url, client, count_http_errors=False, retry_statuses=frozenset(), timeout=timeout
-        )
-        for name, url in upstream_urls(get_settings()).items()
+        name: Downstream(name, url, client, count_http_errors=False, retry=retry, timeout=timeout)
+        for name, url in upstream_urls(settings).items()
     }
     try:
         yield
