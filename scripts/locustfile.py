@@ -1,4 +1,5 @@
-"""Locust, for those who prefer it: the same mix as ``otel-lab load``, through the gateway.
+"""Locust, for those who prefer it: the mix of ``otel-lab load`` (its scenario list,
+``otel_lab.loadgen.scenarios``, with the same weights), through the gateway.
 
     .venv/bin/locust -f scripts/locustfile.py --host http://127.0.0.1:8080
 
@@ -7,51 +8,37 @@ Run it as its own process: importing locust patches the standard library (gevent
 
 from __future__ import annotations
 
-import random
+from collections.abc import Callable
+from typing import ClassVar
 
-from locust import HttpUser, between, task
+from locust import HttpUser, between
 
-CITIES = ("london", "paris", "tokyo", "new-york", "sydney", "berlin")
+from otel_lab.loadgen.scenarios import SCENARIOS, Memory, Scenario
+
+
+def _task(scenario: Scenario) -> Callable[[OtelLabUser], None]:
+    """A Locust task sending the scenario's requests; its expected statuses count as success
+    (the 404s and 500s in the mix are on purpose)."""
+
+    def run(user: OtelLabUser) -> None:
+        for request in scenario.steps(user.memory):
+            with user.client.request(
+                request.method, request.path, json=request.json, name=scenario.name,
+                catch_response=True,
+            ) as response:  # fmt: skip
+                if response.status_code not in scenario.expected:
+                    response.failure(f"unexpected status {response.status_code}")
+                    return
+                response.success()
+                user.memory.record(request, response.status_code, response.json)
+
+    run.__name__ = scenario.name
+    return run
 
 
 class OtelLabUser(HttpUser):
     wait_time = between(0.2, 1.0)
+    tasks: ClassVar = {_task(scenario): scenario.weight for scenario in SCENARIOS}
 
     def on_start(self) -> None:
-        self.items: list[int] = []
-
-    @task(3)
-    def create_item(self) -> None:
-        response = self.client.post("/items", json={"name": f"locust {random.randrange(10**6)}"})
-        if response.status_code == 201:
-            self.items = [*self.items[-99:], response.json()["id"]]
-
-    @task(6)
-    def read_item(self) -> None:
-        if self.items:
-            self.client.get(f"/items/{random.choice(self.items)}", name="/items/{id}")
-
-    @task(3)
-    def analyze(self) -> None:
-        self.client.post("/analyze", json={"a": random.uniform(-9, 9), "b": random.uniform(-9, 9)})
-
-    @task(3)
-    def chain(self) -> None:
-        self.client.post(
-            "/api/v1/process", json={"user_id": random.randint(1001, 1010), "action": "locust"}
-        )
-
-    @task(2)
-    def weather(self) -> None:
-        self.client.get(f"/weather/{random.choice(CITIES)}", name="/weather/{city}")
-
-    @task(1)
-    def showcase(self) -> None:
-        for path in ("/hello", "/db-operation", "/complex-operation"):
-            self.client.get(path)
-
-    @task(1)
-    def error_simulation(self) -> None:
-        with self.client.get("/error-simulation", catch_response=True) as response:
-            if response.status_code in (200, 500):  # failures are the point of this endpoint
-                response.success()
+        self.memory = Memory()

@@ -2,20 +2,31 @@
 
 Every scenario goes through the gateway by default, so each request starts its trace at
 the front door just as a user's would. Expected error responses (a 404 for an unknown
-item, the 500s of ``/error-simulation``) are part of the mix on purpose.
+item, the 500s of ``/error-simulation``) are part of the mix on purpose. The scenarios are
+data (:class:`Request` lists), so ``otel-lab load`` and the Locust file send the same mix.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
-Call = Callable[[httpx.AsyncClient, "Memory"], Awaitable[httpx.Response]]
-
 CITIES = ("london", "paris", "tokyo", "new-york", "sydney", "berlin", "lagos", "lima")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request of a scenario, as data: ``otel-lab load`` (httpx, async) and the
+    Locust file (scripts/locustfile.py) both send it."""
+
+    method: str
+    path: str
+    json: dict[str, Any] | None = None
+    keep_id_in: str | None = None  # the Memory list that keeps the id of a 201 answer
 
 
 @dataclass
@@ -30,71 +41,81 @@ class Memory:
             bucket.append(value)
             del bucket[:-200]
 
+    def record(self, request: Request, status: int, body: Callable[[], Any]) -> None:
+        """Keep the id a 201 answer to ``request`` created (``body`` reads the JSON)."""
+        if request.keep_id_in and status == 201:
+            created = body()
+            if isinstance(created, dict):
+                self.remember(getattr(self, request.keep_id_in), created.get("id"))
+
+
+Steps = Callable[[Memory], list[Request]]
+
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     weight: int
-    call: Call
+    steps: Steps  # the requests to send, given what the run has created so far
     expected: frozenset[int] = frozenset({200, 201})
 
+    async def call(self, client: httpx.AsyncClient, memory: Memory) -> httpx.Response:
+        """Send the steps in order; the last answer is the scenario's."""
+        response: httpx.Response | None = None
+        for request in self.steps(memory):
+            response = await client.request(request.method, request.path, json=request.json)
+            memory.record(request, response.status_code, response.json)
+        assert response is not None, f"{self.name}: no request"
+        return response
 
-async def _create_item(client: httpx.AsyncClient, memory: Memory) -> httpx.Response:
-    response = await client.post(
-        "/items", json={"name": f"load item {random.randrange(10**6)}", "description": "load"}
-    )
-    if response.status_code == 201:
-        memory.remember(memory.items, response.json().get("id"))
-    return response
+
+def _create_item(memory: Memory) -> list[Request]:
+    body = {"name": f"load item {random.randrange(10**6)}", "description": "load"}
+    return [Request("POST", "/items", body, keep_id_in="items")]
 
 
-async def _read_item(client: httpx.AsyncClient, memory: Memory) -> httpx.Response:
+def _read_item(memory: Memory) -> list[Request]:
     if not memory.items:
-        return await _create_item(client, memory)
-    return await client.get(f"/items/{random.choice(memory.items)}")
+        return _create_item(memory)
+    return [Request("GET", f"/items/{random.choice(memory.items)}")]
 
 
-async def _unknown_item(client: httpx.AsyncClient, memory: Memory) -> httpx.Response:
-    return await client.get(f"/items/{random.randrange(10**9, 2 * 10**9)}")
+def _unknown_item(memory: Memory) -> list[Request]:
+    return [Request("GET", f"/items/{random.randrange(10**9, 2 * 10**9)}")]
 
 
-async def _analyze(client: httpx.AsyncClient, memory: Memory) -> httpx.Response:
+def _analyze(memory: Memory) -> list[Request]:
     a, b = round(random.uniform(-100, 100), 2), round(random.uniform(-100, 100), 2)
-    return await client.post("/analyze", json={"a": a, "b": b})
+    return [Request("POST", "/analyze", {"a": a, "b": b})]
 
 
-async def _chain(client: httpx.AsyncClient, memory: Memory) -> httpx.Response:
+def _chain(memory: Memory) -> list[Request]:
     user_id = random.randint(1001, 1010)
-    return await client.post("/api/v1/process", json={"user_id": user_id, "action": "load"})
+    return [Request("POST", "/api/v1/process", {"user_id": user_id, "action": "load"})]
 
 
-async def _create_user(client: httpx.AsyncClient, memory: Memory) -> httpx.Response:
+def _create_user(memory: Memory) -> list[Request]:
     tag = random.randrange(10**9)
-    response = await client.post(
-        "/users", json={"name": f"Load User {tag}", "email": f"load-{tag}@example.com"}
-    )
-    if response.status_code == 201:
-        memory.remember(memory.users, response.json().get("id"))
-    return response
+    body = {"name": f"Load User {tag}", "email": f"load-{tag}@example.com"}
+    return [Request("POST", "/users", body, keep_id_in="users")]
 
 
-async def _user_todos(client: httpx.AsyncClient, memory: Memory) -> httpx.Response:
+def _user_todos(memory: Memory) -> list[Request]:
     if not memory.users:
-        return await _create_user(client, memory)
+        return _create_user(memory)
     user_id = random.choice(memory.users)
-    await client.post(f"/users/{user_id}/todos", json={"title": "load todo"})
-    return await client.get(f"/users/{user_id}/todos")
+    return [
+        Request("POST", f"/users/{user_id}/todos", {"title": "load todo"}),
+        Request("GET", f"/users/{user_id}/todos"),
+    ]
 
 
-def _get(path: str) -> Call:
-    async def call(client: httpx.AsyncClient, memory: Memory) -> httpx.Response:
-        return await client.get(path)
-
-    return call
+def _get(path: str) -> Steps:
+    return lambda memory: [Request("GET", path)]
 
 
-async def _weather(client: httpx.AsyncClient, memory: Memory) -> httpx.Response:
-    return await client.get(f"/weather/{random.choice(CITIES)}")
+def _weather(memory: Memory) -> list[Request]:
+    return [Request("GET", f"/weather/{random.choice(CITIES)}")]
 
 
 SCENARIOS: tuple[Scenario, ...] = (
