@@ -59,9 +59,10 @@ check-tools:
 		echo "make test: missing$$missing. Run 'make tools' (apt-get, as root or with sudo)."; \
 		exit 1; fi
 
-lint: install ## ruff check, ruff format check, mypy
+lint: install ## ruff check (complexity 15), ruff format check, functions <= 120 lines, mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/check_function_length.py
 	$(VENV)/bin/mypy
 
 lock-check: $(UV_BOOTSTRAP) ## uv.lock matches pyproject.toml
