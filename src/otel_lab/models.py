@@ -6,7 +6,7 @@ import importlib
 
 # Each service owns its tables in its own models module.
 MODEL_MODULES = (
-    "otel_lab.services.api.models",
+    "otel_lab.items",  # the api writes items, the worker enriches them
     "otel_lab.services.users.models",
     "otel_lab.services.orders.models",
     "otel_lab.services.audit.models",

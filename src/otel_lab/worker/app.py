@@ -23,10 +23,10 @@ from celery.signals import (
 )
 from prometheus_client import Counter, Histogram, start_http_server
 
+from otel_lab.queue import create_celery_app
 from otel_lab.settings import get_settings
 from otel_lab.telemetry import setup_telemetry, shutdown_telemetry
 from otel_lab.telemetry.metrics import LATENCY_BUCKETS
-from otel_lab.worker.queue import create_celery_app
 
 SERVICE_NAME = "worker"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -17,10 +16,8 @@ from sqlalchemy.orm import Session
 
 from otel_lab.cache import create_redis
 from otel_lab.db import create_blocking_engine
-from otel_lab.services.api.models import Item
-from otel_lab.services.api.schemas import ItemOut
+from otel_lab.items import ITEM_ENRICHMENT, Item, ItemOut
 from otel_lab.settings import get_settings
-from otel_lab.worker.queue import ITEM_ENRICHMENT
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -34,10 +31,6 @@ def _engine() -> Engine:
 @lru_cache(maxsize=1)
 def _cache():
     return create_redis()
-
-
-def slugify(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:220]
 
 
 # item id -> when this process last queued it again (time.monotonic()).
@@ -97,11 +90,7 @@ def item_enrichment(item_id: int) -> None:
                 span.set_attribute("item.found", False)
                 logger.warning("item_enrichment_skipped", extra={"item_id": item_id})
                 return
-            text = f"{item.name} {item.description or ''}"
-            item.slug = slugify(item.name)
-            item.word_count = len(text.split())
-            item.status = "enriched"
-            item.enriched_at = datetime.now(UTC)
+            item.enrich()
             session.commit()
             span.set_attributes({"item.found": True, "item.word_count": item.word_count})
             fresh = ItemOut.model_validate(item).model_dump_json()

@@ -8,11 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from otel_lab.cache import create_async_redis, create_redis
+from otel_lab.queue import create_celery_app
 from otel_lab.registry import API
 from otel_lab.services.api import analyze, items, showcase, weather
 from otel_lab.services.api.queue_metrics import register_queue_depth
 from otel_lab.services.base import create_service, database, database_ready
-from otel_lab.worker.queue import create_celery_app
 
 SERVICE_NAME = API.name
 

@@ -21,12 +21,10 @@ from kombu.exceptions import KombuError
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
-from otel_lab.services.api.models import Item
-from otel_lab.services.api.schemas import ItemCreate, ItemOut
+from otel_lab.items import ITEM_ENRICHMENT, Item, ItemCreate, ItemOut
 from otel_lab.services.downstream import CircuitBreaker, CircuitOpenError
 from otel_lab.settings import get_settings
 from otel_lab.telemetry import metrics as prom
-from otel_lab.worker.queue import ITEM_ENRICHMENT
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/items", tags=["items"])

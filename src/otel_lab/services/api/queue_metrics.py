@@ -6,7 +6,7 @@ import redis
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
-from otel_lab.worker.queue import DEFAULT_QUEUE
+from otel_lab.queue import DEFAULT_QUEUE
 
 
 class QueueDepthCollector(Collector):

@@ -29,7 +29,7 @@ from opentelemetry import trace
 from pydantic import BaseModel
 from sqlalchemy import delete, func, insert, select, update
 
-from otel_lab.services.api.models import Item
+from otel_lab.items import Item
 from otel_lab.services.base import error_response, record_error
 from otel_lab.settings import get_settings
 

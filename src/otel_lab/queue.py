@@ -1,6 +1,7 @@
 """The Celery app as both sides see it: the services publish, the worker consumes.
 
-Publishers use task names, not the task functions, so a service never imports worker code.
+Publishers use task names (e.g. ``otel_lab.items.ITEM_ENRICHMENT``), not the task functions,
+so a service never imports worker code.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from otel_lab.cache import redis_url
 from otel_lab.telemetry import telemetry_enabled
 from otel_lab.telemetry.celery import propagate_request_ids
 
-ITEM_ENRICHMENT = "item_enrichment"
 DEFAULT_QUEUE = "celery"
 # A broker that is hung (not down: the kernel still takes the bytes) would otherwise hold a
 # publish for ever. The consumer's BRPOP (1 s server-side) runs on kombu's event loop,
