@@ -163,6 +163,12 @@ class Batch:
     def rows(self) -> int:
         return len(self.spans) + len(self.logs) + len(self.points)
 
+    def oldest_ns(self) -> int | None:
+        """The earliest timestamp of a span, log record or point in the batch."""
+        times = [s[6] for s in self.spans] + [r[0] for r in self.logs]
+        times += [p[4] for p in self.points]
+        return min(times) if times else None
+
     def reject(self, reason: str, count: int = 1) -> None:
         self.rejected += count
         if len(self.problems) < 5 and reason not in self.problems:
