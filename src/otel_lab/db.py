@@ -33,7 +33,12 @@ from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from psycopg import errors as pg_errors
 from sqlalchemy import Engine, MetaData, event
 from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase
 
 from otel_lab.settings import Settings, get_settings
@@ -136,11 +141,15 @@ def _observe(sync_engine: Engine) -> None:
         SQLAlchemyInstrumentor().instrument(engine=sync_engine, enable_commenter=False)
 
     @event.listens_for(sync_engine, "before_cursor_execute")
-    def _start(conn, cursor, statement, parameters, context, executemany):
+    def _start(
+        conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
+    ) -> None:
         conn.info.setdefault("query_start", []).append(time.perf_counter())
 
     @event.listens_for(sync_engine, "after_cursor_execute")
-    def _stop(conn, cursor, statement, parameters, context, executemany):
+    def _stop(
+        conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
+    ) -> None:
         elapsed = time.perf_counter() - conn.info["query_start"].pop()
         operation = statement.lstrip().split(None, 1)[0].upper() if statement else "UNKNOWN"
         prom.DB_OPERATION.labels(operation).observe(elapsed)
@@ -185,5 +194,5 @@ def create_blocking_engine(settings: Settings | None = None) -> Engine:
     return engine
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker:
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)

@@ -151,7 +151,9 @@ def stop(data_dir: DataDirOption = None) -> None:
 def _alive(pid: int) -> bool:
     """Running, and not merely a zombie its parent has yet to reap."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        status: str = psutil.Process(pid).status()
+        zombie: str = psutil.STATUS_ZOMBIE
+        return status != zombie
     except psutil.NoSuchProcess:
         return False
 

@@ -27,7 +27,8 @@ from typing import Any
 
 import psutil
 
-from otel_lab.runtime.cli import READY_LINE, RUN_FILE
+from otel_lab.runtime.cli import READY_LINE
+from otel_lab.runtime.commands import RUN_FILE
 from otel_lab.settings import Settings
 
 

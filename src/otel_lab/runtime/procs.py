@@ -192,10 +192,9 @@ def begin_stop(
     proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM
 ) -> list[psutil.Process]:
     """Send ``sig`` to the leader without waiting; returns its descendants for the sweep."""
-    try:
+    descendants: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error):
         descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)

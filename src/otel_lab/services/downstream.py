@@ -369,8 +369,8 @@ def _detail_of(response: Reply) -> str:
         body = response.json()
     except ValueError:
         return response.reason_phrase or f"HTTP {response.status_code}"
-    if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return body["detail"][:300]
+    if isinstance(body, dict) and isinstance(detail := body.get("detail"), str):
+        return detail[:300]
     return response.reason_phrase or f"HTTP {response.status_code}"
 
 

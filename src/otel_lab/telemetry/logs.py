@@ -34,7 +34,7 @@ _CORRELATION_FIELDS = ("trace_id", "span_id", "service")
 
 def _correlating_factory(service_name: str, base_factory: Any) -> Any:
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = base_factory(*args, **kwargs)
+        record: logging.LogRecord = base_factory(*args, **kwargs)
         # Unset values are left off rather than set to None: OTLP attributes cannot be null.
         record.service = service_name
         if request_id := request_id_var.get():

@@ -7,6 +7,7 @@ route template, never a raw path.
 
 from __future__ import annotations
 
+from opentelemetry.trace import SpanContext
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import REGISTRY
@@ -46,10 +47,11 @@ METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 def render_metrics() -> bytes:
     """The process's metrics in OpenMetrics text, the format that carries exemplars."""
-    return generate_latest(REGISTRY)
+    text: bytes = generate_latest(REGISTRY)
+    return text
 
 
-def exemplar_for(span_context) -> dict[str, str] | None:
+def exemplar_for(span_context: SpanContext | None) -> dict[str, str] | None:
     """An exemplar linking a metric sample to its trace, when the trace was sampled."""
     if span_context is None or not span_context.is_valid or not span_context.trace_flags.sampled:
         return None

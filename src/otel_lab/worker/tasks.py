@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
+import redis
 from celery import shared_task
 from opentelemetry import trace
 from redis.exceptions import RedisError
@@ -29,7 +30,7 @@ def _engine() -> Engine:
 
 
 @lru_cache(maxsize=1)
-def _cache():
+def _cache() -> redis.Redis:
     return create_redis()
 
 

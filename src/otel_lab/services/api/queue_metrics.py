@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import redis
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
@@ -14,7 +16,7 @@ class QueueDepthCollector(Collector):
         self.client = client
         self.queues = queues
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "worker_queue_depth", "Tasks waiting in the broker queue.", labels=["queue"]
         )
