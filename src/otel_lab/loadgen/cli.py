@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from otel_lab.loadgen.runner import LoadPlan, Report, run
 from otel_lab.settings import get_settings
+
+if TYPE_CHECKING:
+    from otel_lab.loadgen.runner import Report
 
 app = typer.Typer(add_completion=False)
 
@@ -45,6 +47,10 @@ def load(
     ] = False,
 ) -> None:
     """Send a mix of requests over every endpoint and print a per-endpoint summary."""
+    # Here, not at the top: `otel-lab` registers this command, and its other commands (`up`
+    # above all) should not pay for importing httpx.
+    from otel_lab.loadgen.runner import LoadPlan, run
+
     settings = get_settings()
     base = host or f"http://127.0.0.1:{settings.gateway_port}"
     plan = LoadPlan(host=base, runs=runs, concurrency=concurrency, delay=delay, duration=duration)

@@ -24,9 +24,9 @@ from otel_lab.faults import cli as fault_commands
 from otel_lab.loadgen.cli import load
 from otel_lab.runtime import commands
 from otel_lab.runtime.commands import RUN_FILE, DataDirOption, show_version
-from otel_lab.runtime.embedded import EmbeddedPostgres, EmbeddedValkey
-from otel_lab.runtime.plan import child_env, connect_host, plan_children
-from otel_lab.runtime.procs import ChildFailedError, RuntimeFailure
+from otel_lab.runtime.forkserver import ForkServer
+from otel_lab.runtime.plan import child_env, connect_host, migrations_spec, plan_children
+from otel_lab.runtime.procs import ChildFailedError, RuntimeFailure, use_fork_server
 from otel_lab.runtime.report import report_restarts
 from otel_lab.runtime.supervisor import PortClaim, Supervisor
 from otel_lab.settings import Settings, get_settings
@@ -70,70 +70,84 @@ def up(
     directory.mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor(directory / "logs", console=err)
     supervisor.install_signal_handlers()
+    # Imports what the Python children share while the datastores start (runtime.forkserver).
+    fork_server = ForkServer(directory / "logs" / "forkserver.log")
+    use_fork_server(fork_server)
     code = 1
-    with supervisor:
-        try:
-            code = _up(supervisor, settings, directory, traffic=traffic)
-        except ChildFailedError as exc:
-            err.print(f"[red]error:[/] {exc.details()}", highlight=False)
-        except RuntimeFailure as exc:
-            if supervisor.stop_requested is not None:
-                code = 0
-                supervisor.say(f"{exc}, stopping")
-            else:
-                code = 2
-                err.print(f"[red]error:[/] {exc}", highlight=False)
-        finally:
-            (directory / RUN_FILE).unlink(missing_ok=True)
+    try:
+        with supervisor:
+            try:
+                code = _up(supervisor, settings, directory, traffic=traffic)
+            except ChildFailedError as exc:
+                err.print(f"[red]error:[/] {exc.details()}", highlight=False)
+            except RuntimeFailure as exc:
+                if supervisor.stop_requested is not None:
+                    code = 0
+                    supervisor.say(f"{exc}, stopping")
+                else:
+                    code = 2
+                    err.print(f"[red]error:[/] {exc}", highlight=False)
+            finally:
+                (directory / RUN_FILE).unlink(missing_ok=True)
+    finally:
+        use_fork_server(None)
+        fork_server.close()
     raise typer.Exit(code)
 
 
 def _up(supervisor: Supervisor, settings: Settings, data_dir: Path, *, traffic: bool) -> int:
+    # Here, not at the top: psycopg and the Valkey client are for `up` only, not `status`.
+    from otel_lab.runtime.embedded import EmbeddedPostgres, EmbeddedValkey
+
     say = supervisor.say
     log_dir = data_dir / "logs"
     # Fail on a taken port before anything starts.
     pg_port, kv_port = settings.postgres_port, settings.valkey_port
-    plan = plan_children(settings, data_dir, {}, traffic=traffic)
-    claims = list(plan.port_claims)
+    claims = list(plan_children(settings, data_dir, {}, traffic=traffic).port_claims)
     if pg_port and not settings.database_url:
         claims.append(PortClaim(pg_port, EmbeddedPostgres.port_setting))
     if kv_port and not settings.redis_url:
         claims.append(PortClaim(kv_port, EmbeddedValkey.port_setting))
     supervisor.check_ports(claims)
 
+    # PostgreSQL's port is chosen now and the server started below, once the other children
+    # are on their way: they need its address, not its answer, to start.
+    pg = None
     if settings.database_url:
         database_url = settings.database_url
         say("PostgreSQL: external (DATABASE_URL)")
     else:
-        say("starting [bold]postgres[/] (embedded) ...")
-        pg = EmbeddedPostgres(data_dir, port=pg_port, log_path=log_dir / "postgres.log").start()
-        supervisor.adopt(pg, pg.url)
+        pg = EmbeddedPostgres(data_dir, port=pg_port, log_path=log_dir / "postgres.log").reserve()
+        supervisor.adopt(pg, pg.url)  # adopted first: stopped after everything else
         database_url = pg.url
-        say(f"[green]ready[/] [bold]postgres[/] on port {pg.port} (pid {pg.pid})")
     if settings.redis_url:
         redis_url = settings.redis_url
         say("Valkey/Redis: external (REDIS_URL)")
     else:
-        say("starting [bold]valkey[/] (embedded) ...")
         kv = EmbeddedValkey(data_dir, port=kv_port, log_path=log_dir / "valkey.log").start()
         supervisor.adopt(kv, kv.url)
         redis_url = kv.url
         say(f"[green]ready[/] [bold]valkey[/] on port {kv.port} (pid {kv.pid})")
 
     env = child_env(settings, data_dir, database_url, redis_url)
-    plan = plan_children(settings, data_dir, env, traffic=traffic)
-    if plan.migrations is not None:
-        supervisor.run_task(plan.migrations)
+    starting = supervisor.launch(plan_children(settings, data_dir, env, traffic=traffic).children)
+    if pg is not None:
+        say("starting [bold]postgres[/] (embedded) ...")
+        pg.start()
+        say(f"[green]ready[/] [bold]postgres[/] on port {pg.port} (pid {pg.pid})")
+    migrations = migrations_spec(env)
+    if migrations is not None:
+        supervisor.run_task(migrations)
     else:
         say("[green]ready[/] schema at the newest migration: nothing to migrate")
-    for group in plan.groups:
-        supervisor.start_group(group)
+    supervisor.wait_ready(starting)
 
     urls = {"database_url": database_url, "redis_url": redis_url}
     _write_run_file(supervisor, data_dir, **urls)
     supervisor.on_restart = lambda _entry: _write_run_file(supervisor, data_dir, **urls)
-    report_restarts(supervisor, log_dir, env)
     _print_table(supervisor, settings, data_dir)
+    # After the table: the OTLP exporters it imports are no part of getting ready.
+    report_restarts(supervisor, log_dir, env)
     return supervisor.wait()
 
 

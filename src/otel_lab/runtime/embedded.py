@@ -39,6 +39,7 @@ from psycopg import sql
 
 from otel_lab.runtime.procs import (
     LOOPBACK,
+    Child,
     ChildFailedError,
     PortInUseError,
     RuntimeFailure,
@@ -108,7 +109,7 @@ class EmbeddedServer:
         self.start_timeout = start_timeout
         self._pinned_port = port or None
         self._port: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Child | None = None
         self._lock_file: int | None = None
         self._started_once = False
 
@@ -129,7 +130,7 @@ class EmbeddedServer:
         return self._proc.pid if self._proc else None
 
     @property
-    def process(self) -> subprocess.Popen[bytes] | None:
+    def process(self) -> Child | None:
         return self._proc
 
     def poll(self) -> int | None:
@@ -139,14 +140,31 @@ class EmbeddedServer:
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def reserve(self) -> Self:
+        """Take the data directory and choose the port, so :attr:`url` is known before
+        :meth:`start`: ``otel-lab up`` starts the services (which take seconds to import)
+        while PostgreSQL initialises and starts."""
+        if self._lock_file is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._acquire_lock()
+            try:
+                self._kill_orphans()
+                self._port = self._choose_port()
+            except BaseException:
+                self._release_lock()
+                raise
+        return self
+
     def start(self) -> Self:
         """Start the server and return once it answers; no-op if it already runs."""
         if self.is_running():
             return self
+        reserved = self._lock_file is not None
         self.dir.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
         try:
-            self._kill_orphans()
+            if not reserved:
+                self._kill_orphans()
             self._port = self._choose_port()
             if not self._started_once:
                 rotate_log(self.log_path)

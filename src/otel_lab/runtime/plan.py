@@ -227,32 +227,29 @@ def worker_spec(
 
 
 def traffic_spec(settings: Settings, env: Mapping[str, str]) -> ChildSpec:
-    """Background traffic through the gateway (``--traffic``, the default).
+    """Background traffic through the gateway (``--traffic``, the default), once every
+    service is ready.
 
     ``python -m otel_lab.loadgen`` (the same as ``otel-lab load``) with a long duration and
     a gentle rate, so the console always has fresh traces.
     """
     argv = [sys.executable, "-m", TRAFFIC_MODULE, "--quiet", "--duration", str(365 * 86400),
             "--concurrency", "2", "--delay", "1.0"]  # fmt: skip
-    return ChildSpec("traffic", argv, env={**env, "OTEL_SERVICE_NAME": "loadgen"})
+    return ChildSpec("traffic", argv, env={**env, "OTEL_SERVICE_NAME": "loadgen"},
+                     after=tuple(service.name for service in SERVICES))  # fmt: skip
 
 
 @dataclass
 class Plan:
-    """What starts after the datastores: the migrations, then groups of children in order.
+    """The children ``otel-lab up`` starts besides PostgreSQL, Valkey and the migrations.
 
-    A group's children start side by side; the next group starts once all are ready:
-    the console, the services and the worker together (each depends only on the datastores;
-    the console is ready in about a second, long before a service has imported enough to
-    send telemetry), then the background traffic, which needs the gateway.
+    Each starts as soon as what it waits for (``ChildSpec.after``) is ready: the console,
+    the services and the worker at once, side by side with PostgreSQL's start and the
+    migrations (each needs only the datastores' addresses to start; none touches the
+    database before a request comes), the background traffic once the services are ready.
     """
 
-    migrations: ChildSpec | None  # None: the schema is already at head
-    groups: list[list[ChildSpec]]
-
-    @property
-    def children(self) -> list[ChildSpec]:
-        return [spec for group in self.groups for spec in group]
+    children: list[ChildSpec]
 
     @property
     def port_claims(self) -> list[PortClaim]:
@@ -262,10 +259,10 @@ class Plan:
 def plan_children(
     settings: Settings, data_dir: Path, env: Mapping[str, str], *, traffic: bool = True
 ) -> Plan:
-    """Everything ``otel-lab up`` starts after PostgreSQL and Valkey, in start order."""
-    apps = [service_spec(service, settings, env) for service in SERVICES]
-    apps.append(worker_spec(settings, env, data_dir / "logs", env.get("REDIS_URL", "")))
-    groups = [[console_spec(settings, data_dir, env), *apps]]
+    """The children of ``otel-lab up`` (see :class:`Plan`), in start order."""
+    children = [console_spec(settings, data_dir, env)]
+    children += [service_spec(service, settings, env) for service in SERVICES]
+    children.append(worker_spec(settings, env, data_dir / "logs", env.get("REDIS_URL", "")))
     if traffic:
-        groups.append([traffic_spec(settings, env)])
-    return Plan(migrations_spec(env), groups)
+        children.append(traffic_spec(settings, env))
+    return Plan(children)

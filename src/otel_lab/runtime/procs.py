@@ -16,10 +16,38 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import psutil
 
+if TYPE_CHECKING:
+    from otel_lab.runtime.forkserver import ForkServer
+
 LOOPBACK = "127.0.0.1"
+
+
+class Child(Protocol):
+    """A started child: a ``subprocess.Popen``, or a forked ``ForkedProcess``."""
+
+    returncode: int | None
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+
+_fork_server: ForkServer | None = None
+
+
+def use_fork_server(server: ForkServer | None) -> None:
+    """Start ``python -m`` children by forking ``server`` from now on (None: exec them)."""
+    global _fork_server
+    _fork_server = server
 
 
 class RuntimeFailure(Exception):
@@ -122,7 +150,7 @@ def rotate_log(path: Path) -> None:
         path.replace(path.with_name(path.name + ".1"))
 
 
-def _pdeathsig_prefix(sig: signal.Signals) -> list[str]:
+def death_signal_prefix(sig: signal.Signals) -> list[str]:
     """``setpriv --pdeathsig`` makes the kernel signal the child when we die, even by SIGKILL.
 
     setpriv (util-linux) sets the flag and then execs the real program, so it costs
@@ -144,8 +172,11 @@ def spawn(
     cwd: Path | None = None,
     user: str | None = None,
     death_signal: signal.Signals | None = signal.SIGTERM,
-) -> subprocess.Popen[bytes]:
+) -> Child:
     """Start ``argv`` in a new session with stdout and stderr appended to ``log_path``.
+
+    ``python -m`` children are forked from the fork server when one is in use (see
+    :func:`use_fork_server`): the same process, minus importing what the server has.
 
     ``death_signal`` is sent to the child if this process dies without stopping it
     (Linux). It is tied to the calling *thread*: spawn from a thread that outlives the child.
@@ -154,7 +185,11 @@ def spawn(
     practice this window is closed long before anyone could press Ctrl-C).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = _pdeathsig_prefix(death_signal) if death_signal else []
+    if _fork_server is not None and user is None and _fork_server.can_fork(argv, env):
+        return _fork_server.spawn(
+            argv, log_path=log_path, env=env, cwd=cwd, death_signal=death_signal
+        )
+    prefix = death_signal_prefix(death_signal) if death_signal else []
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [*prefix, *argv],
@@ -174,7 +209,7 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
 
 
 def stop_process(
-    proc: subprocess.Popen[bytes],
+    proc: Child,
     *,
     sig: signal.Signals = signal.SIGTERM,
     timeout: float = 5.0,
@@ -188,9 +223,7 @@ def stop_process(
     return finish_stop(proc, begin_stop(proc, sig), timeout)
 
 
-def begin_stop(
-    proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM
-) -> list[psutil.Process]:
+def begin_stop(proc: Child, sig: signal.Signals = signal.SIGTERM) -> list[psutil.Process]:
     """Send ``sig`` to the leader without waiting; returns its descendants for the sweep."""
     descendants: list[psutil.Process] = []
     with contextlib.suppress(psutil.Error):
@@ -201,9 +234,7 @@ def begin_stop(
     return descendants
 
 
-def finish_stop(
-    proc: subprocess.Popen[bytes], descendants: Sequence[psutil.Process], timeout: float
-) -> int | None:
+def finish_stop(proc: Child, descendants: Sequence[psutil.Process], timeout: float) -> int | None:
     """Wait up to ``timeout`` for the leader, then SIGKILL whatever is left of the group."""
     try:
         proc.wait(timeout=max(timeout, 0.05))
@@ -215,7 +246,7 @@ def finish_stop(
     return proc.returncode
 
 
-def reap_group(proc: subprocess.Popen[bytes], descendants: Sequence[psutil.Process] = ()) -> None:
+def reap_group(proc: Child, descendants: Sequence[psutil.Process] = ()) -> None:
     """SIGKILL whatever is left of a finished child's process group."""
     _killpg(proc.pid, signal.SIGKILL)
     alive = [p for p in descendants if p.is_running()]

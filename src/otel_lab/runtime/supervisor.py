@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +31,7 @@ from rich.console import Console
 
 from otel_lab.runtime.procs import (
     LOOPBACK,
+    Child,
     ChildFailedError,
     PortInUseError,
     RuntimeFailure,
@@ -142,6 +142,8 @@ class ChildSpec:
     url: str | None = None  # shown in the table
     cwd: Path | None = None
     stop_signal: signal.Signals = signal.SIGTERM
+    # Children (of the same start) that must be ready before this one starts.
+    after: Sequence[str] = ()
 
 
 class Managed(Protocol):
@@ -170,6 +172,16 @@ class Managed(Protocol):
 
 
 @dataclass
+class Startup:
+    """Children being started by one :meth:`Supervisor.launch`, and those still waiting."""
+
+    pending: list[ChildSpec]
+    started: float  # time.monotonic() of the launch
+    children: list[ManagedProcess] = field(default_factory=list)
+    ready: set[str] = field(default_factory=set)
+
+
+@dataclass
 class Running:
     """A started child, as listed in the table, and its restart history."""
 
@@ -192,9 +204,9 @@ class ManagedProcess:
     def __init__(self, spec: ChildSpec, log_path: Path) -> None:
         self.spec, self.name, self.log_path = spec, spec.name, log_path
         rotate_log(log_path)
-        self.proc: subprocess.Popen[bytes] = self._spawn()
+        self.proc: Child = self._spawn()
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self) -> Child:
         return spawn(
             self.spec.argv,
             log_path=self.log_path,
@@ -315,32 +327,51 @@ class Supervisor:
         return self.start_group([spec])[0]
 
     def start_group(self, specs: Sequence[ChildSpec]) -> list[ManagedProcess]:
-        """Start children that do not depend on each other together; wait until all are ready.
+        """Start children together and wait until all are ready (see :meth:`launch`)."""
+        return self.wait_ready(self.launch(specs))
 
-        On two cores, Python services spend their start-up importing; starting them side by
-        side roughly halves the wait. Groups still start (and stop, in reverse) in order.
+    def launch(self, specs: Sequence[ChildSpec]) -> Startup:
+        """Start every child whose ``after`` is met, without waiting; :meth:`wait_ready`
+        starts the others as the children they wait for get ready.
+
+        On two cores, Python services spend their start-up importing: starting each as soon
+        as what it needs is ready, side by side with the rest (and with whatever the caller
+        does before waiting, such as starting PostgreSQL), keeps both cores busy.
         """
         self._check_stop()
         self.check_ports([claim for spec in specs for claim in spec.ports])
-        self._group += 1
-        started = time.monotonic()
-        waiting: list[ManagedProcess] = []
-        for spec in specs:
+        startup = Startup(list(specs), time.monotonic())
+        self._launch_due(startup)
+        return startup
+
+    def _launch_due(self, startup: Startup) -> None:
+        due = [s for s in startup.pending if set(s.after) <= startup.ready]
+        if not due:
+            return
+        self._group += 1  # stopped in reverse: a child before what it waited for
+        for spec in due:
+            startup.pending.remove(spec)
             self.say(f"starting [bold]{spec.name}[/] ...")
             child = ManagedProcess(spec, self.log_dir / f"{spec.name}.log")
             self.running.append(Running(child, spec.url, self._group))
-            waiting.append(child)
-        children = list(waiting)
-        while waiting:
-            for child in list(waiting):
+            startup.children.append(child)
+
+    def wait_ready(self, startup: Startup) -> list[ManagedProcess]:
+        """Block until every child of ``startup`` is ready; raise ChildFailedError if one
+        exits or misses its ``ready_timeout`` (counted from :meth:`launch`)."""
+        started = startup.started
+        while True:
+            for child in startup.children:
                 spec = child.spec
+                if spec.name in startup.ready:
+                    continue
                 code = child.poll()
                 if code is not None:
                     raise ChildFailedError(
                         spec.name, f"exited with code {code} during start-up", child.log_path
                     )
                 if spec.ready is None or spec.ready():
-                    waiting.remove(child)
+                    startup.ready.add(spec.name)
                     self.say(
                         f"[green]ready[/] [bold]{spec.name}[/] in "
                         f"{time.monotonic() - started:.1f} s (pid {child.pid})"
@@ -351,10 +382,14 @@ class Supervisor:
                         f"did not get ready within {spec.ready_timeout:.0f} s",
                         child.log_path,
                     )
-            if waiting:
-                self._check_stop()
-                time.sleep(0.1)
-        return children
+            self._launch_due(startup)
+            if len(startup.ready) == len(startup.children) and not startup.pending:
+                return startup.children
+            if len(startup.ready) == len(startup.children):
+                names = ", ".join(s.name for s in startup.pending)
+                raise RuntimeFailure(f"{names}: waiting for children that are not started")
+            self._check_stop()
+            time.sleep(0.1)
 
     def run_task(self, spec: ChildSpec, timeout: float = 120.0) -> None:
         """Run a one-shot step (migrations) to completion; raise if it fails."""
