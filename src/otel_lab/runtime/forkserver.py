@@ -83,11 +83,28 @@ def _send(message: Mapping[str, Any]) -> None:
     os.write(1, (json.dumps(message) + "\n").encode())
 
 
+def _show_command_line(argv: Sequence[str]) -> None:
+    """Make ``ps`` (``/proc/<pid>/cmdline``) show the child's own command, not the server's.
+
+    The kernel reads the command line from the process's original argv memory, which a
+    fork inherits: overwrite it in place (as setproctitle does), cut to its length. The
+    server's command line lists :data:`PRELOAD`, so it is long enough for any of ours.
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+        text = "\0".join(argv).encode(errors="replace")[: end - start - 1]
+        with open("/proc/self/mem", "r+b", buffering=0) as memory:
+            memory.seek(start)
+            memory.write(text.ljust(end - start, b"\0"))
+
+
 def _run_child(request: Mapping[str, Any], server_pid: int) -> None:
     """In the forked child: become ``python -m module args`` and never return."""
     code: int = 1
     try:
         os.setsid()
+        _show_command_line([sys.executable, "-m", request["module"], *request["args"]])
         death_signal = request.get("death_signal")
         if death_signal:
             libc = ctypes.CDLL(None, use_errno=True)
