@@ -74,7 +74,7 @@ fmt: install ## Format and fix what ruff can
 
 bench: install ## Telemetry cost: CPU per request with telemetry on versus off, side by side
 	$(PY) scripts/bench.py
-	$(PY) scripts/bench_system.py --startup --variants
+	$(PY) scripts/bench_system.py --startup --variants off
 
 faults: install ## Every fault under steady traffic, and its figures (docs/reliability.md)
 	$(PY) scripts/faults.py

@@ -13,12 +13,18 @@ CPU to each request.
     .venv/bin/python scripts/bench_system.py                    # off and on, 8 s each
     .venv/bin/python scripts/bench_system.py --variants off --duration 5
     .venv/bin/python scripts/bench_system.py --startup          # also time otel-lab up
-    .venv/bin/python scripts/bench_system.py --startup --variants   # only that (make bench)
+    .venv/bin/python scripts/bench_system.py --startup --variants   # only that
+    .venv/bin/python scripts/bench_system.py --startup --variants off   # make bench
 
 ``--startup`` times ``otel-lab up`` until it prints its table (every child ready), first on an
-empty data directory, then again on the same one (nothing to initialise), and sums the CPU
-its process tree spent getting there: wall time depends on what else the host runs, the CPU
-seconds much less.
+empty data directory, then again on the same one (nothing to initialise; ``--startup-runs``
+for more), and sums the CPU its process tree spent getting there, also by child: wall time
+depends on what else the host runs, the CPU seconds much less.
+
+Each variant also runs the mixed load of ``otel-lab load`` (every scenario by its weight,
+``--mixed-concurrency`` requests per round, no delay) through the gateway for
+``--duration`` seconds, and reports its requests/s next to the 61/s it saturated at before
+(issue 10) and the CPU per request summed over every service and the worker.
 
 Figures are only comparable within one run (the host's speed varies by up to 1.6x).
 """
@@ -26,6 +32,7 @@ Figures are only comparable within one run (the host's speed varies by up to 1.6
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import shutil
@@ -43,6 +50,9 @@ from otel_lab import registry
 from otel_lab.runtime.harness import RunningSystem, running_system, start_system
 
 CHAIN = ("gateway", *registry.CHAIN)
+# What serves the mixed load of `otel-lab load`: every service and the worker.
+MIXED = (*CHAIN, *(s.name for s in registry.SERVICES if s.name not in CHAIN), registry.WORKER.name)
+MIXED_BEFORE_RPS = 61.0  # issue 10: the mixed load saturated at about 61 requests/s
 CHAIN_BODY = '{"user_id": 1001, "action": "bench"}'
 TICKS = os.sysconf("SC_CLK_TCK")
 TARGET_MS = {"off": 10.0, "on": 13.0}  # issue 10
@@ -91,8 +101,8 @@ def wrk(url: str, *, duration: int, connections: int, body: str | None, tmp: Pat
 
 
 def idle_rate(system: RunningSystem, seconds: float = 4.0) -> dict[str, float]:
-    """CPU seconds per second each chain process spends with no requests."""
-    pids = {name: system.pid(name) for name in CHAIN}
+    """CPU seconds per second each measured process spends with no requests."""
+    pids = {name: system.pid(name) for name in MIXED}
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.monotonic()
     time.sleep(seconds)
@@ -128,6 +138,27 @@ def measure(
     )
 
 
+def mixed_load(system: RunningSystem, args, idle: dict[str, float]) -> Run:
+    """`otel-lab load`'s mix (every scenario, by weight) through the gateway, from this
+    process, ``--mixed-concurrency`` requests per round and no delay between rounds."""
+    from otel_lab.loadgen.runner import LoadPlan, run
+
+    plan = LoadPlan(host=system.url("gateway"), concurrency=args.mixed_concurrency, delay=0,
+                    duration=args.duration)  # fmt: skip
+    pids = {name: system.pid(name) for name in MIXED}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.monotonic()
+    report = asyncio.run(run(plan))
+    elapsed = time.monotonic() - started
+    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    return Run(
+        requests=report.total,
+        seconds=report.elapsed,
+        non_2xx=sum(stats.unexpected for stats in report.stats.values()),
+        cpu={name: after[name] - before[name] - idle[name] * elapsed for name in MIXED},
+    )
+
+
 def bench_variant(env: dict[str, str], args) -> dict[str, Run]:
     with (
         tempfile.TemporaryDirectory(prefix="otel-lab-bench-") as tmp,
@@ -148,6 +179,7 @@ def bench_variant(env: dict[str, str], args) -> dict[str, Run]:
         health.append(
             measure(system, ("gateway",), gateway + "/health", None, args, Path(tmp), idle)
         )
+        mixed = mixed_load(system, args, idle) if args.mixed else None
     unit = Run(
         sum(h.requests for h in health),
         sum(h.seconds for h in health),
@@ -158,28 +190,50 @@ def bench_variant(env: dict[str, str], args) -> dict[str, Run]:
         "  idle CPU ms/s: " + ", ".join(f"{n} {r * 1000:.1f}" for n, r in idle.items()),
         file=sys.stderr,
     )
-    return {"chain": chain, "health": unit}
+    return {"chain": chain, "health": unit, **({"mixed": mixed} if mixed else {})}
 
 
-def startup(runs: int = 2) -> list[tuple[str, float, float, float]]:
-    """(label, wall s, CPU s of the whole tree, load average) for a first and a later start."""
+def _tree_cpu(process: psutil.Process) -> float:
+    """CPU seconds of a process and everything under it, the exited and reaped included."""
+    total = 0.0
+    for member in (process, *process.children(recursive=True)):
+        try:
+            times = member.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+@dataclass
+class Start:
+    label: str
+    wall: float
+    cpu: float  # the whole tree of `otel-lab up`
+    load: float
+    by_child: dict[str, float]  # the children in the table; "supervisor": the rest
+
+
+def startup(runs: int = 2) -> list[Start]:
+    """A first `otel-lab up` on an empty data directory, then ``runs - 1`` more on it."""
     results = []
     with tempfile.TemporaryDirectory(prefix="otel-lab-startup-") as tmp:
         for run in range(runs):
             started = time.monotonic()
             system = start_system(Path(tmp) / "data", env={"OTEL_SDK_DISABLED": "false"})
             wall = time.monotonic() - started
-            cpu = 0.0
-            for process in system.processes():
+            cpu = _tree_cpu(psutil.Process(system.process.pid))
+            by_child = {}
+            for name in system.children:
                 try:
-                    times = process.cpu_times()
-                except psutil.Error:
+                    by_child[name] = _tree_cpu(psutil.Process(system.pid(name)))
+                except (psutil.Error, ValueError):
                     continue
-                cpu += times.user + times.system + times.children_user + times.children_system
+            by_child["supervisor"] = cpu - sum(by_child.values())  # + fork server, initdb, ...
             load = os.getloadavg()[0]
             system.stop()
             label = "first (empty data dir)" if run == 0 else "again"
-            results.append((label, wall, cpu, load))
+            results.append(Start(label, wall, cpu, load, by_child))
     return results
 
 
@@ -202,6 +256,25 @@ def print_chain(results: dict[str, dict[str, Run]], args) -> None:
             + f" {health_ms * 1000:9.0f} {total / health_ms:8.1f}"
             f" {chain.non_2xx + health.non_2xx:7d}"
         )
+    mixed = {variant: runs["mixed"] for variant, runs in results.items() if "mixed" in runs}
+    if mixed:
+        print(f"\nmixed load of `otel-lab load` (every scenario by weight, {args.mixed_concurrency}"
+              f" per round, no delay) for {args.duration} s; before: about {MIXED_BEFORE_RPS:.0f}"
+              " req/s at saturation")  # fmt: skip
+        header = (
+            f"{'telemetry':9} {'req/s':>7} {'x before':>8} {'CPU ms/req':>10}"
+            + "".join(f" {name[:8]:>8}" for name in MIXED)
+            + f" {'unexpected':>10}"
+        )
+        print(header)
+        print("-" * len(header))
+        for variant, run in mixed.items():
+            print(
+                f"{variant:9} {run.rps:7.1f} {run.rps / MIXED_BEFORE_RPS:8.2f}"
+                f" {run.ms_per_request():10.2f}"
+                + "".join(f" {run.ms_per_request(name):8.2f}" for name in MIXED)
+                + f" {run.non_2xx:10d}"
+            )
     if "off" in results and "on" in results:
         off_health = results["off"]["health"].ms_per_request()
         on_chain = results["on"]["chain"].ms_per_request()
@@ -217,6 +290,16 @@ def main() -> int:
         help="telemetry variants of the chain to measure (none: only --startup)",
     )  # fmt: skip
     parser.add_argument("--startup", action="store_true", help="also time otel-lab up")
+    parser.add_argument(
+        "--startup-runs", type=int, default=2,
+        help="starts to time: the first on an empty data dir, the rest again on it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mixed", action=argparse.BooleanOptionalAction, default=True,
+        help="also measure the mixed load of `otel-lab load` (default: yes)",
+    )  # fmt: skip
+    parser.add_argument("--mixed-concurrency", type=int, default=16,
+                        help="requests per round of the mixed load")  # fmt: skip
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
@@ -225,7 +308,7 @@ def main() -> int:
     starts = []
     if args.startup:
         print("timing otel-lab up ...", file=sys.stderr, flush=True)
-        starts = startup()
+        starts = startup(args.startup_runs)
     results: dict[str, dict[str, Run]] = {}
     for variant in args.variants:
         print(f"measuring with telemetry {variant} ...", file=sys.stderr, flush=True)
@@ -233,11 +316,12 @@ def main() -> int:
 
     if results:
         print_chain(results, args)
-    for label, wall, cpu, load in starts:
-        target = 15 if label.startswith("first") else 10
-        print(f"otel-lab up, {label:22} {wall:5.1f} s to all ready (target <= {target} s),"
-              f" {cpu:5.1f} s CPU in its process tree, load average {load:.1f}"
-              f" on {os.cpu_count()} CPUs")  # fmt: skip
+    for start in starts:
+        target = 15 if start.label.startswith("first") else 10
+        print(f"otel-lab up, {start.label:22} {start.wall:5.1f} s to all ready (target <= "
+              f"{target} s), {start.cpu:5.1f} s CPU in its process tree, load average "
+              f"{start.load:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
+        print("  CPU s: " + ", ".join(f"{n} {c:.2f}" for n, c in start.by_child.items()))
     return 0
 
 
