@@ -69,7 +69,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 ENV PYTHONPATH=/app/src
 USER app
 EXPOSE 8000
-CMD ["uvicorn", "otel_lab.services.api.app:app", "--host", "0.0.0.0", "--port", "8000", \
+CMD ["uvicorn", "--factory", "otel_lab.services.api.app:create_app", "--host", "0.0.0.0", "--port", "8000", \
      "--reload", "--reload-dir", "/app/src"]
 
 # ---------------------------------------------------------------------------------------------
@@ -80,4 +80,4 @@ USER app
 EXPOSE 8000
 # No HEALTHCHECK here: the same image runs HTTP services, the worker and the one-shot migrate
 # job, so compose and Kubernetes define the right probe for each.
-CMD ["uvicorn", "otel_lab.services.api.app:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "--factory", "otel_lab.services.api.app:create_app", "--host", "0.0.0.0", "--port", "8000"]

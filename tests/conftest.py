@@ -26,7 +26,7 @@ def uvicorn_spec(name: str, module: str, port: int, env: Mapping[str, str]) -> C
     """A service of the tests' own, ready when its ``/health`` answers."""
     return ChildSpec(
         name,
-        [sys.executable, "-m", "uvicorn", f"{module}:app", "--port", str(port)],
+        [sys.executable, "-m", "uvicorn", "--factory", f"{module}:create_app", "--port", str(port)],
         env={"OTEL_SERVICE_NAME": name, **env},
         ready=http_ok(f"http://127.0.0.1:{port}/health"),
         ready_timeout=60.0,  # as in `otel-lab up`: imports are slow on a busy 2-core machine

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Service:
-    """An ASGI service, run as ``uvicorn module:attr`` on the port in Settings' ``port_field``."""
+    """An ASGI service, run as ``uvicorn --factory module:attr`` on the port in Settings'
+    ``port_field`` (``attr``: the app factory, ``create_app(settings, telemetry)``)."""
 
     # OTEL_SERVICE_NAME, the log file, the Prometheus job and the compose/Kubernetes name.
     name: str
@@ -28,7 +29,7 @@ class Service:
     url_field: str | None
     # Public path prefixes the gateway sends to this service (also under /api/v1).
     paths: tuple[str, ...] = ()
-    attr: str = "app"
+    attr: str = "create_app"
     health_path: str = "/health"
     # A module with ``wrap_argv(argv, settings)`` and ``environment(settings)`` that may
     # change how the service starts (e.g. under ``opentelemetry-instrument``).

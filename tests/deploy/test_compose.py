@@ -124,7 +124,7 @@ def test_app_services_run_the_documented_commands(compose: dict) -> None:
     services = compose["services"]
     for name, (port, module) in {**APP_SERVICES, **STUB_SERVICES}.items():
         svc = services[name]
-        assert svc["command"][:2] == ["uvicorn", module]
+        assert svc["command"][:3] == ["uvicorn", "--factory", module]
         assert svc["command"][-1] == str(port)
         assert svc["environment"]["OTEL_SERVICE_NAME"] == name
         assert svc["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"

@@ -1,7 +1,10 @@
 """What every HTTP service shares: telemetry, health, readiness, metrics and JSON errors.
 
-A service module builds its app with :func:`create_service` and adds its own routers, so
-each service file holds only what that service owns.
+A service's ``create_app(settings)`` builds its app with :func:`create_service` and adds its
+own routers, so each service file holds only what that service owns. Nothing happens at
+import: telemetry is set up when ``create_app`` runs (``uvicorn --factory``), unless the
+caller passes its own providers (tests do). What a service's lifespan opens (engine, cache,
+clients) is lifespan state, reached through the typed dependencies of ``services.deps``.
 """
 
 from __future__ import annotations
@@ -14,50 +17,46 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
-from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.datastructures import State
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_lab import __version__
 from otel_lab.db import create_engine, session_factory
 from otel_lab.services.chaos import ChaosMiddleware
-from otel_lab.settings import get_settings
+from otel_lab.services.errors import (
+    DependencyUnavailableError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    ServiceError,
+    error_json,
+    handle_http_exception,
+    handle_service_error,
+)
+from otel_lab.settings import Settings
 from otel_lab.telemetry import TelemetryMiddleware, setup_telemetry, shutdown_telemetry
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var
-from otel_lab.telemetry.setup import telemetry_enabled
+from otel_lab.telemetry.setup import Telemetry
 
 logger = logging.getLogger(__name__)
 
-ReadinessCheck = Callable[[FastAPI], Awaitable[object]]
-Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+# A lifespan opens what the service needs for its lifetime and yields it as lifespan state
+# (a mapping of names to collaborators); ``/ready`` hands that state to the checks.
+Lifespan = Callable[[Settings], AbstractAsyncContextManager[Mapping[str, Any]]]
+ReadinessCheck = Callable[[State], Awaitable[object]]
 
 _READINESS_TIMEOUT_SECONDS = 2.0
 NATIVE_TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
-
-
-def record_error(exc: BaseException, error_type: str) -> None:
-    """Mark the current span failed with the exception, and count it."""
-    span = trace.get_current_span()
-    span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, error_type))
-    span.set_attribute("error.type", error_type)
-    prom.ERRORS.labels(error_type).inc()
-
-
-def error_response(status_code: int, detail: str, **extra: object) -> JSONResponse:
-    return JSONResponse(
-        {"detail": detail, "request_id": request_id_var.get(), **extra}, status_code=status_code
-    )
 
 
 _ECHO_DEPTH, _ECHO_ITEMS, _ECHO_CHARS = 8, 20, 200
@@ -86,24 +85,16 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
 
 async def _validation_failed(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 shape (``detail``: the field errors), safe for any input echoed back."""
-    errors = [
-        {**error, "input": _json_safe(error.get("input"))}
-        for error in exc.errors()  # type: ignore[attr-defined]
-    ]
-    return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
+    assert isinstance(exc, RequestValidationError)
+    errors = [{**error, "input": _json_safe(error.get("input"))} for error in exc.errors()]
+    body = {"detail": _json_safe(jsonable_encoder(errors)), "request_id": request_id_var.get()}
+    return JSONResponse(body, status_code=422)
 
 
 async def _text_not_unicode(request: Request, exc: Exception) -> JSONResponse:
     """Text the database cannot store because it is not valid Unicode (a lone surrogate,
     which JSON's ``\\ud800`` escapes can carry): the client's error."""
-    return error_response(422, f"text is not valid Unicode: {_json_safe(str(exc))}")
-
-
-class BodyTooLargeError(HTTPException):
-    """A request body over the limit; raised from ``receive`` once the rest is drained."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body larger than {limit} bytes")
+    return error_json(InvalidInputError(f"text is not valid Unicode: {_json_safe(str(exc))}"))
 
 
 MAX_BODY_BYTES = 1_048_576
@@ -111,7 +102,8 @@ _DRAIN_BYTES = 64 * 1_048_576  # read (and drop) this much of an oversized body,
 
 
 class BodyLimitMiddleware:
-    """413 for a request body over ``max_bytes``, declared or streamed.
+    """413 for a request body over ``max_bytes``, declared or streamed (raised from
+    ``receive`` as :class:`PayloadTooLargeError` once the rest is drained).
 
     The rest of the body is read and dropped before the answer (up to 64 MiB), so a client
     that sends the whole body before reading gets the 413 rather than a connection reset.
@@ -136,8 +128,7 @@ class BodyLimitMiddleware:
 
         if declared.isdigit() and int(declared) > self.max_bytes:
             await drain()
-            too_large = BodyTooLargeError(self.max_bytes)
-            await error_response(413, too_large.detail)(scope, receive, send)
+            await error_json(PayloadTooLargeError(self.max_bytes))(scope, receive, send)
             return
 
         async def limited() -> Message:
@@ -147,7 +138,7 @@ class BodyLimitMiddleware:
             if received > self.max_bytes:
                 if message.get("more_body"):
                     await drain()
-                raise BodyTooLargeError(self.max_bytes)
+                raise PayloadTooLargeError(self.max_bytes)
             return message
 
         await self.app(scope, limited, send)
@@ -157,39 +148,40 @@ async def _value_rejected_by_database(request: Request, exc: Exception) -> JSONR
     """Input that passed validation but that PostgreSQL cannot store (a NUL character in
     text, a number out of a column's range) is the client's error, not an outage."""
     message = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
-    return error_response(422, f"value rejected by the database: {message}")
+    return error_json(InvalidInputError(f"value rejected by the database: {message}"))
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    record_error(exc, "database_unavailable")
     logger.warning("database_unavailable", extra={"error": str(exc).splitlines()[0][:200]})
-    return error_response(503, "database unavailable, try again shortly")
+    error = DependencyUnavailableError("database", "database unavailable, try again shortly")
+    return error_json(error, cause=exc)
 
 
 async def _cache_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    record_error(exc, "cache_unavailable")
-    return error_response(503, "cache unavailable, try again shortly")
+    error = DependencyUnavailableError("cache", "cache unavailable, try again shortly")
+    return error_json(error, cause=exc)
 
 
 @asynccontextmanager
-async def database(app: FastAPI) -> AsyncIterator[None]:
-    """The service's engine and session factory on ``app.state``, for its lifetime.
+async def database(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    """The service's engine and session factory, as lifespan state, for its lifetime.
 
     ``autocommit``: the same pool without BEGIN/COMMIT, for work that is one statement.
     """
-    engine = create_engine()
-    app.state.engine = engine
-    app.state.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-    app.state.sessions = session_factory(engine)
+    engine = create_engine(settings)
     try:
-        yield
+        yield {
+            "engine": engine,
+            "autocommit": engine.execution_options(isolation_level="AUTOCOMMIT"),
+            "sessions": session_factory(engine),
+        }
     finally:
         await engine.dispose()
 
 
-async def database_ready(app: FastAPI) -> None:
+async def database_ready(state: State) -> None:
     """Readiness check for services that use :func:`database`."""
-    async with app.state.engine.connect() as connection:
+    async with state.engine.connect() as connection:
         await connection.execute(text("SELECT 1"))
 
 
@@ -215,30 +207,40 @@ def _settle_garbage_collector() -> None:
 
 def create_service(
     service_name: str,
+    settings: Settings,
     *,
     title: str,
     description: str = "",
     lifespan: Lifespan | None = None,
     readiness_checks: Mapping[str, ReadinessCheck] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    telemetry: Telemetry | None = None,
 ) -> FastAPI:
-    """A FastAPI app with the shared telemetry, `/health`, `/ready`, `/metrics` and errors."""
-    settings = get_settings()
-    setup_telemetry(service_name, **settings.telemetry_defaults())
+    """A FastAPI app with the shared telemetry, `/health`, `/ready`, `/metrics` and errors.
+
+    ``telemetry``: the providers to report to. None sets up the process's telemetry from
+    the ``OTEL_*`` environment (installing the global providers; the entry point's job),
+    and shuts it down with the app.
+    """
+    owns_telemetry = telemetry is None
+    if telemetry is None:
+        telemetry = setup_telemetry(service_name, **settings.telemetry_defaults())
     checks = dict(readiness_checks or {})
 
     @asynccontextmanager
-    async def run(app: FastAPI) -> AsyncIterator[None]:
+    async def run(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        state: dict[str, Any] = {"settings": settings, "service_name": service_name}
         try:
             if lifespan is None:
                 _settle_garbage_collector()
-                yield
+                yield state
             else:
-                async with lifespan(app):
+                async with lifespan(settings) as opened:
                     _settle_garbage_collector()
-                    yield
+                    yield {**state, **opened}
         finally:
-            shutdown_telemetry()
+            if owns_telemetry:
+                shutdown_telemetry()
 
     # FastAPIOffline serves Swagger UI and ReDoc from the wheel, not a CDN: /docs works offline.
     app = FastAPIOffline(
@@ -250,12 +252,17 @@ def create_service(
         # spans per request; TelemetryMiddleware already covers the request, more cheaply.
         telemetry=NATIVE_TELEMETRY_OFF,
     )
-    app.state.service_name = service_name
     if settings.chaos_enabled:
         app.add_middleware(ChaosMiddleware, settings=settings)  # inside the server span
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-    if telemetry_enabled():
-        app.add_middleware(TelemetryMiddleware)  # outside: the 413 is traced too
+    if telemetry.enabled:  # outside: the 413 is traced too
+        app.add_middleware(
+            TelemetryMiddleware,
+            tracer_provider=telemetry.tracer_provider,
+            meter_provider=telemetry.meter_provider,
+        )
+    app.add_exception_handler(ServiceError, handle_service_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     for exc_type in (OperationalError, InterfaceError, PoolTimeoutError, ConnectionRefusedError):
         app.add_exception_handler(exc_type, _database_unavailable)
     app.add_exception_handler(DataError, _value_rejected_by_database)
@@ -269,12 +276,12 @@ def create_service(
         return {"status": "ok", "service": service_name}
 
     @app.get("/ready", tags=["operations"])
-    async def ready() -> JSONResponse:
+    async def ready(request: Request) -> JSONResponse:
         """Readiness: every dependency answers within a short timeout."""
         results: dict[str, str] = {}
         for name, check in checks.items():
             try:
-                await asyncio.wait_for(check(app), _READINESS_TIMEOUT_SECONDS)
+                await asyncio.wait_for(check(request.state), _READINESS_TIMEOUT_SECONDS)
                 results[name] = "ok"
             except Exception as exc:
                 results[name] = f"unavailable: {type(exc).__name__}"

@@ -18,8 +18,8 @@ What a call gets here, so no service hand-rolls its own:
   ``circuit_breaker_state`` gauge and as the ``circuit_breaker.state`` span attribute;
 - one INTERNAL span around the whole call (``<service> <step>``) holding the retry and
   breaker events, marked ERROR with the exception when the call fails;
-- typed errors (:class:`DownstreamError` and subclasses) that carry the HTTP status the
-  caller should answer and render as one JSON shape: ``{"detail", "step", "service"}``.
+- typed errors (:class:`DownstreamError` and its subclasses, each a ``ServiceError``) that
+  carry the HTTP status the caller should answer and name the service and the step.
 
 It also holds what travels with a chain call: the baggage keys (``user.id``, ``action``), the
 span processor that copies them onto every span, and the PII switch.
@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import json as jsonlib
 import logging
-import math
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 import aiohttp
-from fastapi.responses import JSONResponse
 from multidict import CIMultiDictProxy
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context
@@ -55,11 +54,11 @@ from tenacity import (
 from tenacity.stop import stop_base
 from yarl import URL
 
-from otel_lab.services.base import error_response
+from otel_lab.services.errors import InvalidInputError, ServiceError, with_retry_after
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var, sanitize_request_id
-from otel_lab.telemetry.setup import telemetry_enabled
+from otel_lab.telemetry.setup import Telemetry, telemetry_enabled
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("otel_lab.downstream")
@@ -76,24 +75,25 @@ PII_BAGGAGE_KEYS = ("user.name", "user.email")
 # --------------------------------------------------------------------------- errors
 
 
-class DownstreamError(Exception):
-    """A call to another service failed; ``status_code`` is what the caller should answer."""
+class DownstreamError(ServiceError):
+    """A call to another service failed; ``status_code`` is what the caller should answer.
+
+    Counted where the call failed (:meth:`Downstream.request`), so the handler that answers
+    it only marks the caller's request span. The body names the service and the step.
+    """
 
     status_code = 502
     error_type = "downstream_failed"
+    counted = True
 
-    def __init__(self, service: str, step: str, reason: str) -> None:
-        super().__init__(f"{service} {reason}")
+    def __init__(
+        self, service: str, step: str, reason: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(f"{service} {reason}", headers=headers, step=step, service=service)
         self.service = service
         self.step = step
         self.reason = reason
         self.attempts = 0  # calls made before giving up (set by Downstream.send)
-
-    def response(self, **extra: object) -> JSONResponse:
-        """The JSON error a caller answers with: names the service and the failed step."""
-        return error_response(
-            self.status_code, str(self), step=self.step, service=self.service, **extra
-        )
 
 
 class DownstreamUnavailableError(DownstreamError):
@@ -115,7 +115,6 @@ class DownstreamHTTPError(DownstreamError):
     def __init__(self, service: str, step: str, upstream_status: int, detail: str) -> None:
         super().__init__(service, step, f"failed: {detail} (HTTP {upstream_status})")
         self.upstream_status = upstream_status
-        self.detail = detail
 
 
 class CircuitOpenError(DownstreamError):
@@ -125,13 +124,22 @@ class CircuitOpenError(DownstreamError):
     error_type = "circuit_open"
 
     def __init__(self, service: str, step: str, retry_after: float) -> None:
-        super().__init__(service, step, f"circuit open, retry in {retry_after:.0f}s")
+        super().__init__(
+            service,
+            step,
+            f"circuit open, retry in {retry_after:.0f}s",
+            headers=with_retry_after(retry_after),
+        )
         self.retry_after = retry_after
 
-    def response(self, **extra: object) -> JSONResponse:
-        response = super().response(**extra)
-        response.headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
-        return response
+
+class SimulationDisabledError(InvalidInputError):
+    """A chain request asked for a simulated failure while ``CHAIN_SIMULATED_FAILURES`` is off."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "simulate_failure is disabled (CHAIN_SIMULATED_FAILURES=false)", step="request"
+        )
 
 
 # --------------------------------------------------------------------------- breaker
@@ -652,23 +660,26 @@ def baggage_keys(settings: Settings | None = None) -> tuple[str, ...]:
     return CHAIN_BAGGAGE_KEYS + (PII_BAGGAGE_KEYS if settings.record_pii else ())
 
 
-_baggage_processor_installed: list[bool] = []
+_baggage_processor_installed: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
 
 
-def install_baggage_span_attributes(settings: Settings | None = None) -> None:
-    """Copy the chain's baggage entries onto every span this process starts (once).
+def install_baggage_span_attributes(
+    settings: Settings | None = None, telemetry: Telemetry | None = None
+) -> None:
+    """Copy the chain's baggage entries onto every span the provider starts (once each):
+    the provider of ``telemetry``, or the global one.
 
     An allow-list, not every entry: baggage is caller-controlled data, and only the keys
     the chain itself sets are worth (and safe) recording.
     """
-    if _baggage_processor_installed or not telemetry_enabled():
+    if not telemetry_enabled() or (telemetry is not None and not telemetry.enabled):
         return
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
+    provider = (telemetry and telemetry.tracer_provider) or trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider) or provider in _baggage_processor_installed:
         return
     allowed = frozenset(baggage_keys(settings))
     provider.add_span_processor(BaggageSpanProcessor(lambda key: key in allowed))
-    _baggage_processor_installed.append(True)
+    _baggage_processor_installed.add(provider)
 
 
 def chain_baggage(

@@ -2,9 +2,15 @@
 
 from otel_lab.telemetry.context import request_id_var, sanitize_request_id
 from otel_lab.telemetry.middleware import TelemetryMiddleware
-from otel_lab.telemetry.setup import setup_telemetry, shutdown_telemetry, telemetry_enabled
+from otel_lab.telemetry.setup import (
+    Telemetry,
+    setup_telemetry,
+    shutdown_telemetry,
+    telemetry_enabled,
+)
 
 __all__ = [
+    "Telemetry",
     "TelemetryMiddleware",
     "request_id_var",
     "sanitize_request_id",

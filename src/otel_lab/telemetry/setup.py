@@ -6,6 +6,11 @@ here), ``OTEL_{TRACES,METRICS,LOGS}_EXPORTER``, ``OTEL_EXPORTER_OTLP[_{SIGNAL}]_
 ``OTEL_TRACES_SAMPLER[_ARG]``, ``OTEL_BSP_*``, ``OTEL_BLRP_*`` and ``OTEL_METRIC_EXPORT_*``.
 Where this module has a default of its own (shorter export timeouts and intervals, larger
 queues), it applies only while the standard variable is unset.
+
+:func:`setup_telemetry` is for a process's entry point: it installs the global providers and
+the root log handlers. It returns a :class:`Telemetry`, the providers to hand to what
+records telemetry (``TelemetryMiddleware``); a test builds its own ``Telemetry`` around
+in-memory exporters instead, and nothing global changes.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import socket
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -46,6 +52,16 @@ _state: dict[str, Any] = {}
 
 def telemetry_enabled() -> bool:
     return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() != "true"
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """Where a component's telemetry goes: its providers (None: the global ones), or
+    nowhere at all (``enabled=False``, ``OTEL_SDK_DISABLED=true``)."""
+
+    tracer_provider: trace.TracerProvider | None = None
+    meter_provider: metrics.MeterProvider | None = None
+    enabled: bool = True
 
 
 def _default(variable: str) -> int | None:
@@ -97,24 +113,25 @@ def setup_telemetry(
     service_version: str | None = None,
     environment: str | None = None,
     log_level: str = "INFO",
-) -> None:
+) -> Telemetry:
     """Install the global providers and JSON logging; safe to call more than once.
 
     The arguments are defaults: ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``
-    override the first three.
+    override the first three. Returns the providers installed.
     """
-    if _state:
-        return
+    installed = _state.get("telemetry")
+    if isinstance(installed, Telemetry):
+        return installed
     if not telemetry_enabled():
         configure_logging(service_name, log_level, otlp_handler=None)
-        _state["disabled"] = True
-        return
+        _state["telemetry"] = off = Telemetry(enabled=False)
+        return off
 
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         # Zero-code mode: `opentelemetry-instrument` installed the providers before us.
         configure_logging(service_name, log_level, otlp_handler=LoggingHandler())
-        _state["external"] = True
-        return
+        _state["telemetry"] = external = Telemetry()
+        return external
 
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
     resource = build_resource(service_name, service_version, environment)
@@ -152,7 +169,11 @@ def setup_telemetry(
         log_level,
         otlp_handler=OTLPHandler(logger_provider=logger_provider) if log_exporters else None,
     )
-    _state.update(tracer=tracer_provider, meter=meter_provider, logger=logger_provider)
+    telemetry = Telemetry(tracer_provider, meter_provider)
+    _state.update(
+        tracer=tracer_provider, meter=meter_provider, logger=logger_provider, telemetry=telemetry
+    )
+    return telemetry
 
 
 def _flush_and_shutdown() -> None:

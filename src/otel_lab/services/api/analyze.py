@@ -12,11 +12,10 @@ import math
 from dataclasses import dataclass
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
-from otel_lab.services.base import error_response
+from otel_lab.services.errors import InvalidInputError
 
 # MicroTrace's log events come from "microtrace.api"; ours keep the project's prefix.
 logger = logging.getLogger("otel_lab.api.analyze")
@@ -67,14 +66,13 @@ worker_service = WorkerService()
 
 @router.post(
     "/analyze",
-    response_model=AnalyzeResponse,
     responses={422: {"description": "Missing, non-numeric or non-finite input or result"}},
 )
-async def analyze(body: AnalyzeRequest) -> AnalyzeResponse | JSONResponse:
+async def analyze(body: AnalyzeRequest) -> AnalyzeResponse:
     """Sum and difference of ``a`` and ``b``, computed by the WorkerService."""
     result = worker_service.analyze(body.a, body.b)
     if not (math.isfinite(result.sum) and math.isfinite(result.difference)):
         # 1e308 + 1e308 overflows to inf, which JSON cannot carry: the input is at fault.
-        return error_response(422, "result out of range: a and b are too large")
+        raise InvalidInputError("result out of range: a and b are too large")
     logger.info("analyze_response", extra={"sum": result.sum, "difference": result.difference})
     return AnalyzeResponse(sum=result.sum, difference=result.difference)

@@ -1,11 +1,13 @@
-"""The api service: ``uvicorn otel_lab.services.api.app:app``."""
+"""The api service: ``uvicorn --factory otel_lab.services.api.app:create_app``."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.datastructures import State
 
 from otel_lab.cache import create_async_redis, create_redis
 from otel_lab.queue import create_celery_app
@@ -13,34 +15,47 @@ from otel_lab.registry import API
 from otel_lab.services.api import analyze, items, showcase, weather
 from otel_lab.services.api.queue_metrics import register_queue_depth
 from otel_lab.services.base import create_service, database, database_ready
+from otel_lab.settings import Settings, get_settings
+from otel_lab.telemetry import Telemetry
 
 SERVICE_NAME = API.name
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    app.state.redis = create_async_redis()
-    app.state.celery = create_celery_app()
-    register_queue_depth(create_redis(traced=False))
-    app.state.weather = weather.WeatherClient.from_settings()
+async def lifespan(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    redis = create_async_redis(settings)
+    register_queue_depth(create_redis(settings, traced=False))
+    weather_client = weather.WeatherClient.from_settings(settings)
     try:
-        async with database(app):
-            yield
+        async with database(settings) as db:
+            yield {
+                **db,
+                "redis": redis,
+                "celery": create_celery_app(),
+                "weather": weather_client,
+            }
     finally:
-        await app.state.weather.aclose()
-        await app.state.redis.aclose()
+        await weather_client.aclose()
+        await redis.aclose()
 
 
-async def _cache_ready(app: FastAPI) -> None:
-    await app.state.redis.ping()
+async def _cache_ready(state: State) -> None:
+    await state.redis.ping()
 
 
-app = create_service(
-    SERVICE_NAME,
-    title="Otel Lab api",
-    description="Items with cache-aside reads and worker enrichment, analyze, weather, showcase.",
-    lifespan=lifespan,
-    readiness_checks={"database": database_ready, "cache": _cache_ready},
-)
-for router in (items.router, analyze.router, weather.router, showcase.router):
-    app.include_router(router)
+def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastAPI:
+    """The app; ``telemetry`` None sets up the process's own (see ``create_service``)."""
+    settings = settings or get_settings()
+    app = create_service(
+        SERVICE_NAME,
+        settings,
+        title="Otel Lab api",
+        description="Items with cache-aside reads and worker enrichment, analyze, weather, "
+        "showcase.",
+        lifespan=lifespan,
+        readiness_checks={"database": database_ready, "cache": _cache_ready},
+        telemetry=telemetry,
+    )
+    for router in (items.router, analyze.router, weather.router, showcase.router):
+        app.include_router(router)
+    return app

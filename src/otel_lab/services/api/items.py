@@ -16,14 +16,16 @@ from typing import Annotated, TypeVar
 
 import anyio
 from anyio import to_thread
-from fastapi import APIRouter, HTTPException, Path, Request
+from celery import Celery
+from fastapi import APIRouter, Path
 from kombu.exceptions import KombuError
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from otel_lab.items import ITEM_ENRICHMENT, Item, ItemCreate, ItemOut
+from otel_lab.services.deps import CeleryDep, RedisDep, SessionDep, SessionFactoryDep, SettingsDep
 from otel_lab.services.downstream import CircuitBreaker, CircuitOpenError
-from otel_lab.settings import get_settings
+from otel_lab.services.errors import NotFoundError
 from otel_lab.telemetry import metrics as prom
 
 logger = logging.getLogger(__name__)
@@ -40,23 +42,21 @@ T = TypeVar("T")
 
 
 @router.post("", status_code=201)
-async def create_item(body: ItemCreate, request: Request) -> ItemOut:
+async def create_item(body: ItemCreate, session: SessionDep, celery: CeleryDep) -> ItemOut:
     """Insert the item, then queue its enrichment in the same trace."""
-    async with request.app.state.sessions() as session:
-        item = Item(name=body.name, description=body.description)
-        session.add(item)
-        await session.commit()
+    item = Item(name=body.name, description=body.description)
+    session.add(item)
+    await session.commit()
     out = ItemOut.model_validate(item)
-    await _enqueue_enrichment(request, out.id)
+    await _enqueue_enrichment(celery, out.id)
     logger.info("item_created", extra={"item_id": out.id})
     return out
 
 
-async def _enqueue_enrichment(request: Request, item_id: int) -> None:
+async def _enqueue_enrichment(celery: Celery, item_id: int) -> None:
     """A broker outage leaves the item pending (the sweep queues it later), never fails
     or holds the write: the publish gets a deadline, and is skipped while its breaker is
     open. A publish cut off by the deadline finishes or fails on its thread (socket timeout)."""
-    celery = request.app.state.celery
     try:
         broker_breaker.allow("publish")
         with anyio.fail_after(PUBLISH_DEADLINE_SECONDS):
@@ -97,11 +97,12 @@ async def _cached(call: Callable[[], Awaitable[T]], event: str) -> tuple[bool, T
     return True, result
 
 
-@router.get("/{item_id}")
-async def read_item(item_id: ItemId, request: Request) -> ItemOut:
+@router.get("/{item_id}", responses={404: {"description": "No such item"}})
+async def read_item(
+    item_id: ItemId, redis: RedisDep, sessions: SessionFactoryDep, settings: SettingsDep
+) -> ItemOut:
     """Cache-aside: answer from Redis when possible; a miss reads PostgreSQL and fills Redis."""
     span = trace.get_current_span()
-    redis = request.app.state.redis
     key = Item.cache_key(item_id)
     cache_up, cached = await _cached(lambda: redis.get(key), "cache.unavailable")
     if cached is not None:
@@ -111,14 +112,14 @@ async def read_item(item_id: ItemId, request: Request) -> ItemOut:
 
     span.set_attribute("cache.hit", False)
     prom.CACHE_MISSES.labels(CACHE_NAME).inc()
-    async with request.app.state.sessions() as session:
+    async with sessions() as session:
         item = await session.get(Item, item_id)
     if item is None:
-        raise HTTPException(status_code=404, detail=f"item {item_id} not found")
+        raise NotFoundError(f"item {item_id} not found")
     out = ItemOut.model_validate(item)
     if cache_up:  # a cache that just failed is not asked again within the same request
         # NX: if the worker has written a fresher copy meanwhile, keep it.
-        ttl = get_settings().cache_ttl_seconds
+        ttl = settings.cache_ttl_seconds
         await _cached(lambda: redis.set(key, out.model_dump_json(), ex=ttl, nx=True),
                       "cache.fill_failed")  # fmt: skip
     return out

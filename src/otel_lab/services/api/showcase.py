@@ -23,26 +23,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Query
 from opentelemetry import trace
 from pydantic import BaseModel
 from sqlalchemy import delete, func, insert, select, update
 
 from otel_lab.items import Item
-from otel_lab.services.base import error_response, record_error
-from otel_lab.settings import get_settings
+from otel_lab.services.deps import EngineDep, ServiceNameDep, SessionFactoryDep, SettingsDep
+from otel_lab.services.errors import ServiceError
 
 logger = logging.getLogger("otel_lab.api.showcase")
 tracer = trace.get_tracer("otel_lab.api.showcase")
 router = APIRouter(tags=["showcase"])
 
 
-def _common(request: Request, operation: str, operation_type: str) -> dict[str, str]:
+def _common(service_name: str, operation: str, operation_type: str) -> dict[str, str]:
     return {
         "api.operation": operation,
         "operation.type": operation_type,
-        "service.name": request.app.state.service_name,
+        "service.name": service_name,
     }
 
 
@@ -59,17 +58,22 @@ class Greeting(BaseModel):
 
 
 @router.get("/hello")
-async def hello(request: Request, name: Name = "World") -> Greeting:
+async def hello(service_name: ServiceNameDep, name: Name = "World") -> Greeting:
     """The smallest traced endpoint: one manual span with the showcase's attributes."""
-    with tracer.start_as_current_span("hello", attributes=_common(request, "hello", "simple")):
+    with tracer.start_as_current_span("hello", attributes=_common(service_name, "hello", "simple")):
         return Greeting(message=f"Hello, {name}!")
 
 
 # ---------------------------------------------------------------------------- /error-simulation
 
 
-class SimulatedError(RuntimeError):
-    """Raised on purpose by /error-simulation."""
+class SimulatedError(ServiceError):
+    """Raised on purpose by /error-simulation: a JSON 500 naming the odds."""
+
+    error_type = "simulated_error"
+
+    def __init__(self, probability: float) -> None:
+        super().__init__(f"simulated failure (probability {probability})", probability=probability)
 
 
 class SimulationOut(BaseModel):
@@ -94,25 +98,22 @@ Probability = Annotated[
     responses={500: {"description": "The simulated failure (by design)"}},
 )
 async def error_simulation(
-    request: Request, probability: Probability = None
-) -> SimulationOut | JSONResponse:
+    service_name: ServiceNameDep, settings: SettingsDep, probability: Probability = None
+) -> SimulationOut:
     """Fail with ``probability``: the span shows the exception, ERROR status and the odds."""
-    chance = get_settings().error_simulation_rate if probability is None else probability
+    chance = settings.error_simulation_rate if probability is None else probability
     attributes: dict[str, str | float] = {
-        **_common(request, "error-simulation", "error_simulation")
+        **_common(service_name, "error-simulation", "error_simulation")
     }
     attributes["error.probability"] = chance
-    try:
-        with tracer.start_as_current_span("error_simulation", attributes=attributes) as span:
-            failed = random.random() < chance
-            span.set_attribute("error.simulated", failed)
-            if failed:
-                # Leaving the span with an exception records it and sets status ERROR.
-                raise SimulatedError(f"simulated failure (probability {chance})")
-    except SimulatedError as exc:
-        record_error(exc, "simulated_error")  # the request span too, and errors_total
-        logger.warning("simulated_error", extra={"probability": chance})
-        return error_response(500, str(exc), error_type="simulated_error", probability=chance)
+    with tracer.start_as_current_span("error_simulation", attributes=attributes) as span:
+        failed = random.random() < chance
+        span.set_attribute("error.simulated", failed)
+        if failed:
+            logger.warning("simulated_error", extra={"probability": chance})
+            # Leaving the span with an exception records it and sets status ERROR; the
+            # error handler then marks the request span and counts errors_total.
+            raise SimulatedError(chance)
     return SimulationOut(status="ok", probability=chance)
 
 
@@ -155,7 +156,9 @@ def _db_step(
 
 @router.get("/db-operation")
 async def db_operation(
-    request: Request,
+    engine: EngineDep,
+    sessions: SessionFactoryDep,
+    service_name: ServiceNameDep,
     rows: Annotated[int, Query(ge=1, le=10, description="Scratch rows to write")] = 1,
 ) -> DbOperationOut:
     """Insert, read, update and delete scratch rows in one transaction, each step a span.
@@ -163,13 +166,12 @@ async def db_operation(
     The rows live in the ``items`` table for the length of the transaction only, with a
     status no other code path uses, so the endpoint leaves no data behind.
     """
-    engine = request.app.state.engine
     db = {"database.system": "postgresql", "database.name": engine.url.database or ""}
     steps: list[DbStep] = []
     with tracer.start_as_current_span(
-        "db_operation", attributes={**_common(request, "db-operation", "database"), **db}
+        "db_operation", attributes={**_common(service_name, "db-operation", "database"), **db}
     ) as span:
-        async with request.app.state.sessions() as session, session.begin():
+        async with sessions() as session, session.begin():
             with _db_step("insert", db, steps, rows) as step:
                 result = await session.execute(
                     insert(Item).returning(Item.id),
@@ -222,9 +224,11 @@ def _step_value(user_id: int, index: int) -> float:
 
 
 @router.get("/complex-operation")
-async def complex_operation(request: Request, user_id: UserId = 1, steps: Steps = 3) -> ComplexOut:
+async def complex_operation(
+    service_name: ServiceNameDep, user_id: UserId = 1, steps: Steps = 3
+) -> ComplexOut:
     """Nested work four spans deep, the shape a real request handler often has."""
-    common = _common(request, "complex-operation", "composite")
+    common = _common(service_name, "complex-operation", "composite")
     with tracer.start_as_current_span(
         "complex_operation", attributes={**common, "user.id": user_id, "complex.steps": steps}
     ) as root:

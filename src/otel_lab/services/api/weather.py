@@ -21,15 +21,14 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Path, Request
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from pydantic import BaseModel, ValidationError
 from yarl import URL
 
 from otel_lab import __version__
 from otel_lab.registry import WEATHER_UPSTREAM
-from otel_lab.services.base import error_response, record_error
 from otel_lab.services.downstream import (
     CircuitOpenError,
     Downstream,
@@ -39,7 +38,8 @@ from otel_lab.services.downstream import (
     RetryPolicy,
     create_client,
 )
-from otel_lab.settings import Settings, get_settings
+from otel_lab.services.errors import InvalidInputError, ServiceError
+from otel_lab.settings import Settings
 from otel_lab.telemetry import metrics as prom
 
 logger = logging.getLogger("otel_lab.api.weather")
@@ -81,14 +81,12 @@ class WeatherOut(Observation):
     attempts: int  # upstream calls it took, retries included
 
 
-class UpstreamFailure(Exception):
-    """The upstream call failed; carries the status and message the client gets."""
+class UpstreamFailure(ServiceError):
+    """The upstream call failed: 404 (unknown city), 502, 503 or 504, with the attempts made."""
 
     def __init__(self, status_code: int, detail: str, error_type: str, attempts: int) -> None:
-        super().__init__(detail)
+        super().__init__(detail, error_type=error_type, attempts=attempts)
         self.status_code = status_code
-        self.detail = detail
-        self.error_type = error_type
         self.attempts = attempts
 
 
@@ -104,14 +102,16 @@ class WeatherClient:
         max_retries: int,
         backoff_seconds: float,
         deadline_seconds: float,
+        settings: Settings | None = None,
     ) -> None:
-        self._client = create_client()
+        self._client = create_client(settings)
         # Only an upstream that cannot be reached or does not answer opens the breaker: a 5xx
         # answer is passed on as a 502 that names it (as the gateway counts its upstreams).
         self._upstream = Downstream(
             WEATHER_UPSTREAM.name,
             base_url,
             self._client,
+            settings=settings,
             count_http_errors=False,
             timeout=timeout_seconds,
             retry=RetryPolicy(
@@ -125,14 +125,14 @@ class WeatherClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> WeatherClient:
-        settings = settings or get_settings()
+    def from_settings(cls, settings: Settings) -> WeatherClient:
         return cls(
             settings.base_url(WEATHER_UPSTREAM),
             timeout_seconds=settings.weather_timeout_seconds,
             max_retries=settings.weather_max_retries,
             backoff_seconds=settings.weather_backoff_seconds,
             deadline_seconds=settings.weather_deadline_seconds,
+            settings=settings,
         )
 
     async def aclose(self) -> None:
@@ -164,8 +164,10 @@ class WeatherClient:
                     raise _failure(exc) from exc
                 return _parse(reply, city, attempts), attempts
             except UpstreamFailure as exc:
-                if exc.status_code >= 500:
-                    record_error(exc, exc.error_type)
+                if exc.status_code >= 500:  # the request's span is marked by the handler
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, exc.error_type))
+                    span.set_attribute("error.type", exc.error_type)
                 raise
             finally:
                 span.set_attribute("weather.attempts", attempts)
@@ -212,9 +214,16 @@ def _parse(response: Reply, city: str, attempts: int) -> Observation:
         ) from exc
 
 
+def _weather_client(request: Request) -> WeatherClient:
+    client: WeatherClient = request.state.weather
+    return client
+
+
+WeatherClientDep = Annotated[WeatherClient, Depends(_weather_client)]
+
+
 @router.get(
     "/weather/{city}",
-    response_model=WeatherOut,
     responses={
         404: {"description": "The upstream does not know the city"},
         422: {"description": "Invalid city name"},
@@ -222,9 +231,8 @@ def _parse(response: Reply, city: str, attempts: int) -> Observation:
         504: {"description": "The upstream did not answer in time"},
     },
 )
-async def weather(city: City, request: Request) -> WeatherOut | JSONResponse:
+async def weather(city: City, client: WeatherClientDep) -> WeatherOut:
     """Current weather for a city, from the upstream weather API."""
-    client: WeatherClient = request.app.state.weather
     try:
         observation, attempts = await client.current(city)
     except UpstreamFailure as exc:
@@ -232,15 +240,13 @@ async def weather(city: City, request: Request) -> WeatherOut | JSONResponse:
             "weather_failed",
             extra={"city": city, "error_type": exc.error_type, "attempts": exc.attempts},
         )
-        return error_response(
-            exc.status_code, exc.detail, error_type=exc.error_type, attempts=exc.attempts
-        )
+        raise
     logger.info("weather_fetched", extra={"city": city, "attempts": attempts})
     return WeatherOut(**observation.model_dump(), attempts=attempts)
 
 
 @router.get("/weather", include_in_schema=False)
 @router.get("/weather/", include_in_schema=False)
-async def weather_without_city() -> JSONResponse:
+async def weather_without_city() -> None:
     """An empty city is bad input (422), not a missing page."""
-    return error_response(422, "a city is required: GET /weather/{city}")
+    raise InvalidInputError("a city is required: GET /weather/{city}")

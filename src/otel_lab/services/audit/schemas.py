@@ -37,3 +37,28 @@ class AuditLogOut(BaseModel):
     trace_id: str | None
     request_id: str | None
     created_at: datetime
+
+
+class ChainSummary(BaseModel):
+    chain: list[str]
+    completed: bool
+    user_id: int
+    order_id: int | None
+    action: str
+    order_total: float | None
+    item_count: int | None
+
+
+class AuditRecord(BaseModel):
+    """The audit row as the chain reports it; ``replayed``: written by an earlier attempt."""
+
+    id: int
+    status: Literal["recorded"]
+    event_type: str
+    created_at: str  # ISO 8601, as datetime.isoformat() writes it
+    replayed: bool
+    summary: ChainSummary
+
+
+class AuditProcessResponse(BaseModel):
+    audit: AuditRecord

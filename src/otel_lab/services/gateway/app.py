@@ -1,4 +1,5 @@
-"""The gateway: ``uvicorn otel_lab.services.gateway.app:app`` (port ``GATEWAY_PORT``, 8080).
+"""The gateway: ``uvicorn --factory otel_lab.services.gateway.app:create_app`` (port
+``GATEWAY_PORT``, 8080).
 
 The single front door (the service chain's nginx, in Python): every public path, and the same path
 under ``/api/v1/``, goes to the service that owns it (:data:`ROUTES`, the one routing
@@ -19,13 +20,15 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from opentelemetry import baggage, context, trace
+from starlette.datastructures import State
 
 from otel_lab.registry import GATEWAY, SERVICES
-from otel_lab.services.base import create_service, error_response
+from otel_lab.services.base import create_service
 from otel_lab.services.downstream import (
     IDEMPOTENT_METHODS,
     Downstream,
@@ -35,8 +38,10 @@ from otel_lab.services.downstream import (
     create_client,
     probe,
 )
+from otel_lab.services.errors import NotFoundError, PayloadTooLargeError
 from otel_lab.services.gateway.routes import API_PREFIX, PROXY_METHODS, ROUTES
 from otel_lab.settings import Settings, get_settings
+from otel_lab.telemetry import Telemetry
 from otel_lab.telemetry.context import request_id_var
 
 logger = logging.getLogger(__name__)
@@ -95,20 +100,17 @@ def _response_from(upstream: Reply) -> Response:
 
 
 async def proxy(request: Request, *, service: str, strip: int) -> Response:
-    """Send the request to ``service`` and hand its answer back, or a JSON error."""
-    settings = get_settings()
+    """Send the request to ``service`` and hand its answer back (or raise a JSON error)."""
+    settings: Settings = request.state.settings
     span = trace.get_current_span()
     span.set_attribute("gateway.upstream", service)
+    limit = settings.gateway_max_body_bytes
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > settings.gateway_max_body_bytes:
-        return error_response(
-            413, f"request body larger than {settings.gateway_max_body_bytes} bytes"
-        )
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(limit)
     body = await request.body()
-    if len(body) > settings.gateway_max_body_bytes:
-        return error_response(
-            413, f"request body larger than {settings.gateway_max_body_bytes} bytes"
-        )
+    if len(body) > limit:
+        raise PayloadTooLargeError(limit)
 
     raw_path = request.scope.get("raw_path") or request.url.path.encode()
     path = raw_path.decode("latin-1")[strip:] or "/"
@@ -119,7 +121,7 @@ async def proxy(request: Request, *, service: str, strip: int) -> Response:
 
     token = None if settings.gateway_trust_inbound_baggage else context.attach(baggage.clear())
     try:
-        upstream = await request.app.state.upstreams[service].request(
+        upstream = await request.state.upstreams[service].request(
             method,
             path,
             step="proxy",
@@ -132,64 +134,73 @@ async def proxy(request: Request, *, service: str, strip: int) -> Response:
         logger.warning(
             "upstream_failed", extra={"upstream": service, "error": str(exc), "path": path}
         )
-        return exc.response()
+        raise
     finally:
         if token is not None:
             context.detach(token)
     return _response_from(upstream)
 
 
-async def not_found(request: Request) -> JSONResponse:
+async def not_found(request: Request) -> None:
     """No service owns the path: 404 with the prefixes that exist."""
-    return error_response(
-        404,
-        f"no service owns {request.url.path}",
-        routes=sorted(ROUTES),
-        api_prefix=API_PREFIX,
+    raise NotFoundError(
+        f"no service owns {request.url.path}", routes=sorted(ROUTES), api_prefix=API_PREFIX
     )
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings = get_settings()
+async def lifespan(settings: Settings) -> AsyncIterator[dict[str, Any]]:
     timeout = settings.gateway_upstream_timeout_seconds
     retry = RetryPolicy.from_settings(settings, statuses=frozenset())
-    client = create_client()
-    app.state.client = client
+    client = create_client(settings)
     # Only unreachable upstreams count against the gateway's breakers and are retried; an
     # upstream's own 5xx answer is passed on as it is (see Downstream).
-    app.state.upstreams = {
-        name: Downstream(name, url, client, count_http_errors=False, retry=retry, timeout=timeout)
+    upstreams = {
+        name: Downstream(
+            name,
+            url,
+            client,
+            settings=settings,
+            count_http_errors=False,
+            retry=retry,
+            timeout=timeout,
+        )
         for name, url in upstream_urls(settings).items()
     }
     try:
-        yield
+        yield {"client": client, "upstreams": upstreams}
     finally:
         await client.close()
 
 
-def _upstream_check(name: str) -> Callable[[FastAPI], Awaitable[None]]:
-    async def check(app: FastAPI) -> None:
-        upstream: Downstream = app.state.upstreams[name]
-        response = await probe(app.state.client, f"{upstream.base_url}/health", timeout=1.0)
+def _upstream_check(name: str) -> Callable[[State], Awaitable[None]]:
+    async def check(state: State) -> None:
+        upstream: Downstream = state.upstreams[name]
+        response = await probe(state.client, f"{upstream.base_url}/health", timeout=1.0)
         if response.status_code >= 400:
             raise RuntimeError(f"{name} answered HTTP {response.status_code}")
 
     return check
 
 
-app = create_service(
-    SERVICE_NAME,
-    title="Otel Lab gateway",
-    description="The single front door: routes every public path (and /api/v1/...) "
-    "to the service that owns it.",
-    lifespan=lifespan,
-    readiness_checks={name: _upstream_check(name) for name in upstream_urls(get_settings())},
-    max_body_bytes=get_settings().gateway_max_body_bytes,
-)
-for _prefix, _service in ROUTES.items():
-    for _base in ("", API_PREFIX):
-        _endpoint = partial(proxy, service=_service, strip=len(_base))
-        for _path in (_base + _prefix, f"{_base}{_prefix}/{{rest:path}}"):
-            app.add_api_route(_path, _endpoint, methods=PROXY_METHODS, include_in_schema=False)
-app.add_api_route("/{path:path}", not_found, methods=PROXY_METHODS, include_in_schema=False)
+def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastAPI:
+    """The app; ``telemetry`` None sets up the process's own (see ``create_service``)."""
+    settings = settings or get_settings()
+    app = create_service(
+        SERVICE_NAME,
+        settings,
+        title="Otel Lab gateway",
+        description="The single front door: routes every public path (and /api/v1/...) "
+        "to the service that owns it.",
+        lifespan=lifespan,
+        readiness_checks={name: _upstream_check(name) for name in upstream_urls(settings)},
+        max_body_bytes=settings.gateway_max_body_bytes,
+        telemetry=telemetry,
+    )
+    for prefix, service in ROUTES.items():
+        for base in ("", API_PREFIX):
+            endpoint = partial(proxy, service=service, strip=len(base))
+            for path in (base + prefix, f"{base}{prefix}/{{rest:path}}"):
+                app.add_api_route(path, endpoint, methods=PROXY_METHODS, include_in_schema=False)
+    app.add_api_route("/{path:path}", not_found, methods=PROXY_METHODS, include_in_schema=False)
+    return app

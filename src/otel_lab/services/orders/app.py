@@ -1,4 +1,4 @@
-"""order-service: ``uvicorn otel_lab.services.orders.app:app``.
+"""order-service: ``uvicorn --factory otel_lab.services.orders.app:create_app``.
 
 Order creation and pricing; ``POST /process`` continues the chain to audit-service.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -18,24 +19,31 @@ from otel_lab.services.downstream import (
     install_baggage_span_attributes,
 )
 from otel_lab.services.orders import routes
-from otel_lab.settings import get_settings
+from otel_lab.settings import Settings, get_settings
+from otel_lab.telemetry import Telemetry
 
 SERVICE_NAME = ORDERS.name
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with database(app), create_client() as client:
-        app.state.audit = Downstream(AUDIT.name, get_settings().base_url(AUDIT), client)
-        yield
+async def lifespan(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    async with database(settings) as db, create_client(settings) as client:
+        audit = Downstream(AUDIT.name, settings.base_url(AUDIT), client, settings=settings)
+        yield {**db, "audit": audit}
 
 
-app = create_service(
-    SERVICE_NAME,
-    title="Otel Lab order-service",
-    description="Orders and pricing; POST /process continues the chain to audit-service.",
-    lifespan=lifespan,
-    readiness_checks={"database": database_ready},
-)
-install_baggage_span_attributes()
-app.include_router(routes.router)
+def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastAPI:
+    """The app; ``telemetry`` None sets up the process's own (see ``create_service``)."""
+    settings = settings or get_settings()
+    app = create_service(
+        SERVICE_NAME,
+        settings,
+        title="Otel Lab order-service",
+        description="Orders and pricing; POST /process continues the chain to audit-service.",
+        lifespan=lifespan,
+        readiness_checks={"database": database_ready},
+        telemetry=telemetry,
+    )
+    install_baggage_span_attributes(settings, telemetry)
+    app.include_router(routes.router)
+    return app

@@ -15,23 +15,29 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from opentelemetry import trace
 from sqlalchemy import DateTime, Integer, Table, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from otel_lab import faults
-from otel_lab.services.base import error_response, record_error
+from otel_lab.services.deps import AutocommitDep, SettingsDep
 from otel_lab.services.downstream import (
+    Downstream,
     DownstreamError,
+    SimulationDisabledError,
     idempotency_key,
     outbound_headers,
 )
+from otel_lab.services.errors import NotFoundError, ServiceError
 from otel_lab.services.orders.models import Order, OrderItem
 from otel_lab.services.orders.pricing import Line, default_items, price_order
-from otel_lab.services.orders.schemas import MAX_ID, OrderOut, OrderProcessRequest
-from otel_lab.settings import get_settings
+from otel_lab.services.orders.schemas import (
+    MAX_ID,
+    OrderOut,
+    OrderProcessRequest,
+    OrderProcessResponse,
+)
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("otel_lab.orders")
@@ -40,12 +46,28 @@ router = APIRouter(tags=["orders"])
 OrderId = Annotated[int, Path(ge=1, le=MAX_ID, description="The order's id")]
 
 
-class SimulatedFailureError(RuntimeError):
+def _audit_service(request: Request) -> Downstream:
+    audit: Downstream = request.state.audit
+    return audit
+
+
+AuditServiceDep = Annotated[Downstream, Depends(_audit_service)]
+
+
+class SimulatedFailureError(ServiceError):
     """Raised on request (``simulate_failure``) so demos and tests see an error cross services."""
 
+    error_type = "simulated_failure"
 
-class SimulatedTransientError(RuntimeError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, step="order_creation")
+
+
+class SimulatedTransientError(SimulatedFailureError):
     """Fails the first attempt for an idempotency key only: the caller's retry succeeds."""
+
+    status_code = 503
+    error_type = "simulated_transient_failure"
 
 
 # Keys whose first attempt already failed on purpose (bounded: a demo aid, not state).
@@ -79,8 +101,8 @@ async def _items_of(connection: AsyncConnection, order_ids: Sequence[int]) -> di
     return by_order
 
 
-def _out(order: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    return OrderOut.model_validate({**order, "items": items}).model_dump(mode="json")
+def _out(order: Mapping[Any, Any], items: Sequence[Mapping[Any, Any]]) -> OrderOut:
+    return OrderOut.model_validate({**order, "items": items})
 
 
 _SLOW_QUERY = text("SELECT pg_sleep(:seconds)")  # the slow-database fault (otel_lab.faults)
@@ -215,7 +237,7 @@ def _replayed(
 
 
 async def _write_audit(
-    request: Request,
+    audit_service: Downstream,
     connection: AsyncConnection,
     order: dict[str, Any],
     body: OrderProcessRequest,
@@ -233,7 +255,7 @@ async def _write_audit(
     if body.simulate_failure == "audit":
         payload["simulate_failure"] = "audit"
     try:
-        response = await request.app.state.audit.request(
+        response = await audit_service.request(
             "POST",
             "/process",
             step="audit_logging",
@@ -260,46 +282,46 @@ async def _write_audit(
     return audit
 
 
-@router.post("/process")
+@router.post(
+    "/process",
+    responses={
+        422: {"description": "Invalid input, or simulate_failure while simulations are off"},
+        500: {"description": "The simulated order failure (simulate_failure: order)"},
+        503: {"description": "The simulated transient failure's first attempt"},
+    },
+)
 async def process(
     body: OrderProcessRequest,
-    request: Request,
+    autocommit: AutocommitDep,
+    audit_service: AuditServiceDep,
+    settings: SettingsDep,
     idempotency_key_header: str | None = Header(None, alias="Idempotency-Key"),
-) -> JSONResponse:
+) -> OrderProcessResponse:
     """Create and price the order, then have it audited; answer the order and the audit."""
-    if body.simulate_failure and not get_settings().simulated_failures:
-        return error_response(
-            422, "simulate_failure is disabled (CHAIN_SIMULATED_FAILURES=false)", step="request"
-        )
+    if body.simulate_failure and not settings.simulated_failures:
+        raise SimulationDisabledError()
     key = idempotency_key(idempotency_key_header)
     # Autocommit: each statement is its own transaction; none is held open across the call
     # to audit-service.
-    async with request.app.state.autocommit.connect() as connection:
-        try:
-            order, items, replayed = await _create_order(connection, body, key)
-        except SimulatedFailureError as exc:
-            record_error(exc, "simulated_failure")
-            return error_response(500, str(exc), step="order_creation")
-        except SimulatedTransientError as exc:
-            record_error(exc, "simulated_transient_failure")
-            return error_response(503, str(exc), step="order_creation")
-        audit = await _write_audit(request, connection, order, body, key)
-    return JSONResponse({"order": _out(order, items), "audit": audit, "replayed": replayed})
+    async with autocommit.connect() as connection:
+        order, items, replayed = await _create_order(connection, body, key)
+        audit = await _write_audit(audit_service, connection, order, body, key)
+    return OrderProcessResponse(order=_out(order, items), audit=audit, replayed=replayed)
 
 
 @router.get("/orders")
 async def list_orders(
-    request: Request,
+    autocommit: AutocommitDep,
     response: Response,
     user_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-) -> list[dict[str, Any]]:
+) -> list[OrderOut]:
     """Newest first; the total is in ``X-Total-Count``."""
     query = select(_orders)
     if user_id is not None:
         query = query.where(_orders.c.user_id == user_id)
-    async with request.app.state.autocommit.connect() as connection:
+    async with autocommit.connect() as connection:
         total = await connection.scalar(select(func.count()).select_from(query.subquery()))
         page = query.order_by(_orders.c.id.desc()).limit(limit).offset(offset)
         orders = list(await connection.execute(page))
@@ -308,12 +330,12 @@ async def list_orders(
     return [_out(order._mapping, items[order.id]) for order in orders]
 
 
-@router.get("/orders/{order_id}", response_model=None)
-async def get_order(order_id: OrderId, request: Request) -> dict[str, Any] | JSONResponse:
-    async with request.app.state.autocommit.connect() as connection:
+@router.get("/orders/{order_id}", responses={404: {"description": "No such order"}})
+async def get_order(order_id: OrderId, autocommit: AutocommitDep) -> OrderOut:
+    async with autocommit.connect() as connection:
         order = (await connection.execute(select(_orders).where(_orders.c.id == order_id))).first()
         if order is None:
-            return error_response(404, f"order {order_id} not found")
+            raise NotFoundError(f"order {order_id} not found")
         items = (await _items_of(connection, [order_id]))[order_id]
     trace.get_current_span().set_attribute("order.id", order_id)
     return _out(order._mapping, items)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -61,3 +61,14 @@ class OrderOut(BaseModel):
     trace_id: str | None
     created_at: datetime
     items: list[OrderItemOut] = []
+
+
+class OrderProcessResponse(BaseModel):
+    """The stored order, its audit, and whether an earlier attempt with the same
+    ``Idempotency-Key`` had written it (``replayed``)."""
+
+    order: OrderOut
+    # audit-service's record as it answered it, or ``{"status": "deferred", "reason",
+    # "step", "service"}`` when it could not be written (the order completes anyway).
+    audit: dict[str, Any]
+    replayed: bool

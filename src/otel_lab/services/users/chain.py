@@ -17,44 +17,41 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Header, Request
 from opentelemetry import context, trace
-from opentelemetry.trace import Status, StatusCode
 from sqlalchemy import Row
 
 from otel_lab.registry import CHAIN
-from otel_lab.services.base import error_response
+from otel_lab.services.deps import AutocommitDep, SettingsDep
 from otel_lab.services.downstream import (
+    Downstream,
     DownstreamError,
+    SimulationDisabledError,
     chain_baggage,
     idempotency_key,
     outbound_headers,
 )
+from otel_lab.services.errors import NotFoundError
 from otel_lab.services.users.repository import ProfileReader
-from otel_lab.services.users.schemas import ProcessRequest
-from otel_lab.settings import get_settings
+from otel_lab.services.users.schemas import ChainProfile, ChainResponse, ProcessRequest
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("otel_lab.users.chain")
 router = APIRouter(tags=["chain"])
 
 
-class StepError(Exception):
-    """A chain step refused the request; answered as ``{"detail", "step"}``."""
-
-    def __init__(self, status_code: int, detail: str, step: str) -> None:
-        super().__init__(detail)
-        self.status_code = status_code
-        self.detail = detail
-        self.step = step
+def _order_service(request: Request) -> Downstream:
+    orders: Downstream = request.state.orders
+    return orders
 
 
-async def _validate_user(users: ProfileReader, body: ProcessRequest) -> Row:
+OrderServiceDep = Annotated[Downstream, Depends(_order_service)]
+
+
+async def _validate_user(users: ProfileReader, body: ProcessRequest, record_pii: bool) -> Row:
     """Find the user by id (404 if unknown), or by email (created on first sight)."""
-    record_pii = get_settings().record_pii
     with tracer.start_as_current_span(
         "user_validation", attributes={"operation.type": "validation"}
     ) as span:
@@ -64,7 +61,7 @@ async def _validate_user(users: ProfileReader, body: ProcessRequest) -> Row:
             if user is None:
                 span.add_event("user.not_found")
                 span.set_attribute("user.validated", False)
-                raise StepError(404, f"user {body.user_id} not found", "user_validation")
+                raise NotFoundError(f"user {body.user_id} not found", step="user_validation")
             if body.user_email is not None and body.user_email != user.email:
                 # The stored profile wins; the mismatch is worth knowing, the values are not.
                 span.add_event("user.email_mismatch")
@@ -93,7 +90,7 @@ async def _create_on_first_sight(users: ProfileReader, body: ProcessRequest) -> 
     return user
 
 
-async def _enrich_profile(users: ProfileReader, user: Row) -> dict[str, Any]:
+async def _enrich_profile(users: ProfileReader, user: Row) -> ChainProfile:
     """What the chain knows about the user beyond the row: todo counts, membership age."""
     with tracer.start_as_current_span(
         "profile_enrichment",
@@ -112,42 +109,47 @@ async def _enrich_profile(users: ProfileReader, user: Row) -> dict[str, Any]:
                 "user.member_days": member_days,
             }
         )
-        return {
-            "id": user.id,
-            "name": user.name,
-            "email": user.email,
-            "tier": user.tier,
-            "todo_count": todo_count,
-            "open_todo_count": open_todos,
-            "member_since": user.created_at.isoformat(),
-        }
+        return ChainProfile(
+            id=user.id,
+            name=user.name,
+            email=user.email,
+            tier=user.tier,
+            todo_count=todo_count,
+            open_todo_count=open_todos,
+            member_since=user.created_at.isoformat(),
+        )
 
 
-@router.post("/process")
+@router.post(
+    "/process",
+    responses={
+        404: {"description": "Unknown user_id (step user_validation)"},
+        422: {"description": "Invalid input, or simulate_failure while simulations are off"},
+        502: {"description": "order-service failed (step order_creation)"},
+        503: {"description": "order-service unreachable, or its circuit is open"},
+        504: {"description": "order-service did not answer in time"},
+    },
+)
 async def process(
     body: ProcessRequest,
-    request: Request,
+    autocommit: AutocommitDep,
+    orders: OrderServiceDep,
+    settings: SettingsDep,
     idempotency_key_header: str | None = Header(None, alias="Idempotency-Key"),
-) -> JSONResponse:
+) -> ChainResponse:
     """Run the chain and answer with the trace id and a summary of every step."""
     started = time.perf_counter()
-    settings = get_settings()
     server_span = trace.get_current_span()
     trace_id = format(server_span.get_span_context().trace_id, "032x")
     server_span.set_attribute("action", body.action)
     if body.simulate_failure and not settings.simulated_failures:
-        return error_response(
-            422, "simulate_failure is disabled (CHAIN_SIMULATED_FAILURES=false)", step="request"
-        )
+        raise SimulationDisabledError()
     key = idempotency_key(idempotency_key_header)
 
-    try:
-        async with request.app.state.autocommit.connect() as connection:
-            users = ProfileReader(connection)
-            user = await _validate_user(users, body)
-            profile = await _enrich_profile(users, user)
-    except StepError as exc:
-        return error_response(exc.status_code, exc.detail, step=exc.step)
+    async with autocommit.connect() as connection:
+        users = ProfileReader(connection)
+        user = await _validate_user(users, body, settings.record_pii)
+        profile = await _enrich_profile(users, user)
     server_span.set_attribute("user.id", str(user.id))
 
     payload: dict[str, Any] = {"user_id": user.id, "action": body.action, "user_tier": user.tier}
@@ -157,7 +159,7 @@ async def process(
         chain_baggage(user.id, body.action, name=user.name, email=user.email, settings=settings)
     )
     try:
-        response = await request.app.state.orders.request(
+        response = await orders.request(
             "POST",
             "/process",
             step="order_creation",
@@ -167,17 +169,14 @@ async def process(
             headers=outbound_headers(key),
         )
     except DownstreamError as exc:
-        # The request fails because of the step: the server span says so (the error itself
-        # was counted once, where the call failed).
-        server_span.record_exception(exc)
-        server_span.set_status(Status(StatusCode.ERROR, exc.error_type))
-        server_span.set_attribute("error.type", exc.error_type)
+        # The request fails because of the step; the handler marks the server span (the
+        # error itself was counted once, where the call failed).
         logger.warning(
             "chain_failed",
             extra={"step": exc.step, "downstream": exc.service, "error": str(exc),
                    "user_id": user.id, "action": body.action},
         )  # fmt: skip
-        return exc.response()
+        raise
     finally:
         context.detach(token)
 
@@ -191,15 +190,13 @@ async def process(
         extra={"user_id": user.id, "action": body.action, "order_id": result["order"]["id"],
                "audit_status": audit.get("status"), "elapsed_ms": elapsed_ms},
     )  # fmt: skip
-    return JSONResponse(
-        {
-            "trace_id": trace_id,
-            "status": "completed",
-            "user": profile,
-            "order": result["order"],
-            "audit": audit,
-            "chain": list(CHAIN),
-            "idempotency_key": key,
-            "duration_ms": elapsed_ms,
-        }
+    return ChainResponse(
+        trace_id=trace_id,
+        status="completed",
+        user=profile,
+        order=result["order"],
+        audit=audit,
+        chain=list(CHAIN),
+        idempotency_key=key,
+        duration_ms=elapsed_ms,
     )

@@ -6,11 +6,11 @@ in the ``X-Total-Count`` header.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
+from otel_lab.services.deps import SessionDep
 from otel_lab.services.users.schemas import (
     MAX_ID,
     TodoCreate,
@@ -32,9 +32,8 @@ Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Rows to skip")]
 Completed = Annotated[bool | None, Query(description="Only completed (true) or open (false)")]
 
 
-async def _service(request: Request) -> AsyncIterator[UserService]:
-    async with request.app.state.sessions() as session:
-        yield UserService(session)
+def _service(session: SessionDep) -> UserService:
+    return UserService(session)
 
 
 Service = Annotated[UserService, Depends(_service)]

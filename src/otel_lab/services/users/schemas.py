@@ -7,7 +7,7 @@ database error (which the shared handler would report as a 503).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, model_validator
 
@@ -132,3 +132,29 @@ class ProcessRequest(BaseModel):
         if self.user_id is None and self.user_email is None:
             raise ValueError("give user_id, or user_email (and user_name) to identify the user")
         return self
+
+
+class ChainProfile(BaseModel):
+    """The user as the chain's first step found them, with what enrichment added."""
+
+    id: int
+    name: str
+    email: str
+    tier: str
+    todo_count: int
+    open_todo_count: int
+    member_since: str  # ISO 8601, as datetime.isoformat() writes it
+
+
+class ChainResponse(BaseModel):
+    """The chain's answer: the trace to look at and what each step did."""
+
+    trace_id: str
+    status: Literal["completed"]
+    user: ChainProfile
+    # order-service's answer as it gave it: the order, and the audit (recorded or deferred).
+    order: dict[str, Any]
+    audit: dict[str, Any]
+    chain: list[str]
+    idempotency_key: str
+    duration_ms: float

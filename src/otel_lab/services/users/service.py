@@ -2,8 +2,9 @@
 
 Each operation is one span (``service.<operation>``, ``operation.type=business_logic``,
 ``api.operation``) above the repository spans. Domain outcomes that are the client's
-doing (not found, conflict) are raised as :class:`DomainError` and answered as 404/409 by
-the app; they are span events, not span errors, because the service did not fail.
+doing (not found, conflict) are raised as the services' 404/409 errors
+(``services.errors``); they are span events, not span errors, because the service did not
+fail.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from opentelemetry.trace import Status, StatusCode
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from otel_lab.services import errors
 from otel_lab.services.users.models import Todo, User
 from otel_lab.services.users.repository import TodoRepository, UserRepository
 from otel_lab.services.users.schemas import TodoCreate, TodoUpdate, UserCreate, UserUpdate
@@ -28,22 +30,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class DomainError(Exception):
-    status_code = 400
-    code = "domain_error"
-
-
-class NotFoundError(DomainError):
-    status_code = 404
-    code = "not_found"
-
+class NotFoundError(errors.NotFoundError):
     def __init__(self, kind: str, ident: int) -> None:
         super().__init__(f"{kind} {ident} not found")
 
 
-class ConflictError(DomainError):
-    status_code = 409
-    code = "conflict"
+ConflictError = errors.ConflictError
 
 
 def operation(
@@ -67,10 +59,15 @@ def operation(
             ) as span:
                 try:
                     return await fn(self, *args, **kwargs)
-                except DomainError as exc:
-                    span.add_event(
-                        "domain_error", {"error.code": exc.code, "error.message": str(exc)}
-                    )
+                except errors.ServiceError as exc:
+                    if exc.status_code >= 500:
+                        span.record_exception(exc)
+                        span.set_status(Status(StatusCode.ERROR, exc.error_type))
+                    else:
+                        span.add_event(
+                            "domain_error",
+                            {"error.code": exc.error_type, "error.message": str(exc)},
+                        )
                     raise
                 except Exception as exc:
                     span.record_exception(exc)

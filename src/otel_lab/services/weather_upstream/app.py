@@ -1,4 +1,4 @@
-"""The weather upstream: ``uvicorn otel_lab.services.weather_upstream.app:app``.
+"""The weather upstream: ``uvicorn --factory otel_lab.services.weather_upstream.app:create_app``.
 
 A stand-in for a public weather API: ``GET /v1/current?city=London`` answers a
 deterministic fake observation (the same city always gets the same weather), so tests and
@@ -27,14 +27,16 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, FastAPI, Query
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from opentelemetry import trace
 from pydantic import BaseModel
 
 from otel_lab import __version__
 from otel_lab.registry import WEATHER_UPSTREAM
 from otel_lab.services.base import create_service
-from otel_lab.settings import get_settings
+from otel_lab.services.errors import ServiceError, handle_service_error
+from otel_lab.settings import Settings, get_settings
+from otel_lab.telemetry import Telemetry
 from otel_lab.telemetry.logs import configure_logging
 
 SERVICE_NAME = WEATHER_UPSTREAM.name
@@ -131,15 +133,22 @@ def _flaky_call_number(city: str) -> int:
     return count
 
 
-def _failure(status_code: int, detail: str) -> JSONResponse:
-    return JSONResponse({"error": detail}, status_code=status_code)
+class SimulatedFailure(ServiceError):
+    """The failure a city name asks for, answered with the services' JSON error body."""
+
+    error_type = "simulated_failure"
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail, error_type="city_not_found" if status_code == 404 else None)
+        self.status_code = status_code
 
 
 @router.get("/v1/current", response_model=Observation)
 async def current(
     city: Annotated[str, Query(min_length=1, max_length=100, description="City name")],
-) -> Observation | JSONResponse | PlainTextResponse:
-    """The current (fake) weather for a city, or the failure its name asks for."""
+) -> Observation | PlainTextResponse:
+    """The current (fake) weather for a city, or the failure its name asks for (an
+    ``invalid-`` city gets a 200 that is not an observation: the one non-model answer)."""
     behaviour = behaviour_for(city)
     with tracer.start_as_current_span(
         "weather.lookup",
@@ -153,14 +162,14 @@ async def current(
                 "simulated_error", extra={"city": city, "status_code": behaviour.status_code}
             )
             if behaviour.status_code == 404:
-                return _failure(404, f"city not found: {city}")
-            return _failure(behaviour.status_code, "simulated upstream failure")
+                raise SimulatedFailure(404, f"city not found: {city}")
+            raise SimulatedFailure(behaviour.status_code, "simulated upstream failure")
         if behaviour.simulation == "flaky":
             call = _flaky_call_number(city)
             span.set_attribute("weather.flaky_call", call)
             if call % 2 == 1:
                 logger.warning("simulated_flake", extra={"city": city, "call": call})
-                return _failure(503, "temporarily unavailable, retry")
+                raise SimulatedFailure(503, "temporarily unavailable, retry")
         if behaviour.simulation == "invalid":
             return PlainTextResponse("<html>upstream maintenance page</html>")
         observation = observe(city)
@@ -169,7 +178,7 @@ async def current(
         return observation
 
 
-def _zero_code_app() -> FastAPI:
+def _zero_code_app(settings: Settings) -> FastAPI:
     """The app as ``opentelemetry-instrument`` expects it: plain FastAPI, no SDK set-up here.
 
     The distro has installed the tracer, meter and logger providers and patched
@@ -183,7 +192,7 @@ def _zero_code_app() -> FastAPI:
         None,
     )
     service_name = os.environ.get("OTEL_SERVICE_NAME", SERVICE_NAME)
-    configure_logging(service_name, get_settings().log_level, otlp_handler=otlp_handler)
+    configure_logging(service_name, settings.log_level, otlp_handler=otlp_handler)
     if not _sdk_installed():
         logger.warning(
             "zero_code_mode_without_agent",
@@ -191,7 +200,7 @@ def _zero_code_app() -> FastAPI:
         )
 
     app = FastAPI(title=TITLE, description=DESCRIPTION, version=__version__)
-    app.state.service_name = SERVICE_NAME
+    app.add_exception_handler(ServiceError, handle_service_error)
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, str]:
@@ -207,14 +216,15 @@ def _sdk_installed() -> bool:
     return isinstance(trace.get_tracer_provider(), TracerProvider)
 
 
-def build_app() -> FastAPI:
-    """The upstream, instrumented the way ``INSTRUMENTATION_MODE`` says."""
-    if get_settings().instrumentation_mode == "zero-code":
-        app = _zero_code_app()
+def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastAPI:
+    """The upstream, instrumented the way ``INSTRUMENTATION_MODE`` says (``telemetry`` None
+    sets up the process's own in manual mode, see ``create_service``)."""
+    settings = settings or get_settings()
+    if settings.instrumentation_mode == "zero-code":
+        app = _zero_code_app(settings)
     else:
-        app = create_service(SERVICE_NAME, title=TITLE, description=DESCRIPTION)
+        app = create_service(
+            SERVICE_NAME, settings, title=TITLE, description=DESCRIPTION, telemetry=telemetry
+        )
     app.include_router(router)
     return app
-
-
-app = build_app()

@@ -76,5 +76,5 @@ def environment(settings: Settings | None = None) -> dict[str, str]:
 
 def uvicorn_argv(host: str, port: int) -> list[str]:
     """The plain command, as the runtime builds it for every service."""
-    return [sys.executable, "-m", "uvicorn", f"{MODULE}:app", "--host", host,
+    return [sys.executable, "-m", "uvicorn", "--factory", f"{MODULE}:create_app", "--host", host,
             "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "3"]  # fmt: skip

@@ -1,0 +1,162 @@
+"""The services' one error model: handlers raise, :func:`handle_service_error` answers.
+
+Every error a service answers is a :class:`ServiceError` (or is translated into one, see
+``services.base``) and becomes the same JSON body::
+
+    {"detail": "...", "error_type": "...", "request_id": "...", ...context}
+
+``context`` holds what a caller needs to act on this error (``step`` and ``service`` for a
+failed chain call, ``attempts`` for the weather upstream). A 5xx marks the request's span
+failed and counts ``errors_total{error_type}`` here, once; a 4xx is the client's doing and
+neither (the span is not failed when the service did nothing wrong).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from otel_lab.telemetry import metrics as prom
+from otel_lab.telemetry.context import request_id_var
+
+
+class ServiceError(Exception):
+    """An error answered as JSON with ``status_code``; ``error_type`` names it in the body,
+    on the span and in ``errors_total``.
+
+    Subclasses fix the status and the default type; ``context`` keyword arguments join the
+    body.
+    ``counted``: the error was already counted where it happened (a failed downstream call
+    counts itself), so the handler only marks the request's span.
+    """
+
+    status_code: int = 500
+    error_type: str = "internal_error"
+    counted: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        error_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **context: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if error_type is not None:
+            self.error_type = error_type
+        self.headers = dict(headers or {})
+        self.context = context
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "detail": self.detail,
+            "error_type": self.error_type,
+            "request_id": request_id_var.get(),
+            **self.context,
+        }
+
+
+class InvalidInputError(ServiceError):
+    """Input that passed the schema but cannot be served (422)."""
+
+    status_code = 422
+    error_type = "invalid_input"
+
+
+class NotFoundError(ServiceError):
+    status_code = 404
+    error_type = "not_found"
+
+
+class ConflictError(ServiceError):
+    status_code = 409
+    error_type = "conflict"
+
+
+class PayloadTooLargeError(ServiceError):
+    status_code = 413
+    error_type = "payload_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+
+
+class DependencyUnavailableError(ServiceError):
+    """A process this service needs (database, cache, another service) cannot be used (503).
+
+    ``error_type`` is ``<dependency>_unavailable``, so the counter and the span name it.
+    """
+
+    status_code = 503
+
+    def __init__(self, dependency: str, detail: str, **context: Any) -> None:
+        context.setdefault("error_type", f"{dependency.replace('-', '_')}_unavailable")
+        super().__init__(detail, **context)
+        self.dependency = dependency
+
+
+class DependencyTimeoutError(ServiceError):
+    """A dependency did not answer within its deadline (504)."""
+
+    status_code = 504
+    error_type = "upstream_timeout"
+
+
+class UpstreamError(ServiceError):
+    """A dependency answered, but with a failure or nonsense (502)."""
+
+    status_code = 502
+    error_type = "upstream_error"
+
+
+def with_retry_after(seconds: float) -> dict[str, str]:
+    """A ``Retry-After`` header for ``seconds`` (whole seconds, at least 1)."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+def record_error(exc: BaseException, error_type: str, *, count: bool = True) -> None:
+    """Mark the current span failed with the exception (and count it)."""
+    span = trace.get_current_span()
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, error_type))
+    span.set_attribute("error.type", error_type)
+    if count:
+        prom.ERRORS.labels(error_type).inc()
+
+
+def error_json(error: ServiceError, cause: BaseException | None = None) -> JSONResponse:
+    """The response for ``error``; a 5xx also marks the span and counts, once, here.
+
+    ``cause``: the exception to record on the span when ``error`` stands for another one
+    (a driver's error translated into a 503).
+    """
+    if error.status_code >= 500:
+        record_error(cause or error, error.error_type, count=not error.counted)
+    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
+
+
+async def handle_service_error(request: Request, exc: Exception) -> JSONResponse:
+    """The exception handler every service installs (``services.base.create_service``)."""
+    assert isinstance(exc, ServiceError)
+    return error_json(exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (no route: 404, wrong method: 405) in the same shape."""
+    status_code: int = getattr(exc, "status_code", 500)
+    phrase = HTTPStatus(status_code).phrase
+    body = {
+        "detail": getattr(exc, "detail", phrase),
+        "error_type": phrase.lower().replace(" ", "_").replace("-", "_"),
+        "request_id": request_id_var.get(),
+    }
+    return JSONResponse(body, status_code=status_code, headers=getattr(exc, "headers", None))
