@@ -10,6 +10,7 @@ from celery import Celery
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
 from otel_lab.cache import redis_url
+from otel_lab.settings import Settings
 from otel_lab.telemetry import telemetry_enabled
 from otel_lab.telemetry.celery import propagate_request_ids
 
@@ -28,10 +29,12 @@ def _instrument_celery() -> None:
         instrumentor.instrument()
 
 
-def create_celery_app(*, include: list[str] | None = None) -> Celery:
+def create_celery_app(
+    *, include: list[str] | None = None, settings: Settings | None = None
+) -> Celery:
     _instrument_celery()
     propagate_request_ids()
-    broker = redis_url()
+    broker = redis_url(settings)
     app = Celery("otel_lab", broker=broker, include=include or [])
     app.conf.update(
         task_default_queue=DEFAULT_QUEUE,

@@ -14,7 +14,7 @@ import gc
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -102,8 +102,7 @@ _DRAIN_BYTES = 64 * 1_048_576  # read (and drop) this much of an oversized body,
 
 
 class BodyLimitMiddleware:
-    """413 for a request body over ``max_bytes``, declared or streamed (raised from
-    ``receive`` as :class:`PayloadTooLargeError` once the rest is drained).
+    """413 for a request body over ``max_bytes``, declared or streamed.
 
     The rest of the body is read and dropped before the answer (up to 64 MiB), so a client
     that sends the whole body before reading gets the 413 rather than a connection reset.
@@ -138,7 +137,10 @@ class BodyLimitMiddleware:
             if received > self.max_bytes:
                 if message.get("more_body"):
                     await drain()
-                raise PayloadTooLargeError(self.max_bytes)
+                # An HTTPException, which FastAPI's body reading lets through (it turns any
+                # other exception into a 400); answered in the shared shape all the same.
+                too_large = PayloadTooLargeError(self.max_bytes)
+                raise StarletteHTTPException(413, too_large.detail)
             return message
 
         await self.app(scope, limited, send)
@@ -218,9 +220,11 @@ def create_service(
 ) -> FastAPI:
     """A FastAPI app with the shared telemetry, `/health`, `/ready`, `/metrics` and errors.
 
-    ``telemetry``: the providers to report to. None sets up the process's telemetry from
-    the ``OTEL_*`` environment (installing the global providers; the entry point's job),
-    and shuts it down with the app.
+    ``telemetry``: the providers to report to. None means the app is the process's entry
+    point (``uvicorn --factory``): it sets up the process's telemetry from the ``OTEL_*``
+    environment (the global providers, the root log handlers), settles the garbage
+    collector once up, and shuts telemetry down with the app. An app given its providers
+    (a test's) changes nothing process-wide.
     """
     owns_telemetry = telemetry is None
     if telemetry is None:
@@ -229,15 +233,12 @@ def create_service(
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        state: dict[str, Any] = {"settings": settings, "service_name": service_name}
+        opening = lifespan(settings) if lifespan is not None else nullcontext({})
         try:
-            if lifespan is None:
-                _settle_garbage_collector()
-                yield state
-            else:
-                async with lifespan(settings) as opened:
+            async with opening as opened:
+                if owns_telemetry:
                     _settle_garbage_collector()
-                    yield {**state, **opened}
+                yield {"settings": settings, "service_name": service_name, **opened}
         finally:
             if owns_telemetry:
                 shutdown_telemetry()

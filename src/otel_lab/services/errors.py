@@ -150,13 +150,22 @@ async def handle_service_error(request: Request, exc: Exception) -> JSONResponse
     return error_json(exc)
 
 
+# Starlette's and FastAPI's own HTTPExceptions, by the names the error classes use.
+_HTTP_ERROR_TYPES = {
+    NotFoundError.status_code: NotFoundError.error_type,
+    PayloadTooLargeError.status_code: PayloadTooLargeError.error_type,
+}
+
+
 async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
-    """Starlette's own errors (no route: 404, wrong method: 405) in the same shape."""
+    """Starlette's and FastAPI's own errors (no route: 404, wrong method: 405, a body that
+    cannot be read: 400 or 413) in the same shape."""
     status_code: int = getattr(exc, "status_code", 500)
     phrase = HTTPStatus(status_code).phrase
+    error_type = _HTTP_ERROR_TYPES.get(status_code) or phrase.lower().replace(" ", "_")
     body = {
         "detail": getattr(exc, "detail", phrase),
-        "error_type": phrase.lower().replace(" ", "_").replace("-", "_"),
+        "error_type": error_type.replace("-", "_"),
         "request_id": request_id_var.get(),
     }
     return JSONResponse(body, status_code=status_code, headers=getattr(exc, "headers", None))

@@ -31,7 +31,7 @@ async def lifespan(settings: Settings) -> AsyncIterator[dict[str, Any]]:
             yield {
                 **db,
                 "redis": redis,
-                "celery": create_celery_app(),
+                "celery": create_celery_app(settings=settings),
                 "weather": weather_client,
             }
     finally:

@@ -1,0 +1,371 @@
+"""Each service's routes in-process: the error paths and the answers' shapes, against the
+real PostgreSQL and Valkey of the session, with telemetry in memory.
+
+Dependencies that are down are real too: a loopback port nothing listens on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from opentelemetry.trace import StatusCode
+
+from otel_lab.services.api.app import create_app as create_api
+from otel_lab.services.audit.app import create_app as create_audit
+from otel_lab.services.gateway.app import create_app as create_gateway
+from otel_lab.services.orders.app import create_app as create_orders
+from otel_lab.services.users.app import create_app as create_users
+from otel_lab.services.weather_upstream.app import behaviour_for, observe
+from otel_lab.services.weather_upstream.app import create_app as create_weather_upstream
+from tests.inprocess.conftest import (
+    Recorded,
+    closed_url,
+    errors_total,
+    run,
+    served,
+    settings_for,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        async with served(app) as client:
+            return await client.request(method, path, **kwargs)
+
+    return run(go())
+
+
+def _exceptions(recorded: Recorded) -> list[str]:
+    return [
+        str((event.attributes or {}).get("exception.type"))
+        for event in recorded.server_span().events
+        if event.name == "exception"
+    ]
+
+
+# --------------------------------------------------------------------------- audit-service
+
+
+def test_audit_refuses_simulations_when_they_are_off(recorded: Recorded, database_url: str) -> None:
+    settings = settings_for(DATABASE_URL=database_url, CHAIN_SIMULATED_FAILURES="false")
+    body = {"user_id": 1, "action": "x", "simulate_failure": "audit"}
+    response = _call(create_audit(settings, recorded.telemetry), "POST", "/process", json=body)
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": "simulate_failure is disabled (CHAIN_SIMULATED_FAILURES=false)",
+        "error_type": "invalid_input",
+        "request_id": response.headers["x-request-id"],
+        "step": "request",
+    }
+
+
+def test_audit_simulated_failure_is_a_counted_500(recorded: Recorded, database_url: str) -> None:
+    before = errors_total("simulated_failure")
+    app = create_audit(settings_for(DATABASE_URL=database_url), recorded.telemetry)
+    body = {"user_id": 1, "action": "x", "simulate_failure": "audit"}
+    response = _call(app, "POST", "/process", json=body)
+    assert response.status_code == 500
+    assert response.json()["step"] == "audit_logging"
+    assert "simulated failure" in response.json()["detail"]
+    assert recorded.server_span().status.status_code is StatusCode.ERROR
+    assert [name.rsplit(".", 1)[-1] for name in _exceptions(recorded)] == ["SimulatedFailureError"]
+    assert errors_total("simulated_failure") == before + 1
+
+
+def test_audit_writes_once_per_key(recorded: Recorded, database_url: str) -> None:
+    app = create_audit(settings_for(DATABASE_URL=database_url), recorded.telemetry)
+    key = uuid.uuid4().hex
+    body = {"user_id": 7, "order_id": 9, "action": "buy", "order_total": 5.0, "item_count": 1}
+
+    async def go() -> tuple[httpx.Response, httpx.Response]:
+        async with served(app) as client:
+            first = await client.post("/process", json=body, headers={"Idempotency-Key": key})
+            again = await client.post("/process", json=body, headers={"Idempotency-Key": key})
+            return first, again
+
+    first, again = run(go())
+    assert first.status_code == 200 and again.status_code == 200
+    audit, replay = first.json()["audit"], again.json()["audit"]
+    assert audit["status"] == "recorded" and audit["replayed"] is False
+    assert replay["id"] == audit["id"] and replay["replayed"] is True
+    assert audit["summary"]["chain"] == ["user-service", "order-service", "audit-service"]
+
+
+# --------------------------------------------------------------------------- order-service
+
+
+def test_an_unknown_order_is_a_404_with_the_request_id(
+    recorded: Recorded, database_url: str
+) -> None:
+    app = create_orders(settings_for(DATABASE_URL=database_url), recorded.telemetry)
+    response = _call(app, "GET", "/orders/2000000000")
+    assert response.status_code == 404
+    assert response.json() == {
+        "detail": "order 2000000000 not found",
+        "error_type": "not_found",
+        "request_id": response.headers["x-request-id"],
+    }
+
+
+def test_an_order_completes_with_the_audit_deferred_when_audit_is_down(
+    recorded: Recorded, database_url: str
+) -> None:
+    settings = settings_for(
+        DATABASE_URL=database_url, AUDIT_SERVICE_URL=closed_url(), DOWNSTREAM_RETRY_ATTEMPTS=1
+    )
+    app = create_orders(settings, recorded.telemetry)
+    response = _call(app, "POST", "/process", json={"user_id": 1001, "action": "buy"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["audit"]["status"] == "deferred" and body["audit"]["service"] == "audit-service"
+    assert body["order"]["audit_status"] == "deferred" and body["replayed"] is False
+    order_id = body["order"]["id"]
+    stored = _call(app, "GET", f"/orders/{order_id}")
+    assert stored.status_code == 200 and stored.json()["audit_status"] == "deferred"
+
+
+@pytest.mark.parametrize(
+    ("simulation", "status", "error_type"),
+    [("order", 500, "simulated_failure"), ("order_transient", 503, "simulated_transient_failure")],
+)
+def test_simulated_order_failures(
+    recorded: Recorded, database_url: str, simulation: str, status: int, error_type: str
+) -> None:
+    before = errors_total(error_type)
+    app = create_orders(settings_for(DATABASE_URL=database_url), recorded.telemetry)
+    body = {"user_id": 1001, "action": "buy", "simulate_failure": simulation}
+    response = _call(
+        app, "POST", "/process", json=body, headers={"Idempotency-Key": uuid.uuid4().hex}
+    )
+    assert response.status_code == status
+    assert response.json()["error_type"] == error_type
+    assert response.json()["step"] == "order_creation"
+    assert errors_total(error_type) == before + 1
+
+
+# --------------------------------------------------------------------------- user-service
+
+
+def test_user_not_found_and_conflict(recorded: Recorded, database_url: str) -> None:
+    app = create_users(settings_for(DATABASE_URL=database_url), recorded.telemetry)
+    email = f"{uuid.uuid4().hex[:12]}@example.com"
+
+    async def go() -> list[httpx.Response]:
+        async with served(app) as client:
+            return [
+                await client.get("/users/999999"),
+                await client.post("/users", json={"name": "A", "email": email}),
+                await client.post("/users", json={"name": "B", "email": email}),
+            ]
+
+    missing, created, taken = run(go())
+    assert missing.status_code == 404
+    assert missing.json()["detail"] == "user 999999 not found"
+    assert missing.json()["request_id"] == missing.headers["x-request-id"]
+    assert created.status_code == 201
+    assert taken.status_code == 409
+    assert taken.json()["detail"] == "a user with this email already exists"
+
+
+def test_chain_unknown_user_fails_the_validation_step(
+    recorded: Recorded, database_url: str
+) -> None:
+    app = create_users(settings_for(DATABASE_URL=database_url), recorded.telemetry)
+    response = _call(app, "POST", "/process", json={"user_id": 999_999, "action": "t"})
+    assert response.status_code == 404
+    assert response.json()["step"] == "user_validation"
+    assert recorded.server_span().status.status_code is not StatusCode.ERROR
+
+
+def test_chain_with_order_service_down_is_a_503_naming_it(
+    recorded: Recorded, database_url: str
+) -> None:
+    settings = settings_for(
+        DATABASE_URL=database_url, ORDER_SERVICE_URL=closed_url(), DOWNSTREAM_RETRY_ATTEMPTS=1
+    )
+    before = errors_total("downstream_unavailable")
+    app = create_users(settings, recorded.telemetry)
+    response = _call(app, "POST", "/process", json={"user_id": 1001, "action": "t"})
+    assert response.status_code == 502
+    body = response.json()
+    assert body["service"] == "order-service" and body["step"] == "order_creation"
+    assert body["detail"].startswith("order-service unavailable: connection failed")
+    # Counted once, where the call failed; the request span is marked by the handler.
+    assert errors_total("downstream_unavailable") == before + 1
+    assert recorded.server_span().status.status_code is StatusCode.ERROR
+    assert [name.rsplit(".", 1)[-1] for name in _exceptions(recorded)] == [
+        "DownstreamUnavailableError"
+    ]
+
+
+# --------------------------------------------------------------------------- api
+
+
+def _api(recorded: Recorded, database_url: str, redis_url: str, **values: Any) -> FastAPI:
+    settings = settings_for(DATABASE_URL=database_url, REDIS_URL=redis_url, **values)
+    return create_api(settings, recorded.telemetry)
+
+
+def test_an_unknown_item_is_a_404_with_the_request_id(
+    recorded: Recorded, database_url: str, redis_url: str
+) -> None:
+    response = _call(_api(recorded, database_url, redis_url), "GET", "/items/2000000000")
+    assert response.status_code == 404
+    assert response.json() == {
+        "detail": "item 2000000000 not found",
+        "error_type": "not_found",
+        "request_id": response.headers["x-request-id"],
+    }
+
+
+def test_analyze_overflow_and_a_missing_city_are_422s(
+    recorded: Recorded, database_url: str, redis_url: str
+) -> None:
+    app = _api(recorded, database_url, redis_url)
+
+    async def go() -> tuple[httpx.Response, httpx.Response]:
+        async with served(app) as client:
+            overflow = await client.post("/analyze", json={"a": 1e308, "b": 1e308})
+            return overflow, await client.get("/weather/")
+
+    overflow, no_city = run(go())
+    assert overflow.status_code == 422
+    assert overflow.json()["detail"] == "result out of range: a and b are too large"
+    assert no_city.status_code == 422
+    assert no_city.json()["detail"] == "a city is required: GET /weather/{city}"
+
+
+def test_weather_upstream_down_is_a_502_with_the_attempts(
+    recorded: Recorded, database_url: str, redis_url: str
+) -> None:
+    before = errors_total("upstream_unreachable")
+    app = _api(
+        recorded,
+        database_url,
+        redis_url,
+        WEATHER_API_URL=closed_url(),
+        WEATHER_MAX_RETRIES=1,
+        WEATHER_BACKOFF_SECONDS=0,
+    )
+    response = _call(app, "GET", "/weather/London")
+    assert response.status_code == 502
+    body = response.json()
+    assert body["error_type"] == "upstream_unreachable" and body["attempts"] == 2
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert errors_total("upstream_unreachable") == before + 1
+    # (The weather.fetch span comes from a module's tracer, the global provider's: the
+    # end-to-end test reads it from the console.)
+    assert recorded.server_span().status.status_code is StatusCode.ERROR
+    assert [name.rsplit(".", 1)[-1] for name in _exceptions(recorded)] == ["UpstreamFailure"]
+
+
+def test_error_simulation_fails_as_asked(
+    recorded: Recorded, database_url: str, redis_url: str
+) -> None:
+    before = errors_total("simulated_error")
+    app = _api(recorded, database_url, redis_url)
+    response = _call(app, "GET", "/error-simulation", params={"probability": 1})
+    assert response.status_code == 500
+    assert response.json()["probability"] == 1.0
+    assert response.json()["error_type"] == "simulated_error"
+    assert errors_total("simulated_error") == before + 1
+
+
+def test_a_database_that_is_down_is_a_503(recorded: Recorded, redis_url: str) -> None:
+    port = closed_url().rsplit(":", 1)[1]
+    down = f"postgresql+psycopg://postgres@127.0.0.1:{port}/otel_lab"
+    before = errors_total("database_unavailable")
+    response = _call(_api(recorded, down, redis_url), "GET", "/items/1")
+    assert response.status_code == 503
+    assert response.json()["error_type"] == "database_unavailable"
+    assert errors_total("database_unavailable") == before + 1
+    assert recorded.server_span().status.status_code is StatusCode.ERROR
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+def test_gateway_unknown_path_and_unreachable_upstream(recorded: Recorded) -> None:
+    settings = settings_for(API_URL=closed_url(), DOWNSTREAM_RETRY_ATTEMPTS=1)
+    app = create_gateway(settings, recorded.telemetry)
+
+    async def go() -> tuple[httpx.Response, httpx.Response]:
+        async with served(app) as client:
+            return await client.get("/nowhere"), await client.get("/items/1")
+
+    nowhere, unreachable = run(go())
+    assert nowhere.status_code == 404
+    assert nowhere.json()["detail"] == "no service owns /nowhere"
+    assert "/process" in nowhere.json()["routes"] and nowhere.json()["api_prefix"] == "/api/v1"
+    assert unreachable.status_code == 502
+    assert unreachable.json()["service"] == "api" and unreachable.json()["step"] == "proxy"
+
+
+def test_gateway_body_limit(recorded: Recorded) -> None:
+    settings = settings_for(API_URL=closed_url(), GATEWAY_MAX_BODY_BYTES=8)
+    response = _call(
+        create_gateway(settings, recorded.telemetry), "POST", "/analyze", content=b"x" * 9
+    )
+    assert response.status_code == 413
+    assert response.json()["error_type"] == "payload_too_large"
+
+
+# --------------------------------------------------------------------------- weather upstream
+
+
+def test_weather_upstream_simulations(recorded: Recorded) -> None:
+    app = create_weather_upstream(settings_for(), recorded.telemetry)
+
+    async def go() -> list[httpx.Response]:
+        async with served(app) as client:
+            return [
+                await client.get("/v1/current", params={"city": city})
+                for city in ("Paris", "error-404", "error-503", "invalid-x")
+            ]
+
+    ok, missing, failing, invalid = run(go())
+    assert ok.json() == observe("Paris").model_dump()
+    assert missing.status_code == 404 and missing.json()["error_type"] == "city_not_found"
+    assert failing.status_code == 503 and failing.json()["detail"] == "simulated upstream failure"
+    assert invalid.status_code == 200 and invalid.text.startswith("<html>")
+
+
+def test_weather_upstream_behaviours() -> None:
+    assert behaviour_for("slow-250").delay_seconds == 0.25
+    assert behaviour_for("slow-x").delay_seconds == 10.0
+    assert behaviour_for("slow-99999999").delay_seconds == 30.0
+    assert behaviour_for("error-700").status_code == 500
+    assert behaviour_for("Flaky-town").simulation == "flaky"
+    assert behaviour_for("London").simulation == "none"
+    assert observe("London") == observe("LONDON").model_copy(update={"city": "London"})
+
+
+# --------------------------------------------------------------------------- OpenAPI
+
+
+@pytest.mark.parametrize(
+    ("factory", "path", "method"),
+    [
+        (create_users, "/process", "post"),
+        (create_orders, "/process", "post"),
+        (create_orders, "/orders/{order_id}", "get"),
+        (create_audit, "/process", "post"),
+        (create_api, "/analyze", "post"),
+        (create_api, "/weather/{city}", "get"),
+        (create_api, "/error-simulation", "get"),
+    ],
+)
+def test_every_route_has_a_success_schema(
+    recorded: Recorded, factory: Any, path: str, method: str
+) -> None:
+    spec = factory(settings_for(), recorded.telemetry).openapi()
+    operation = spec["paths"][path][method]
+    success = next(code for code in operation["responses"] if code.startswith("2"))
+    schema = operation["responses"][success]["content"]["application/json"]["schema"]
+    assert "$ref" in schema or schema.get("type") == "array", schema
