@@ -165,7 +165,8 @@ def _start_gateway(system: RunningSystem, log: Path, **env: str) -> tuple[subpro
     }
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "otel_lab.services.gateway.app:create_app",
+            [sys.executable, "-m", "uvicorn", "--factory",
+             "otel_lab.services.gateway.app:create_app",
              "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
             env=environment, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
