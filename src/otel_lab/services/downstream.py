@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import logging
+import math
 import time
 import weakref
 from collections.abc import Callable, Mapping
