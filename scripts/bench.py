@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
+from benchlib import cpu_seconds, wrk
 
 from otel_lab.runtime.harness import RunningSystem, running_system
 
@@ -102,42 +100,13 @@ def _prepare(system: RunningSystem) -> dict[str, str]:
     return {"item_id": str(item["id"])}
 
 
-def _lua_script(scenario: Scenario, directory: Path) -> list[str]:
-    if scenario.method == "GET":
-        return []
-    script = directory / f"{abs(hash(scenario.name))}.lua"
-    script.write_text(
-        f'wrk.method = "{scenario.method}"\n'
-        f"wrk.body = [[{scenario.body or ''}]]\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
-    )
-    return ["-s", str(script)]
-
-
 def _cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        times = psutil.Process(pid).cpu_times()
-        total += times.user + times.system
-    return total
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 def _spans_written(system: RunningSystem) -> int:
     stats = httpx.get(system.url("console") + "/api/stats", timeout=10).json()
     return int(stats["written"]["spans"])
-
-
-def run_wrk(url: str, extra: list[str], duration: int, connections: int) -> tuple[int, int]:
-    """Requests completed and non-2xx answers."""
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", *extra, url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    requests = re.search(r"(\d+) requests in", out)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if requests is None:
-        raise RuntimeError(f"unexpected wrk output:\n{out}")
-    return int(requests.group(1)), int(errors.group(1)) if errors else 0
 
 
 def measure(
@@ -147,12 +116,15 @@ def measure(
     url = system.url(scenario.entry) + scenario.path.format(**variant.values)
     pids = [system.pid(name) for name in scenario.processes]
     console_pid = system.pid("console")
-    extra = _lua_script(scenario, tmp)
     spans_before = _spans_written(system)
     console_before = _cpu_seconds([console_pid])
     cpu_before = _cpu_seconds(pids)
     started = time.monotonic()
-    requests, errors = run_wrk(url, extra, duration, connections)
+    run = wrk(
+        url, duration=duration, connections=connections, tmp=tmp,
+        method=scenario.method, body=scenario.body,
+    )  # fmt: skip
+    requests, errors = run.requests, run.non_2xx
     seconds = time.monotonic() - started
     cpu = _cpu_seconds(pids) - cpu_before
     if variant.name == "off":

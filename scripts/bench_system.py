@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +43,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from benchlib import cpu_seconds, wrk
 
 from otel_lab import registry
 from otel_lab.runtime.harness import RunningSystem, running_system, start_system
@@ -54,19 +53,11 @@ CHAIN = ("gateway", *registry.CHAIN)
 MIXED = (*CHAIN, *(s.name for s in registry.SERVICES if s.name not in CHAIN), registry.WORKER.name)
 MIXED_BEFORE_RPS = 61.0  # issue 10: the mixed load saturated at about 61 requests/s
 CHAIN_BODY = '{"user_id": 1001, "action": "bench"}'
-TICKS = os.sysconf("SC_CLK_TCK")
 TARGET_MS = {"off": 10.0, "on": 13.0}  # issue 10
 VARIANTS = {
     "off": {"OTEL_SDK_DISABLED": "true"},
     "on": {"OTEL_TRACES_SAMPLER": "always_on"},
 }
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (fields 14 and 15 of /proc/<pid>/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 @dataclass
@@ -83,21 +74,6 @@ class Run:
     def ms_per_request(self, name: str | None = None) -> float:
         total = self.cpu[name] if name else sum(self.cpu.values())
         return total * 1000 / max(1, self.requests)
-
-
-def wrk(url: str, *, duration: int, connections: int, body: str | None, tmp: Path) -> str:
-    extra: list[str] = []
-    if body is not None:
-        script = tmp / "post.lua"
-        script.write_text(
-            f'wrk.method = "POST"\nwrk.body = [[{body}]]\n'
-            'wrk.headers["Content-Type"] = "application/json"\n'
-        )
-        extra = ["-s", str(script)]
-    return subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", *extra, url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
 
 
 def idle_rate(system: RunningSystem, seconds: float = 4.0) -> dict[str, float]:
@@ -122,18 +98,13 @@ def measure(
     pids = {name: system.pid(name) for name in names}
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.monotonic()
-    out = wrk(url, duration=args.duration, connections=args.connections, body=body, tmp=tmp)
+    run = wrk(url, duration=args.duration, connections=args.connections, body=body, tmp=tmp)
     elapsed = time.monotonic() - started
     after = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
-    if done is None:
-        raise RuntimeError(f"unexpected wrk output:\n{out}")
-    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[done.group(3)]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return Run(
-        requests=int(done.group(1)),
-        seconds=float(done.group(2)) * scale,
-        non_2xx=int(errors.group(1)) if errors else 0,
+        requests=run.requests,
+        seconds=run.seconds,
+        non_2xx=run.non_2xx,
         cpu={name: after[name] - before[name] - idle[name] * elapsed for name in names},
     )
 

@@ -1,0 +1,64 @@
+"""What the benchmark scripts share: CPU time of a process and one wrk run.
+
+CPU time is read from ``/proc/<pid>/stat`` (utime + stime, as ``top`` counts it), so a
+figure is the process under test's own work, next to the throughput wrk reports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK")
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (fields 14 and 15 of /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    seconds: float  # as wrk measured it
+    non_2xx: int
+
+
+def wrk(
+    url: str,
+    *,
+    duration: int,
+    connections: int,
+    tmp: Path,
+    method: str | None = None,
+    body: str | None = None,
+) -> WrkResult:
+    """One wrk run (one thread) against ``url``: a GET, or with a body a POST of that JSON."""
+    method = method or ("GET" if body is None else "POST")
+    extra: list[str] = []
+    if method != "GET" or body is not None:
+        script = tmp / f"{method.lower()}-{abs(hash(body))}.lua"
+        script.write_text(
+            f'wrk.method = "{method}"\nwrk.body = [[{body or ""}]]\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
+        extra = ["-s", str(script)]
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", *extra, url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
+    if done is None:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return WrkResult(
+        requests=int(done.group(1)),
+        seconds=float(done.group(2)) * _UNITS[done.group(3)],
+        non_2xx=int(errors.group(1)) if errors else 0,
+    )
