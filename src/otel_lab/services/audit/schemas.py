@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_ID = 2**31 - 1
+from otel_lab.services.params import RowId
+
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
 
@@ -16,8 +17,8 @@ class AuditProcessRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: int = Field(ge=1, le=MAX_ID)
-    order_id: int | None = Field(None, ge=1, le=MAX_ID)
+    user_id: RowId
+    order_id: RowId | None = None
     action: Token
     event_type: Token = "order_processed"
     order_total: float | None = Field(None, ge=0, le=1e9)

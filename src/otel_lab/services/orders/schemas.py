@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from otel_lab.services.orders.pricing import CATALOG
+from otel_lab.services.params import RowId
 
-MAX_ID = 2**31 - 1
 Sku = Literal[tuple(sorted(CATALOG))]  # type: ignore[valid-type]
 Action = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
@@ -26,7 +26,7 @@ class OrderProcessRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: int = Field(ge=1, le=MAX_ID)
+    user_id: RowId
     action: Action
     user_tier: Literal["standard", "premium", "gold"] = "standard"
     # Absent in the chain's requests: derived from user and action (see pricing).
