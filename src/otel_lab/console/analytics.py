@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from otel_lab.console.model import AggregationTemporality, SpanKind, StatusCode
 from otel_lab.console.queries import AttrFilter, _attr_sql
 from otel_lab.console.store import MINUTE_NS, hist_bounds
 
@@ -68,19 +69,20 @@ def service_map(conn: sqlite3.Connection, w: Window, max_traces: int = 5000) -> 
     # Rates are per second of the time the sample covers (all of the window unless capped).
     covered = (newest - oldest) / SECOND if truncated and traces > 1 else w.seconds
     rows = conn.execute(
-        """
+        f"""
         WITH t AS (SELECT trace_id FROM traces WHERE start_ns >= ? AND start_ns <= ?
                    ORDER BY start_ns DESC LIMIT ?)
         SELECT c.service_name,
-               CASE WHEN c.kind IN (2, 5) AND c.parent_span_id IS NOT NULL THEN
+               CASE WHEN c.kind IN ({SpanKind.SERVER:d}, {SpanKind.CONSUMER:d})
+                         AND c.parent_span_id IS NOT NULL THEN
                    (SELECT p.service_name || char(31) || p.kind FROM spans p
                     WHERE p.trace_id = c.trace_id AND p.span_id = c.parent_span_id)
                END AS parent,
-               CASE WHEN c.kind = 3 AND c.attributes IS NOT NULL THEN
+               CASE WHEN c.kind = {SpanKind.CLIENT:d} AND c.attributes IS NOT NULL THEN
                    coalesce(json_extract(c.attributes, '$."db.system.name"'),
                             json_extract(c.attributes, '$."db.system"'))
                END AS db,
-               c.kind, count(*), sum(c.status_code = 2), sum(c.duration_ns)
+               c.kind, count(*), sum(c.status_code = {StatusCode.ERROR:d}), sum(c.duration_ns)
         FROM t JOIN spans c ON c.trace_id = t.trace_id
         GROUP BY 1, 2, 3, 4
         """,
@@ -107,14 +109,15 @@ def service_map(conn: sqlite3.Connection, w: Window, max_traces: int = 5000) -> 
         n = node(service, "service")
         n["spans"] += calls
         n["errors"] += errors
-        if kind in (2, 5):
+        if kind in (SpanKind.SERVER, SpanKind.CONSUMER):
             n["server_spans"] += calls
             n["server_errors"] += errors
         if parent:
             parent_service, _, parent_kind = parent.rpartition("\x1f")
             if parent_service != service:
                 node(parent_service, "service")
-                how = "messaging" if kind == 5 or parent_kind == "4" else "http"
+                messaging = kind == SpanKind.CONSUMER or parent_kind == str(int(SpanKind.PRODUCER))
+                how = "messaging" if messaging else "http"
                 e = edge(parent_service, service, how)
                 e["calls"] += calls
                 e["errors"] += errors
@@ -446,7 +449,7 @@ def metric_series(
     bucket_ns = max(span_ns // n + (1 if span_ns % n else 0), 1)
     bucket_seconds = bucket_ns / SECOND
     group = [g for g in (group_by or []) if g]
-    cumulative = temporality == 2
+    cumulative = temporality == AggregationTemporality.CUMULATIVE
 
     dimensions: dict[str, dict[str, int]] = {"service.name": {}}
     exemplars: list[dict[str, Any]] = []

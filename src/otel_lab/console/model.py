@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import NamedTuple
 
 
 class SpanKind(IntEnum):
@@ -22,3 +23,87 @@ class StatusCode(IntEnum):
     UNSET = 0
     OK = 1
     ERROR = 2
+
+
+class AggregationTemporality(IntEnum):
+    """``AggregationTemporality`` of opentelemetry/proto/metrics/v1/metrics.proto."""
+
+    UNSPECIFIED = 0
+    DELTA = 1
+    CUMULATIVE = 2
+
+
+# --------------------------------------------------------------------------- rows
+# What the decoder (otlp.py) produces and the writer inserts, field for field in the order
+# of the table's columns (store/schema.py), so a row is also the INSERT's parameters.
+
+
+class ResourceRow(NamedTuple):
+    id: int
+    service_name: str
+    attributes: str | None
+
+
+class ScopeRow(NamedTuple):
+    id: int
+    name: str
+    version: str | None
+    attributes: str | None
+
+
+class SpanRow(NamedTuple):
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes | None
+    name: str
+    kind: int  # SpanKind
+    service_name: str
+    start_ns: int
+    end_ns: int
+    duration_ns: int
+    status_code: int  # StatusCode
+    status_message: str | None
+    attributes: str | None
+    events: str | None
+    links: str | None
+    resource_id: int
+    scope_id: int
+
+
+class LogRow(NamedTuple):
+    time_ns: int
+    observed_ns: int | None
+    severity_number: int
+    severity_text: str | None
+    body: str | None
+    body_is_json: int
+    attributes: str | None
+    trace_id: bytes | None
+    span_id: bytes | None
+    event_name: str | None
+    service_name: str
+    resource_id: int
+    scope_id: int
+
+
+class MetricRow(NamedTuple):
+    id: int
+    name: str
+    type: str
+    unit: str | None
+    description: str | None
+    is_monotonic: int | None
+    temporality: int | None
+
+
+class PointRow(NamedTuple):
+    metric_id: int
+    service_name: str
+    attributes: str | None
+    start_ns: int | None
+    time_ns: int
+    value: int | float | None
+    data: str | None
+    exemplars: str | None
+    resource_id: int
+    scope_id: int

@@ -15,6 +15,7 @@ import math
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 from google.protobuf import json_format
@@ -38,6 +39,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
+from otel_lab.console.model import (
+    LogRow,
+    MetricRow,
+    PointRow,
+    ResourceRow,
+    ScopeRow,
+    SpanKind,
+    SpanRow,
+)
+
 Signal = Literal["traces", "metrics", "logs"]
 Format = Literal["proto", "json"]
 
@@ -50,8 +61,12 @@ MAX_TIME = 2**63 - 1
 TIME_RANGE = "timestamps must be below 2^63 ns"
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
-_SPAN_KIND_SERVER = 2
 _SEVERITY_INFO = 9
+# Rows built from a tuple in C, without the Python-level __new__ a NamedTuple call runs
+# (about 0.5 us a span on the ingest path).
+_span_row = partial(tuple.__new__, SpanRow)
+_log_row = partial(tuple.__new__, LogRow)
+_point_row = partial(tuple.__new__, PointRow)
 # Server spans of this instrumentation scope (the services' telemetry middleware) stand
 # for their access log line.
 ACCESS_LOG_SCOPE = "otel_lab.http"
@@ -149,13 +164,13 @@ def metric_id(name: str) -> int:
 class Batch:
     """Rows decoded from one export request, ready for the writer thread."""
 
-    resources: dict[int, tuple[int, str, str | None]] = field(default_factory=dict)
-    scopes: dict[int, tuple[int, str, str | None, str | None]] = field(default_factory=dict)
-    spans: list[tuple[Any, ...]] = field(default_factory=list)
-    logs: list[tuple[Any, ...]] = field(default_factory=list)
-    metrics: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    resources: dict[int, ResourceRow] = field(default_factory=dict)
+    scopes: dict[int, ScopeRow] = field(default_factory=dict)
+    spans: list[SpanRow] = field(default_factory=list)
+    logs: list[LogRow] = field(default_factory=list)
+    metrics: dict[int, MetricRow] = field(default_factory=dict)
     metric_services: set[tuple[int, str]] = field(default_factory=set)
-    points: list[tuple[Any, ...]] = field(default_factory=list)
+    points: list[PointRow] = field(default_factory=list)
     rejected: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -165,8 +180,8 @@ class Batch:
 
     def oldest_ns(self) -> int | None:
         """The earliest timestamp of a span, log record or point in the batch."""
-        times = [s[6] for s in self.spans] + [r[0] for r in self.logs]
-        times += [p[4] for p in self.points]
+        times = [s.start_ns for s in self.spans] + [r.time_ns for r in self.logs]
+        times += [p.time_ns for p in self.points]
         return min(times) if times else None
 
     def reject(self, reason: str, count: int = 1) -> None:
@@ -180,13 +195,13 @@ class Batch:
         service = service if isinstance(service, str) and service else UNKNOWN_SERVICE
         canonical = dumps(dict(sorted(attrs.items()))) if attrs else None
         rid = stable_id("resource", canonical or "")
-        self.resources[rid] = (rid, service, canonical)
+        self.resources[rid] = ResourceRow(rid, service, canonical)
         return rid, service
 
     def add_scope(self, scope: InstrumentationScope) -> int:
         attrs = attributes_json(scope.attributes)
         sid = stable_id("scope", scope.name, scope.version, attrs or "")
-        self.scopes[sid] = (sid, scope.name, scope.version or None, attrs)
+        self.scopes[sid] = ScopeRow(sid, scope.name, scope.version or None, attrs)
         return sid
 
 
@@ -222,9 +237,7 @@ def _links_json(links: Any) -> str | None:
 
 
 def decode_traces(req: ExportTraceServiceRequest) -> Batch:
-    """Span rows: (trace_id, span_id, parent_span_id, name, kind, service_name, start_ns,
-    end_ns, duration_ns, status_code, status_message, attributes, events, links,
-    resource_id, scope_id)."""
+    """The request's spans as rows (and the access-log lines rebuilt from server spans)."""
     batch = Batch()
     rows = batch.spans
     for rs in req.resource_spans:
@@ -253,33 +266,33 @@ def decode_traces(req: ExportTraceServiceRequest) -> Batch:
                 status = sp.status
                 attrs = attributes(sp.attributes) if sp.attributes else None
                 rows.append(
-                    (
-                        trace_id,
-                        span_id,
-                        parent,
-                        sp.name,
-                        sp.kind,
-                        service,
-                        start,
-                        end,
-                        end - start if end > start else 0,
-                        status.code,
-                        status.message or None,
-                        dumps(attrs) if attrs else None,
-                        _events_json(sp.events),
-                        _links_json(sp.links),
-                        rid,
-                        sid,
+                    _span_row(
+                        (
+                            trace_id,
+                            span_id,
+                            parent,
+                            sp.name,
+                            sp.kind,
+                            service,
+                            start,
+                            end,
+                            end - start if end > start else 0,
+                            status.code,
+                            status.message or None,
+                            dumps(attrs) if attrs else None,
+                            _events_json(sp.events),
+                            _links_json(sp.links),
+                            rid,
+                            sid,
+                        )
                     )
                 )
-                if access_log and sp.kind == _SPAN_KIND_SERVER and attrs:
+                if access_log and sp.kind == SpanKind.SERVER and attrs:
                     batch.logs.append(_access_log_row(sp, attrs, service, rid, sid))
     return batch
 
 
-def _access_log_row(
-    sp: Any, attrs: dict[str, Any], service: str, rid: int, sid: int
-) -> tuple[Any, ...]:
+def _access_log_row(sp: Any, attrs: dict[str, Any], service: str, rid: int, sid: int) -> LogRow:
     """The ``request_completed`` line of a request, rebuilt from its server span.
 
     The services write that line to stderr but do not export it over OTLP, because the
@@ -294,7 +307,7 @@ def _access_log_row(
         "request_id": attrs.get("request.id"),
         "derived_from": "server span",
     }
-    return (
+    return LogRow(
         sp.end_time_unix_nano,
         None,
         _SEVERITY_INFO,
@@ -312,8 +325,7 @@ def _access_log_row(
 
 
 def decode_logs(req: ExportLogsServiceRequest) -> Batch:
-    """Log rows: (time_ns, observed_ns, severity_number, severity_text, body, body_is_json,
-    attributes, trace_id, span_id, event_name, service_name, resource_id, scope_id)."""
+    """The request's log records as rows."""
     batch = Batch()
     rows = batch.logs
     for rl in req.resource_logs:
@@ -341,20 +353,22 @@ def decode_logs(req: ExportLogsServiceRequest) -> Batch:
                     batch.reject(TIME_RANGE)
                     continue
                 rows.append(
-                    (
-                        lr.time_unix_nano or observed,
-                        observed or None,
-                        lr.severity_number,
-                        lr.severity_text or None,
-                        body,
-                        body_is_json,
-                        attributes_json(lr.attributes),
-                        trace_id,
-                        span_id,
-                        lr.event_name or None,
-                        service,
-                        rid,
-                        sid,
+                    _log_row(
+                        (
+                            lr.time_unix_nano or observed,
+                            observed or None,
+                            lr.severity_number,
+                            lr.severity_text or None,
+                            body,
+                            body_is_json,
+                            attributes_json(lr.attributes),
+                            trace_id,
+                            span_id,
+                            lr.event_name or None,
+                            service,
+                            rid,
+                            sid,
+                        )
                     )
                 )
     return batch
@@ -438,9 +452,7 @@ _POINT_DECODERS: dict[str, Callable[[Any], tuple[int | float | None, dict[str, A
 
 
 def decode_metrics(req: ExportMetricsServiceRequest) -> Batch:
-    """Metric rows (id, name, type, unit, description, is_monotonic, temporality) and point
-    rows (metric_id, service_name, attributes, start_ns, time_ns, value, data, exemplars,
-    resource_id, scope_id)."""
+    """The request's metrics (one row each) and their data points as rows."""
     batch = Batch()
     rows = batch.points
     for rm in req.resource_metrics:
@@ -459,7 +471,7 @@ def decode_metrics(req: ExportMetricsServiceRequest) -> Batch:
                 mid = metric_id(metric.name)
                 monotonic = int(data.is_monotonic) if kind == "sum" else None
                 temporality = getattr(data, "aggregation_temporality", None) or None
-                batch.metrics[mid] = (
+                batch.metrics[mid] = MetricRow(
                     mid,
                     metric.name,
                     kind,
@@ -476,17 +488,19 @@ def decode_metrics(req: ExportMetricsServiceRequest) -> Batch:
                         continue
                     value, extra = decode_point(dp)
                     rows.append(
-                        (
-                            mid,
-                            service,
-                            attributes_json(dp.attributes),
-                            dp.start_time_unix_nano or None,
-                            dp.time_unix_nano,
-                            value,
-                            dumps(extra) if extra is not None else None,
-                            _exemplars_json(getattr(dp, "exemplars", None)),
-                            rid,
-                            sid,
+                        _point_row(
+                            (
+                                mid,
+                                service,
+                                attributes_json(dp.attributes),
+                                dp.start_time_unix_nano or None,
+                                dp.time_unix_nano,
+                                value,
+                                dumps(extra) if extra is not None else None,
+                                _exemplars_json(getattr(dp, "exemplars", None)),
+                                rid,
+                                sid,
+                            )
                         )
                     )
     return batch

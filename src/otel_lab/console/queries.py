@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-SPAN_KINDS = ("INTERNAL", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")  # 0 = unspecified
-STATUS_CODES = ("UNSET", "OK", "ERROR")
-STATUS_BY_NAME = {"unset": 0, "ok": 1, "error": 2}
-TEMPORALITIES = {1: "DELTA", 2: "CUMULATIVE"}
+from otel_lab.console.model import AggregationTemporality, SpanKind, StatusCode
+
+STATUS_BY_NAME = {code.name.lower(): code for code in StatusCode}
+TEMPORALITIES = {t.value: t.name for t in AggregationTemporality if t}
 # Severity number ranges (OTel log data model): name -> lowest number of its range.
 SEVERITIES = {"TRACE": 1, "DEBUG": 5, "INFO": 9, "WARN": 13, "ERROR": 17, "FATAL": 21}
 _SEVERITY_ALIASES = {"WARNING": "WARN", "CRITICAL": "FATAL", "ERR": "ERROR"}
@@ -286,14 +286,14 @@ def find_traces(conn: sqlite3.Connection, f: TraceFilter) -> list[dict[str, Any]
     if f.name:
         indexed.append("name = ?")
         indexed_params.append(f.name)
-    if f.status == 2:
+    if f.status == StatusCode.ERROR:
         # A literal (not a parameter) so the partial index on errors applies.
-        indexed.append("status_code = 2")
+        indexed.append(f"status_code = {StatusCode.ERROR:d}")
     if indexed and f.since_ns is not None:  # a span never starts before its trace
         indexed.append("start_ns >= ?")
         indexed_params.append(f.since_ns)
     span_conditions, span_params = list(indexed), list(indexed_params)
-    if f.status is not None and f.status != 2:
+    if f.status is not None and f.status != StatusCode.ERROR:
         span_conditions.append(f"status_code = {int(f.status)}")
     span_conditions += _attr_sql(f.attrs, span_params)
 
@@ -314,7 +314,7 @@ def find_traces(conn: sqlite3.Connection, f: TraceFilter) -> list[dict[str, Any]
     if span_conditions:
         # Errors are rare, so their partial index beats any other; without statistics the
         # planner would rather scan every span of the service.
-        source = "spans INDEXED BY spans_errors" if f.status == 2 else "spans"
+        source = "spans INDEXED BY spans_errors" if f.status == StatusCode.ERROR else "spans"
         narrow = False
         if indexed:
             probe = conn.execute(
@@ -346,7 +346,14 @@ _SPAN_COLUMNS = (
 
 
 def _kind(kind: int) -> str:
-    return SPAN_KINDS[kind] if 0 <= kind < len(SPAN_KINDS) else "INTERNAL"
+    """The kind's name; unspecified and unknown kinds read as INTERNAL (as the spec says)."""
+    if kind in SpanKind._value2member_map_ and kind != SpanKind.UNSPECIFIED:
+        return SpanKind(kind).name
+    return SpanKind.INTERNAL.name
+
+
+def _status(code: int) -> str:
+    return StatusCode(code).name if code in StatusCode._value2member_map_ else "UNSET"
 
 
 def _span_dict(r: tuple[Any, ...], lookups: _Lookups) -> dict[str, Any]:
@@ -361,7 +368,7 @@ def _span_dict(r: tuple[Any, ...], lookups: _Lookups) -> dict[str, Any]:
         "end_time_unix_nano": r[7],
         "duration_ms": r[8] / 1e6,
         "status": {
-            "code": STATUS_CODES[r[9]] if 0 <= r[9] < 3 else "UNSET",
+            "code": _status(r[9]),
             "message": r[10] or "",
         },
         "attributes": _json(r[11], {}),
@@ -488,7 +495,7 @@ def trace_waterfall(conn: sqlite3.Connection, trace_id: bytes) -> dict[str, Any]
         "start_time_unix_nano": start,
         "duration_ns": end - start,
         "span_count": len(rows),
-        "error_count": sum(1 for r in rows if r[8] == 2),
+        "error_count": sum(1 for r in rows if r[8] == StatusCode.ERROR),
         "log_count": sum(log_counts.values()),
         "services": list(services),
         "fields": list(WATERFALL_FIELDS),
@@ -606,10 +613,7 @@ def list_operations(conn: sqlite3.Connection, service: str) -> list[dict[str, An
     rows = conn.execute(
         "SELECT name, kind FROM operations WHERE service_name = ? ORDER BY name, kind", (service,)
     )
-    return [
-        {"name": name, "kind": SPAN_KINDS[kind] if 0 <= kind < 6 else "INTERNAL"}
-        for name, kind in rows
-    ]
+    return [{"name": name, "kind": _kind(kind)} for name, kind in rows]
 
 
 def _metric_info(row: tuple[Any, ...], services: list[str]) -> dict[str, Any]:
