@@ -17,7 +17,7 @@ from typing import Annotated, TypeVar
 import anyio
 from anyio import to_thread
 from celery import Celery
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 from kombu.exceptions import KombuError
 from opentelemetry import trace
 from redis.exceptions import RedisError
@@ -26,12 +26,13 @@ from otel_lab.items import ITEM_ENRICHMENT, Item, ItemCreate, ItemOut
 from otel_lab.services.deps import CeleryDep, RedisDep, SessionDep, SessionFactoryDep, SettingsDep
 from otel_lab.services.downstream import CircuitBreaker, CircuitOpenError
 from otel_lab.services.errors import NotFoundError
+from otel_lab.services.params import path_id
 from otel_lab.telemetry import metrics as prom
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/items", tags=["items"])
 
-ItemId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The item's id")]
+ItemId = Annotated[int, path_id("The item's id")]
 CACHE_NAME = "items"
 PUBLISH_DEADLINE_SECONDS = 1.5
 # Three failures in a row (1.5 s of timeouts at worst) open a breaker for 5 s; then one

@@ -31,6 +31,7 @@ from sqlalchemy import delete, func, insert, select, update
 from otel_lab.items import Item
 from otel_lab.services.deps import EngineDep, ServiceNameDep, SessionFactoryDep, SettingsDep
 from otel_lab.services.errors import ServiceError
+from otel_lab.services.params import MAX_ID
 
 logger = logging.getLogger("otel_lab.api.showcase")
 tracer = trace.get_tracer("otel_lab.api.showcase")
@@ -201,7 +202,7 @@ async def db_operation(
 # ---------------------------------------------------------------------------- /complex-operation
 
 STEP_NAMES = ("normalize", "enrich", "score", "rank", "filter", "dedupe", "weight", "bucket")
-UserId = Annotated[int, Query(ge=1, le=2**31 - 1, description="The user the work is for")]
+UserId = Annotated[int, Query(ge=1, le=MAX_ID, description="The user the work is for")]
 Steps = Annotated[int, Query(ge=1, le=len(STEP_NAMES), description="Processing steps")]
 
 

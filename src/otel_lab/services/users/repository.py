@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import cast
+from typing import TypeVar, cast
 
 from opentelemetry import trace
 from sqlalchemy import Row, Select, Table, bindparam, func, select
@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from otel_lab.services.persistence import paged
 from otel_lab.services.users.models import Todo, User
 from otel_lab.settings import get_settings
 
@@ -47,10 +48,14 @@ def _span(operation: str, **attributes: str | int | bool) -> Iterator[trace.Span
         yield span
 
 
-async def _page(session: AsyncSession, query: Select, limit: int, offset: int) -> tuple[list, int]:
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = (await session.scalars(query.limit(limit).offset(offset))).all()
-    return list(rows), int(total or 0)
+T = TypeVar("T")
+
+
+async def _page(
+    session: AsyncSession, query: Select[tuple[T]], limit: int, offset: int
+) -> tuple[list[T], int]:
+    page, total = await paged(session, query, limit, offset)
+    return list((await session.scalars(page)).all()), total
 
 
 class UserRepository:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from otel_lab.services.deps import SessionDep
+from otel_lab.services.params import Limit, Offset, path_id, set_total
 from otel_lab.services.users.schemas import (
-    MAX_ID,
     TodoCreate,
     TodoOut,
     TodoUpdate,
@@ -25,10 +25,8 @@ from otel_lab.services.users.service import UserService
 users_router = APIRouter(prefix="/users", tags=["users"])
 todos_router = APIRouter(prefix="/todos", tags=["todos"])
 
-UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="The user's id")]
-TodoId = Annotated[int, Path(ge=1, le=MAX_ID, description="The todo's id")]
-Limit = Annotated[int, Query(ge=1, le=100, description="Page size (1-100)")]
-Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Rows to skip")]
+UserId = Annotated[int, path_id("The user's id")]
+TodoId = Annotated[int, path_id("The todo's id")]
 Completed = Annotated[bool | None, Query(description="Only completed (true) or open (false)")]
 
 
@@ -37,10 +35,6 @@ def _service(session: SessionDep) -> UserService:
 
 
 Service = Annotated[UserService, Depends(_service)]
-
-
-def _total(response: Response, total: int) -> None:
-    response.headers["X-Total-Count"] = str(total)
 
 
 @users_router.post("", status_code=201)
@@ -54,7 +48,7 @@ async def list_users(
     service: Service, response: Response, limit: Limit = 50, offset: Offset = 0
 ) -> list[UserOut]:
     users, total = await service.list_users(limit, offset)
-    _total(response, total)
+    set_total(response, total)
     return [UserOut.model_validate(user) for user in users]
 
 
@@ -93,7 +87,7 @@ async def list_user_todos(
     todos, total = await service.list_todos(
         user_id=user_id, completed=completed, limit=limit, offset=offset
     )
-    _total(response, total)
+    set_total(response, total)
     return [TodoOut.model_validate(todo) for todo in todos]
 
 
@@ -108,7 +102,7 @@ async def list_todos(
     todos, total = await service.list_todos(
         user_id=None, completed=completed, limit=limit, offset=offset
     )
-    _total(response, total)
+    set_total(response, total)
     return [TodoOut.model_validate(todo) for todo in todos]
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, model_validator
 
-MAX_ID = 2**31 - 1  # PostgreSQL integer
+from otel_lab.services.params import RowId
 
 
 def _no_nul(value: str) -> str:
@@ -120,7 +120,7 @@ class ProcessRequest(BaseModel):
 
     model_config = _STRICT
 
-    user_id: int | None = Field(None, ge=1, le=MAX_ID, examples=[1001])
+    user_id: RowId | None = Field(None, examples=[1001])
     user_name: Name | None = Field(None, examples=["John Doe"])
     user_email: Email | None = Field(None, examples=["john@example.com"])
     action: Action = Field(examples=["test_trace"])
