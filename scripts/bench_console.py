@@ -42,7 +42,9 @@ import psutil
 
 from otel_lab.console import otlp
 from otel_lab.console.store import Store
-from otel_lab.console.synthetic import Generator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.console.synthetic import Generator  # test data, kept out of the package
 
 READY = re.compile(r"OTLP/HTTP on (\S+), UI and API on (\S+),")
 PROTOBUF = {"content-type": "application/x-protobuf"}

@@ -14,8 +14,8 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-# Shared with the console's synthetic-data generator.
-from otel_lab.console.synthetic import any_value, key_values
+# Shared with the synthetic-data generator.
+from .synthetic import any_value, key_values
 
 NOW = 1_760_000_000_000_000_000  # a fixed moment (ns) keeps assertions exact
 

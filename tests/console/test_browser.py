@@ -22,8 +22,6 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otel_lab.console.synthetic import Generator
-
 from .builders import (
     key_values,
     log_record,
@@ -35,6 +33,7 @@ from .builders import (
     traces_request,
 )
 from .conftest import Console, start_console
+from .synthetic import Generator
 
 PROTOBUF = "application/x-protobuf"
 SERVER, CLIENT = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT

@@ -1,4 +1,5 @@
-"""Realistic synthetic OTLP telemetry, for the benchmark, the tests and demos.
+"""Realistic synthetic OTLP telemetry for the console's browser tests and its benchmark
+(scripts/bench_console.py imports it from here).
 
 Traces look like Otel Lab's own: the gateway -> user-service -> order-service ->
 audit-service chain with PostgreSQL and Redis client spans, an api -> worker Celery hop
