@@ -62,7 +62,7 @@ def order_out(order: Mapping[Any, Any], items: Sequence[Mapping[Any, Any]]) -> O
 
 async def create_order(
     connection: AsyncConnection, body: OrderProcessRequest, key: str
-) -> tuple[dict[str, Any], list, bool]:
+) -> tuple[dict[str, Any], list[Mapping[Any, Any]], bool]:
     """Order creation and pricing in one statement; returns (order, items, replayed).
 
     A call whose key already has an order (a retry) gets that order back, not a second one.
@@ -107,7 +107,9 @@ async def create_order(
         if stored is not None:  # the key has an order: a retry, or a concurrent attempt won
             return _replayed(span, *stored)
         order.update(id=created.id, created_at=created.created_at)
-        items = [{name: getattr(line, name) for name in _ITEM_COLUMNS} for line in priced.lines]
+        items: list[Mapping[Any, Any]] = [
+            {name: getattr(line, name) for name in _ITEM_COLUMNS} for line in priced.lines
+        ]
         span.set_attributes(
             {
                 "order.id": created.id,
@@ -119,8 +121,8 @@ async def create_order(
 
 
 def _replayed(
-    span: trace.Span, order: Mapping[str, Any], items: list
-) -> tuple[dict[str, Any], list, bool]:
+    span: trace.Span, order: Mapping[Any, Any], items: list[Mapping[Any, Any]]
+) -> tuple[dict[str, Any], list[Mapping[Any, Any]], bool]:
     span.add_event("order.idempotent_replay", {"order.id": order["id"]})
     span.set_attribute("order.id", order["id"])
     return dict(order), items, True

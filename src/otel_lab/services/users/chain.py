@@ -50,7 +50,7 @@ def _order_service(request: Request) -> Downstream:
 OrderServiceDep = Annotated[Downstream, Depends(_order_service)]
 
 
-async def _validate_user(users: ProfileReader, body: ProcessRequest, record_pii: bool) -> Row:
+async def _validate_user(users: ProfileReader, body: ProcessRequest, record_pii: bool) -> Row[Any]:
     """Find the user by id (404 if unknown), or by email (created on first sight)."""
     with tracer.start_as_current_span(
         "user_validation", attributes={"operation.type": "validation"}
@@ -79,7 +79,7 @@ async def _validate_user(users: ProfileReader, body: ProcessRequest, record_pii:
         return user
 
 
-async def _create_on_first_sight(users: ProfileReader, body: ProcessRequest) -> Row:
+async def _create_on_first_sight(users: ProfileReader, body: ProcessRequest) -> Row[Any]:
     assert body.user_email is not None
     name = body.user_name or body.user_email.split("@", 1)[0]
     user = await users.add(name, body.user_email)
@@ -90,7 +90,7 @@ async def _create_on_first_sight(users: ProfileReader, body: ProcessRequest) -> 
     return user
 
 
-async def _enrich_profile(users: ProfileReader, user: Row) -> ChainProfile:
+async def _enrich_profile(users: ProfileReader, user: Row[Any]) -> ChainProfile:
     """What the chain knows about the user beyond the row: todo counts, membership age."""
     with tracer.start_as_current_span(
         "profile_enrichment",

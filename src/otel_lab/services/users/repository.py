@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from opentelemetry import trace
 from sqlalchemy import Row, Select, Table, bindparam, func, select
@@ -118,14 +118,14 @@ class ProfileReader:
     def __init__(self, connection: AsyncConnection) -> None:
         self.connection = connection
 
-    async def get(self, user_id: int) -> Row | None:
+    async def get(self, user_id: int) -> Row[Any] | None:
         with _span("get_user", **{"user.id": user_id}) as span:
             result = await self.connection.execute(_GET_USER, {"user_id": user_id})
             user = result.first()
             span.set_attribute("db.found", user is not None)
             return user
 
-    async def get_by_email(self, email: str) -> Row | None:
+    async def get_by_email(self, email: str) -> Row[Any] | None:
         with _span("get_user_by_email") as span:  # the email itself stays out of the span
             result = await self.connection.execute(_GET_USER_BY_EMAIL, {"email": email})
             user = result.first()
@@ -134,7 +134,7 @@ class ProfileReader:
                 span.set_attribute("user.id", user.id)
             return user
 
-    async def add(self, name: str, email: str) -> Row | None:
+    async def add(self, name: str, email: str) -> Row[Any] | None:
         """Insert a user; None when the email exists (a concurrent request created it)."""
         with _span("insert_user") as span:
             result = await self.connection.execute(

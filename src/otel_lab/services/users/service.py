@@ -50,7 +50,7 @@ def operation(
         fn: Callable[Concatenate[UserService, P], Awaitable[R]],
     ) -> Callable[Concatenate[UserService, P], Awaitable[R]]:
         @functools.wraps(fn)
-        async def wrapper(self: UserService, *args: P.args, **kwargs: P.kwargs) -> R:
+        async def wrapper(service: UserService, /, *args: P.args, **kwargs: P.kwargs) -> R:
             with tracer.start_as_current_span(
                 f"service.{name}",
                 attributes={"operation.type": "business_logic", "api.operation": name},
@@ -58,7 +58,7 @@ def operation(
                 set_status_on_exception=False,
             ) as span:
                 try:
-                    return await fn(self, *args, **kwargs)
+                    return await fn(service, *args, **kwargs)
                 except errors.ServiceError as exc:
                     if exc.status_code >= 500:
                         span.record_exception(exc)
