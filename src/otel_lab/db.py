@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 import psycopg
-from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from psycopg import errors as pg_errors
 from sqlalchemy import Engine, MetaData, event
 from sqlalchemy import create_engine as create_sync_engine
@@ -43,6 +42,7 @@ from sqlalchemy.orm import DeclarativeBase
 
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import metrics as prom
+from otel_lab.telemetry.database import instrument_engine
 from otel_lab.telemetry.setup import telemetry_enabled
 
 # Constraint names that Alembic can rely on across PostgreSQL versions.
@@ -138,7 +138,7 @@ def _connect_args(settings: Settings) -> dict[str, Any]:
 
 def _observe(sync_engine: Engine) -> None:
     if telemetry_enabled():
-        SQLAlchemyInstrumentor().instrument(engine=sync_engine, enable_commenter=False)
+        instrument_engine(sync_engine)
 
     @event.listens_for(sync_engine, "before_cursor_execute")
     def _start(

@@ -54,7 +54,7 @@ _DEFAULT_KNOWN_METHODS = frozenset(
 )
 
 
-def _known_methods() -> frozenset[str]:
+def known_methods() -> frozenset[str]:
     """``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`` (comma-separated) replaces the default
     set, as the HTTP semantic conventions say; other methods are reported as ``_OTHER``."""
     configured = os.environ.get("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS", "")
@@ -138,7 +138,7 @@ class TelemetryMiddleware:
             explicit_bucket_boundaries_advisory=list(prom.LATENCY_BUCKETS),
         )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._known_methods = _known_methods()
+        self.known_methods = known_methods()
         self._propagator_headers = frozenset(propagate.get_global_textmap().fields)
         self._wanted_headers = _OWN_HEADERS | {h.encode() for h in self._propagator_headers}
         self.excluded_urls = get_excluded_urls("FASTAPI")  # or OTEL_PYTHON_EXCLUDED_URLS
@@ -174,7 +174,7 @@ class TelemetryMiddleware:
         }
         request_id = sanitize_request_id(headers.get("x-request-id"))
         method = scope["method"]
-        known_method = method if method in self._known_methods else "_OTHER"
+        known_method = method if method in self.known_methods else "_OTHER"
         start = time.perf_counter()
         # Trace context and baggage, by whatever propagators OTEL_PROPAGATORS names; with
         # none of their headers present there is nothing to extract.

@@ -1,0 +1,145 @@
+"""``telemetry.http_client`` against the contrib aiohttp client instrumentation it replaces:
+the same calls over real HTTP, each client exporting to its own in-memory exporters."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from opentelemetry.instrumentation._semconv import _StabilityMode
+from opentelemetry.instrumentation.aiohttp_client import create_trace_config
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from otel_lab.runtime.harness import free_ports
+from otel_lab.telemetry.http_client import client_middleware
+
+CALLS = (
+    ("GET", "/ok?Signature=secret&page=2", 200),
+    ("POST", "/fail", 500),
+    ("GET", "/missing", 404),
+    ("PURGE", "/ok", 200),
+)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+    def duration_points(self) -> list[dict[str, Any]]:
+        """The points' attributes but the port (the two calls to a closed port differ)."""
+        data = self.reader.get_metrics_data()
+        return sorted(
+            (
+                {k: v for k, v in point.attributes.items() if k != "server.port"}
+                for resource in data.resource_metrics
+                for scope in resource.scope_metrics
+                for metric in scope.metrics
+                if metric.name == "http.client.request.duration"
+                for point in metric.data.data_points
+            ),
+            key=lambda attributes: repr(sorted(attributes.items())),
+        )
+
+
+async def _serve(port: int) -> web.AppRunner:
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"traceparent": request.headers.get("traceparent")})
+
+    async def fail(request: web.Request) -> web.Response:
+        return web.json_response({"detail": "boom"}, status=500)
+
+    app = web.Application()
+    app.router.add_route("*", "/ok", ok)
+    app.router.add_post("/fail", fail)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+async def _calls(session: aiohttp.ClientSession, base: str, closed: str) -> list[Any]:
+    seen = []
+    for method, path, status in CALLS:
+        async with session.request(method, base + path) as response:
+            assert response.status == status
+            seen.append((await response.json()) if status == 200 else None)
+    with pytest.raises(aiohttp.ClientConnectorError):
+        async with session.get(closed + "/ok"):
+            pass
+    return seen
+
+
+def _run_both() -> tuple[Recorder, list[Any], Recorder, list[Any]]:
+    theirs, ours = Recorder(), Recorder()
+    port, closed_port = free_ports(2)
+    base, closed = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{closed_port}"
+
+    async def go() -> tuple[list[Any], list[Any]]:
+        runner = await _serve(port)
+        try:
+            contrib = create_trace_config(
+                tracer_provider=theirs.tracer_provider,
+                meter_provider=theirs.meter_provider,
+                sem_conv_opt_in_mode=_StabilityMode.HTTP,
+            )
+            async with aiohttp.ClientSession(trace_configs=[contrib]) as session:
+                expected = await _calls(session, base, closed)
+            middleware = client_middleware(ours.tracer_provider, ours.meter_provider)
+            async with aiohttp.ClientSession(middlewares=(middleware,)) as session:
+                actual = await _calls(session, base, closed)
+            return expected, actual
+        finally:
+            await runner.cleanup()
+
+    expected, actual = asyncio.run(go())
+    return theirs, expected, ours, actual
+
+
+def _shape(span: ReadableSpan) -> tuple[Any, ...]:
+    attributes = dict(span.attributes or {})
+    port = attributes.pop("server.port")
+    attributes["url.full"] = str(attributes["url.full"]).replace(f":{port}", ":PORT")
+    return (
+        span.name,
+        span.kind,
+        span.status.status_code,
+        attributes,
+        [event.name for event in span.events],
+    )
+
+
+def test_client_spans_and_metrics_match_the_contrib_instrumentation() -> None:
+    theirs, _, ours, _ = _run_both()
+
+    expected = [_shape(s) for s in theirs.spans.get_finished_spans()]
+    actual = [_shape(s) for s in ours.spans.get_finished_spans()]
+    assert actual == expected
+    assert len(actual) == len(CALLS) + 1
+    assert all(shape[1] == SpanKind.CLIENT for shape in actual)
+    assert actual[0][3]["url.full"] == "http://127.0.0.1:PORT/ok?Signature=REDACTED&page=2"
+    assert actual[3][0] == "HTTP" and actual[3][3]["http.request.method"] == "_OTHER"
+    assert actual[-1][3]["error.type"] == "ClientConnectorError"
+    assert ours.duration_points() == theirs.duration_points()
+    assert len(ours.duration_points()) == len(CALLS) + 1
+
+
+def test_the_server_receives_the_client_span_as_parent() -> None:
+    _, _, ours, bodies = _run_both()
+    spans = ours.spans.get_finished_spans()
+    for span, body in zip(spans, bodies, strict=False):
+        if body is not None:
+            trace_id, span_id = body["traceparent"].split("-")[1:3]
+            assert int(trace_id, 16) == span.context.trace_id
+            assert int(span_id, 16) == span.context.span_id
