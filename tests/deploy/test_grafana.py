@@ -147,7 +147,7 @@ def test_prometheus_queries_use_known_series() -> None:
             assert known, f"{dashboard} / {title}: unknown series {name}"
 
 
-def test_seed_panels_present() -> None:
+def test_documented_panels_present() -> None:
     titles = {d["uid"]: {p["title"] for p in _panels(d["panels"])} for d in map(_load, DASHBOARDS)}
     assert {
         "Request latency p50 / p95",

@@ -16,8 +16,8 @@ import pytest
 from otel_lab.runtime.harness import RunningSystem
 from tests.conftest import Console, Span, ancestors, server_above, span_named, trace_id_of
 
-SEED_BODY = {"a": 10.5, "b": 3.5}
-SEED_RESPONSE = {"sum": 14.0, "difference": 7.0}
+DEMO_BODY = {"a": 10.5, "b": 3.5}
+DEMO_RESPONSE = {"sum": 14.0, "difference": 7.0}
 
 
 def _connected(spans: list[Span]) -> bool:
@@ -52,16 +52,16 @@ def _wait_for_log_lines(system: RunningSystem, service: str, request_id: str) ->
     raise AssertionError(f"{service} log lines for {request_id}: {mine}")
 
 
-def test_seed_curl_through_the_gateway(gateway: httpx.Client) -> None:
-    response = gateway.post("/analyze", json=SEED_BODY, headers={"X-Request-ID": "demo-123"})
+def test_documented_curl_through_the_gateway(gateway: httpx.Client) -> None:
+    response = gateway.post("/analyze", json=DEMO_BODY, headers={"X-Request-ID": "demo-123"})
     assert response.status_code == 200, response.text
-    assert response.json() == SEED_RESPONSE
+    assert response.json() == DEMO_RESPONSE
     assert response.headers["x-request-id"] == "demo-123"
     assert response.headers["content-type"] == "application/json"
 
 
 def test_on_the_api_port_and_with_integers(api: httpx.Client) -> None:
-    assert api.post("/analyze", json=SEED_BODY).json() == SEED_RESPONSE
+    assert api.post("/analyze", json=DEMO_BODY).json() == DEMO_RESPONSE
     assert api.post("/analyze", json={"a": 10, "b": -3}).json() == {
         "sum": 7.0,
         "difference": 13.0,
@@ -71,7 +71,7 @@ def test_on_the_api_port_and_with_integers(api: httpx.Client) -> None:
 def test_trace_has_the_worker_span_under_the_api_request(
     gateway: httpx.Client, console: Console
 ) -> None:
-    response = gateway.post("/analyze", json=SEED_BODY, headers={"X-Request-ID": "demo-trace"})
+    response = gateway.post("/analyze", json=DEMO_BODY, headers={"X-Request-ID": "demo-trace"})
     assert response.status_code == 200
     trace_id = trace_id_of(response)
 
@@ -98,10 +98,10 @@ def test_trace_has_the_worker_span_under_the_api_request(
     assert worker["attributes"]["analysis.difference"] == 7.0
 
 
-def test_seed_log_events_carry_the_request_id(
+def test_documented_log_events_carry_the_request_id(
     gateway: httpx.Client, console: Console, system: RunningSystem
 ) -> None:
-    response = gateway.post("/analyze", json=SEED_BODY, headers={"X-Request-ID": "demo-123"})
+    response = gateway.post("/analyze", json=DEMO_BODY, headers={"X-Request-ID": "demo-123"})
     trace_id = trace_id_of(response)
 
     # Over OTLP, in the console, linked to the trace.

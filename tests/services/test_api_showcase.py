@@ -261,7 +261,7 @@ def test_complex_operation_bad_input_is_422(api: httpx.Client, params: dict) -> 
 # --------------------------------------------------------------------------- showcase metrics
 
 
-def test_seed_metrics_are_exposed(api: httpx.Client) -> None:
+def test_documented_metrics_are_exposed(api: httpx.Client) -> None:
     """REQUEST_TIME, DB_OPERATION_TIME, API_OPERATION_TIME, ERROR_COUNTER, REQUEST_COUNTER,
     REQUEST_LATENCY and CONCURRENT_REQUESTS, by their names here (docs/instrumentation.md)."""
     api.get("/hello")

@@ -78,7 +78,7 @@ def _breaker_gauge(metrics_text: str, downstream: str) -> float | None:
 # --------------------------------------------------------------------------- documented requests
 
 
-def test_seed_simple_request(gateway: httpx.Client) -> None:
+def test_documented_simple_request(gateway: httpx.Client) -> None:
     """``curl -X POST :8080/api/v1/process -d '{"user_id": 1001, "action": "test_trace"}'``."""
     response = _process(gateway, {"user_id": 1001, "action": "test_trace"})
     assert response.status_code == 200, response.text
@@ -96,7 +96,7 @@ def test_seed_simple_request(gateway: httpx.Client) -> None:
     assert body["chain"] == ["user-service", "order-service", "audit-service"]
 
 
-def test_seed_full_request_with_name_and_email(gateway: httpx.Client) -> None:
+def test_documented_full_request_with_name_and_email(gateway: httpx.Client) -> None:
     response = _process(
         gateway,
         {
@@ -113,7 +113,7 @@ def test_seed_full_request_with_name_and_email(gateway: httpx.Client) -> None:
     assert body["order"]["action"] == "purchase"
 
 
-def test_seed_loop_over_demo_users_1001_to_1010(gateway: httpx.Client) -> None:
+def test_documented_loop_over_demo_users_1001_to_1010(gateway: httpx.Client) -> None:
     """The documented ``for i in {1..10}`` loop works on a fresh start (seeded demo users)."""
     for i in range(1, 11):
         response = _process(gateway, {"user_id": 1000 + i, "action": f"test_{i}"})
@@ -125,7 +125,7 @@ def test_seed_loop_over_demo_users_1001_to_1010(gateway: httpx.Client) -> None:
         assert body["audit"]["status"] == "recorded"
 
 
-def test_seed_service_endpoints(gateway: httpx.Client, system: RunningSystem) -> None:
+def test_documented_service_endpoints(gateway: httpx.Client, system: RunningSystem) -> None:
     """Each service's own documented endpoints, on its own port and through the gateway."""
     order = _process(gateway, {"user_id": 1004, "action": "endpoints"}).json()["order"]
     for service in ("user-service", "order-service", "audit-service"):
