@@ -1,101 +1,27 @@
-"""Items: PostgreSQL, a cache-aside read through Valkey, enrichment on the worker.
-
-Valkey is optional for every request here. As a cache, each call has a 0.5 s socket timeout
-(``otel_lab.cache``) and a circuit breaker: after a few consecutive failures the cache is
-bypassed for a cool-down, so a hung cache costs a read almost nothing. As the broker, the
-publish after ``POST /items`` has a deadline and a breaker of its own; a write whose task
-could not be published is still stored and answered (status ``pending``), and the worker's
-pending sweep queues its enrichment once the broker is back (``worker.app``).
+"""``POST /items`` and ``GET /items/{id}``: routes -> ``item_service`` (cache-aside reads,
+enrichment on the worker; Valkey optional) -> ``item_repository`` (PostgreSQL).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
-import anyio
-from anyio import to_thread
-from celery import Celery
 from fastapi import APIRouter
-from kombu.exceptions import KombuError
-from opentelemetry import trace
-from redis.exceptions import RedisError
 
-from otel_lab.items import ITEM_ENRICHMENT, Item, ItemCreate, ItemOut
+from otel_lab.items import ItemCreate, ItemOut
+from otel_lab.services.api import item_service
 from otel_lab.services.deps import CeleryDep, RedisDep, SessionDep, SessionFactoryDep, SettingsDep
-from otel_lab.services.downstream import CircuitBreaker, CircuitOpenError
-from otel_lab.services.errors import NotFoundError
 from otel_lab.services.params import path_id
-from otel_lab.telemetry import metrics as prom
 
-logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/items", tags=["items"])
 
 ItemId = Annotated[int, path_id("The item's id")]
-CACHE_NAME = "items"
-PUBLISH_DEADLINE_SECONDS = 1.5
-# Three failures in a row (1.5 s of timeouts at worst) open a breaker for 5 s; then one
-# trial call decides. Per process, as the failures they count are.
-cache_breaker = CircuitBreaker("cache", failure_threshold=3, reset_seconds=5.0)
-broker_breaker = CircuitBreaker("broker", failure_threshold=3, reset_seconds=5.0)
-T = TypeVar("T")
 
 
 @router.post("", status_code=201)
 async def create_item(body: ItemCreate, session: SessionDep, celery: CeleryDep) -> ItemOut:
     """Insert the item, then queue its enrichment in the same trace."""
-    item = Item(name=body.name, description=body.description)
-    session.add(item)
-    await session.commit()
-    out = ItemOut.model_validate(item)
-    await _enqueue_enrichment(celery, out.id)
-    logger.info("item_created", extra={"item_id": out.id})
-    return out
-
-
-async def _enqueue_enrichment(celery: Celery, item_id: int) -> None:
-    """A broker outage leaves the item pending (the sweep queues it later), never fails
-    or holds the write: the publish gets a deadline, and is skipped while its breaker is
-    open. A publish cut off by the deadline finishes or fails on its thread (socket timeout)."""
-    try:
-        broker_breaker.allow("publish")
-        with anyio.fail_after(PUBLISH_DEADLINE_SECONDS):
-            await to_thread.run_sync(
-                lambda: celery.send_task(ITEM_ENRICHMENT, args=[item_id], retry=True),
-                abandon_on_cancel=True,
-            )
-    except (KombuError, RedisError, OSError, TimeoutError, CircuitOpenError) as exc:
-        if not isinstance(exc, CircuitOpenError):
-            broker_breaker.record_failure()
-        span = trace.get_current_span()
-        span.add_event("enrichment.enqueue_failed", {"error.type": type(exc).__name__})
-        prom.ERRORS.labels("enqueue_failed").inc()
-        logger.warning("enrichment_enqueue_failed", extra={"item_id": item_id, "error": str(exc)})
-    else:
-        broker_breaker.record_success()
-
-
-async def _cached(call: Callable[[], Awaitable[T]], event: str) -> tuple[bool, T | None]:
-    """One cache call behind the breaker: (True, result), or (False, None) when the cache
-    failed or is bypassed; the span gets ``event`` or ``cache.bypassed`` saying which."""
-    span = trace.get_current_span()
-    try:
-        cache_breaker.allow("cache")
-    except CircuitOpenError:
-        span.add_event("cache.bypassed")
-        return False, None
-    try:
-        result = await call()
-    except RedisError as exc:
-        cache_breaker.record_failure()
-        span.add_event(event, {"error.type": type(exc).__name__})
-        return False, None
-    except BaseException:
-        cache_breaker.release()
-        raise
-    cache_breaker.record_success()
-    return True, result
+    return await item_service.create(session, celery, body)
 
 
 @router.get("/{item_id}", responses={404: {"description": "No such item"}})
@@ -103,24 +29,4 @@ async def read_item(
     item_id: ItemId, redis: RedisDep, sessions: SessionFactoryDep, settings: SettingsDep
 ) -> ItemOut:
     """Cache-aside: answer from Redis when possible; a miss reads PostgreSQL and fills Redis."""
-    span = trace.get_current_span()
-    key = Item.cache_key(item_id)
-    cache_up, cached = await _cached(lambda: redis.get(key), "cache.unavailable")
-    if cached is not None:
-        span.set_attribute("cache.hit", True)
-        prom.CACHE_HITS.labels(CACHE_NAME).inc()
-        return ItemOut.model_validate_json(cached)
-
-    span.set_attribute("cache.hit", False)
-    prom.CACHE_MISSES.labels(CACHE_NAME).inc()
-    async with sessions() as session:
-        item = await session.get(Item, item_id)
-    if item is None:
-        raise NotFoundError(f"item {item_id} not found")
-    out = ItemOut.model_validate(item)
-    if cache_up:  # a cache that just failed is not asked again within the same request
-        # NX: if the worker has written a fresher copy meanwhile, keep it.
-        ttl = settings.cache_ttl_seconds
-        await _cached(lambda: redis.set(key, out.model_dump_json(), ex=ttl, nx=True),
-                      "cache.fill_failed")  # fmt: skip
-    return out
+    return await item_service.read(item_id, redis, sessions, settings)
