@@ -397,6 +397,169 @@ def _series_key(point: dict[str, Any], group_by: list[str]) -> tuple[str, dict[s
     return json.dumps(labels, sort_keys=True, default=str), labels
 
 
+@dataclass
+class _MetricMeta:
+    id: int
+    kind: str
+    unit: str | None
+    description: str | None
+    monotonic: int | None
+    temporality: int | None
+
+
+@dataclass
+class _Point:
+    """One stored point as metric_series reads it."""
+
+    service_name: str
+    attrs_json: str | None
+    start_ns: int | None
+    time_ns: int
+    value: Any
+    data: str | None
+    exemplars: str | None
+
+
+class _SeriesBuilder:
+    """Accumulates a metric's points into per-series time buckets (see metric_series)."""
+
+    def __init__(self, meta: _MetricMeta, w: Window, buckets: int, group_by: list[str]) -> None:
+        self.meta = meta
+        self.kind = meta.kind
+        self.w = w
+        self.n = max(1, buckets)
+        span_ns = max(w.until_ns - w.since_ns, 1)
+        self.bucket_ns = max(span_ns // self.n + (1 if span_ns % self.n else 0), 1)
+        self.bucket_seconds = self.bucket_ns / SECOND
+        self.group = group_by
+        self.cumulative = meta.temporality == AggregationTemporality.CUMULATIVE
+        self.dimensions: dict[str, dict[str, int]] = {"service.name": {}}
+        self.exemplars: list[dict[str, Any]] = []
+        # Per raw series (service + full attributes): the previous point, for deltas.
+        self.previous: dict[str, dict[str, Any]] = {}
+        # Per output series: bucket -> accumulator
+        self.out: dict[str, dict[str, Any]] = {}
+
+    def _count_dimensions(self, service_name: str, attributes: dict[str, Any]) -> None:
+        services = self.dimensions["service.name"]
+        services[service_name] = services.get(service_name, 0) + 1
+        for k, v in attributes.items():
+            values = self.dimensions.setdefault(k, {})
+            if len(values) < 100:
+                text = v if isinstance(v, str) else json.dumps(v)
+                values[text] = values.get(text, 0) + 1
+
+    def add(self, p: _Point) -> None:
+        attributes = json.loads(p.attrs_json) if p.attrs_json else {}
+        self._count_dimensions(p.service_name, attributes)
+        point = {"service_name": p.service_name, "attributes": attributes, "start": p.start_ns}
+        raw_key = p.service_name + "\x1f" + (p.attrs_json or "")
+        key, labels = _series_key(point, self.group)
+        series = self.out.setdefault(key, {"labels": labels, "buckets": {}})
+        b = min((p.time_ns - self.w.since_ns) // self.bucket_ns, self.n - 1)
+        acc = series["buckets"].setdefault(b, {})
+        fields = json.loads(p.data) if p.data else {}
+        kind = self.kind
+        if kind == "sum" and self.meta.monotonic:
+            self._add_counter(acc, raw_key, p)
+        elif kind == "sum":
+            acc.setdefault("last", {})[raw_key] = p.value
+        elif kind == "gauge":
+            acc["sum"] = acc.get("sum", 0) + p.value
+            acc["n"] = acc.get("n", 0) + 1
+        elif kind in ("histogram", "exponential_histogram"):
+            self._add_histogram(acc, raw_key, p.start_ns, fields)
+        elif kind == "summary":
+            acc["count"] = acc.get("count", 0) + fields.get("count", 0)
+            acc["quantiles"] = {
+                str(q["quantile"]): q["value"] for q in fields.get("quantile_values", [])
+            }
+        for ex in json.loads(p.exemplars) if p.exemplars else []:
+            if len(self.exemplars) < 500:
+                self.exemplars.append({**ex, "series": labels})
+
+    def _add_counter(self, acc: dict[str, Any], raw_key: str, p: _Point) -> None:
+        """A monotonic sum: the increase in the bucket (cumulative points differenced)."""
+        value = p.value
+        prev = self.previous.get(raw_key)
+        if not self.cumulative:
+            acc["delta"] = acc.get("delta", 0) + value
+        elif prev is not None:
+            restarted = prev["start"] != p.start_ns
+            if not restarted and value >= prev["value"]:
+                acc["delta"] = acc.get("delta", 0) + (value - prev["value"])
+            else:
+                acc["delta"] = acc.get("delta", 0) + value  # reset: count from zero
+        self.previous[raw_key] = {"value": value, "start": p.start_ns}
+
+    def _add_histogram(
+        self, acc: dict[str, Any], raw_key: str, start_ns: int | None, fields: dict[str, Any]
+    ) -> None:
+        hist = acc.setdefault("hist", _Hist())
+        prev = self.previous.get(raw_key)
+        restarted = prev is not None and prev["start"] != start_ns
+        count, total = fields.get("count", 0), fields.get("sum") or 0
+        if self.kind == "histogram":
+            counts = fields.get("bucket_counts", [])
+            bounds = fields.get("explicit_bounds", [])
+            delta = counts if not self.cumulative else (
+                None if prev is None or restarted or prev.get("bounds") != bounds
+                else _delta_counts(counts, prev.get("counts"))
+            )  # fmt: skip
+            if delta is not None:
+                hist.ranges += _explicit_ranges(delta, bounds, fields.get("min"), fields.get("max"))
+            self.previous[raw_key] = {
+                "counts": counts, "bounds": bounds, "start": start_ns, "count": count, "sum": total,
+            }  # fmt: skip
+        else:
+            if not self.cumulative:
+                hist.ranges += _exponential_ranges(fields)
+            self.previous[raw_key] = {"count": count, "sum": total, "start": start_ns}
+        if not self.cumulative:
+            hist.count += count
+            hist.sum += total
+        elif prev is not None and not restarted and count >= prev.get("count", 0):
+            hist.count += count - prev.get("count", 0)
+            hist.sum += total - prev.get("sum", 0)
+        # An exponential histogram with cumulative temporality: percentiles need the
+        # per-bucket deltas, which scale changes make unreliable; the rate and mean stay.
+
+    def _value(self, acc: dict[str, Any], p: dict[str, Any]) -> None:
+        kind = self.kind
+        if kind == "sum" and self.meta.monotonic:
+            if "delta" in acc:
+                p["rate_per_second"] = acc["delta"] / self.bucket_seconds
+        elif kind == "sum":
+            p["value"] = sum(acc["last"].values())
+        elif kind == "gauge":
+            p["value"] = acc["sum"] / acc["n"]
+        elif "hist" in acc:
+            h: _Hist = acc["hist"]
+            p["count"] = h.count
+            p["rate_per_second"] = h.count / self.bucket_seconds
+            p["avg"] = h.sum / h.count if h.count else None
+            for q, label in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
+                p[label] = h.quantile(q)
+        elif kind == "summary":
+            p["count"] = acc["count"]
+            p["quantiles"] = acc["quantiles"]
+
+    def points(self, series: dict[str, Any]) -> list[dict[str, Any]]:
+        points = []
+        for b in range(self.n):
+            acc = series["buckets"].get(b)
+            p: dict[str, Any] = {"start_unix_nano": self.w.since_ns + b * self.bucket_ns}
+            if acc is not None:
+                self._value(acc, p)
+            points.append(p)
+        return points
+
+    def series(self) -> list[dict[str, Any]]:
+        return [
+            {"labels": s["labels"], "points": self.points(s)} for _, s in sorted(self.out.items())
+        ]
+
+
 def metric_series(
     conn: sqlite3.Connection,
     name: str,
@@ -420,15 +583,15 @@ def metric_series(
 
     Also returns exemplars (linking to traces) and the dimensions seen, for filters.
     """
-    meta = conn.execute(
+    row = conn.execute(
         "SELECT id, type, unit, description, is_monotonic, temporality FROM metrics WHERE name = ?",
         (name,),
     ).fetchone()
-    if meta is None:
+    if row is None:
         return None
-    metric_id, kind, unit, description, monotonic, temporality = meta
+    meta = _MetricMeta(*row)
     conditions = ["metric_id = ?", "time_ns >= ?", "time_ns <= ?"]
-    params: list[Any] = [metric_id, w.since_ns, w.until_ns]
+    params: list[Any] = [meta.id, w.since_ns, w.until_ns]
     # One point before the window per series would make the first delta exact; the
     # first bucket simply has no rate instead (documented).
     if service:
@@ -443,144 +606,24 @@ def metric_series(
     ).fetchall()
     truncated = len(rows) >= max_points
     rows.reverse()
-
-    span_ns = max(w.until_ns - w.since_ns, 1)
-    n = max(1, buckets)
-    bucket_ns = max(span_ns // n + (1 if span_ns % n else 0), 1)
-    bucket_seconds = bucket_ns / SECOND
-    group = [g for g in (group_by or []) if g]
-    cumulative = temporality == AggregationTemporality.CUMULATIVE
-
-    dimensions: dict[str, dict[str, int]] = {"service.name": {}}
-    exemplars: list[dict[str, Any]] = []
-    # Per raw series (service + full attributes): the previous point, for deltas.
-    previous: dict[str, dict[str, Any]] = {}
-    # Per output series: bucket -> accumulator
-    out: dict[str, dict[str, Any]] = {}
-
-    for service_name, attrs_json, start_ns, ts, value, data, ex_json in rows:
-        attributes = json.loads(attrs_json) if attrs_json else {}
-        point = {"service_name": service_name, "attributes": attributes, "start": start_ns}
-        dimensions["service.name"][service_name] = (
-            dimensions["service.name"].get(service_name, 0) + 1
-        )
-        for k, v in attributes.items():
-            values = dimensions.setdefault(k, {})
-            if len(values) < 100:
-                text = v if isinstance(v, str) else json.dumps(v)
-                values[text] = values.get(text, 0) + 1
-        raw_key = service_name + "\x1f" + (attrs_json or "")
-        key, labels = _series_key(point, group)
-        series = out.setdefault(key, {"labels": labels, "buckets": {}})
-        b = min((ts - w.since_ns) // bucket_ns, n - 1)
-        acc = series["buckets"].setdefault(b, {})
-        fields = json.loads(data) if data else {}
-        prev = previous.get(raw_key)
-        restarted = prev is not None and prev["start"] != start_ns
-        if kind == "sum" and monotonic:
-            if cumulative:
-                if prev is not None and not restarted and value >= prev["value"]:
-                    acc["delta"] = acc.get("delta", 0) + (value - prev["value"])
-                elif prev is not None:
-                    acc["delta"] = acc.get("delta", 0) + value  # reset: count from zero
-            else:
-                acc["delta"] = acc.get("delta", 0) + value
-            previous[raw_key] = {"value": value, "start": start_ns}
-        elif kind == "sum":
-            acc.setdefault("last", {})[raw_key] = value
-        elif kind == "gauge":
-            acc["sum"] = acc.get("sum", 0) + value
-            acc["n"] = acc.get("n", 0) + 1
-        elif kind in ("histogram", "exponential_histogram"):
-            hist = acc.setdefault("hist", _Hist())
-            if kind == "histogram":
-                counts = fields.get("bucket_counts", [])
-                bounds = fields.get("explicit_bounds", [])
-                delta = counts if not cumulative else (
-                    None if prev is None or restarted or prev.get("bounds") != bounds
-                    else _delta_counts(counts, prev.get("counts"))
-                )  # fmt: skip
-                if delta is not None:
-                    hist.ranges += _explicit_ranges(
-                        delta, bounds, fields.get("min"), fields.get("max")
-                    )
-                previous[raw_key] = {
-                    "counts": counts,
-                    "bounds": bounds,
-                    "start": start_ns,
-                    "count": fields.get("count", 0),
-                    "sum": fields.get("sum") or 0,
-                }
-            else:
-                ranges = _exponential_ranges(fields)
-                if not cumulative:
-                    hist.ranges += ranges
-                previous[raw_key] = {
-                    "count": fields.get("count", 0),
-                    "sum": fields.get("sum") or 0,
-                    "start": start_ns,
-                }
-            count, total = fields.get("count", 0), fields.get("sum") or 0
-            if not cumulative:
-                hist.count += count
-                hist.sum += total
-            elif prev is not None and not restarted and count >= prev.get("count", 0):
-                hist.count += count - prev.get("count", 0)
-                hist.sum += total - prev.get("sum", 0)
-            # An exponential histogram with cumulative temporality: percentiles need the
-            # per-bucket deltas, which scale changes make unreliable; the rate and mean stay.
-        elif kind == "summary":
-            acc["count"] = acc.get("count", 0) + fields.get("count", 0)
-            acc["quantiles"] = {
-                str(q["quantile"]): q["value"] for q in fields.get("quantile_values", [])
-            }
-        for ex in json.loads(ex_json) if ex_json else []:
-            if len(exemplars) < 500:
-                exemplars.append({**ex, "series": labels})  # fmt: skip
-
-    def value_points(series: dict[str, Any]) -> list[dict[str, Any]]:
-        points = []
-        for b in range(n):
-            acc = series["buckets"].get(b)
-            p: dict[str, Any] = {"start_unix_nano": w.since_ns + b * bucket_ns}
-            if acc is not None:
-                if kind == "sum" and monotonic:
-                    if "delta" in acc:
-                        p["rate_per_second"] = acc["delta"] / bucket_seconds
-                elif kind == "sum":
-                    p["value"] = sum(acc["last"].values())
-                elif kind == "gauge":
-                    p["value"] = acc["sum"] / acc["n"]
-                elif "hist" in acc:
-                    h: _Hist = acc["hist"]
-                    p["count"] = h.count
-                    p["rate_per_second"] = h.count / bucket_seconds
-                    p["avg"] = h.sum / h.count if h.count else None
-                    for q, label in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
-                        p[label] = h.quantile(q)
-                elif kind == "summary":
-                    p["count"] = acc["count"]
-                    p["quantiles"] = acc["quantiles"]
-            points.append(p)
-        return points
-
-    result_series = [
-        {"labels": s["labels"], "points": value_points(s)} for _, s in sorted(out.items())
-    ]
+    builder = _SeriesBuilder(meta, w, buckets, [g for g in (group_by or []) if g])
+    for r in rows:
+        builder.add(_Point(*r))
+    dimensions = builder.dimensions
     return {
         "name": name,
-        "type": kind,
-        "unit": unit or "",
-        "description": description or "",
-        "is_monotonic": bool(monotonic) if monotonic is not None else None,
-        "temporality": {1: "DELTA", 2: "CUMULATIVE"}.get(temporality or 0),
+        "type": meta.kind,
+        "unit": meta.unit or "",
+        "description": meta.description or "",
+        "is_monotonic": bool(meta.monotonic) if meta.monotonic is not None else None,
+        "temporality": {1: "DELTA", 2: "CUMULATIVE"}.get(meta.temporality or 0),
         "since_unix_nano": w.since_ns,
         "until_unix_nano": w.until_ns,
-        "bucket_seconds": bucket_seconds,
+        "bucket_seconds": builder.bucket_seconds,
         "points_read": len(rows),
         "truncated": truncated,
-        "series": result_series,
-        "exemplars": exemplars,
+        "series": builder.series(),
+        "exemplars": builder.exemplars,
         "dimensions": {
             k: sorted(v, key=lambda x: -v[x])[:50] for k, v in sorted(dimensions.items())
         },

@@ -601,35 +601,40 @@ def _fix_ids(obj: Any, where: str) -> None:
             obj[key] = base64.b64encode(raw).decode("ascii")
 
 
+_POINT_KINDS = ("gauge", "sum", "histogram", "exponentialHistogram", "exponential_histogram")
+
+
 def _hex_ids_to_base64(signal: Signal, doc: dict[str, Any]) -> None:
     if signal == "traces":
-        for rs in _items(doc, "resourceSpans", "resource_spans"):
-            for ss in _items(rs, "scopeSpans", "scope_spans"):
-                for span in _items(ss, "spans"):
-                    _fix_ids(span, "span")
-                    for link in _items(span, "links"):
-                        _fix_ids(link, "span.link")
+        _span_ids(doc)
     elif signal == "logs":
         for rl in _items(doc, "resourceLogs", "resource_logs"):
             for sl in _items(rl, "scopeLogs", "scope_logs"):
                 for record in _items(sl, "logRecords", "log_records"):
                     _fix_ids(record, "logRecord")
     else:
-        for rm in _items(doc, "resourceMetrics", "resource_metrics"):
-            for sm in _items(rm, "scopeMetrics", "scope_metrics"):
-                for metric in _items(sm, "metrics"):
-                    if not isinstance(metric, dict):
-                        continue
-                    for kind in (
-                        "gauge",
-                        "sum",
-                        "histogram",
-                        "exponentialHistogram",
-                        "exponential_histogram",
-                    ):
-                        for dp in _items(metric.get(kind), "dataPoints", "data_points"):
-                            for ex in _items(dp, "exemplars"):
-                                _fix_ids(ex, "exemplar")
+        _exemplar_ids(doc)
+
+
+def _span_ids(doc: dict[str, Any]) -> None:
+    for rs in _items(doc, "resourceSpans", "resource_spans"):
+        for ss in _items(rs, "scopeSpans", "scope_spans"):
+            for span in _items(ss, "spans"):
+                _fix_ids(span, "span")
+                for link in _items(span, "links"):
+                    _fix_ids(link, "span.link")
+
+
+def _exemplar_ids(doc: dict[str, Any]) -> None:
+    for rm in _items(doc, "resourceMetrics", "resource_metrics"):
+        for sm in _items(rm, "scopeMetrics", "scope_metrics"):
+            for metric in _items(sm, "metrics"):
+                if not isinstance(metric, dict):
+                    continue
+                for kind in _POINT_KINDS:
+                    for dp in _items(metric.get(kind), "dataPoints", "data_points"):
+                        for ex in _items(dp, "exemplars"):
+                            _fix_ids(ex, "exemplar")
 
 
 def build_response(signal: Signal, batch: Batch | None) -> Message:

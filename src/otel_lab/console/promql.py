@@ -719,52 +719,72 @@ class Evaluator:
             if not isinstance(rng, _Range):
                 raise PromQLError(f"{name}() needs a range vector, e.g. {name}(x[5m])")
             return handler(rng)
-        if name == "histogram_quantile":
-            if len(args) != 2:
-                raise PromQLError("histogram_quantile(q, buckets)")
-            q = self.eval(args[0], t)
-            if not isinstance(q, float):
-                raise PromQLError("histogram_quantile needs a scalar quantile")
-            return _histogram_quantile(q, self._vector(args[1], t, name))
-        if name == "vector":
-            value = self.eval(args[0], t)
-            if not isinstance(value, float):
-                raise PromQLError("vector() needs a scalar")
-            return [((), value)]
-        if name == "scalar":
-            vec = self._vector(args[0], t, name)
-            return vec[0][1] if len(vec) == 1 else math.nan
-        if name == "time":
-            return t / 1000.0
-        if name == "absent":
-            if self._vector(args[0], t, name):
-                return []
-            sel = args[0] if isinstance(args[0], Selector) else None
-            labels = tuple(sorted((m.name, m.value) for m in (sel.matchers if sel else [])
-                                  if m.op == "=" and m.name != NAME))  # fmt: skip
-            return [(labels, 1.0)]
-        if name == "label_replace":
-            vec = self._vector(args[0], t, name)
-            dst, repl, src, regex = (self.eval(a, t) for a in args[1:5])
-            pattern = re.compile(f"^(?:{regex})$")
-            out: Vector = []
-            for labels, v in vec:
-                d = dict(labels)
-                m = pattern.match(d.get(src, ""))
-                if m:
-                    new = m.expand(re.sub(r"\$(\d+)", r"\\\1", repl))
-                    if new:
-                        d[dst] = new
-                    else:
-                        d.pop(dst, None)
-                out.append((tuple(sorted(d.items())), v))
-            return out
+        special = _SPECIAL_FUNCS.get(name)
+        if special is not None:
+            return special(self, args, t)
         simple = _SIMPLE.get(name)
         if simple is not None:
             vec = self._vector(args[0], t, name)
             extra = [self.eval(a, t) for a in args[1:]]
             return [(_without_name(lb), simple(v, *extra)) for lb, v in vec]
         raise PromQLError(f"function {name}() is not in the console's PromQL subset")
+
+    def _histogram_quantile(self, args: list[Any], t: int) -> Any:
+        if len(args) != 2:
+            raise PromQLError("histogram_quantile(q, buckets)")
+        q = self.eval(args[0], t)
+        if not isinstance(q, float):
+            raise PromQLError("histogram_quantile needs a scalar quantile")
+        return _histogram_quantile(q, self._vector(args[1], t, "histogram_quantile"))
+
+    def _to_vector(self, args: list[Any], t: int) -> Any:
+        value = self.eval(args[0], t)
+        if not isinstance(value, float):
+            raise PromQLError("vector() needs a scalar")
+        return [((), value)]
+
+    def _to_scalar(self, args: list[Any], t: int) -> Any:
+        vec = self._vector(args[0], t, "scalar")
+        return vec[0][1] if len(vec) == 1 else math.nan
+
+    def _time(self, args: list[Any], t: int) -> Any:
+        return t / 1000.0
+
+    def _absent(self, args: list[Any], t: int) -> Any:
+        if self._vector(args[0], t, "absent"):
+            return []
+        sel = args[0] if isinstance(args[0], Selector) else None
+        labels = tuple(sorted((m.name, m.value) for m in (sel.matchers if sel else [])
+                              if m.op == "=" and m.name != NAME))  # fmt: skip
+        return [(labels, 1.0)]
+
+    def _label_replace(self, args: list[Any], t: int) -> Any:
+        vec = self._vector(args[0], t, "label_replace")
+        dst, repl, src, regex = (self.eval(a, t) for a in args[1:5])
+        pattern = re.compile(f"^(?:{regex})$")
+        out: Vector = []
+        for labels, v in vec:
+            d = dict(labels)
+            m = pattern.match(d.get(src, ""))
+            if m:
+                new = m.expand(re.sub(r"\$(\d+)", r"\\\1", repl))
+                if new:
+                    d[dst] = new
+                else:
+                    d.pop(dst, None)
+            out.append((tuple(sorted(d.items())), v))
+        return out
+
+
+# Functions that are neither range functions nor applied value by value.
+_SPECIAL_FUNCS: dict[str, Callable[[Evaluator, list[Any], int], Any]] = {
+    "histogram_quantile": Evaluator._histogram_quantile,
+    "vector": Evaluator._to_vector,
+    "scalar": Evaluator._to_scalar,
+    "time": Evaluator._time,
+    "absent": Evaluator._absent,
+    "label_replace": Evaluator._label_replace,
+}
 
 
 @dataclass

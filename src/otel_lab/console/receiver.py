@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import h2.config
@@ -132,6 +133,34 @@ def _decode(signal: otlp.Signal, body: bytes, encoding: str, fmt: otlp.Format) -
     return otlp.DECODERS[signal](message)
 
 
+@dataclass
+class _Head:
+    """The request headers the receiver reads."""
+
+    content_type: str = ""
+    encoding: str = ""
+    content_length: int = 0
+    authorization: str | None = None
+
+    @property
+    def media_type(self) -> str:
+        return self.content_type.split(";", 1)[0].strip().lower()
+
+    @classmethod
+    def of(cls, headers: Any) -> _Head:
+        head = cls()
+        for name, value in headers:
+            if name == b"authorization":
+                head.authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                head.content_type = value.decode("latin-1")
+            elif name == b"content-encoding":
+                head.encoding = value.decode("latin-1").strip().lower()
+            elif name == b"content-length" and value.isdigit():
+                head.content_length = int(value)
+        return head
+
+
 class OtlpReceiver:
     """ASGI app for POST /v1/traces, /v1/metrics and /v1/logs."""
 
@@ -158,20 +187,31 @@ class OtlpReceiver:
             )
             return
 
-        content_type = encoding = ""
-        content_length = 0
-        authorization: str | None = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"content-type":
-                content_type = value.decode("latin-1")
-            elif name == b"content-encoding":
-                encoding = value.decode("latin-1").strip().lower()
-            elif name == b"content-length" and value.isdigit():
-                content_length = int(value)
-        media_type = content_type.split(";", 1)[0].strip().lower()
-        if self.token is not None and not bearer_ok(authorization, self.token):
+        head = _Head.of(scope["headers"])
+        fmt = await self._admit(scope, send, head)
+        if fmt is None:
+            return
+        batch = await self._receive(receive, send, signal, head, fmt)
+        if batch is None:
+            return
+        if not self.store.submit(batch):
+            await _send_status(
+                send,
+                503,
+                UNAVAILABLE,
+                f"the console's write queue is full ({self.store.max_pending_rows} rows); "
+                f"retry after {RETRY_AFTER_SECONDS}s",
+                head.media_type,
+                [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
+            )
+            return
+        response = otlp.build_response(signal, batch)
+        await _send(send, 200, otlp.serialize(response, fmt), head.media_type)
+
+    async def _admit(self, scope: Scope, send: Any, head: _Head) -> otlp.Format | None:
+        """The request's format, or None after answering why it is refused."""
+        media_type = head.media_type
+        if self.token is not None and not bearer_ok(head.authorization, self.token):
             await _send_status(
                 send,
                 401,
@@ -181,8 +221,7 @@ class OtlpReceiver:
                 media_type if media_type in PROTOBUF_TYPES else None,
                 [(b"www-authenticate", b"Bearer")],
             )
-            return
-
+            return None
         if media_type.startswith("application/grpc"):
             hint = grpc_hint(scope.get("server"))
             await _send(
@@ -192,70 +231,60 @@ class OtlpReceiver:
                 "text/plain; charset=utf-8",
                 [(b"grpc-status", str(UNIMPLEMENTED).encode()), (b"grpc-message", hint.encode())],
             )
-            return
-        if media_type in PROTOBUF_TYPES:
-            fmt: otlp.Format = "proto"
-        elif media_type == "application/json":
-            fmt = "json"
-        else:
+            return None
+        fmt: otlp.Format | None = (
+            "proto" if media_type in PROTOBUF_TYPES
+            else "json" if media_type == "application/json" else None
+        )  # fmt: skip
+        if fmt is None:
             await _send_status(
                 send,
                 415,
                 INVALID_ARGUMENT,
-                f"unsupported Content-Type {content_type or '(none)'!r}: OTLP/HTTP accepts "
+                f"unsupported Content-Type {head.content_type or '(none)'!r}: OTLP/HTTP accepts "
                 "application/x-protobuf or application/json",
                 None,
             )
-            return
-        if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
+            return None
+        if head.encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
             await _send_status(
                 send,
                 415,
                 INVALID_ARGUMENT,
-                f"unsupported Content-Encoding {encoding!r}: use gzip or none",
+                f"unsupported Content-Encoding {head.encoding!r}: use gzip or none",
                 media_type,
             )
-            return
-        if content_length > MAX_BODY_BYTES:
+            return None
+        if head.content_length > MAX_BODY_BYTES:
             await self._too_large(send, media_type)
-            return
+            return None
+        return fmt
+
+    async def _receive(
+        self, receive: Any, send: Any, signal: otlp.Signal, head: _Head, fmt: otlp.Format
+    ) -> otlp.Batch | None:
+        """The body, decoded; or None after answering why it cannot be."""
+        media_type, encoding = head.media_type, head.encoding
         try:
             body = await _read_body(receive)
         except _BodyTooLarge:
             await self._too_large(send, media_type)
-            return
+            return None
         except _Disconnected:
-            return
-
+            return None
         try:
             compressed = encoding not in ("", "identity")
             if len(body) > (DECODE_IN_THREAD_BYTES // 8 if compressed else DECODE_IN_THREAD_BYTES):
                 # Big batches decode off the event loop, which the API port shares.
-                batch = await asyncio.to_thread(_decode, signal, body, encoding, fmt)
-            else:
-                batch = _decode(signal, body, encoding, fmt)
+                return await asyncio.to_thread(_decode, signal, body, encoding, fmt)
+            return _decode(signal, body, encoding, fmt)
         except otlp.DecodeError as exc:
             await _send_status(send, 400, INVALID_ARGUMENT, str(exc), media_type)
-            return
         except RecursionError:  # json.loads or ParseDict on a body nested thousands deep
             await _send_status(send, 400, INVALID_ARGUMENT, "body is nested too deeply", media_type)
-            return
         except otlp.BodyTooLarge:
             await self._too_large(send, media_type)
-            return
-        if not self.store.submit(batch):
-            await _send_status(
-                send,
-                503,
-                UNAVAILABLE,
-                f"the console's write queue is full ({self.store.max_pending_rows} rows); "
-                f"retry after {RETRY_AFTER_SECONDS}s",
-                media_type,
-                [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
-            )
-            return
-        response = otlp.build_response(signal, batch)
-        await _send(send, 200, otlp.serialize(response, fmt), media_type)
+        return None
 
     async def _too_large(self, send: Any, media_type: str) -> None:
         await _send_status(
