@@ -51,6 +51,7 @@ PRELOAD: tuple[str, ...] = (
     "uvicorn.lifespan.on",
     "fastapi",
     "fastapi_offline",
+    "pydantic.v1",  # FastAPI imports it while it builds an app
     "sqlalchemy.ext.asyncio",
     "sqlalchemy.dialects.postgresql.psycopg",
     "psycopg",
@@ -61,6 +62,11 @@ PRELOAD: tuple[str, ...] = (
     "opentelemetry.sdk._logs",
     "opentelemetry.instrumentation.sqlalchemy",
     "opentelemetry.instrumentation.aiohttp_client",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.http._log_exporter",
+    "celery",  # the api publishes, the worker consumes
+    "kombu.transport.redis",
     "otel_lab.telemetry",
     "otel_lab.services.base",
     "otel_lab.services.downstream",
@@ -124,7 +130,6 @@ def _run_child(request: Mapping[str, Any], server_pid: int) -> None:
         os.environ.update(request["env"])
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        gc.unfreeze()
         sys.path[0] = os.getcwd()  # as for ``python -m``: the working directory first
         sys.argv = [request["module"], *request["args"]]
         import runpy
@@ -165,7 +170,8 @@ def _serve(preload: Sequence[str]) -> None:
             importlib.import_module(name)
         except Exception as exc:  # the child imports it itself and fails there, visibly
             print(f"fork server: preloading {name} failed: {exc!r}", file=sys.stderr)
-    # Everything alive now stays shared: the collector need not walk (and so copy) it.
+    # Everything alive now stays shared: frozen, the children's collections never walk (and
+    # so never copy) it (the ``gc.freeze`` documentation's recipe for fork without exec).
     gc.collect()
     gc.freeze()
     server_pid = os.getpid()

@@ -93,8 +93,9 @@ def any_of(*checks: ReadyCheck) -> ReadyCheck:
 
 
 def every(seconds: float, check: ReadyCheck) -> ReadyCheck:
-    """Run an expensive check at most once per ``seconds``."""
-    last = 0.0
+    """Run an expensive check at most once per ``seconds``, the first time ``seconds`` after
+    this call (a fallback for a cheaper check that usually answers first)."""
+    last = time.monotonic()
 
     def limited() -> bool:
         nonlocal last
