@@ -60,14 +60,15 @@ PRELOAD: tuple[str, ...] = (
     "opentelemetry.sdk.trace",
     "opentelemetry.sdk.metrics",
     "opentelemetry.sdk._logs",
-    "opentelemetry.instrumentation.sqlalchemy",
-    "opentelemetry.instrumentation.aiohttp_client",
+    "opentelemetry.instrumentation.celery",
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     "opentelemetry.exporter.otlp.proto.http.metric_exporter",
     "opentelemetry.exporter.otlp.proto.http._log_exporter",
     "celery",  # the api publishes, the worker consumes
     "kombu.transport.redis",
     "otel_lab.telemetry",
+    "otel_lab.telemetry.database",
+    "otel_lab.telemetry.http_client",
     "otel_lab.services.base",
     "otel_lab.services.downstream",
 )
