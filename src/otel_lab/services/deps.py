@@ -7,8 +7,8 @@ full-stack template's ``api/deps.py``. A test swaps one with ``app.dependency_ov
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
 
 import redis.asyncio
 from celery import Celery
@@ -18,31 +18,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from otel_lab.settings import Settings
 
 
-def current_settings(request: Request) -> Settings:
-    settings: Settings = request.state.settings
-    return settings
+def lifespan_state(name: str) -> Callable[[Request], Any]:
+    """A dependency that hands a route ``name`` from the lifespan state; the ``Annotated``
+    alias that uses it says its type."""
 
+    def dependency(request: Request) -> Any:
+        return getattr(request.state, name)
 
-def get_service_name(request: Request) -> str:
-    name: str = request.state.service_name
-    return name
-
-
-def get_engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.state.engine
-    return engine
-
-
-def get_autocommit(request: Request) -> AsyncEngine:
-    """The engine without BEGIN/COMMIT: each statement is its own transaction."""
-    engine: AsyncEngine = request.state.autocommit
-    return engine
-
-
-def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
-    """For a route that opens a session only on some paths (a cache miss)."""
-    sessions: async_sessionmaker[AsyncSession] = request.state.sessions
-    return sessions
+    dependency.__name__ = dependency.__qualname__ = f"get_{name}"
+    return dependency
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -50,21 +34,13 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_redis(request: Request) -> redis.asyncio.Redis:
-    client: redis.asyncio.Redis = request.state.redis
-    return client
-
-
-def get_celery(request: Request) -> Celery:
-    celery: Celery = request.state.celery
-    return celery
-
-
-SettingsDep = Annotated[Settings, Depends(current_settings)]
-ServiceNameDep = Annotated[str, Depends(get_service_name)]
-EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
-AutocommitDep = Annotated[AsyncEngine, Depends(get_autocommit)]
+SettingsDep = Annotated[Settings, Depends(lifespan_state("settings"))]
+ServiceNameDep = Annotated[str, Depends(lifespan_state("service_name"))]
+EngineDep = Annotated[AsyncEngine, Depends(lifespan_state("engine"))]
+# The engine without BEGIN/COMMIT: each statement is its own transaction.
+AutocommitDep = Annotated[AsyncEngine, Depends(lifespan_state("autocommit"))]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
-SessionFactoryDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]
-RedisDep = Annotated[redis.asyncio.Redis, Depends(get_redis)]
-CeleryDep = Annotated[Celery, Depends(get_celery)]
+# For a route that opens a session only on some paths (a cache miss).
+SessionFactoryDep = Annotated[async_sessionmaker[AsyncSession], Depends(lifespan_state("sessions"))]
+RedisDep = Annotated[redis.asyncio.Redis, Depends(lifespan_state("redis"))]
+CeleryDep = Annotated[Celery, Depends(lifespan_state("celery"))]

@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from pydantic import BaseModel, ValidationError
@@ -29,6 +29,7 @@ from yarl import URL
 
 from otel_lab import __version__
 from otel_lab.registry import WEATHER_UPSTREAM
+from otel_lab.services.deps import lifespan_state
 from otel_lab.services.downstream import (
     CircuitOpenError,
     Downstream,
@@ -214,12 +215,7 @@ def _parse(response: Reply, city: str, attempts: int) -> Observation:
         ) from exc
 
 
-def _weather_client(request: Request) -> WeatherClient:
-    client: WeatherClient = request.state.weather
-    return client
-
-
-WeatherClientDep = Annotated[WeatherClient, Depends(_weather_client)]
+WeatherClientDep = Annotated[WeatherClient, Depends(lifespan_state("weather"))]
 
 
 @router.get(

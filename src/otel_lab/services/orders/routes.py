@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Response
 from opentelemetry import trace
 
-from otel_lab.services.deps import AutocommitDep, SettingsDep
+from otel_lab.services.deps import AutocommitDep, SettingsDep, lifespan_state
 from otel_lab.services.downstream import Downstream, SimulationDisabledError, idempotency_key
 from otel_lab.services.errors import NotFoundError
 from otel_lab.services.orders import repository, service
@@ -27,12 +27,7 @@ router = APIRouter(tags=["orders"])
 OrderId = Annotated[int, path_id("The order's id")]
 
 
-def _audit_service(request: Request) -> Downstream:
-    audit: Downstream = request.state.audit
-    return audit
-
-
-AuditServiceDep = Annotated[Downstream, Depends(_audit_service)]
+AuditServiceDep = Annotated[Downstream, Depends(lifespan_state("audit"))]
 
 
 @router.post(

@@ -19,12 +19,12 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header
 from opentelemetry import context, trace
 from sqlalchemy import Row
 
 from otel_lab.registry import CHAIN
-from otel_lab.services.deps import AutocommitDep, SettingsDep
+from otel_lab.services.deps import AutocommitDep, SettingsDep, lifespan_state
 from otel_lab.services.downstream import (
     Downstream,
     DownstreamError,
@@ -42,12 +42,7 @@ tracer = trace.get_tracer("otel_lab.users.chain")
 router = APIRouter(tags=["chain"])
 
 
-def _order_service(request: Request) -> Downstream:
-    orders: Downstream = request.state.orders
-    return orders
-
-
-OrderServiceDep = Annotated[Downstream, Depends(_order_service)]
+OrderServiceDep = Annotated[Downstream, Depends(lifespan_state("orders"))]
 
 
 async def _validate_user(users: ProfileReader, body: ProcessRequest, record_pii: bool) -> Row[Any]:
