@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from otel_lab.registry import SERVICES, WORKER
+from otel_lab.settings import Settings
 
 from .conftest import K8S_DIR, load_yaml, load_yaml_all, require_tool, run
 
@@ -181,3 +182,25 @@ def test_kustomization_lists_every_manifest() -> None:
     assert on_disk == listed | generated, (
         f"not in kustomization.yaml: {on_disk - listed - generated}"
     )
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_each_service_runs_as_the_registry_says(service) -> None:
+    """Its Deployment runs the registry's module on the registry's port, its Service exposes
+    that port, and the shared ConfigMap points the others at it (name and port)."""
+    docs = load_yaml_all(BASE / f"{service.name}.yaml")
+    deployment = _by_kind(docs, "Deployment")[service.name]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    assert command[:3] == ["uvicorn", "--factory", f"{service.module}:{service.attr}"]
+    assert command[command.index("--port") + 1] == str(service.port)
+    assert {p["containerPort"] for p in container["ports"]} == {service.port}
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert env["OTEL_SERVICE_NAME"] == service.name
+    assert [p["port"] for p in _by_kind(docs, "Service")[service.name]["spec"]["ports"]] == [
+        service.port
+    ]
+    config = load_yaml(BASE / "config.yaml")["data"]
+    if service.url_field is not None:
+        variable = Settings.model_fields[service.url_field].alias
+        assert config[variable] == f"http://{service.name}:{service.port}"
