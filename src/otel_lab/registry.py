@@ -12,6 +12,7 @@ A plain module (no imports from the application), so anything can read it.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 
@@ -36,6 +37,13 @@ class Service:
     launcher: str | None = None
     # Needs PostgreSQL and Valkey (and the migrations) before it starts.
     uses_datastores: bool = True
+
+    def uvicorn_argv(self, host: str, port: int) -> list[str]:
+        """The command that serves it (``otel-lab up`` lets the launcher, if any, wrap it)."""
+        return [sys.executable, "-m", "uvicorn", "--factory", f"{self.module}:{self.attr}",
+                "--host", host, "--port", str(port),
+                "--no-access-log",  # request logs come from our middleware, with trace ids
+                "--timeout-graceful-shutdown", "3"]  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+
+from otel_lab.runtime.procs import free_ports
 
 from .conftest import GRAFANA_DIR, require_tool
 
@@ -154,17 +155,11 @@ def test_variables_expand() -> None:
         assert "$" not in expanded, title
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def empty_prometheus() -> Iterator[str]:
     """A real Prometheus with no targets: it parses and evaluates queries, returning no data."""
     binary = require_tool("prometheus")
-    port = _free_port()
+    (port,) = free_ports(1)
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "prometheus.yml"
         config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from otel_lab.registry import WEATHER_UPSTREAM
 from otel_lab.runtime.harness import RunningSystem, free_ports
 from otel_lab.services.api.weather import UpstreamFailure, WeatherClient
 from otel_lab.services.weather_upstream import launch
@@ -46,7 +47,7 @@ def _start_zero_code_upstream(
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{system.env['CONSOLE_OTLP_PORT']}",
         "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
     }
-    argv = launch.wrap_argv(launch.uvicorn_argv("127.0.0.1", port), settings)
+    argv = launch.wrap_argv(WEATHER_UPSTREAM.uvicorn_argv("127.0.0.1", port), settings)
     log_path = system.data_dir / "logs" / f"{service_name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with Path(log_path).open("ab") as log:
@@ -338,7 +339,7 @@ def zero_code_upstream(system: RunningSystem) -> Iterator[str]:
 
 
 def test_launch_wraps_the_command_only_in_zero_code_mode() -> None:
-    argv = launch.uvicorn_argv("127.0.0.1", 8090)
+    argv = WEATHER_UPSTREAM.uvicorn_argv("127.0.0.1", 8090)
     assert launch.wrap_argv(argv, Settings(INSTRUMENTATION_MODE="manual")) == argv
     assert launch.environment(Settings(INSTRUMENTATION_MODE="manual")) == {}
     wrapped = launch.wrap_argv(argv, Settings(INSTRUMENTATION_MODE="zero-code"))

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,21 +28,8 @@ import psutil
 
 from otel_lab.runtime.cli import READY_LINE
 from otel_lab.runtime.commands import RUN_FILE
+from otel_lab.runtime.procs import free_ports
 from otel_lab.settings import Settings
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct ports that are free right now (each socket is held until all are chosen)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def port_variables() -> list[str]:

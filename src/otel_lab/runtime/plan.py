@@ -167,10 +167,7 @@ def console_spec(settings: Settings, data_dir: Path, env: Mapping[str, str]) -> 
 def service_spec(service: Service, settings: Settings, env: Mapping[str, str]) -> ChildSpec:
     port = settings.port_of(service)
     url = f"http://{connect_host(settings)}:{port}"
-    argv = [sys.executable, "-m", "uvicorn", "--factory", f"{service.module}:{service.attr}",
-            "--host", settings.host, "--port", str(port),
-            "--no-access-log",  # request logs come from our middleware, with trace ids
-            "--timeout-graceful-shutdown", "3"]  # fmt: skip
+    argv = service.uvicorn_argv(settings.host, port)
     extra_env: dict[str, str] = {}
     if service.launcher:
         launcher = importlib.import_module(service.launcher)

@@ -82,11 +82,24 @@ class ChildFailedError(RuntimeFailure):
         return f"{self}\nlast {len(self.log_tail)} lines of {self.log_path}:\n{shown}"
 
 
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """Distinct ports the kernel considers free right now (each socket is held until all are
+    chosen; any can still be taken before its user binds it)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """A port the kernel considers free right now (it can be taken before we bind it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:

@@ -20,7 +20,6 @@ from pathlib import Path
 from otel_lab.registry import WEATHER_UPSTREAM
 from otel_lab.settings import Settings, get_settings
 
-MODULE = "otel_lab.services.weather_upstream.app"
 SERVICE_NAME = WEATHER_UPSTREAM.name
 
 # The agent's defaults, chosen to match what the telemetry package does by hand:
@@ -72,9 +71,3 @@ def environment(settings: Settings | None = None) -> dict[str, str]:
     if (settings or get_settings()).instrumentation_mode != "zero-code":
         return {}
     return dict(ZERO_CODE_ENV)
-
-
-def uvicorn_argv(host: str, port: int) -> list[str]:
-    """The plain command, as the runtime builds it for every service."""
-    return [sys.executable, "-m", "uvicorn", "--factory", f"{MODULE}:create_app", "--host", host,
-            "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "3"]  # fmt: skip
