@@ -307,6 +307,7 @@ class ForkServer:
             "log": str(log_path),
             "death_signal": int(death_signal) if death_signal else None,
         }
+        log_path.touch()  # there at once, as for an exec'd child (the fork comes later)
         os.write(self._in, (json.dumps(request) + "\n").encode())
         child = ForkedProcess(self, argv)
         self._pending.append(child)
