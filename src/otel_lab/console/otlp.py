@@ -393,7 +393,8 @@ def _exemplars_json(exemplars: Any) -> str | None:
 
 
 def _number(dp: Any) -> int | float:
-    return dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int
+    value: int | float = dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int
+    return value
 
 
 def _histogram(dp: Any) -> dict[str, Any]:
@@ -670,5 +671,6 @@ def _why(batch: Batch) -> str:
 
 def serialize(message: Message, fmt: Format) -> bytes:
     if fmt == "proto":
-        return message.SerializeToString()
+        data: bytes = message.SerializeToString()
+        return data
     return json.dumps(json_format.MessageToDict(message), separators=(",", ":")).encode()

@@ -515,7 +515,8 @@ class Evaluator:
             raise PromQLError("a query cannot return a string")
         if isinstance(value, _Range):
             raise PromQLError("a range vector cannot be shown; apply rate() or similar")
-        return value
+        result: float | Vector = value
+        return result
 
     def range(
         self, tree: Any, start_ms: int, end_ms: int, step_ms: int

@@ -135,7 +135,8 @@ class Store:
 
     def clear(self) -> dict[str, int]:
         """Delete all telemetry (in the writer thread, after what is already queued)."""
-        return self.call(self._clear)
+        cleared: dict[str, int] = self.call(self._clear)
+        return cleared
 
     def _clear(self, _db: sqlite3.Connection) -> dict[str, int]:
         cleared = self._retention.clear()
