@@ -13,7 +13,7 @@ import redis.asyncio
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 
 from otel_lab.settings import Settings, get_settings
-from otel_lab.telemetry.setup import telemetry_enabled
+from otel_lab.telemetry.setup import Telemetry
 
 _CACHE_TIMEOUT_SECONDS = 0.5
 _CLIENT_OPTIONS: dict[str, Any] = {
@@ -38,16 +38,19 @@ def redis_url(settings: Settings | None = None) -> str:
     return url
 
 
-def _traced(client: ClientT, traced: bool) -> ClientT:
-    if traced and telemetry_enabled():
-        RedisInstrumentor.instrument_client(client)
+def _traced(client: ClientT, traced: bool, telemetry: Telemetry | None = None) -> ClientT:
+    telemetry = telemetry or Telemetry.from_environment()
+    if traced and telemetry.enabled:
+        RedisInstrumentor.instrument_client(client, tracer_provider=telemetry.tracer_provider)
     return client
 
 
 def create_async_redis(
-    settings: Settings | None = None, *, traced: bool = True
+    settings: Settings | None = None, *, traced: bool = True, telemetry: Telemetry | None = None
 ) -> redis.asyncio.Redis:
-    return _traced(redis.asyncio.Redis.from_url(redis_url(settings), **_CLIENT_OPTIONS), traced)
+    """A traced async client (to ``telemetry``'s provider; None: the global one)."""
+    client = redis.asyncio.Redis.from_url(redis_url(settings), **_CLIENT_OPTIONS)
+    return _traced(client, traced, telemetry)
 
 
 def create_redis(settings: Settings | None = None, *, traced: bool = True) -> redis.Redis:

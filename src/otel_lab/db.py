@@ -43,7 +43,7 @@ from sqlalchemy.orm import DeclarativeBase
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.database import instrument_engine
-from otel_lab.telemetry.setup import telemetry_enabled
+from otel_lab.telemetry.setup import Telemetry
 
 # Constraint names that Alembic can rely on across PostgreSQL versions.
 NAMING_CONVENTION = {
@@ -136,9 +136,14 @@ def _connect_args(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _observe(sync_engine: Engine) -> None:
-    if telemetry_enabled():
-        instrument_engine(sync_engine)
+def _observe(sync_engine: Engine, telemetry: Telemetry | None = None) -> None:
+    telemetry = telemetry or Telemetry.from_environment()
+    if telemetry.enabled:
+        instrument_engine(
+            sync_engine,
+            tracer_provider=telemetry.tracer_provider,
+            meter_provider=telemetry.meter_provider,
+        )
 
     @event.listens_for(sync_engine, "before_cursor_execute")
     def _start(
@@ -155,8 +160,11 @@ def _observe(sync_engine: Engine) -> None:
         prom.DB_OPERATION.labels(operation).observe(elapsed)
 
 
-def create_engine(settings: Settings | None = None) -> AsyncEngine:
-    """The async engine the HTTP services use."""
+def create_engine(
+    settings: Settings | None = None, telemetry: Telemetry | None = None
+) -> AsyncEngine:
+    """The async engine the HTTP services use, traced to ``telemetry``'s providers (None:
+    the global ones)."""
     settings = settings or get_settings()
     deadline = settings.dependency_timeout_seconds
     engine = create_async_engine(
@@ -170,7 +178,7 @@ def create_engine(settings: Settings | None = None) -> AsyncEngine:
             "async_creator_fn": _async_connection_class(deadline).connect,
         },
     )
-    _observe(engine.sync_engine)
+    _observe(engine.sync_engine, telemetry)
     return engine
 
 

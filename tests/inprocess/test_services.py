@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_lab.services.api.app import create_app as create_api
 from otel_lab.services.audit.app import create_app as create_audit
@@ -95,6 +95,9 @@ def test_audit_writes_once_per_key(recorded: Recorded, database_url: str) -> Non
     assert audit["status"] == "recorded" and audit["replayed"] is False
     assert replay["id"] == audit["id"] and replay["replayed"] is True
     assert audit["summary"]["chain"] == ["user-service", "order-service", "audit-service"]
+    # The engine is traced to the app's providers: its statements are in this test's memory.
+    statements = [s.name for s in recorded.spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert any(name.startswith("INSERT") for name in statements), statements
 
 
 # --------------------------------------------------------------------------- order-service
@@ -202,6 +205,13 @@ def test_chain_with_order_service_down_is_a_503_naming_it(
     assert [name.rsplit(".", 1)[-1] for name in _exceptions(recorded)] == [
         "DownstreamUnavailableError"
     ]
+    # The client is traced to the app's providers: the refused attempt is a CLIENT span here.
+    (attempt,) = [
+        s
+        for s in recorded.spans.get_finished_spans()
+        if s.kind is SpanKind.CLIENT and s.name == "POST"
+    ]
+    assert attempt.status.status_code is StatusCode.ERROR
 
 
 # --------------------------------------------------------------------------- api
@@ -259,8 +269,10 @@ def test_weather_upstream_down_is_a_502_with_the_attempts(
     assert body["error_type"] == "upstream_unreachable" and body["attempts"] == 2
     assert body["request_id"] == response.headers["x-request-id"]
     assert errors_total("upstream_unreachable") == before + 1
-    # (The weather.fetch span comes from a module's tracer, the global provider's: the
-    # end-to-end test reads it from the console.)
+    # One CLIENT span per attempt, to the app's providers. (The weather.fetch span comes
+    # from a module's tracer, the global provider's: the end-to-end test reads it.)
+    attempts = [s for s in recorded.spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert [s.name for s in attempts] == ["GET", "GET"]
     assert recorded.server_span().status.status_code is StatusCode.ERROR
     assert [name.rsplit(".", 1)[-1] for name in _exceptions(recorded)] == ["UpstreamFailure"]
 

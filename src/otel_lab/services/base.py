@@ -50,9 +50,10 @@ from otel_lab.telemetry.setup import Telemetry
 
 logger = logging.getLogger(__name__)
 
-# A lifespan opens what the service needs for its lifetime and yields it as lifespan state
-# (a mapping of names to collaborators); ``/ready`` hands that state to the checks.
-Lifespan = Callable[[Settings], AbstractAsyncContextManager[Mapping[str, Any]]]
+# A lifespan opens what the service needs for its lifetime (its clients traced to the
+# telemetry given) and yields it as lifespan state (a mapping of names to collaborators);
+# ``/ready`` hands that state to the checks.
+Lifespan = Callable[[Settings, Telemetry], AbstractAsyncContextManager[Mapping[str, Any]]]
 ReadinessCheck = Callable[[State], Awaitable[object]]
 
 _READINESS_TIMEOUT_SECONDS = 2.0
@@ -165,12 +166,12 @@ async def _cache_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 @asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+async def database(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, Any]]:
     """The service's engine and session factory, as lifespan state, for its lifetime.
 
     ``autocommit``: the same pool without BEGIN/COMMIT, for work that is one statement.
     """
-    engine = create_engine(settings)
+    engine = create_engine(settings, telemetry)
     try:
         yield {
             "engine": engine,
@@ -233,7 +234,7 @@ def create_service(
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        opening = lifespan(settings) if lifespan is not None else nullcontext({})
+        opening = lifespan(settings, telemetry) if lifespan is not None else nullcontext({})
         try:
             async with opening as opened:
                 if owns_telemetry:

@@ -61,7 +61,7 @@ from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var, sanitize_request_id
 from otel_lab.telemetry.http_client import client_middleware
-from otel_lab.telemetry.setup import Telemetry, telemetry_enabled
+from otel_lab.telemetry.setup import Telemetry
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("otel_lab.downstream")
@@ -308,13 +308,18 @@ class Reply:
 KEEPALIVE_SECONDS = 4.0
 
 
-def _middlewares() -> tuple[aiohttp.ClientMiddlewareType, ...]:
+def _middlewares(telemetry: Telemetry) -> tuple[aiohttp.ClientMiddlewareType, ...]:
     """Client spans, context propagation and the duration metric, when telemetry is on."""
-    return (client_middleware(),) if telemetry_enabled() else ()
+    if not telemetry.enabled:
+        return ()
+    return (client_middleware(telemetry.tracer_provider, telemetry.meter_provider),)
 
 
-def create_client(settings: Settings | None = None) -> aiohttp.ClientSession:
-    """The process's shared client: a keep-alive pool, short connect timeout, traced.
+def create_client(
+    settings: Settings | None = None, telemetry: Telemetry | None = None
+) -> aiohttp.ClientSession:
+    """The process's shared client: a keep-alive pool, short connect timeout, traced (to
+    ``telemetry``'s providers; None: the global ones).
 
     Create it inside the running event loop (a lifespan) and close it there.
     """
@@ -325,7 +330,7 @@ def create_client(settings: Settings | None = None) -> aiohttp.ClientSession:
             total=settings.downstream_timeout_seconds,
             sock_connect=settings.downstream_connect_timeout_seconds,
         ),
-        middlewares=_middlewares(),
+        middlewares=_middlewares(telemetry or Telemetry.from_environment()),
         auto_decompress=True,
     )
 
@@ -663,9 +668,10 @@ def install_baggage_span_attributes(
     An allow-list, not every entry: baggage is caller-controlled data, and only the keys
     the chain itself sets are worth (and safe) recording.
     """
-    if not telemetry_enabled() or (telemetry is not None and not telemetry.enabled):
+    telemetry = telemetry or Telemetry.from_environment()
+    if not telemetry.enabled:
         return
-    provider = (telemetry and telemetry.tracer_provider) or trace.get_tracer_provider()
+    provider = telemetry.tracer_provider or trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider) or provider in _baggage_processor_installed:
         return
     allowed = frozenset(baggage_keys(settings))

@@ -63,6 +63,11 @@ class Telemetry:
     meter_provider: metrics.MeterProvider | None = None
     enabled: bool = True
 
+    @classmethod
+    def from_environment(cls) -> Telemetry:
+        """The global providers, on unless ``OTEL_SDK_DISABLED=true``."""
+        return cls(enabled=telemetry_enabled())
+
 
 def _default(variable: str) -> int | None:
     """This module's default for ``variable``, or None to let the SDK read the variable."""

@@ -22,12 +22,12 @@ SERVICE_NAME = API.name
 
 
 @asynccontextmanager
-async def lifespan(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    redis = create_async_redis(settings)
+async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, Any]]:
+    redis = create_async_redis(settings, telemetry=telemetry)
     register_queue_depth(create_redis(settings, traced=False))
-    weather_client = weather.WeatherClient.from_settings(settings)
+    weather_client = weather.WeatherClient.from_settings(settings, telemetry)
     try:
-        async with database(settings) as db:
+        async with database(settings, telemetry) as db:
             yield {
                 **db,
                 "redis": redis,

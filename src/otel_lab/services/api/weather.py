@@ -41,6 +41,7 @@ from otel_lab.services.downstream import (
 )
 from otel_lab.services.errors import InvalidInputError, ServiceError
 from otel_lab.settings import Settings
+from otel_lab.telemetry import Telemetry
 from otel_lab.telemetry import metrics as prom
 
 logger = logging.getLogger("otel_lab.api.weather")
@@ -104,8 +105,9 @@ class WeatherClient:
         backoff_seconds: float,
         deadline_seconds: float,
         settings: Settings | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
-        self._client = create_client(settings)
+        self._client = create_client(settings, telemetry)
         # Only an upstream that cannot be reached or does not answer opens the breaker: a 5xx
         # answer is passed on as a 502 that names it (as the gateway counts its upstreams).
         self._upstream = Downstream(
@@ -126,7 +128,7 @@ class WeatherClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> WeatherClient:
+    def from_settings(cls, settings: Settings, telemetry: Telemetry | None = None) -> WeatherClient:
         return cls(
             settings.base_url(WEATHER_UPSTREAM),
             timeout_seconds=settings.weather_timeout_seconds,
@@ -134,6 +136,7 @@ class WeatherClient:
             backoff_seconds=settings.weather_backoff_seconds,
             deadline_seconds=settings.weather_deadline_seconds,
             settings=settings,
+            telemetry=telemetry,
         )
 
     async def aclose(self) -> None:

@@ -149,10 +149,10 @@ async def not_found(request: Request) -> None:
 
 
 @asynccontextmanager
-async def lifespan(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, Any]]:
     timeout = settings.gateway_upstream_timeout_seconds
     retry = RetryPolicy.from_settings(settings, statuses=frozenset())
-    client = create_client(settings)
+    client = create_client(settings, telemetry)
     # Only unreachable upstreams count against the gateway's breakers and are retried; an
     # upstream's own 5xx answer is passed on as it is (see Downstream).
     upstreams = {

@@ -26,8 +26,8 @@ SERVICE_NAME = USERS.name
 
 
 @asynccontextmanager
-async def lifespan(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    async with database(settings) as db, create_client(settings) as client:
+async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, Any]]:
+    async with database(settings, telemetry) as db, create_client(settings, telemetry) as client:
         orders = Downstream(ORDERS.name, settings.base_url(ORDERS), client, settings=settings)
         yield {**db, "orders": orders}
 
