@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from otel_lab.console.__main__ import parse_args
+from otel_lab.console.config import ConsoleConfig
 from otel_lab.console.promapi import deploy_dir
 from otel_lab.runtime.harness import free_ports
 from otel_lab.runtime.plan import child_env
@@ -64,8 +64,8 @@ def test_console_and_embedded_settings_come_from_dotenv(dotenv_dir: Path) -> Non
     assert settings.console_switch_interval == 0.002
     assert deploy_dir() == dotenv_dir / "deploy"
 
-    args = parse_args([])  # the console's own defaults come from the same Settings
-    assert (args.token, args.retention, args.max_db_mb) == (TOKEN, 7200, 5)
+    config = ConsoleConfig.from_settings(settings)  # the console runs with the same Settings
+    assert (config.token, config.retention_seconds, config.max_db_bytes) == (TOKEN, 7200, 5 << 20)
 
     env = child_env(settings, dotenv_dir, "postgresql://x", "redis://y")
     assert env["OTEL_EXPORTER_OTLP_HEADERS"] == f"Authorization=Bearer {TOKEN}"

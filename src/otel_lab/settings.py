@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     console_deploy_dir: Path | None = Field(None, alias="CONSOLE_DEPLOY_DIR")
     # The console's interpreter thread switch interval (docs/console.md).
     console_switch_interval: float = Field(0.001, gt=0, alias="CONSOLE_SWITCH_INTERVAL")
+    # The console's store (unset: <data_dir>/console/telemetry.db), the rows it queues for its
+    # writer before the receiver answers 503, and the SQL page's time limit per statement.
+    console_db: Path | None = Field(None, alias="CONSOLE_DB")
+    console_max_pending_rows: int = Field(100_000, ge=1, alias="CONSOLE_MAX_PENDING_ROWS")
+    console_sql_timeout: float = Field(5.0, gt=0, alias="CONSOLE_SQL_TIMEOUT")
 
     # Where services find each other; default to the local ports above.
     api_url: str | None = Field(None, alias="API_URL")
@@ -136,7 +141,12 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "postgres_port", "valkey_port", "console_token", "console_deploy_dir", mode="before"
+        "postgres_port",
+        "valkey_port",
+        "console_token",
+        "console_deploy_dir",
+        "console_db",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import socket
 
 
+class PortUnavailable(OSError):
+    """The port cannot be bound; the message says which and what to do."""
+
+
 def bind(host: str, port: int) -> socket.socket:
     """Bind before serving, so port 0 works and 'port in use' is reported up front."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -14,8 +18,8 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise SystemExit(
-            f"otel-lab console: cannot listen on {host}:{port}: {exc.strerror} "
+        raise PortUnavailable(
+            f"cannot listen on {host}:{port}: {exc.strerror} "
             "(is another collector or console running? choose another port)"
         ) from None
     return sock

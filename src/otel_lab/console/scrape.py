@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
+from otel_lab.console.config import Target
 from otel_lab.console.promql import NAME, Labels, Matcher, Series, matches_all
 from otel_lab.console.store import Store
 
@@ -42,30 +42,6 @@ HEARTBEAT_SECONDS = 300.0
 # was down in between and could not mark what disappeared).
 FILL_LIMIT_NS = int((HEARTBEAT_SECONDS + 60) * 1e9)
 ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
-
-
-@dataclass(frozen=True)
-class Target:
-    job: str
-    url: str
-
-    @property
-    def instance(self) -> str:
-        return urlsplit(self.url).netloc
-
-
-def parse_targets(text: str | None) -> list[Target]:
-    """``job=url,job=url`` -> targets (the format of ``--scrape`` / CONSOLE_SCRAPE_TARGETS)."""
-    targets = []
-    for part in (text or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        job, sep, url = part.partition("=")
-        if not sep or not job.strip() or not url.strip().startswith(("http://", "https://")):
-            raise ValueError(f"scrape target {part!r}: use job=http://host:port/metrics")
-        targets.append(Target(job.strip(), url.strip()))
-    return targets
 
 
 @dataclass

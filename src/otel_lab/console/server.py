@@ -14,40 +14,20 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from otel_lab.console.alerts import DEFAULT_INTERVAL as DEFAULT_RULES_INTERVAL
 from otel_lab.console.api import ApiOptions, create_app
+from otel_lab.console.config import ConsoleConfig
 from otel_lab.console.net import bind, url_of
 from otel_lab.console.promapi import PromState, rules_runner
 from otel_lab.console.receiver import OtlpHttpProtocol, OtlpReceiver
-from otel_lab.console.scrape import DEFAULT_INTERVAL as DEFAULT_SCRAPE_INTERVAL
-from otel_lab.console.scrape import Scraper, Target
+from otel_lab.console.scrape import Scraper
 from otel_lab.console.security import Security
 from otel_lab.console.store import Store
-from otel_lab.settings import get_settings
 
 log = logging.getLogger("otel_lab.console")
-
-
-@dataclass(frozen=True)
-class ConsoleConfig:
-    host: str
-    otlp_port: int
-    ui_port: int
-    db_path: Path
-    max_pending_rows: int = 100_000
-    retention_seconds: float | None = None
-    max_db_bytes: int | None = None
-    token: str | None = None
-    sql_timeout: float = 5.0
-    scrape_targets: tuple[Target, ...] = ()
-    scrape_interval: float = DEFAULT_SCRAPE_INTERVAL
-    rules_interval: float = DEFAULT_RULES_INTERVAL
 
 
 class _Server(uvicorn.Server):
@@ -155,7 +135,7 @@ def run(config: ConsoleConfig, sockets: tuple[socket.socket, socket.socket] | No
     # switch interval lets a decode or a commit hold the loop up to 5 ms per hand-off; 1 ms
     # took the OTLP acknowledgement p99 from about 60 ms to under 50 ms at the same
     # throughput in scripts/bench_console.py.
-    sys.setswitchinterval(get_settings().console_switch_interval)
+    sys.setswitchinterval(config.switch_interval)
     try:
         import uvloop
 

@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from otel_lab.console.cli import console
 from otel_lab.faults import cli as fault_commands
 from otel_lab.loadgen.cli import load
 from otel_lab.runtime import commands
@@ -226,6 +227,7 @@ def status(data_dir: DataDirOption = None) -> None:
 
 app.add_typer(fault_commands, name="fault")  # otel-lab fault list|on NAME|off NAME
 app.command("load")(load)
+app.command("console")(console)  # the telemetry console on its own
 commands.register(app)
 
 
