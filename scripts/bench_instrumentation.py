@@ -1,0 +1,237 @@
+"""What the client instrumentations cost: the contrib packages against the telemetry package's.
+
+In one process, so the variants are measured within seconds of each other (this host's
+speed drifts), batches of requests go through each variant in turn, over many rounds; the
+figure is the median CPU time of the process (all threads, the batch export thread and its
+encoding included) per request:
+
+- HTTP client: one aiohttp POST to a trivial uvicorn endpoint in a child process, bare,
+  with ``opentelemetry-instrumentation-aiohttp-client``'s trace config, and with
+  ``otel_lab.telemetry.http_client``'s middleware;
+- database: one pool checkout and two ``SELECT 1`` on an embedded PostgreSQL the script
+  starts, with no instrumentation, with ``opentelemetry-instrumentation-sqlalchemy``, and
+  with ``otel_lab.telemetry.database``.
+
+Each request runs under a parent span, as in a service; spans go through a batch processor
+to a sink that encodes them as the exporter would and drops the bytes; metrics go to an
+in-memory reader. The garbage collector is settled as the services settle it.
+
+    .venv/bin/python scripts/bench_instrumentation.py            # about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import sqlalchemy as sa
+from opentelemetry.instrumentation._semconv import (
+    _OpenTelemetrySemanticConventionStability,
+    _StabilityMode,
+)
+from opentelemetry.instrumentation.aiohttp_client import create_trace_config
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from otel_lab.runtime.embedded import embedded_postgres
+from otel_lab.runtime.harness import free_ports
+from otel_lab.telemetry._wire import SpanEncoder
+from otel_lab.telemetry.database import instrument_engine
+from otel_lab.telemetry.http_client import client_middleware
+
+SERVER = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b'{"ok": true}'})
+"""
+BODY = b'{"user_id": 1001, "action": "bench"}'
+CONCURRENCY = 4
+Request = Callable[[], Awaitable[None]]
+
+
+class _EncodingSink(SpanExporter):
+    def __init__(self) -> None:
+        self.encoder = SpanEncoder()
+
+    def export(self, spans: Any) -> SpanExportResult:
+        self.encoder.encode(spans)
+        return SpanExportResult.SUCCESS
+
+
+def _providers() -> tuple[TracerProvider, MeterProvider]:
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(_EncodingSink(), max_queue_size=8192))
+    return tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+
+def _under_a_parent(tracer_provider: TracerProvider, call: Request) -> Request:
+    tracer = tracer_provider.get_tracer("bench")
+
+    async def request() -> None:
+        with tracer.start_as_current_span("request"):
+            await call()
+
+    return request
+
+
+async def _compare(variants: dict[str, Request], rounds: int, batch: int) -> dict[str, float]:
+    """Median CPU microseconds per request of each variant, batches interleaved."""
+
+    async def run(call: Request, count: int) -> None:
+        async def worker() -> None:
+            for _ in range(count // CONCURRENCY):
+                await call()
+
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+
+    for call in variants.values():  # warm-up: pools, caches, code paths
+        await run(call, batch)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, call in variants.items():
+            started = time.process_time()
+            await run(call, batch)
+            samples[name].append((time.process_time() - started) / batch * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+async def http_clients(url: str, rounds: int) -> dict[str, float]:
+    contrib_tp, contrib_mp = _providers()
+    ours_tp, ours_mp = _providers()
+    contrib = create_trace_config(
+        tracer_provider=contrib_tp,
+        meter_provider=contrib_mp,
+        sem_conv_opt_in_mode=_StabilityMode.HTTP,
+    )
+    ours = client_middleware(ours_tp, ours_mp)
+    sessions = {  # name: (session, the provider of its parent span)
+        "bare": (aiohttp.ClientSession(), contrib_tp),
+        "contrib aiohttp-client": (aiohttp.ClientSession(trace_configs=[contrib]), contrib_tp),
+        "telemetry.http_client": (aiohttp.ClientSession(middlewares=(ours,)), ours_tp),
+    }
+
+    def post(session: aiohttp.ClientSession) -> Request:
+        async def call() -> None:
+            async with session.post(url, data=BODY) as response:
+                await response.read()
+
+        return call
+
+    variants = {name: _under_a_parent(tp, post(s)) for name, (s, tp) in sessions.items()}
+    try:
+        return await _compare(variants, rounds, batch=400)
+    finally:
+        for session, _ in sessions.values():
+            await session.close()
+
+
+async def databases(url: str, rounds: int) -> dict[str, float]:
+    contrib_tp, contrib_mp = _providers()
+    ours_tp, ours_mp = _providers()
+    engines: dict[str, AsyncEngine] = {
+        name: create_async_engine(url, pool_size=CONCURRENCY)
+        for name in ("bare", "contrib sqlalchemy", "telemetry.database")
+    }
+    instrumentor = SQLAlchemyInstrumentor()
+    instrumentor.instrument(
+        engine=engines["contrib sqlalchemy"].sync_engine,
+        tracer_provider=contrib_tp,
+        meter_provider=contrib_mp,
+        enable_commenter=False,
+    )
+    instrument_engine(engines["telemetry.database"].sync_engine, ours_tp, ours_mp)
+    providers = {
+        "bare": contrib_tp,
+        "contrib sqlalchemy": contrib_tp,
+        "telemetry.database": ours_tp,
+    }
+    statement = sa.text("SELECT 1")
+
+    def query(engine: AsyncEngine) -> Request:
+        async def call() -> None:
+            async with engine.connect() as connection:
+                await connection.execute(statement)
+                await connection.execute(statement)
+
+        return call
+
+    variants = {name: _under_a_parent(providers[name], query(e)) for name, e in engines.items()}
+    try:
+        return await _compare(variants, rounds, batch=200)
+    finally:
+        instrumentor.uninstrument()
+        for engine in engines.values():
+            await engine.dispose()
+
+
+def _print(title: str, results: dict[str, float]) -> None:
+    bare = results["bare"]
+    print(title)
+    for name, micros in results.items():
+        extra = "" if name == "bare" else f"   telemetry {micros - bare:+6.0f} us"
+        print(f"  {name:24} {micros:7.0f} us per request{extra}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    # The contrib packages read the semconv opt-in once: the stable names, as the services.
+    stability = _OpenTelemetrySemanticConventionStability
+    stability._OTEL_SEMCONV_STABILITY_SIGNAL_MAPPING = {}
+    stability._initialized = False
+    os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = "http,database"
+    stability._initialize()
+
+    (port,) = free_ports(1)
+    serve = f"import uvicorn; uvicorn.run(app, port={port}, log_level='warning', access_log=False)"
+    server = subprocess.Popen([sys.executable, "-c", SERVER + "\n" + serve])
+    url = f"http://127.0.0.1:{port}/call"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.post(url, content=b"")
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        http = asyncio.run(http_clients(url, args.rounds))
+    finally:
+        server.terminate()
+        server.wait(5)
+    with tempfile.TemporaryDirectory() as tmp, embedded_postgres(Path(tmp) / "pg") as pg:
+        database = asyncio.run(databases(pg.url, args.rounds))
+    print(f"median of {args.rounds} interleaved batches; CPU of this process per request")
+    _print("one aiohttp POST under a parent span:", http)
+    _print("one pool checkout + two SELECT 1 under a parent span:", database)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
