@@ -10,7 +10,11 @@ encoding included) per request:
   ``otel_lab.telemetry.http_client``'s middleware;
 - database: one pool checkout and two ``SELECT 1`` on an embedded PostgreSQL the script
   starts, with no instrumentation, with ``opentelemetry-instrumentation-sqlalchemy``, and
-  with ``otel_lab.telemetry.database``.
+  with ``otel_lab.telemetry.database``;
+- cache: one ``GET`` on an embedded Valkey with an asyncio client, bare, with
+  ``opentelemetry-instrumentation-redis``'s ``instrument_client`` (which the services keep),
+  and with only a span of the same attributes started and ended around the call by hand
+  (the floor any instrumentation could reach).
 
 Each request runs under a parent span, as in a service; spans go through a batch processor
 to a sink that encodes them as the exporter would and drops the bytes; metrics go to an
@@ -36,20 +40,23 @@ from typing import Any
 
 import aiohttp
 import httpx
+import redis.asyncio
 import sqlalchemy as sa
 from opentelemetry.instrumentation._semconv import (
     _OpenTelemetrySemanticConventionStability,
     _StabilityMode,
 )
 from opentelemetry.instrumentation.aiohttp_client import create_trace_config
+from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from otel_lab.runtime.embedded import embedded_postgres
+from otel_lab.runtime.embedded import embedded_postgres, embedded_valkey
 from otel_lab.runtime.harness import free_ports
 from otel_lab.telemetry._wire import SpanEncoder
 from otel_lab.telemetry.database import instrument_engine
@@ -188,6 +195,48 @@ async def databases(url: str, rounds: int) -> dict[str, float]:
             await engine.dispose()
 
 
+async def caches(url: str, rounds: int) -> dict[str, float]:
+    contrib_tp, _ = _providers()
+    ours_tp, _ = _providers()
+    clients = {  # name: (client, the provider of its parent span)
+        "bare": (redis.asyncio.Redis.from_url(url), contrib_tp),
+        "contrib redis": (redis.asyncio.Redis.from_url(url), contrib_tp),
+        "a span by hand": (redis.asyncio.Redis.from_url(url), ours_tp),
+    }
+    RedisInstrumentor.instrument_client(clients["contrib redis"][0], tracer_provider=contrib_tp)
+    await clients["bare"][0].set("bench:item", "x" * 200)
+    tracer = ours_tp.get_tracer("bench")
+    attributes = {
+        "db.system.name": "redis",
+        "server.address": "127.0.0.1",
+        "server.port": 6379,
+        "network.transport": "tcp",
+        "db.query.text": "GET ?",
+        "db.redis.args_length": 2,
+    }
+
+    def get(client: redis.asyncio.Redis, by_hand: bool) -> Request:
+        async def call() -> None:
+            if by_hand:
+                span = tracer.start_span("GET", kind=SpanKind.CLIENT, attributes=attributes)
+                await client.get("bench:item")
+                span.end()
+            else:
+                await client.get("bench:item")
+
+        return call
+
+    variants = {
+        name: _under_a_parent(tp, get(c, by_hand=name == "a span by hand"))
+        for name, (c, tp) in clients.items()
+    }
+    try:
+        return await _compare(variants, rounds, batch=400)
+    finally:
+        for client, _ in clients.values():
+            await client.aclose()
+
+
 def _print(title: str, results: dict[str, float]) -> None:
     bare = results["bare"]
     print(title)
@@ -227,9 +276,12 @@ def main() -> int:
         server.wait(5)
     with tempfile.TemporaryDirectory() as tmp, embedded_postgres(Path(tmp) / "pg") as pg:
         database = asyncio.run(databases(pg.url, args.rounds))
+    with tempfile.TemporaryDirectory() as tmp, embedded_valkey(Path(tmp) / "kv") as kv:
+        cache = asyncio.run(caches(kv.url, args.rounds))
     print(f"median of {args.rounds} interleaved batches; CPU of this process per request")
     _print("one aiohttp POST under a parent span:", http)
     _print("one pool checkout + two SELECT 1 under a parent span:", database)
+    _print("one cache GET under a parent span:", cache)
     return 0
 
 
