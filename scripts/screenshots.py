@@ -61,6 +61,11 @@ def alert_active(ui: httpx.Client, name: str) -> bool:
     return rules[name]["state"] in ("pending", "firing")
 
 
+def alert_firing(ui: httpx.Client, name: str) -> bool:
+    rules = {r["name"]: r for r in ui.get("/api/alerts").json()["rules"]}
+    return rules[name]["state"] == "firing"
+
+
 def marked_span(ui: httpx.Client, fault: str) -> str:
     """``/trace/<id>?span=<id>`` of the newest span the fault marked."""
     params = {"attr": f"otel_lab.fault={fault}", "limit": 1}
@@ -128,6 +133,18 @@ def main() -> None:
                  '.dash-panel[data-title="Error rate (5xx)"]')  # fmt: skip
             shot(marked_span(ui, "audit-errors"), "7-error-trace")
             ui.post("/api/scenarios/audit-errors", json={"enabled": False})
+            # Scenario 3: cache outage.
+            ui.post("/api/scenarios/cache-outage", json={"enabled": True})
+            wait(lambda: alert_firing(ui, "CircuitBreakerOpen"), "cache breaker alert", 300)
+            shot("/dashboards?uid=otel-lab-overview&window=15m", "8-cache-panel",
+                 '.dash-panel[data-title="Cache hit rate"]')  # fmt: skip
+            shot("/dashboards?uid=otel-lab-services&window=15m&service=api", "9-breaker-panel",
+                 '.dash-panel[data-title="Circuit breakers"]')  # fmt: skip
+            shot(marked_span(ui, "cache-outage"), "10-cache-trace")
+            # The hit ratio's alert needs its 10 minute window to turn.
+            wait(lambda: alert_active(ui, "CacheHitRateCollapse"), "cache hit alert", 900)
+            shot("/alerts", "11-cache-alerts")
+            ui.post("/api/scenarios/cache-outage", json={"enabled": False})
             browser.close()
         stop.set()
         thread.join()

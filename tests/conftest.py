@@ -165,22 +165,24 @@ def server_above(spans: list[Span], span: Span) -> Span:
     return servers[0]
 
 
+SYSTEM_ENV = {
+    # Short export intervals so tests read telemetry back within a second or two.
+    "OTEL_BSP_SCHEDULE_DELAY": "200",
+    "OTEL_BLRP_SCHEDULE_DELAY": "200",
+    "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+    "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+    # The console scrapes /metrics and evaluates the alert rules as often as the
+    # Prometheus of tests/deploy does, so rate() windows fill within seconds.
+    "CONSOLE_SCRAPE_INTERVAL": "1",
+    "CONSOLE_RULES_INTERVAL": "2",
+    "CONSOLE_SLOW_RULES_INTERVAL": "4",
+}
+
+
 @pytest.fixture(scope="session")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
     data_dir: Path = tmp_path_factory.mktemp("otel-lab")
-    env = {
-        # Short export intervals so tests read telemetry back within a second or two.
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
-        "OTEL_BLRP_SCHEDULE_DELAY": "200",
-        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
-        # The console scrapes /metrics and evaluates the alert rules as often as the
-        # Prometheus of tests/deploy does, so rate() windows fill within seconds.
-        "CONSOLE_SCRAPE_INTERVAL": "1",
-        "CONSOLE_RULES_INTERVAL": "2",
-        "CONSOLE_SLOW_RULES_INTERVAL": "4",
-    }
-    with running_system(data_dir, env=env) as running:
+    with running_system(data_dir, env=SYSTEM_ENV) as running:
         yield running
 
 

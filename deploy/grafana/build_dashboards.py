@@ -457,6 +457,7 @@ def cache_hit_ratio(selector: str, by: str) -> str:
 
 
 SVC = 'job=~"$service"'
+NOT_OPS = 'path!~"/health|/ready|/metrics"'
 
 
 # --------------------------------------------------------------------------- dashboards
@@ -546,6 +547,34 @@ def overview() -> dict[str, Any]:
             "finish them.",
             [prom("sum by (queue) (worker_queue_depth)", "{{queue}}")],
             thresholds=[(0, "green"), (100, "red")],
+        ),
+        timeseries(
+            "DB queries per request",
+            "Database statements per request answered, per service (health checks and scrapes "
+            "not counted). A list route that queries once per row (N+1) multiplies it.",
+            [
+                prom(
+                    f"sum by (job) (rate(db_operation_seconds_count{{{SVC}}}[{RI}]))\n/\n"
+                    f"sum by (job) (rate(requests_total{{{SVC},{NOT_OPS}}}[{RI}]))",
+                    "{{job}}",
+                )
+            ],
+            thresholds=[(0, "green"), (10, "red")],
+        ),
+        timeseries(
+            "CPU per service",
+            "CPU time per second of each process (1 = a whole core), from prometheus_client's "
+            "process collector. A route doing needless work shows here first.",
+            [prom(f"sum by (job) (rate(process_cpu_seconds_total{{{SVC}}}[{RI}]))", "{{job}}")],
+            unit="percentunit",
+            thresholds=[(0, "green"), (0.25, "red")],
+        ),
+        timeseries(
+            "Memory (RSS) per service",
+            "Resident memory of each process. Flat once a service has started; a steady climb "
+            "is a leak.",
+            [prom(f"sum by (job) (process_resident_memory_bytes{{{SVC}}})", "{{job}}")],
+            unit="bytes",
         ),
         timeseries(
             "Worker tasks / s by outcome",

@@ -2,10 +2,11 @@
 
 The OpenTelemetry demo's way: each fault is a boolean flag in a flagd flag file
 (``<data dir>/flags.flagd.json``, or ``FLAGD_OFFLINE_FLAG_SOURCE_PATH``); the services read it
-through OpenFeature's flagd provider with its in-process resolver (a flagd container can
-serve the same file in stack mode). ``otel-lab fault on NAME``, the console's Scenarios
-page and ``POST /api/scenarios/{name}`` rewrite the file; the provider notices the change
-within about a second.
+through OpenFeature's flagd provider with its in-process resolver. In stack and cluster modes
+a flagd container serves the same file (``deploy/flagd/flags.flagd.json``) and the services
+sync from it (``FLAGD_HOST``, ``FLAGD_RESOLVER=in-process``). ``otel-lab fault on NAME``,
+the console's Scenarios page and ``POST /api/scenarios/{name}`` rewrite the file; the
+provider notices the change within about a second.
 
 The hot path pays a set lookup: a background thread re-evaluates every fault flag through
 OpenFeature every half second (one evaluation costs about 20 us here) and publishes the set
@@ -31,7 +32,8 @@ import typer
 
 log = logging.getLogger("otel_lab.faults")
 
-PATH_ENV = "FLAGD_OFFLINE_FLAG_SOURCE_PATH"  # the flagd provider's own variable
+PATH_ENV = "FLAGD_OFFLINE_FLAG_SOURCE_PATH"  # the flagd provider's own variables
+SERVER_ENV = "FLAGD_HOST"  # set in stack mode: flags come from a flagd server
 FILE_NAME = "flags.flagd.json"
 REFRESH_SECONDS = 0.5
 ATTRIBUTE = "otel_lab.fault"
@@ -42,8 +44,9 @@ class Fault:
     name: str
     service: str
     description: str
-    panel: str  # a dashboard panel it moves
+    panel: str  # a dashboard panel it moves: "dashboard title / panel title"
     alert: str  # an alert it fires
+    dashboard: str = "otel-lab-overview"  # the uid of the panel's dashboard
 
 
 FAULTS: dict[str, Fault] = {
@@ -63,6 +66,65 @@ FAULTS: dict[str, Fault] = {
             "audit-service fails half of its audit writes with a 500, so the chain fails.",
             "Otel Lab - Overview / Error rate (5xx)",
             "High5xxRate",
+        ),
+        Fault(
+            "cache-outage",
+            "api",
+            "The items cache is unreachable: every cache call fails, the breaker opens, and "
+            "every item read goes to PostgreSQL.",
+            "Otel Lab - Overview / Cache hit rate",
+            "CacheHitRateCollapse",
+        ),
+        Fault(
+            "n-plus-one",
+            "user-service",
+            "GET /users loads each listed user's todo count with a query of its own (the N+1 "
+            "pattern): 50 users, 52 queries.",
+            "Otel Lab - Overview / DB queries per request",
+            "DatabaseQueriesPerRequestHigh",
+        ),
+        Fault(
+            "worker-backlog",
+            "worker",
+            "Item enrichment takes 2 s per task on the worker, so tasks queue up faster than "
+            "they are done.",
+            "Otel Lab - Overview / Worker queue depth",
+            "WorkerQueueBacklog",
+        ),
+        Fault(
+            "memory-leak",
+            "order-service",
+            "order-service keeps 2 MiB per order in a list it never trims (up to 1 GiB; "
+            "freed when the fault is switched off).",
+            "Otel Lab - Overview / Memory (RSS) per service",
+            "ProcessMemoryGrowing",
+        ),
+        Fault(
+            "cpu-hungry",
+            "api",
+            "POST /analyze derives a key with 400,000 PBKDF2 rounds before answering: about "
+            "0.1 s of CPU per request, in a thread (the alert needs a few requests a "
+            "second: otel-lab load).",
+            "Otel Lab - Overview / CPU per service",
+            "HighCpuUsage",
+        ),
+        Fault(
+            "weather-upstream",
+            "weather-upstream",
+            "The weather upstream answers after 0.4-1.2 s, and half of its answers are 503: "
+            "the api retries, runs into its deadline and answers 502/504.",
+            "Otel Lab - Enhanced tracing metrics / External API time p95 (API_OPERATION_TIME)",
+            "High5xxRate",
+            "otel-lab-enhanced-tracing",
+        ),
+        Fault(
+            "chaos-delay",
+            "every service",
+            "Chaos mode without a restart: a share of every service's requests (CHAOS_RATE, "
+            "5 %) waits CHAOS_MIN_DELAY_MS-CHAOS_MAX_DELAY_MS (100-200 ms).",
+            "Otel Lab - MicroTrace (/analyze) / Chaos-delayed share",
+            "SlowRequestShareHigh",
+            "otel-lab-microtrace",
         ),
     )
 }
@@ -137,20 +199,25 @@ class _Watcher:
             self._thread.start()
 
     def _run(self) -> None:
-        path = flags_path()
-        if not path.exists():
-            with contextlib.suppress(OSError):
-                write(set(), path)
         try:
             from openfeature import api
             from openfeature.contrib.provider.flagd import FlagdProvider
             from openfeature.contrib.provider.flagd.config import ResolverType
 
-            api.set_provider(
-                FlagdProvider(
+            if os.environ.get(SERVER_ENV):
+                # Stack and cluster modes: a flagd server serves the flag file; the provider
+                # reads FLAGD_RESOLVER (in-process: it syncs the flags over gRPC, port 8015,
+                # and evaluates them here), FLAGD_HOST and FLAGD_SYNC_PORT itself.
+                provider = FlagdProvider()
+            else:
+                path = flags_path()
+                if not path.exists():
+                    with contextlib.suppress(OSError):
+                        write(set(), path)
+                provider = FlagdProvider(
                     resolver_type=ResolverType.IN_PROCESS, offline_flag_source_path=str(path)
                 )
-            )
+            api.set_provider(provider)
             client = api.get_client("otel-lab-faults")
         except Exception:
             log.exception("fault flags unavailable; faults stay off")
@@ -185,36 +252,42 @@ def mark(span: Any, name: str) -> None:
 
 cli = typer.Typer(help="Fault scenarios: list them, switch one on or off (no restart).")
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="the data dir of `otel-lab up`")]
+File = Annotated[
+    Path | None,
+    typer.Option("--file", help="a flag file (stack mode: deploy/flagd/flags.flagd.json)"),
+]
 
 
-def _path(data_dir: Path | None) -> Path:
+def _path(data_dir: Path | None, file: Path | None = None) -> Path:
+    if file:
+        return file
     return data_dir.expanduser().resolve() / FILE_NAME if data_dir else flags_path()
 
 
 @cli.command("list")
-def list_faults(data_dir: DataDir = None) -> None:
+def list_faults(data_dir: DataDir = None, file: File = None) -> None:
     """Every fault, whether it is on, what it does."""
-    enabled = read_enabled(_path(data_dir))
+    enabled = read_enabled(_path(data_dir, file))
     for fault in FAULTS.values():
         state = "ON " if fault.name in enabled else "off"
         typer.echo(f"{state}  {fault.name:<15} {fault.service:<14} {fault.description}")
 
 
 @cli.command("on")
-def fault_on(name: str, data_dir: DataDir = None) -> None:
+def fault_on(name: str, data_dir: DataDir = None, file: File = None) -> None:
     """Switch a fault on (the services notice within about a second)."""
-    _switch(name, True, data_dir)
+    _switch(name, True, _path(data_dir, file))
 
 
 @cli.command("off")
-def fault_off(name: str, data_dir: DataDir = None) -> None:
+def fault_off(name: str, data_dir: DataDir = None, file: File = None) -> None:
     """Switch a fault off."""
-    _switch(name, False, data_dir)
+    _switch(name, False, _path(data_dir, file))
 
 
-def _switch(name: str, on: bool, data_dir: Path | None) -> None:
+def _switch(name: str, on: bool, path: Path) -> None:
     try:
-        enabled = switch(name, on, _path(data_dir))
+        enabled = switch(name, on, path)
     except KeyError:
         typer.echo(f"unknown fault {name!r}; known: {', '.join(FAULTS)}", err=True)
         raise typer.Exit(2) from None

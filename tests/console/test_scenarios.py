@@ -1,124 +1,392 @@
-"""Fault scenarios at run time (issue 11): switched on from the console's API, they slow or
-fail real requests within seconds, mark the spans they touch, move a dashboard panel and
-make an alert rule pending; switched off, new requests are untouched again.
+"""Fault scenarios at run time (issue 11): each fault, switched on from the console's API
+under traffic, marks the spans it touches, moves its dashboard panel and fires its alert;
+switched off, the alert resolves.
 
-The whole system runs (session fixture ``system``); the flag file is the one the services
-read through OpenFeature's flagd provider (in-process resolver).
+One system for the module (``otel-lab up``, the services reading the flag file through
+OpenFeature's flagd provider), started with the rule files of ``deploy/prometheus/rules``
+in *compressed time*: every duration in them (range windows and ``for``) divided by
+``SCALE``, so ``rate(x[5m])`` is ``rate(x[5s])`` and ``for: 10m`` is ``for: 10s``. The
+expressions and thresholds are the shipped ones; ``promtool test rules`` checks the real
+windows (tests/deploy/test_prometheus.py, and tests/console/test_alerts.py that the console
+agrees). The dashboards are the shipped ones too (their windows follow the 1 s scrapes).
 """
 
 from __future__ import annotations
 
-import time
+import re
+import shutil
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from otel_lab.runtime.harness import RunningSystem
+from otel_lab.runtime.harness import RunningSystem, running_system
 
-from .test_scraped import query, wait
+from ..conftest import SYSTEM_ENV
+from .test_scraped import wait
+
+REPO = Path(__file__).resolve().parents[2]
+SCALE = 60
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\[|for: )(\d+)([smhd])\b")
+
+
+def compress(text: str, scale: int = SCALE) -> str:
+    """Every range window and ``for`` of a rule file, divided by ``scale`` (in seconds)."""
+
+    def shorter(m: re.Match[str]) -> str:
+        seconds = int(m[2]) * _UNITS[m[3]] / scale
+        assert seconds == int(seconds) and seconds >= 1, m[0]
+        return f"{m[1]}{int(seconds)}s"
+
+    return _DURATION.sub(shorter, text)
+
+
+def test_compress() -> None:
+    rule = "rate(x[5m]) > 1\n    for: 10m\n[3d] [1h]"
+    assert compress(rule, 60) == "rate(x[5s]) > 1\n    for: 10s\n[4320s] [60s]"
+    with pytest.raises(AssertionError):
+        compress("rate(x[30s])", 60)  # below a second: the scrapes could not fill it
 
 
 @pytest.fixture(scope="module")
-def ui(system: RunningSystem) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=system.url("console"), timeout=30.0) as client:
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
+    root = tmp_path_factory.mktemp("faults")
+    deploy = root / "deploy"
+    shutil.copytree(REPO / "deploy" / "grafana" / "dashboards", deploy / "grafana" / "dashboards")
+    rules = deploy / "prometheus" / "rules"
+    rules.mkdir(parents=True)
+    for path in (REPO / "deploy" / "prometheus" / "rules").glob("*.yml"):
+        (rules / path.name).write_text(compress(path.read_text()))
+    env = {
+        **SYSTEM_ENV,
+        "CONSOLE_DEPLOY_DIR": str(deploy),
+        # The chaos-delay fault delays this share of requests (CHAOS_RATE, 5 % by default).
+        "CHAOS_RATE": "0.3",
+    }
+    with running_system(root / "data", env=env) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def ui(faulty: RunningSystem) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=faulty.url("console"), timeout=30.0) as client:
         yield client
 
 
-def switch(ui: httpx.Client, name: str, enabled: bool) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def gw(faulty: RunningSystem) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=faulty.url("gateway"), timeout=15.0) as client:
+        yield client
+
+
+# ----------------------------------------------------------------------------- helpers
+def switch(ui: httpx.Client, name: str, enabled: bool) -> None:
     response = ui.post(f"/api/scenarios/{name}", json={"enabled": enabled})
     assert response.status_code == 200, response.text
     (state,) = [s for s in response.json()["scenarios"] if s["name"] == name]
     assert state["enabled"] is enabled
-    return state
 
 
-def chain(gateway: httpx.Client, n: int) -> list[httpx.Response]:
-    return [
-        gateway.post("/api/v1/process", json={"user_id": 1001 + i % 5, "action": "fault"})
-        for i in range(n)
+@contextmanager
+def load(base_url: str, request: Callable[[httpx.Client, int], Any], threads: int = 2,
+         pause: float | Callable[[], float] = 0.1) -> Iterator[list[int]]:  # fmt: skip
+    """Traffic in the background while the block runs: ``request(client, n)`` in a loop on
+    each thread, ``pause`` seconds apart (or what ``pause()`` says). Yields the status codes
+    seen."""
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def run() -> None:
+        with httpx.Client(base_url=base_url, timeout=15.0) as client:
+            n = 0
+            while not stop.is_set():
+                try:
+                    statuses.append(request(client, n).status_code)
+                except httpx.HTTPError:
+                    statuses.append(0)
+                n += 1
+                stop.wait(pause() if callable(pause) else pause)
+
+    workers = [threading.Thread(target=run, daemon=True) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    try:
+        yield statuses
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=20)
+
+
+def marked_spans(ui: httpx.Client, name: str) -> list[dict[str, Any]]:
+    """The spans marked with the fault, in the traces the console finds by the mark."""
+    traces = ui.get("/api/traces", params={"attr": f"otel_lab.fault={name}", "limit": 5})
+    spans = []
+    for t in traces.json()["traces"]:
+        body = ui.get(f"/api/traces/{t['trace_id']}").json()
+        spans += [
+            {**s, "trace": body["spans"]}
+            for s in body["spans"]
+            if s["attributes"].get("otel_lab.fault") == name
+        ]
+    return spans
+
+
+def panel(ui: httpx.Client, uid: str, title: str, **params: str) -> dict[str, Any]:
+    board = ui.get(f"/api/dashboards/{uid}", params={"window": "2m", **params}).json()
+    (found,) = [p for p in board["panels"] if p["title"] == title]
+    assert not found.get("error"), found
+    return found
+
+
+def latest(found: dict[str, Any], **labels: str) -> float | None:
+    """A panel's latest value for the series with these labels (the largest if several)."""
+    values = [
+        v
+        for s in found.get("series", [])
+        if all(s["labels"].get(k) == v for k, v in labels.items())
+        for _, v in s.get("points", [])[-3:]
+        if isinstance(v, float)
     ]
+    return max(values) if values else None
 
 
-def until(ui: httpx.Client, gateway: httpx.Client, probe: Callable[[], Any], what: str) -> Any:
-    """Drive the chain while waiting (the fault only shows under traffic)."""
+def alert(ui: httpx.Client, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """The rule's state for the alert instance with these labels: its active alert (or
+    None) and whether it is among the recently resolved."""
+    (rule,) = [r for r in ui.get("/api/alerts").json()["rules"] if r["name"] == name]
+    assert rule["error"] is None, rule
 
-    def step() -> Any:
-        chain(gateway, 2)
-        return probe()
+    def matches(a: dict[str, Any]) -> bool:
+        return all(a["labels"].get(k) == v for k, v in labels.items())
 
-    return wait(step, what, timeout=90)
-
-
-def marked(ui: httpx.Client, name: str) -> list[dict[str, Any]]:
-    return ui.get("/api/traces", params={"attr": f"otel_lab.fault={name}", "limit": 50}).json()[
-        "traces"
-    ]
+    active = next((a for a in rule["alerts"] if matches(a)), None)
+    resolved = [a for a in rule["recently_resolved"] if matches(a)]
+    return {"active": active, "resolved": resolved}
 
 
-def alert(ui: httpx.Client, name: str, **labels: str) -> dict[str, Any] | None:
-    rules = {r["name"]: r for r in ui.get("/api/alerts").json()["rules"]}
-    for a in rules[name]["alerts"]:
-        if all(a["labels"].get(k) == v for k, v in labels.items()):
-            return a
-    return None
+def scenario(
+    ui: httpx.Client,
+    name: str,
+    *,
+    alert_name: str,
+    labels: dict[str, str],
+    moved: Callable[[], Any],
+    check_span: Callable[[dict[str, Any]], Any],
+    timeout: float = 90,
+    on: threading.Event | None = None,
+) -> None:
+    """Switch ``name`` on (traffic is running): a marked span that ``check_span`` accepts,
+    the panel moved, the alert firing; then off: the alert resolves. ``on`` is set while
+    the fault is on (for traffic that changes with it)."""
+    scenarios = {s["name"]: s for s in ui.get("/api/scenarios").json()["scenarios"]}
+    assert scenarios[name]["alert"] == alert_name
+    resolved_before = len(alert(ui, alert_name, labels)["resolved"])
+    switch(ui, name, True)
+    if on is not None:
+        on.set()
+    try:
+        spans = wait(lambda: marked_spans(ui, name), f"a span marked {name}", timeout=30)
+        assert any(check_span(s) for s in spans), spans[0]
+        assert all(any(e["name"] == "fault" for e in s["events"]) for s in spans if "events" in s)
+        wait(moved, f"{name}: the panel moves", timeout=timeout)
+        firing = wait(
+            lambda: (a := alert(ui, alert_name, labels)["active"]) and a["state"] == "firing" and a,
+            f"{name}: {alert_name} {labels} firing",
+            timeout=timeout,
+        )
+        assert firing["fired_at"] >= firing["active_since"]
+    finally:
+        switch(ui, name, False)
+        if on is not None:
+            on.clear()
+    wait(
+        lambda: (
+            alert(ui, alert_name, labels)["active"] is None
+            and len(alert(ui, alert_name, labels)["resolved"]) > resolved_before
+        ),
+        f"{name} off: {alert_name} {labels} resolved",
+        timeout=timeout,
+    )
 
 
+def chain(client: httpx.Client, n: int) -> httpx.Response:
+    return client.post("/api/v1/process", json={"user_id": 1001 + n % 5, "action": "fault"})
+
+
+# ----------------------------------------------------------------------------- the faults
 def test_scenarios_are_listed_and_bad_input_is_a_4xx(ui: httpx.Client) -> None:
     names = {s["name"]: s for s in ui.get("/api/scenarios").json()["scenarios"]}
-    assert {"slow-database", "audit-errors"} <= set(names)
+    assert set(names) == {
+        "slow-database", "audit-errors", "cache-outage", "n-plus-one", "worker-backlog",
+        "memory-leak", "cpu-hungry", "weather-upstream", "chaos-delay",
+    }  # fmt: skip
     assert not any(s["enabled"] for s in names.values())
+    # Every fault names a panel that exists and an alert rule that exists.
+    boards = {b["uid"]: b["title"] for b in ui.get("/api/dashboards").json()["dashboards"]}
+    titles = {
+        (uid, f"{board['title']} / {p['title']}")
+        for uid in boards
+        for board in [ui.get(f"/api/dashboards/{uid}", params={"window": "1m"}).json()]
+        for p in board["panels"]
+    }
+    rules = {r["name"] for r in ui.get("/api/alerts").json()["rules"]}
+    for s in names.values():
+        assert (s["dashboard"], s["panel"]) in titles, s
+        assert s["alert"] in rules, s
     assert ui.post("/api/scenarios/nope", json={"enabled": True}).status_code == 404
     assert ui.post("/api/scenarios/slow-database", json={"enabled": "yes"}).status_code == 400
 
 
-def test_slow_database(ui: httpx.Client, gateway: httpx.Client) -> None:
-    switch(ui, "slow-database", True)
-    try:
-        traces = until(ui, gateway, lambda: marked(ui, "slow-database"), "a marked trace")
-        spans = ui.get(f"/api/traces/{traces[0]['trace_id']}").json()["spans"]
-        sleeps = [s for s in spans if "pg_sleep" in str(s["attributes"].get("db.statement", ""))
-                  or "pg_sleep" in str(s["attributes"].get("db.query.text", ""))]  # fmt: skip
-        assert sleeps and sleeps[0]["duration_ms"] >= 600, [s["name"] for s in spans]
-        assert any(s["attributes"].get("otel_lab.fault") == "slow-database" for s in spans)
-        # The panel "Request latency p50 / p95" moves: order-service's p95 is over half a second.
-        p95 = (
-            "histogram_quantile(0.95, sum by (le, job) (rate(request_latency_seconds_bucket"
-            '{job="order-service"}[30s]))) > 0.5'
-        )
-        until(ui, gateway, lambda: query(ui, p95), "order-service p95 over 0.5 s")
-        # The latency SLO burns: its fast-burn alert is pending (it fires after its `for`).
-        firing = until(
-            ui, gateway,
-            lambda: alert(ui, "SLOLatencyBurnRateFast", path="/api/v1/process"),
-            "SLOLatencyBurnRateFast active for POST /api/v1/process",
+def test_slow_database(ui: httpx.Client, faulty: RunningSystem) -> None:
+    def slow_query(span: dict[str, Any]) -> bool:
+        sleeps = [
+            s for s in span["trace"]
+            if "pg_sleep" in str(s["attributes"].get("db.statement", ""))
+            or "pg_sleep" in str(s["attributes"].get("db.query.text", ""))
+        ]  # fmt: skip
+        return span["name"] == "order_creation" and any(s["duration_ms"] >= 600 for s in sleeps)
+
+    p95 = lambda: (latest(  # noqa: E731
+        panel(ui, "otel-lab-overview", "Request latency p50 / p95"), job="order-service"
+    ) or 0) > 0.5  # fmt: skip
+    with load(faulty.url("gateway"), chain, threads=3):
+        scenario(
+            ui, "slow-database", alert_name="SLOLatencyBurnRateFast",
+            labels={"path": "/api/v1/process", "slo": "latency"}, moved=p95,
+            check_span=slow_query,
         )  # fmt: skip
-        assert firing["state"] in ("pending", "firing")
-    finally:
-        switch(ui, "slow-database", False)
-    time.sleep(2)  # the services notice within about a second
-    started = time.monotonic()
-    assert all(r.status_code == 200 for r in chain(gateway, 3))
-    assert time.monotonic() - started < 3 * 0.6, "requests still slow after switching off"
 
 
-def test_audit_errors(ui: httpx.Client, gateway: httpx.Client) -> None:
-    switch(ui, "audit-errors", True)
-    try:
-        traces = until(ui, gateway, lambda: marked(ui, "audit-errors"), "a marked trace")
-        assert traces[0]["error_count"] > 0
-        errors = 'sum by (job) (rate(requests_total{job="audit-service",status=~"5.."}[30s])) > 0'
-        until(ui, gateway, lambda: query(ui, errors), "audit-service 5xx rate")
-        active = until(
-            ui, gateway, lambda: alert(ui, "High5xxRate", job="audit-service"),
-            "High5xxRate active for audit-service",
+def test_audit_errors(ui: httpx.Client, faulty: RunningSystem) -> None:
+    def error_rate() -> bool:
+        found = panel(ui, "otel-lab-overview", "Error rate (5xx)")
+        return (latest(found, job="audit-service") or 0) > 0.1
+
+    with load(faulty.url("gateway"), chain, threads=2):
+        scenario(
+            ui, "audit-errors", alert_name="High5xxRate", labels={"job": "audit-service"},
+            moved=error_rate,
+            check_span=lambda s: s["name"] == "audit_log_write" and s["status"]["code"] == "ERROR",
         )  # fmt: skip
-        assert active["state"] in ("pending", "firing")
-    finally:
-        switch(ui, "audit-errors", False)
-    time.sleep(2)
-    before = {t["trace_id"] for t in marked(ui, "audit-errors")}
-    assert all(r.status_code == 200 for r in chain(gateway, 6))
-    time.sleep(2)
-    assert {t["trace_id"] for t in marked(ui, "audit-errors")} == before
+
+
+def test_cache_outage(ui: httpx.Client, faulty: RunningSystem, gw: httpx.Client) -> None:
+    items = [gw.post("/items", json={"name": f"cached {i}"}).json()["id"] for i in range(5)]
+    read = lambda c, n: c.get(f"/items/{items[n % len(items)]}")  # noqa: E731
+
+    def collapsed() -> bool:
+        found = panel(ui, "otel-lab-overview", "Cache hit rate")
+        value = latest(found, job="api", cache="items")
+        return value is not None and value < 0.5
+
+    with load(faulty.url("gateway"), read, threads=2):
+        # The cache answers before the fault: the panel shows hits.
+        wait(lambda: (latest(panel(ui, "otel-lab-overview", "Cache hit rate"), job="api") or 0)
+             > 0.5, "cache hits before the fault")  # fmt: skip
+        scenario(
+            ui, "cache-outage", alert_name="CacheHitRateCollapse",
+            labels={"job": "api", "cache": "items"}, moved=collapsed,
+            check_span=lambda s: s["attributes"].get("cache.hit") is False,
+        )  # fmt: skip
+        # Reads were answered from PostgreSQL all along.
+
+
+def test_n_plus_one(ui: httpx.Client, faulty: RunningSystem, gw: httpx.Client) -> None:
+    for i in range(30):
+        created = gw.post("/users", json={"name": f"n1 {i}", "email": f"n1-{i}@example.com"})
+        assert created.status_code in (201, 409), created.text
+
+    def many_queries() -> bool:
+        found = panel(ui, "otel-lab-overview", "DB queries per request")
+        return (latest(found, job="user-service") or 0) > 10
+
+    def one_query_per_user(span: dict[str, Any]) -> bool:
+        below = [s for s in span["trace"] if s["parent_span_id"] == span["span_id"]]
+        return span["name"] == "repository.list_users" and len(below) >= 30
+
+    users = lambda c, n: c.get("/users", params={"limit": 50})  # noqa: E731
+    with load(faulty.url("gateway"), users, threads=2):
+        scenario(
+            ui, "n-plus-one", alert_name="DatabaseQueriesPerRequestHigh",
+            labels={"job": "user-service"}, moved=many_queries, check_span=one_query_per_user,
+        )  # fmt: skip
+
+
+def test_worker_backlog(ui: httpx.Client, faulty: RunningSystem) -> None:
+    def queued() -> bool:
+        return (latest(panel(ui, "otel-lab-overview", "Worker queue depth")) or 0) > 100
+
+    create = lambda c, n: c.post("/items", json={"name": f"backlog {n}"})  # noqa: E731
+    with load(faulty.url("gateway"), create, threads=2, pause=0.05):
+        scenario(
+            ui, "worker-backlog", alert_name="WorkerQueueBacklog", labels={"queue": "celery"},
+            moved=queued,
+            check_span=lambda s: s["name"] == "item.enrich" and s["duration_ms"] >= 2000,
+        )  # fmt: skip
+
+
+def test_memory_leak(ui: httpx.Client, faulty: RunningSystem) -> None:
+    start = latest(panel(ui, "otel-lab-overview", "Memory (RSS) per service"),
+                   job="order-service")  # fmt: skip
+    assert start
+
+    def grown() -> bool:
+        found = panel(ui, "otel-lab-overview", "Memory (RSS) per service")
+        return (latest(found, job="order-service") or 0) > start + 64 * 2**20
+
+    with load(faulty.url("gateway"), chain, threads=2, pause=0.3):
+        scenario(
+            ui, "memory-leak", alert_name="ProcessMemoryGrowing", labels={"job": "order-service"},
+            moved=grown, check_span=lambda s: s["name"] == "order_creation",
+        )  # fmt: skip
+
+
+def test_cpu_hungry(ui: httpx.Client, faulty: RunningSystem) -> None:
+    def busy() -> bool:
+        return (latest(panel(ui, "otel-lab-overview", "CPU per service"), job="api") or 0) > 0.25
+
+    # Back to back while the fault is on (the alert wants a quarter of a core), gently after.
+    on = threading.Event()
+    analyze = lambda c, n: c.post("/analyze", json={"a": n, "b": 2})  # noqa: E731
+    with load(faulty.url("gateway"), analyze, threads=3, pause=lambda: 0 if on.is_set() else 0.3):
+        scenario(
+            ui, "cpu-hungry", alert_name="HighCpuUsage", labels={"job": "api"}, moved=busy, on=on,
+            check_span=lambda s: s["name"] == "derive_key" and s["duration_ms"] >= 20,
+        )  # fmt: skip
+
+
+def test_weather_upstream(ui: httpx.Client, faulty: RunningSystem) -> None:
+    def slow_calls() -> bool:
+        title = "External API time p95 (API_OPERATION_TIME)"
+        found = panel(ui, "otel-lab-enhanced-tracing", title, service="api")
+        return (latest(found) or 0) > 0.4
+
+    weather = lambda c, n: c.get(f"/weather/city-{n % 7}")  # noqa: E731
+    with load(faulty.url("gateway"), weather, threads=4) as statuses:
+        scenario(
+            ui, "weather-upstream", alert_name="High5xxRate", labels={"job": "api"},
+            moved=slow_calls, check_span=lambda s: s["name"] == "weather.lookup",
+        )  # fmt: skip
+    assert {502, 504} & set(statuses), set(statuses)  # the api's answers while it was on
+
+
+def test_chaos_delay(ui: httpx.Client, faulty: RunningSystem) -> None:
+    def delayed_share() -> bool:
+        found = panel(ui, "otel-lab-microtrace", "Chaos-delayed share")
+        return (found.get("value") or 0) > 0.1
+
+    def mixed(client: httpx.Client, n: int) -> httpx.Response:
+        return chain(client, n) if n % 2 else client.post("/analyze", json={"a": n, "b": 1})
+
+    with load(faulty.url("gateway"), mixed, threads=2):
+        scenario(
+            ui, "chaos-delay", alert_name="SlowRequestShareHigh", labels={"job": "api"},
+            moved=delayed_share,
+            check_span=lambda s: s["kind"] == "SERVER" and s["attributes"]["chaos.delay_ms"] >= 100,
+        )  # fmt: skip

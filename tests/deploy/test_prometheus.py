@@ -42,6 +42,8 @@ KNOWN_METRICS = {
     "circuit_breaker_state",
     "worker_queue_depth",
     "celery_tasks_total",
+    "process_cpu_seconds_total",  # prometheus_client's process collector
+    "process_resident_memory_bytes",
     *(f"{h}_{suffix}" for h in _HISTOGRAMS for suffix in ("bucket", "sum", "count")),
     *collector_metric_names(load_yaml(COLLECTOR_CONFIG)),
 }

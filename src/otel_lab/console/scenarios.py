@@ -23,6 +23,7 @@ def scenarios_json() -> dict[str, Any]:
                 "service": f.service,
                 "description": f.description,
                 "panel": f.panel,
+                "dashboard": f.dashboard,
                 "alert": f.alert,
                 "enabled": f.name in enabled,
             }

@@ -254,8 +254,7 @@ def create_service(
         # spans per request; TelemetryMiddleware already covers the request, more cheaply.
         telemetry=NATIVE_TELEMETRY_OFF,
     )
-    if settings.chaos_enabled:
-        app.add_middleware(ChaosMiddleware, settings=settings)  # inside the server span
+    app.add_middleware(ChaosMiddleware, settings=settings)  # inside the server span
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     if telemetry.enabled:  # outside: the 413 is traced too
         app.add_middleware(

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from otel_lab import faults
 from otel_lab.cache import create_redis
 from otel_lab.db import create_blocking_engine
 from otel_lab.items import ITEM_ENRICHMENT, Item, ItemOut
@@ -37,6 +38,7 @@ def _cache() -> redis.Redis:
 # item id -> when this process last queued it again (time.monotonic()).
 _requeued: dict[int, float] = {}
 REQUEUE_BATCH = 500
+SLOW_ENRICHMENT_SECONDS = 2.0
 
 
 def requeue_pending_items(older_than_seconds: float = 30.0) -> int:
@@ -85,6 +87,9 @@ def requeue_pending_items(older_than_seconds: float = 30.0) -> int:
 def item_enrichment(item_id: int) -> None:
     """Derive an item's slug and word count, mark it enriched, and refresh its cached copy."""
     with tracer.start_as_current_span("item.enrich", attributes={"item.id": item_id}) as span:
+        if faults.active("worker-backlog"):  # slow enrichment: the queue outgrows the workers
+            faults.mark(span, "worker-backlog")
+            time.sleep(SLOW_ENRICHMENT_SECONDS)
         with Session(_engine(), expire_on_commit=False) as session:
             item = session.get(Item, item_id)
             if item is None:

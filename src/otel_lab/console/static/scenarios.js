@@ -22,7 +22,7 @@
         h("td", null, s.name),
         h("td", null, h("span", { class: "badge" + (s.enabled ? " err" : "") }, s.enabled ? "on" : "off")),
         h("td", null, s.service), h("td", null, s.description),
-        h("td", null, h("a", { href: "/dashboards?uid=otel-lab-overview&window=15m" }, s.panel), " · ",
+        h("td", null, h("a", { href: `/dashboards?uid=${encodeURIComponent(s.dashboard)}&window=15m` }, s.panel), " · ",
           h("a", { href: "/alerts" }, s.alert), " · ", h("a", { href: traces }, "marked traces")),
         h("td", null, h("button", { type: "button", class: s.enabled ? "secondary" : "", onclick: () => toggle(s).catch((e) => C.showError($("#error"), e)) },
           s.enabled ? "Switch off" : "Switch on"))));

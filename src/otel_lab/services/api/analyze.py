@@ -7,19 +7,23 @@ two steps, and MicroTrace's ``analyze_response`` log event carries the request I
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
 
+from anyio import to_thread
 from fastapi import APIRouter
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
+from otel_lab import faults
 from otel_lab.services.errors import InvalidInputError
 
 # MicroTrace's log events come from "microtrace.api"; ours keep the project's prefix.
 logger = logging.getLogger("otel_lab.api.analyze")
 tracer = trace.get_tracer("otel_lab.api.analyze")
+CPU_ROUNDS = 400_000  # cpu-hungry: about 0.1 s of CPU per request
 
 
 router = APIRouter(tags=["analyze"])
@@ -64,12 +68,22 @@ class WorkerService:
 worker_service = WorkerService()
 
 
+async def _derive_key(text: str) -> None:
+    """The cpu-hungry fault: a needless key derivation. In a thread (OpenSSL releases the
+    GIL), so the service stays responsive and its scrapes keep coming."""
+    with tracer.start_as_current_span("derive_key", attributes={"kdf.rounds": CPU_ROUNDS}) as span:
+        faults.mark(span, "cpu-hungry")
+        await to_thread.run_sync(hashlib.pbkdf2_hmac, "sha256", text.encode(), b"lab", CPU_ROUNDS)
+
+
 @router.post(
     "/analyze",
     responses={422: {"description": "Missing, non-numeric or non-finite input or result"}},
 )
 async def analyze(body: AnalyzeRequest) -> AnalyzeResponse:
     """Sum and difference of ``a`` and ``b``, computed by the WorkerService."""
+    if faults.active("cpu-hungry"):
+        await _derive_key(f"{body.a}:{body.b}")
     result = worker_service.analyze(body.a, body.b)
     if not (math.isfinite(result.sum) and math.isfinite(result.difference)):
         # 1e308 + 1e308 overflows to inf, which JSON cannot carry: the input is at fault.

@@ -20,9 +20,11 @@ from anyio import to_thread
 from celery import Celery
 from kombu.exceptions import KombuError
 from opentelemetry import trace
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from otel_lab import faults
 from otel_lab.items import ITEM_ENRICHMENT, Item, ItemCreate, ItemOut
 from otel_lab.services.api import item_repository
 from otel_lab.services.downstream import CircuitBreaker, CircuitOpenError
@@ -75,12 +77,17 @@ async def _cached(call: Callable[[], Awaitable[T]], event: str) -> tuple[bool, T
     """One cache call behind the breaker: (True, result), or (False, None) when the cache
     failed or is bypassed; the span gets ``event`` or ``cache.bypassed`` saying which."""
     span = trace.get_current_span()
+    outage = faults.active("cache-outage")
+    if outage:
+        faults.mark(span, "cache-outage")
     try:
         cache_breaker.allow("cache")
     except CircuitOpenError:
         span.add_event("cache.bypassed")
         return False, None
     try:
+        if outage:  # the failure an unreachable Valkey gives, through the same path
+            raise RedisConnectionError("fault cache-outage: the cache is unreachable")
         result = await call()
     except RedisError as exc:
         cache_breaker.record_failure()

@@ -103,6 +103,7 @@ async def create_order(
         if faults.active("slow-database"):  # a real slow query, on the order's connection
             faults.mark(span, "slow-database")
             await connection.execute(repository.SLOW_QUERY, {"seconds": random.uniform(0.6, 0.9)})
+        _leak_memory(span)
         created, stored = await repository.insert_order(connection, order, priced.lines)
         if stored is not None:  # the key has an order: a retry, or a concurrent attempt won
             return _replayed(span, *stored)
@@ -118,6 +119,20 @@ async def create_order(
             }
         )
         return order, items, False
+
+
+# memory-leak: what an unbounded in-process cache does; cleared once the fault is off.
+_LEAK_BYTES, _LEAK_MAX = 2 * 1024 * 1024, 512
+_leaked: list[bytes] = []
+
+
+def _leak_memory(span: trace.Span) -> None:
+    if faults.active("memory-leak"):
+        faults.mark(span, "memory-leak")
+        if len(_leaked) < _LEAK_MAX:
+            _leaked.append(b"\x01" * _LEAK_BYTES)  # written, so it counts in RSS
+    elif _leaked:
+        _leaked.clear()
 
 
 def _replayed(

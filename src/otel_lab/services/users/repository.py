@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from otel_lab import faults
 from otel_lab.services.persistence import paged
 from otel_lab.services.users.models import Todo, User
 from otel_lab.settings import get_settings
@@ -81,6 +82,10 @@ class UserRepository:
         with _span("list_users", **{"db.limit": limit, "db.offset": offset}) as span:
             users, total = await _page(self.session, select(User).order_by(User.id), limit, offset)
             span.set_attribute("db.rows", len(users))
+            if faults.active("n-plus-one"):  # one more query per listed user, as lazy loads do
+                faults.mark(span, "n-plus-one")
+                for user in users:
+                    await self.session.scalar(select(func.count()).where(Todo.user_id == user.id))
             return users, total
 
     async def add(self, user: User) -> User:

@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import random
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from fastapi.responses import PlainTextResponse
 from opentelemetry import trace
 from pydantic import BaseModel
 
-from otel_lab import __version__
+from otel_lab import __version__, faults
 from otel_lab.registry import WEATHER_UPSTREAM
 from otel_lab.services.base import create_service
 from otel_lab.services.errors import ServiceError, handle_service_error
@@ -154,6 +155,11 @@ async def current(
         "weather.lookup",
         attributes={"weather.city": city, "weather.simulation": behaviour.simulation},
     ) as span:
+        if faults.active("weather-upstream"):  # slow, and failing half of the time
+            faults.mark(span, "weather-upstream")
+            await asyncio.sleep(random.uniform(0.4, 1.2))
+            if random.random() < 0.5:
+                raise SimulatedFailure(503, "fault weather-upstream: upstream overloaded")
         if behaviour.delay_seconds:
             span.add_event("simulated.delay", {"delay_seconds": behaviour.delay_seconds})
             await asyncio.sleep(behaviour.delay_seconds)
