@@ -44,7 +44,7 @@ from opentelemetry import baggage, trace
 from opentelemetry.context import Context
 from opentelemetry.processor.baggage import BaggageSpanProcessor
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -56,7 +56,12 @@ from tenacity import (
 from tenacity.stop import stop_base
 from yarl import URL
 
-from otel_lab.services.errors import InvalidInputError, ServiceError, with_retry_after
+from otel_lab.services.errors import (
+    InvalidInputError,
+    ServiceError,
+    mark_failed,
+    with_retry_after,
+)
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var, sanitize_request_id
@@ -466,9 +471,7 @@ class Downstream:
                     )
                 return response
             except DownstreamError as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                span.set_attribute("error.type", exc.error_type)
+                mark_failed(span, exc, exc.error_type)
                 prom.ERRORS.labels(exc.error_type).inc()
                 raise
             finally:

@@ -123,12 +123,16 @@ def with_retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
-def record_error(exc: BaseException, error_type: str, *, count: bool = True) -> None:
-    """Mark the current span failed with the exception (and count it)."""
-    span = trace.get_current_span()
+def mark_failed(span: trace.Span, exc: BaseException, error_type: str) -> None:
+    """The one way a span is marked failed: the exception, ERROR status, ``error.type``."""
     span.record_exception(exc)
     span.set_status(Status(StatusCode.ERROR, error_type))
     span.set_attribute("error.type", error_type)
+
+
+def record_error(exc: BaseException, error_type: str, *, count: bool = True) -> None:
+    """Mark the current span failed with the exception (and count it)."""
+    mark_failed(trace.get_current_span(), exc, error_type)
     if count:
         prom.ERRORS.labels(error_type).inc()
 

@@ -23,7 +23,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 from pydantic import BaseModel, ValidationError
 from yarl import URL
 
@@ -39,7 +38,7 @@ from otel_lab.services.downstream import (
     RetryPolicy,
     create_client,
 )
-from otel_lab.services.errors import InvalidInputError, ServiceError
+from otel_lab.services.errors import InvalidInputError, ServiceError, mark_failed
 from otel_lab.settings import Settings
 from otel_lab.telemetry import Telemetry
 from otel_lab.telemetry import metrics as prom
@@ -169,9 +168,7 @@ class WeatherClient:
                 return _parse(reply, city, attempts), attempts
             except UpstreamFailure as exc:
                 if exc.status_code >= 500:  # the request's span is marked by the handler
-                    span.record_exception(exc)
-                    span.set_status(Status(StatusCode.ERROR, exc.error_type))
-                    span.set_attribute("error.type", exc.error_type)
+                    mark_failed(span, exc, exc.error_type)
                 raise
             finally:
                 span.set_attribute("weather.attempts", attempts)

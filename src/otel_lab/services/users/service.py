@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Concatenate, ParamSpec, TypeVar
 
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -61,8 +60,7 @@ def operation(
                     return await fn(service, *args, **kwargs)
                 except errors.ServiceError as exc:
                     if exc.status_code >= 500:
-                        span.record_exception(exc)
-                        span.set_status(Status(StatusCode.ERROR, exc.error_type))
+                        errors.mark_failed(span, exc, exc.error_type)
                     else:
                         span.add_event(
                             "domain_error",
@@ -70,8 +68,7 @@ def operation(
                         )
                     raise
                 except Exception as exc:
-                    span.record_exception(exc)
-                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                    errors.mark_failed(span, exc, type(exc).__name__)
                     raise
 
         return wrapper
