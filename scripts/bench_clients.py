@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import time
 
 import httpx
+from benchlib import trivial_endpoint
 from opentelemetry import trace
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
@@ -24,16 +23,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from otel_lab.runtime.harness import free_ports
 from otel_lab.services.downstream import create_client
 
-SERVER = """
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    while (await receive()).get("more_body"):
-        pass
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": b'{"ok": true}'})
-"""
 BODY = b'{"user_id": 1001, "action": "bench"}'
 CONCURRENCY = 8
 
@@ -78,19 +67,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=3000)
     args = parser.parse_args()
     (port,) = free_ports(1)
-    serve = f"import uvicorn; uvicorn.run(app, port={port}, log_level='warning', access_log=False)"
-    server = subprocess.Popen([sys.executable, "-c", SERVER + "\n" + serve])
-    url = f"http://127.0.0.1:{port}/call"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.post(url, content=b"")
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    with trivial_endpoint(port) as url:
         results = {}
         for name in ("httpx", "aiohttp"):
             os.environ["OTEL_SDK_DISABLED"] = "true"
@@ -99,9 +76,6 @@ def main() -> int:
         for name in ("httpx", "aiohttp"):
             os.environ["OTEL_SDK_DISABLED"] = "false"
             results[f"{name} traced"] = asyncio.run(run(f"{name} traced", url, args.calls))
-    finally:
-        server.terminate()
-        server.wait(5)
     print(f"{args.calls} POSTs, {CONCURRENCY} at a time, keep-alive; CPU of the calling process")
     for name, micros in results.items():
         print(f"  {name:16} {micros:7.0f} us per call")

@@ -30,8 +30,6 @@ import asyncio
 import gc
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -39,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import redis.asyncio
 import sqlalchemy as sa
+from benchlib import trivial_endpoint
 from opentelemetry.instrumentation._semconv import (
     _OpenTelemetrySemanticConventionStability,
     _StabilityMode,
@@ -62,16 +60,6 @@ from otel_lab.telemetry._wire import SpanEncoder
 from otel_lab.telemetry.database import instrument_engine
 from otel_lab.telemetry.http_client import client_middleware
 
-SERVER = """
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    while (await receive()).get("more_body"):
-        pass
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": b'{"ok": true}'})
-"""
 BODY = b'{"user_id": 1001, "action": "bench"}'
 CONCURRENCY = 4
 Request = Callable[[], Awaitable[None]]
@@ -257,23 +245,8 @@ def main() -> int:
     stability._initialize()
 
     (port,) = free_ports(1)
-    serve = f"import uvicorn; uvicorn.run(app, port={port}, log_level='warning', access_log=False)"
-    server = subprocess.Popen([sys.executable, "-c", SERVER + "\n" + serve])
-    url = f"http://127.0.0.1:{port}/call"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.post(url, content=b"")
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    with trivial_endpoint(port) as url:
         http = asyncio.run(http_clients(url, args.rounds))
-    finally:
-        server.terminate()
-        server.wait(5)
     with tempfile.TemporaryDirectory() as tmp, embedded_postgres(Path(tmp) / "pg") as pg:
         database = asyncio.run(databases(pg.url, args.rounds))
     with tempfile.TemporaryDirectory() as tmp, embedded_valkey(Path(tmp) / "kv") as kv:

@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: CPU time of a process and one wrk run.
+"""What the benchmark scripts share: CPU time of a process, one wrk run, a trivial endpoint.
 
 CPU time is read from ``/proc/<pid>/stat`` (utime + stime, as ``top`` counts it), so a
 figure is the process under test's own work, next to the throughput wrk reports.
@@ -6,9 +6,14 @@ figure is the process under test's own work, next to the throughput wrk reports.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,3 +67,38 @@ def wrk(
         seconds=float(done.group(2)) * _UNITS[done.group(3)],
         non_2xx=int(errors.group(1)) if errors else 0,
     )
+
+
+_TRIVIAL_APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b'{"ok": true}'})
+"""
+
+
+@contextlib.contextmanager
+def trivial_endpoint(port: int) -> Iterator[str]:
+    """A uvicorn endpoint in a child process that reads any request and answers ``{"ok":
+    true}`` (so a client benchmark counts only the client); yields its URL once it answers."""
+    serve = f"import uvicorn; uvicorn.run(app, port={port}, log_level='warning', access_log=False)"
+    server = subprocess.Popen([sys.executable, "-c", _TRIVIAL_APP + "\n" + serve])
+    url = f"http://127.0.0.1:{port}/call"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(5)
