@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from fastapi import FastAPI
 
+from otel_lab.console import scenarios
 from otel_lab.console.promapi import PromState
 from otel_lab.console.routes import (
     admin,
@@ -26,14 +27,13 @@ from otel_lab.console.routes import (
     traces,
 )
 from otel_lab.console.routes.common import ApiOptions, ConsoleJSON, install_error_handlers
-from otel_lab.console.scenarios import add_scenario_routes
 from otel_lab.console.security import UiGuard
 from otel_lab.console.store import Store
 from otel_lab.console.web import add_pages
 
 __all__ = ["ApiOptions", "ConsoleJSON", "create_app"]
 
-ROUTERS = (admin, services, traces, logs, metrics, sql, prom, alerts, dashboards)
+ROUTERS = (admin, services, traces, logs, metrics, sql, prom, alerts, dashboards, scenarios)
 
 
 def create_app(store: Store, *, options: ApiOptions | None = None) -> UiGuard:
@@ -55,6 +55,5 @@ def create_app(store: Store, *, options: ApiOptions | None = None) -> UiGuard:
     install_error_handlers(app)
     for area in ROUTERS:
         app.include_router(area.router)
-    add_scenario_routes(app)
     add_pages(app, store, options)
     return UiGuard(app, options.security)

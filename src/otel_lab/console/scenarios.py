@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 
 from otel_lab import faults
+from otel_lab.console.routes.common import ConsoleJSON
 
 
 def scenarios_json() -> dict[str, Any]:
@@ -32,23 +33,24 @@ def scenarios_json() -> dict[str, Any]:
     }
 
 
-def add_scenario_routes(app: FastAPI) -> None:
-    from otel_lab.console.api import ConsoleJSON
+router = APIRouter(tags=["scenarios"])
 
-    @app.get("/api/scenarios")
-    def scenarios() -> ConsoleJSON:
-        return ConsoleJSON(scenarios_json())
 
-    @app.post("/api/scenarios/{name}")
-    async def switch(name: str, request: Request) -> ConsoleJSON:
-        """Body ``{"enabled": true|false}``."""
-        if name not in faults.FAULTS:
-            return ConsoleJSON({"detail": f"unknown scenario {name[:64]!r}"}, status_code=404)
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
-            return ConsoleJSON({"detail": 'body must be {"enabled": true|false}'}, status_code=400)
-        faults.switch(name, body["enabled"])
-        return ConsoleJSON(scenarios_json())
+@router.get("/api/scenarios")
+def scenarios() -> ConsoleJSON:
+    return ConsoleJSON(scenarios_json())
+
+
+@router.post("/api/scenarios/{name}")
+async def switch(name: str, request: Request) -> ConsoleJSON:
+    """Body ``{"enabled": true|false}``."""
+    if name not in faults.FAULTS:
+        return ConsoleJSON({"detail": f"unknown scenario {name[:64]!r}"}, status_code=404)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
+        return ConsoleJSON({"detail": 'body must be {"enabled": true|false}'}, status_code=400)
+    faults.switch(name, body["enabled"])
+    return ConsoleJSON(scenarios_json())
