@@ -8,9 +8,14 @@ sync from it (``FLAGD_HOST``, ``FLAGD_RESOLVER=in-process``). ``otel-lab fault o
 the console's Scenarios page and ``POST /api/scenarios/{name}`` rewrite the file; the
 provider notices the change within about a second.
 
+Which flags a process follows: ``FLAGD_HOST`` (a flagd server), else the file
+``FLAGD_OFFLINE_FLAG_SOURCE_PATH`` names (``otel-lab up`` sets it for its children), else
+none: every fault stays off.
+
 The hot path pays a set lookup: a background thread re-evaluates every fault flag through
 OpenFeature every half second (one evaluation costs about 20 us here) and publishes the set
-of active faults; ``active(name)`` reads that set. A service that never asks starts nothing.
+of active faults; ``active(name)`` reads that set. A process that follows no flags starts
+no thread.
 
 Every fault marks what it touches: the span it slows or fails gets ``otel_lab.fault`` =
 the fault's name and a ``fault`` event.
@@ -209,14 +214,19 @@ class _Watcher:
                 # reads FLAGD_RESOLVER (in-process: it syncs the flags over gRPC, port 8015,
                 # and evaluates them here), FLAGD_HOST and FLAGD_SYNC_PORT itself.
                 provider = FlagdProvider()
-            else:
-                path = flags_path()
+            elif os.environ.get(PATH_ENV):
+                # Embedded mode: `otel-lab up` names the file of its data dir.
+                path = Path(os.environ[PATH_ENV])
                 if not path.exists():
                     with contextlib.suppress(OSError):
                         write(set(), path)
                 provider = FlagdProvider(
                     resolver_type=ResolverType.IN_PROCESS, offline_flag_source_path=str(path)
                 )
+            else:
+                # A service started on its own (a test, uvicorn by hand) follows no flag file:
+                # a fault left on in some data dir must not slow it down unasked.
+                return
             api.set_provider(provider)
             client = api.get_client("otel-lab-faults")
         except Exception:

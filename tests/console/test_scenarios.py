@@ -13,8 +13,11 @@ agrees). The dashboards are the shipped ones too (their windows follow the 1 s s
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,6 +54,35 @@ def test_compress() -> None:
     assert compress(rule, 60) == "rate(x[5s]) > 1\n    for: 10s\n[4320s] [60s]"
     with pytest.raises(AssertionError):
         compress("rate(x[30s])", 60)  # below a second: the scrapes could not fill it
+
+
+_PROBE = """
+import time
+from otel_lab import faults
+deadline = time.monotonic() + 3
+while time.monotonic() < deadline and not faults.active("slow-database"):
+    time.sleep(0.05)
+print(faults.active("slow-database"))
+"""
+
+
+def test_a_process_follows_only_the_flags_it_is_given(tmp_path: Path) -> None:
+    """A fault left on in a data dir does not reach a service started on its own (a test,
+    uvicorn by hand): only FLAGD_OFFLINE_FLAG_SOURCE_PATH (set by otel-lab up) or FLAGD_HOST
+    make a process follow flags."""
+    from otel_lab import faults
+
+    faults.write({"slow-database"}, tmp_path / ".otel-lab" / faults.FILE_NAME)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLAGD_", "OTEL_LAB_"))}
+
+    def probe(**extra: str) -> str:
+        run = subprocess.run([sys.executable, "-c", _PROBE], cwd=tmp_path, env={**env, **extra},
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    assert probe() == "False"  # the default data dir's file is there, and not followed
+    assert probe(**{faults.PATH_ENV: str(tmp_path / ".otel-lab" / faults.FILE_NAME)}) == "True"
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import otel_lab
+from otel_lab import faults
 from otel_lab.registry import SERVICES, WORKER, Service
 from otel_lab.runtime.supervisor import (
     ChildSpec,
@@ -75,6 +76,8 @@ def child_env(
         **snappy,
         **auth,
         "OTEL_LAB_DATA_DIR": str(data_dir),
+        # The fault flags these children follow (otel-lab fault, the console's Scenarios).
+        faults.PATH_ENV: str(data_dir / faults.FILE_NAME),
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         # A user's own endpoint (an outside collector) wins over the console.
