@@ -30,7 +30,7 @@ TodoId = Annotated[int, path_id("The todo's id")]
 Completed = Annotated[bool | None, Query(description="Only completed (true) or open (false)")]
 
 
-def _service(session: SessionDep) -> UserService:
+async def _service(session: SessionDep) -> UserService:
     return UserService(session)
 
 
