@@ -6,7 +6,10 @@ so a service never imports worker code.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from kombu.transport import redis as kombu_redis
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
 from otel_lab.cache import redis_url
@@ -19,6 +22,43 @@ DEFAULT_QUEUE = "celery"
 # publish for ever. The consumer's BRPOP (1 s server-side) runs on kombu's event loop,
 # which checks the connection's health on its own.
 BROKER_SOCKET_TIMEOUT_SECONDS = 1.0
+
+
+class _QoS(kombu_redis.QoS):
+    """Forgets a finished message even when the broker did not hear its ack.
+
+    kombu's Redis QoS removes a message from its prefetch window only after the ack reached
+    Valkey. An ack that fails (Valkey hung or restarting while a task finished) left the
+    message in the window for good, and once the window (concurrency x prefetch multiplier,
+    2 here) was full of them, the worker stopped fetching tasks until it was restarted,
+    while the pending sweep kept queueing more. The message itself stays in Valkey's
+    unacked set and is delivered again after the visibility timeout: enrichment is
+    idempotent, so that costs one extra run.
+    """
+
+    def ack(self, delivery_tag: Any) -> None:
+        try:
+            super().ack(delivery_tag)
+        except BaseException:
+            self._quick_ack(delivery_tag)
+            raise
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except BaseException:
+            self._quick_ack(delivery_tag)
+            raise
+
+
+class _Channel(kombu_redis.Channel):
+    QoS = _QoS
+
+
+class BrokerTransport(kombu_redis.Transport):
+    """kombu's Redis transport, with a prefetch window that a failed ack cannot clog."""
+
+    Channel = _Channel
 
 
 def _instrument_celery() -> None:
@@ -37,6 +77,7 @@ def create_celery_app(
     broker = redis_url(settings)
     app = Celery("otel_lab", broker=broker, include=include or [])
     app.conf.update(
+        broker_transport=f"{__name__}:BrokerTransport",
         task_default_queue=DEFAULT_QUEUE,
         task_serializer="json",
         accept_content=["json"],
