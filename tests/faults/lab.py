@@ -75,6 +75,7 @@ class Result:
     status: int  # 0: no answer within CLIENT_TIMEOUT
     body: Any = None
     item_id: int | None = None
+    trace_id: str = ""  # from the gateway's traceresponse header: look a slow answer up
 
     @property
     def end(self) -> float:
@@ -116,7 +117,10 @@ class Traffic:
         item_id = None
         if probe.name == "item-write" and response.status_code == 201:
             item_id = int(body["id"])
-        return Result(probe.name, started, elapsed, response.status_code, body, item_id)
+        trace_id = response.headers.get("traceresponse", "-").split("-")[1:2]
+        return Result(
+            probe.name, started, elapsed, response.status_code, body, item_id, "".join(trace_id)
+        )
 
     def _run(self, probe: Probe, offset: int) -> None:
         with httpx.Client(base_url=self.base, timeout=CLIENT_TIMEOUT) as client:
@@ -285,7 +289,10 @@ class Outcome:
         bad = []
         for r in self.results:
             if r.status == 0 or r.elapsed > WORST:
-                bad.append(f"{r.probe}: {r.status} after {r.elapsed:.2f} s ({r.body!r:.120})")
+                bad.append(
+                    f"{r.probe}: {r.status} after {r.elapsed:.2f} s ({r.body!r:.120}) "
+                    f"trace {r.trace_id or '-'}"
+                )
             elif not r.ok:
                 words = self.fault.may_fail.get(r.probe)
                 text = str(r.body.get("detail", r.body)).lower() if isinstance(r.body, dict) else ""
