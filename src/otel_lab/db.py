@@ -6,12 +6,14 @@ drivers are not traced twice), and ``db_operation_seconds`` by statement verb.
 Every call has a client-side deadline (``DEPENDENCY_TIMEOUT_SECONDS``, 1.5 s): a server that
 is down, hung (SIGSTOP: the kernel still accepts connections and acknowledges data, so no
 TCP timeout fires) or stuck behind a lock fails the request with a 503 instead of holding
-it. Four limits, each at most the deadline:
+it. The limits:
 
-- connecting: the connection attempt as a whole;
-- each round trip of a statement: psycopg's own wait gets the deadline as its timeout, and
-  a connection that misses it is closed (its state is unknown), which SQLAlchemy takes as
-  a disconnect and drops;
+- one budget per checkout of a connection (one request's or task's database work): all
+  its waits for the server together, connecting included for a new connection, get at
+  most the deadline. psycopg's own wait gets what is left as its timeout, and a connection
+  that misses it is closed (its state is unknown), which SQLAlchemy takes as a disconnect
+  and drops. A budget per round trip instead let a request that connected slowly just
+  before the server hung wait the deadline twice (3.2 s in the fault suite);
 - the server's ``statement_timeout``, a little shorter, so a merely slow statement is
   cancelled cleanly by the server and its connection stays usable;
 - waiting for a pooled connection.
@@ -88,43 +90,86 @@ def _missed(conn: psycopg.BaseConnection[Any], deadline: float) -> psycopg.Opera
     )
 
 
+class _Budget:
+    """Seconds a connection may still wait for its server in the current checkout."""
+
+    deadline: float = 0.0  # set on each class built below
+    budget: float | None = None  # None: a full deadline (a connection made outside a pool)
+    fresh: bool = False  # just connected: the connect spent part of the first checkout's budget
+
+    def _limit(self, timeout: float | None) -> float:
+        left = self.deadline if self.budget is None else max(0.0, self.budget)
+        return left if timeout is None else min(timeout, left)
+
+    def _spend(self, started: float) -> None:
+        self.budget = (self.deadline if self.budget is None else self.budget) - (
+            time.monotonic() - started
+        )
+
+
 @functools.cache
 def _async_connection_class(deadline: float) -> type[psycopg.AsyncConnection[Any]]:
-    class DeadlineAsyncConnection(psycopg.AsyncConnection[Any]):
+    class DeadlineAsyncConnection(_Budget, psycopg.AsyncConnection[Any]):
         async def wait(
             self, gen: Any, interval: float = _WAIT_INTERVAL, timeout: float | None = None
         ) -> Any:
+            started = time.monotonic()
             try:
-                return await super().wait(gen, interval, deadline if timeout is None else timeout)
+                return await super().wait(gen, interval, self._limit(timeout))
             except pg_errors._WaitTimeout:  # psycopg's own "timeout expired" signal
                 raise _missed(self, deadline) from None
+            finally:
+                self._spend(started)
 
         @classmethod
         async def connect(cls, *args: Any, **kwargs: Any) -> DeadlineAsyncConnection:
             # libpq's connect_timeout cannot go below 2 s; this one can.
+            started = time.monotonic()
             try:
                 async with asyncio.timeout(deadline):
-                    return await super().connect(*args, **kwargs)
+                    conn = await super().connect(*args, **kwargs)
             except TimeoutError:
                 raise psycopg.OperationalError(
                     f"could not connect to PostgreSQL within {deadline:g} s"
                 ) from None
+            conn.fresh = True
+            conn._spend(started)
+            return conn
 
+    DeadlineAsyncConnection.deadline = deadline
     return DeadlineAsyncConnection
 
 
 @functools.cache
 def _connection_class(deadline: float) -> type[psycopg.Connection[Any]]:
-    class DeadlineConnection(psycopg.Connection[Any]):
+    class DeadlineConnection(_Budget, psycopg.Connection[Any]):
         def wait(
             self, gen: Any, interval: float = _WAIT_INTERVAL, timeout: float | None = None
         ) -> Any:
+            started = time.monotonic()
             try:
-                return super().wait(gen, interval, deadline if timeout is None else timeout)
+                return super().wait(gen, interval, self._limit(timeout))
             except pg_errors._WaitTimeout:
                 raise _missed(self, deadline) from None
+            finally:
+                self._spend(started)
 
+    DeadlineConnection.deadline = deadline
     return DeadlineConnection
+
+
+def _budget_per_checkout(sync_engine: Engine) -> None:
+    """Each checkout starts with a full budget; a new connection's first checkout keeps what
+    its connect left."""
+
+    @event.listens_for(sync_engine, "checkout")
+    def _refill(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        conn = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+        if isinstance(conn, _Budget):
+            if conn.fresh:
+                conn.fresh = False
+            else:
+                conn.budget = conn.deadline
 
 
 def _connect_args(settings: Settings) -> dict[str, Any]:
@@ -178,6 +223,7 @@ def create_engine(
             "async_creator_fn": _async_connection_class(deadline).connect,
         },
     )
+    _budget_per_checkout(engine.sync_engine)
     _observe(engine.sync_engine, telemetry)
     return engine
 
@@ -198,6 +244,7 @@ def create_blocking_engine(settings: Settings | None = None) -> Engine:
     def _connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
         return _connection_class(deadline).connect(*cargs, **cparams)
 
+    _budget_per_checkout(engine)
     _observe(engine)
     return engine
 

@@ -1,0 +1,98 @@
+"""The PostgreSQL deadline is a budget for one checkout of a connection (one request's or
+task's database work), not for each round trip: a real PostgreSQL, slowed (``pg_sleep``)
+or hung (SIGSTOP) for real.
+
+The fault suite once saw a 503 after 3.2 s with PostgreSQL hung: the request's connect
+took most of the 1.5 s deadline just before the server hung, then its first statement
+waited a whole deadline of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from otel_lab.db import create_blocking_engine, create_engine
+from otel_lab.runtime.embedded import EmbeddedPostgres
+from otel_lab.settings import Settings
+from tests.faults.lab import frozen
+
+DEADLINE = 1.0  # the server's statement_timeout is 80 % of it: 0.8 s
+SLOW = "SELECT 1 FROM pg_sleep(0.6)"  # well within one deadline; two are not
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of this module's own: the tests stop it."""
+    with EmbeddedPostgres(tmp_path_factory.mktemp("db-deadline")) as server:
+        yield server
+
+
+@pytest.fixture
+def settings(postgres: EmbeddedPostgres) -> Settings:
+    return Settings.model_validate(
+        {"DATABASE_URL": postgres.url, "DEPENDENCY_TIMEOUT_SECONDS": DEADLINE}
+    )
+
+
+def test_one_budget_for_a_checkouts_round_trips(settings: Settings) -> None:
+    """Two statements of 0.6 s on one checkout miss the 1 s budget; the next checkout, on a
+    new connection, has a budget of its own. The same for the worker's blocking engine."""
+
+    async def scenario() -> None:
+        engine = create_engine(settings)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text(SLOW))
+                with pytest.raises(DBAPIError, match="did not answer within 1 s"):
+                    await conn.execute(text(SLOW))
+            async with engine.connect() as conn:
+                assert (await conn.execute(text(SLOW))).scalar_one() == 1
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+    engine = create_blocking_engine(settings)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(SLOW))
+            with pytest.raises(DBAPIError, match="did not answer within 1 s"):
+                conn.execute(text(SLOW))
+        with engine.connect() as conn:
+            assert conn.execute(text(SLOW)).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_slow_connect_leaves_less_for_the_first_statement(
+    settings: Settings, postgres: EmbeddedPostgres
+) -> None:
+    """A connect that waited 0.7 s for a hung server leaves 0.3 s of the budget: the first
+    statement (0.6 s) misses it, where a deadline per round trip would let it finish."""
+
+    assert postgres.pid is not None
+    server = psutil.Process(postgres.pid)
+    hung = 0.7
+
+    async def scenario() -> None:
+        engine = create_engine(settings)
+        loop = asyncio.get_running_loop()
+        try:
+            with frozen(postgres.pid):  # the server and its backends
+                loop.call_later(hung, lambda: [p.resume() for p in [server, *server.children()]])
+                started = time.monotonic()
+                async with engine.connect() as conn:
+                    assert time.monotonic() - started >= hung  # it waited for the server
+                    with pytest.raises(DBAPIError, match="did not answer within 1 s"):
+                        await conn.execute(text(SLOW))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
