@@ -119,6 +119,7 @@ HOSTILE_BODIES = {
     "oversized": (b'{"name": "' + b"x" * 2_000_000 + b'"}', "application/json"),
 }
 
+
 @dataclass(frozen=True)
 class Operation:
     method: str

@@ -16,8 +16,8 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
+from otel_lab.queue import BrokerTransport
 from otel_lab.runtime.embedded import embedded_valkey
-from otel_lab.worker.queue import BrokerTransport
 from tests.faults.lab import frozen
 
 QUEUE = Queue("acks", Exchange("acks", type="direct"), routing_key="acks")
