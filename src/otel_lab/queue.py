@@ -38,14 +38,14 @@ class _QoS(kombu_redis.QoS):
 
     def ack(self, delivery_tag: Any) -> None:
         try:
-            super().ack(delivery_tag)
+            kombu_redis.QoS.ack(self, delivery_tag)
         except BaseException:
             self._quick_ack(delivery_tag)
             raise
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         try:
-            super().reject(delivery_tag, requeue=requeue)
+            kombu_redis.QoS.reject(self, delivery_tag, requeue=requeue)
         except BaseException:
             self._quick_ack(delivery_tag)
             raise
