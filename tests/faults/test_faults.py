@@ -18,6 +18,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -104,5 +105,18 @@ def test_restarts_are_visible_in_the_output_the_log_status_and_the_console(
             break
         time.sleep(0.5)
     assert all(shown.get(name) == n for name, n in counts.items() if n), (shown, counts)
-    logs = console.get("/api/logs", params={"service": "supervisor", "q": "child_restarted"})
-    assert any(log["attributes"].get("child") == "weather-upstream" for log in logs.json()["logs"])
+    restarted_logs: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 15  # log records are exported in batches too
+    while not restarted_logs and time.monotonic() < deadline:
+        response = console.get(
+            "/api/logs", params={"service": "supervisor", "q": "child_restarted"}
+        )
+        if response.status_code == 200:
+            restarted_logs = [
+                log
+                for log in response.json()["logs"]
+                if log["attributes"].get("child") == "weather-upstream"
+            ]
+        if not restarted_logs:
+            time.sleep(0.5)
+    assert restarted_logs, "no child_restarted log record for weather-upstream in the console"
