@@ -126,11 +126,12 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", alias="LOG_LEVEL")
 
     # Outbound weather call: each attempt times out on its own, retries back off
-    # exponentially, and the whole call never outlives the deadline (then 504).
-    weather_timeout_seconds: float = Field(2.0, gt=0, le=60, alias="WEATHER_TIMEOUT_SECONDS")
+    # exponentially, and the whole call never outlives the deadline (then 504): a hung
+    # upstream is a 504 within about 2 s, as a hung database is a 503 (issue 9).
+    weather_timeout_seconds: float = Field(1.5, gt=0, le=60, alias="WEATHER_TIMEOUT_SECONDS")
     weather_max_retries: int = Field(2, ge=0, le=5, alias="WEATHER_MAX_RETRIES")
     weather_backoff_seconds: float = Field(0.1, ge=0, le=5, alias="WEATHER_BACKOFF_SECONDS")
-    weather_deadline_seconds: float = Field(2.5, gt=0, le=120, alias="WEATHER_DEADLINE_SECONDS")
+    weather_deadline_seconds: float = Field(2.0, gt=0, le=120, alias="WEATHER_DEADLINE_SECONDS")
     # Share of /error-simulation requests that fail on purpose; ?probability=
     # overrides it per request.
     error_simulation_rate: float = Field(0.5, ge=0.0, le=1.0, alias="ERROR_SIMULATION_RATE")
