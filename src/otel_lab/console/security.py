@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
+from starlette.exceptions import HTTPException
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -33,6 +35,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 COOKIE = "otel_lab_console"
 PUBLIC_PREFIXES = ("/static/", "/login", "/api/health", "/favicon.ico")
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+# Request bodies: the API's JSON and the login form are small; /api/import reads files up
+# to its own limit. A bigger body is drained (up to _DRAIN_BYTES) and answered 413, so a
+# client that sends it all before reading gets the answer rather than a connection reset.
+MAX_BODY_BYTES = 1_048_576
+OWN_BODY_LIMIT = ("/api/import",)
+_DRAIN_BYTES = 64 * 1_048_576
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
@@ -162,6 +170,12 @@ class UiGuard:
                     await _redirect(send, "/login?next=" + quote(target, safe=""))
                 return
 
+        if method not in ("GET", "HEAD", "OPTIONS") and not path.startswith(OWN_BODY_LIMIT):
+            limited = await _body_limited(scope, receive, send, path)
+            if limited is None:
+                return
+            receive = limited
+
         async def send_with_headers(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
@@ -178,6 +192,39 @@ class UiGuard:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+async def _body_limited(scope: Scope, receive: Receive, send: Send, path: str) -> Receive | None:
+    """``receive`` limited to :data:`MAX_BODY_BYTES`, or None once a body declared bigger was
+    answered 413. A streamed body that grows past the limit ends in a 413 from the app's
+    HTTP error handler (an HTTPException is what FastAPI's body reading lets through)."""
+    received = 0
+    detail = f"request body larger than {MAX_BODY_BYTES} bytes"
+
+    async def drain() -> None:
+        nonlocal received
+        message: MutableMapping[str, Any] = {"more_body": True}
+        while message.get("more_body") and received <= _DRAIN_BYTES:
+            message = await receive()
+            received += len(message.get("body", b""))
+
+    declared = _header(scope, b"content-length") or ""
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        await drain()
+        await _reject(send, 413, detail, path)
+        return None
+
+    async def limited() -> MutableMapping[str, Any]:
+        nonlocal received
+        message = await receive()
+        received += len(message.get("body", b""))
+        if received > MAX_BODY_BYTES:
+            if message.get("more_body"):
+                await drain()
+            raise HTTPException(413, detail)
+        return message
+
+    return limited
 
 
 async def _reject(
