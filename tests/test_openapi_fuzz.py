@@ -21,11 +21,13 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
 from otel_lab.runtime.harness import RunningSystem
@@ -230,16 +232,23 @@ def _send_hostile(client: httpx.Client, ops: list[Operation]) -> list[str]:
             except httpx.HTTPError as exc:
                 broken.append(f"{where}: no answer ({exc!r})")
                 continue
-            status = response.status_code
-            if status >= 500 and not _allowed_5xx(op):
-                broken.append(f"{where}: {status} {response.text[:200]}")
-            elif status >= 400 and not response.headers.get("content-type", "").startswith(
-                "application/json"
-            ):
-                broken.append(f"{where}: {status} {response.headers.get('content-type')}")
-            elif name.startswith("body oversized") and status != 413 and op is not UNROUTED:
-                broken.append(f"{where}: {status}, not 413")
+            if problem := _judge(op, name, response):
+                broken.append(f"{where}: {problem}")
     return broken
+
+
+def _judge(op: Operation, name: str, response: httpx.Response) -> str | None:
+    """What is wrong with an answer to a hostile request, if anything."""
+    status = response.status_code
+    if status >= 500 and not _allowed_5xx(op):
+        return f"{status} {response.text[:200]}"
+    if status >= 400 and not response.headers.get("content-type", "").startswith(
+        "application/json"
+    ):
+        return f"{status} {response.headers.get('content-type')}"
+    if name.startswith("body oversized") and status != 413 and op is not UNROUTED:
+        return f"{status}, not 413"
+    return None
 
 
 # Not in any schema: the gateway answers a path it does not route with a 404, before
@@ -265,3 +274,62 @@ def test_hostile_requests_get_a_json_4xx_never_a_5xx(system: RunningSystem, serv
         with httpx.Client(base_url=system.url("gateway"), timeout=30) as client:
             broken += _send_hostile(client, [op for op in ops if owner_of(op.path) == service])
     assert not broken, f"{len(broken)} hostile requests broke the rules:\n" + "\n".join(broken[:40])
+
+
+# -- random query strings and headers (hypothesis) ---------------------------------------------
+
+HEADER_NAMES = (
+    "traceparent", "tracestate", "baggage", "x-request-id", "idempotency-key", "content-type",
+    "content-encoding", "accept", "accept-encoding", "cookie", "authorization", "user-agent",
+    "x-forwarded-for", "if-none-match", "range", "origin", "referer", "expect",
+)  # fmt: skip
+# Any byte a client can put in a header value: h11 (like any HTTP/1.1 server) refuses
+# control characters and leading or trailing whitespace before the application sees them.
+HEADER_VALUES = st.binary(max_size=300).map(
+    lambda raw: bytes(c for c in raw if c == 9 or (c >= 32 and c != 127)).strip(b" \t")
+)
+QUERIES = st.lists(st.tuples(st.binary(max_size=20), st.binary(max_size=300)), max_size=8).map(
+    lambda pairs: "&".join(f"{quote_from_bytes(k)}={quote_from_bytes(v)}" for k, v in pairs)
+)
+RANDOM = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def _schema_operations(system: RunningSystem, service: str) -> list[Operation]:
+    schema = httpx.get(schema_url(system, service), timeout=10)
+    assert schema.status_code == 200, schema.text
+    return operations(schema.json())
+
+
+@pytest.mark.parametrize("service", [*SERVICES, "gateway", "console"])
+def test_random_query_strings_and_headers_never_get_a_5xx(
+    system: RunningSystem, service: str
+) -> None:
+    """Random bytes as query parameters (names and values) and as the values of the headers
+    the system reads, on random operations; through the gateway, on every service's
+    operations it routes."""
+    ops = _schema_operations(system, service)
+    if service == "gateway":
+        for owner in SERVICES:
+            routed = _schema_operations(system, owner)
+            ops += [op for op in routed if owner_of(op.path) == owner]
+    ops = [op for op in ops if not _allowed_5xx(op)]
+    client = httpx.Client(base_url=system.url(service), timeout=30)
+
+    @RANDOM
+    @given(
+        op=st.sampled_from(ops),
+        query=QUERIES,
+        headers=st.dictionaries(st.sampled_from(HEADER_NAMES), HEADER_VALUES, max_size=6),
+    )
+    def fuzz(op: Operation, query: str, headers: dict[str, bytes]) -> None:
+        url = op.path_with() + PLAIN_QUERY.get(op.path, "")
+        url += ("&" if "?" in url else "?") + query
+        sent = {"content-type": b"application/json", **headers}
+        response = client.request(
+            op.method, url, content=b"{}" if op.has_body else None, headers=sent
+        )
+        problem = _judge(op, "random", response)
+        assert problem is None, f"{op.method} {url[:300]} {headers!r:.500}: {problem}"
+
+    with client:
+        fuzz()
