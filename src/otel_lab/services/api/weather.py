@@ -23,7 +23,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 from opentelemetry import trace
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from yarl import URL
 
 from otel_lab import __version__
@@ -39,6 +39,7 @@ from otel_lab.services.downstream import (
     create_client,
 )
 from otel_lab.services.errors import InvalidInputError, ServiceError, mark_failed
+from otel_lab.services.weather_upstream.schemas import Observation
 from otel_lab.settings import Settings
 from otel_lab.telemetry import Telemetry
 from otel_lab.telemetry import metrics as prom
@@ -65,17 +66,6 @@ City = Annotated[
         examples=["London"],
     ),
 ]
-
-
-class Observation(BaseModel):
-    """What the upstream answers; anything else is an invalid upstream response."""
-
-    city: str
-    temperature_c: float
-    feels_like_c: float
-    humidity_pct: int
-    wind_kph: float
-    conditions: str
 
 
 class WeatherOut(Observation):

@@ -84,11 +84,7 @@ async def list_user_todos(
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> list[TodoOut]:
-    todos, total = await service.list_todos(
-        user_id=user_id, completed=completed, limit=limit, offset=offset
-    )
-    set_total(response, total)
-    return [TodoOut.model_validate(todo) for todo in todos]
+    return await _todos(service, response, user_id, completed, limit, offset)
 
 
 @todos_router.get("")
@@ -99,8 +95,19 @@ async def list_todos(
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> list[TodoOut]:
+    return await _todos(service, response, None, completed, limit, offset)
+
+
+async def _todos(
+    service: UserService,
+    response: Response,
+    user_id: int | None,
+    completed: bool | None,
+    limit: int,
+    offset: int,
+) -> list[TodoOut]:
     todos, total = await service.list_todos(
-        user_id=None, completed=completed, limit=limit, offset=offset
+        user_id=user_id, completed=completed, limit=limit, offset=offset
     )
     set_total(response, total)
     return [TodoOut.model_validate(todo) for todo in todos]

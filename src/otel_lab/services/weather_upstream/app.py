@@ -30,12 +30,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import PlainTextResponse
 from opentelemetry import trace
-from pydantic import BaseModel
 
 from otel_lab import __version__, faults
 from otel_lab.registry import WEATHER_UPSTREAM
 from otel_lab.services.base import create_service
 from otel_lab.services.errors import ServiceError, handle_service_error
+from otel_lab.services.weather_upstream.schemas import Observation
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import Telemetry
 from otel_lab.telemetry.logs import configure_logging
@@ -66,15 +66,6 @@ tracer = trace.get_tracer("otel_lab.weather_upstream")
 router = APIRouter(tags=["weather"])
 
 Simulation = Literal["none", "slow", "error", "flaky", "invalid"]
-
-
-class Observation(BaseModel):
-    city: str
-    temperature_c: float
-    feels_like_c: float
-    humidity_pct: int
-    wind_kph: float
-    conditions: str
 
 
 @dataclass(frozen=True)
