@@ -293,11 +293,17 @@ def test_a_database_that_is_down_is_a_503(recorded: Recorded, redis_url: str) ->
     port = closed_url().rsplit(":", 1)[1]
     down = f"postgresql+psycopg://postgres@127.0.0.1:{port}/otel_lab"
     before = errors_total("database_unavailable")
-    response = _call(_api(recorded, down, redis_url), "GET", "/items/1")
+    app = _api(recorded, down, redis_url)
+    response = _call(app, "GET", "/items/1")
     assert response.status_code == 503
     assert response.json()["error_type"] == "database_unavailable"
     assert errors_total("database_unavailable") == before + 1
     assert recorded.server_span().status.status_code is StatusCode.ERROR
+    ready = _call(app, "GET", "/ready")
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "not ready"
+    assert ready.json()["checks"]["database"].startswith("unavailable")
+    assert ready.json()["checks"]["cache"] == "ok"
 
 
 # --------------------------------------------------------------------------- gateway

@@ -15,13 +15,14 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
@@ -188,6 +189,12 @@ async def database_ready(state: State) -> None:
         await connection.execute(text("SELECT 1"))
 
 
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    service: str
+    checks: dict[str, str]  # each dependency: "ok" or "unavailable: <error>"
+
+
 # Young-generation collections every 10,000 net allocations instead of CPython's 700.
 GC_YOUNG_THRESHOLD = 10_000
 
@@ -276,9 +283,10 @@ def create_service(
         """Liveness: the process answers. Dependencies are `/ready`'s business."""
         return {"status": "ok", "service": service_name}
 
-    @app.get("/ready", tags=["operations"])
-    async def ready(request: Request) -> JSONResponse:
-        """Readiness: every dependency answers within a short timeout."""
+    @app.get("/ready", tags=["operations"], responses={503: {"model": Readiness}})
+    async def ready(request: Request, response: Response) -> Readiness:
+        """Readiness: every dependency answers within a short timeout (503 when one does
+        not; a report, not an error)."""
         results: dict[str, str] = {}
         for name, check in checks.items():
             try:
@@ -287,9 +295,9 @@ def create_service(
             except Exception as exc:
                 results[name] = f"unavailable: {type(exc).__name__}"
         ok = all(v == "ok" for v in results.values())
-        return JSONResponse(
-            {"status": "ready" if ok else "not ready", "service": service_name, "checks": results},
-            status_code=200 if ok else 503,
+        response.status_code = 200 if ok else 503
+        return Readiness(
+            status="ready" if ok else "not ready", service=service_name, checks=results
         )
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)

@@ -95,7 +95,6 @@ Probability = Annotated[
 
 @router.get(
     "/error-simulation",
-    response_model=SimulationOut,
     responses={500: {"description": "The simulated failure (by design)"}},
 )
 async def error_simulation(
