@@ -719,3 +719,14 @@ def outbound_headers(key: str | None = None) -> dict[str, str]:
     if key:
         headers["Idempotency-Key"] = key
     return headers
+
+
+async def call_next_hop(
+    downstream: Downstream, step: str, payload: dict[str, Any], key: str
+) -> Reply:
+    """``POST /process`` on the chain's next service: retried safely (it honours the
+    Idempotency-Key ``key``); an answer >= 400 is raised as a :class:`DownstreamError`."""
+    return await downstream.request(
+        "POST", "/process", step=step, idempotent=True, raise_for_status=True, json=payload,
+        headers=outbound_headers(key),
+    )  # fmt: skip

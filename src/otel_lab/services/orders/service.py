@@ -14,7 +14,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from otel_lab import faults
-from otel_lab.services.downstream import Downstream, DownstreamError, outbound_headers
+from otel_lab.services.downstream import Downstream, DownstreamError, call_next_hop
 from otel_lab.services.errors import ServiceError
 from otel_lab.services.orders import repository
 from otel_lab.services.orders.pricing import default_items, price_order
@@ -162,15 +162,7 @@ async def write_audit(
     if body.simulate_failure == "audit":
         payload["simulate_failure"] = "audit"
     try:
-        response = await audit_service.request(
-            "POST",
-            "/process",
-            step="audit_logging",
-            idempotent=True,  # audit-service honours the Idempotency-Key
-            raise_for_status=True,
-            json=payload,
-            headers=outbound_headers(key),
-        )
+        response = await call_next_hop(audit_service, "audit_logging", payload, key)
         audit: dict[str, Any] = response.json()["audit"]
         status = "recorded"
     except DownstreamError as exc:

@@ -29,9 +29,9 @@ from otel_lab.services.downstream import (
     Downstream,
     DownstreamError,
     SimulationDisabledError,
+    call_next_hop,
     chain_baggage,
     idempotency_key,
-    outbound_headers,
 )
 from otel_lab.services.errors import NotFoundError
 from otel_lab.services.users.repository import ProfileReader
@@ -154,15 +154,7 @@ async def process(
         chain_baggage(user.id, body.action, name=user.name, email=user.email, settings=settings)
     )
     try:
-        response = await orders.request(
-            "POST",
-            "/process",
-            step="order_creation",
-            idempotent=True,  # order-service honours the Idempotency-Key
-            raise_for_status=True,
-            json=payload,
-            headers=outbound_headers(key),
-        )
+        response = await call_next_hop(orders, "order_creation", payload, key)
     except DownstreamError as exc:
         # The request fails because of the step; the handler marks the server span (the
         # error itself was counted once, where the call failed).
