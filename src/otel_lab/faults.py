@@ -280,7 +280,7 @@ def list_faults(data_dir: DataDir = None, file: File = None) -> None:
     enabled = read_enabled(_path(data_dir, file))
     for fault in FAULTS.values():
         state = "ON " if fault.name in enabled else "off"
-        typer.echo(f"{state}  {fault.name:<15} {fault.service:<14} {fault.description}")
+        typer.echo(f"{state}  {fault.name:<16} {fault.service:<16} {fault.description}")
 
 
 @cli.command("on")
