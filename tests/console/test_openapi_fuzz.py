@@ -10,7 +10,7 @@ from hypothesis.errors import Unsatisfiable
 
 from .conftest import Console
 
-FUZZ = settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 # Operations that change what other tests of the shared console read: clearing and importing
 # telemetry, switching fault scenarios.
 SKIPPED = {("POST", "/api/clear"), ("POST", "/api/import"), ("POST", "/api/scenarios/{name}")}

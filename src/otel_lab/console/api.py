@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from fastapi import FastAPI
 
-from otel_lab.console import scenarios
+from otel_lab.console import scenarios, web
 from otel_lab.console.promapi import PromState
 from otel_lab.console.routes import (
     admin,
@@ -29,7 +29,6 @@ from otel_lab.console.routes import (
 from otel_lab.console.routes.common import ApiOptions, ConsoleJSON, install_error_handlers
 from otel_lab.console.security import UiGuard
 from otel_lab.console.store import Store
-from otel_lab.console.web import add_pages
 
 __all__ = ["ApiOptions", "ConsoleJSON", "create_app"]
 
@@ -55,5 +54,6 @@ def create_app(store: Store, *, options: ApiOptions | None = None) -> UiGuard:
     install_error_handlers(app)
     for area in ROUTERS:
         app.include_router(area.router)
-    add_pages(app, store, options)
+    web.mount_static(app)
+    app.include_router(web.router)
     return UiGuard(app, options.security)

@@ -70,19 +70,6 @@ def parse_time(value: str | None, name: str) -> int | None:
     return ns
 
 
-def parse_duration_ms(value: str | None, name: str) -> int | None:
-    """Milliseconds (fractions allowed) -> nanoseconds."""
-    if value is None or value == "":
-        return None
-    try:
-        ms = float(value)
-    except ValueError:
-        raise QueryError(f"{name}={value[:64]!r} is not a number of milliseconds") from None
-    if not 0 <= ms <= INT64_MAX / 1_000_000:
-        raise QueryError(f"{name} must be a number >= 0 (and below 9.2e12)")
-    return round(ms * 1_000_000)
-
-
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)?")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
@@ -99,17 +86,6 @@ def parse_duration_seconds(value: str, name: str) -> float:
     if not text or pos != len(text):
         raise QueryError(f"{name}={value[:64]!r} is not a duration like 90s, 15m, 24h or 7d")
     return total
-
-
-def parse_limit(value: str | None, default: int, maximum: int = MAX_LIMIT) -> int:
-    if value is None or value == "":
-        return default
-    if not _INT.fullmatch(value.strip()):
-        raise QueryError(f"limit={value[:64]!r} is not an integer")
-    limit = int(value)
-    if not 1 <= limit <= maximum:
-        raise QueryError(f"limit must be between 1 and {maximum}")
-    return limit
 
 
 def parse_status(value: str | None) -> int | None:

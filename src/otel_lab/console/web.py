@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from otel_lab.console import queries
+from otel_lab.console.routes.common import OptionsDep
 from otel_lab.console.security import session_cookie
-from otel_lab.console.store import Store
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -58,86 +59,93 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
-def add_pages(app: FastAPI, store: Store, options: Any) -> None:
-    env = Environment(
-        loader=FileSystemLoader(TEMPLATES),
-        autoescape=select_autoescape(["html"]),
-        trim_blocks=True,
-        lstrip_blocks=True,
+_env = Environment(
+    loader=FileSystemLoader(TEMPLATES),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_version = _asset_version()
+router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
+
+
+def render(
+    template: str, page: str, title: str, data: dict[str, Any] | None = None, status: int = 200
+) -> HTMLResponse:
+    html = _env.get_template(template).render(
+        page=page, title=title, nav=NAV, version=_version, data=data or {}
     )
-    version = _asset_version()
+    return HTMLResponse(html, status_code=status, headers={"cache-control": "no-store"})
+
+
+def mount_static(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    def render(
-        template: str, page: str, title: str, data: dict[str, Any] | None = None, status: int = 200
-    ) -> HTMLResponse:
-        html = env.get_template(template).render(
-            page=page, title=title, nav=NAV, version=version, data=data or {}
-        )
-        return HTMLResponse(html, status_code=status, headers={"cache-control": "no-store"})
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def traces_page() -> HTMLResponse:
-        return render("traces.html", "traces", "Traces")
+@router.get("/")
+def traces_page() -> HTMLResponse:
+    return render("traces.html", "traces", "Traces")
 
-    @app.get("/trace/{trace_id}", response_class=HTMLResponse, include_in_schema=False)
-    def trace_page(trace_id: str) -> HTMLResponse:
-        try:
-            tid = queries.parse_trace_id(trace_id.strip())
-        except queries.QueryError as exc:
-            return render("error.html", "traces", "Bad trace id", {"message": str(exc)}, 400)
-        return render("trace.html", "trace", f"Trace {tid.hex()[:8]}", {"trace_id": tid.hex()})
 
-    @app.get("/find", include_in_schema=False)
-    def find(trace_id: str = "") -> Response:
-        """The header's trace-id box: open the trace (ids are case- and space-insensitive)."""
-        wanted = trace_id.strip().lower().replace("-", "")
-        try:
-            queries.parse_trace_id(wanted)
-        except queries.QueryError as exc:
-            return render("error.html", "traces", "Bad trace id", {"message": str(exc)}, 400)
-        return RedirectResponse(f"/trace/{wanted}", status_code=303)
+@router.get("/trace/{trace_id}")
+def trace_page(trace_id: str) -> HTMLResponse:
+    try:
+        tid = queries.parse_trace_id(trace_id.strip())
+    except queries.QueryError as exc:
+        return render("error.html", "traces", "Bad trace id", {"message": str(exc)}, 400)
+    return render("trace.html", "trace", f"Trace {tid.hex()[:8]}", {"trace_id": tid.hex()})
 
-    for path, template, page, title in (
-        ("/logs", "logs.html", "logs", "Logs"),
-        ("/metrics", "metrics.html", "metrics", "Metrics"),
-        ("/dashboards", "dashboards.html", "dashboards", "Dashboards"),
-        ("/alerts", "alerts.html", "alerts", "Alerts"),
-        ("/scenarios", "scenarios.html", "scenarios", "Scenarios"),
-        ("/map", "map.html", "map", "Service map"),
-        ("/red", "red.html", "red", "RED"),
-        ("/sql", "sql.html", "sql", "SQL"),
-        ("/store", "store.html", "store", "Store"),
-    ):
 
-        def page_handler(template: str = template, page: str = page, title: str = title) -> Any:
-            return render(template, page, title)
+@router.get("/find", response_model=None)
+def find(trace_id: str = "") -> Response:
+    """The header's trace-id box: open the trace (ids are case- and space-insensitive)."""
+    wanted = trace_id.strip().lower().replace("-", "")
+    try:
+        queries.parse_trace_id(wanted)
+    except queries.QueryError as exc:
+        return render("error.html", "traces", "Bad trace id", {"message": str(exc)}, 400)
+    return RedirectResponse(f"/trace/{wanted}", status_code=303)
 
-        app.add_api_route(
-            path,
-            page_handler,
-            methods=["GET"],
-            response_class=HTMLResponse,
-            include_in_schema=False,
-            name=f"page_{page}",
-        )
 
-    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
-    def login_page(next: str | None = None) -> HTMLResponse:
-        return render("login.html", "login", "Log in", {"next": _safe_next(next)})
+def _page(template: str, page: str, title: str) -> Callable[[], HTMLResponse]:
+    def handler() -> HTMLResponse:
+        return render(template, page, title)
 
-    @app.post("/login", include_in_schema=False)
-    async def login(request: Request) -> Response:
-        token = options.security.token
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        given = (form.get("token") or [""])[0]
-        target = _safe_next((form.get("next") or ["/"])[0])
-        if token is None:
-            return RedirectResponse(target, status_code=303)
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            return render(
-                "login.html", "login", "Log in", {"next": target, "error": "wrong token"}, 401
-            )
-        response = RedirectResponse(target, status_code=303)
-        response.headers["set-cookie"] = session_cookie(token)
-        return response
+    return handler
+
+
+for _path, _template, _page_name, _title in (
+    ("/logs", "logs.html", "logs", "Logs"),
+    ("/metrics", "metrics.html", "metrics", "Metrics"),
+    ("/dashboards", "dashboards.html", "dashboards", "Dashboards"),
+    ("/alerts", "alerts.html", "alerts", "Alerts"),
+    ("/scenarios", "scenarios.html", "scenarios", "Scenarios"),
+    ("/map", "map.html", "map", "Service map"),
+    ("/red", "red.html", "red", "RED"),
+    ("/sql", "sql.html", "sql", "SQL"),
+    ("/store", "store.html", "store", "Store"),
+):
+    router.add_api_route(
+        _path, _page(_template, _page_name, _title), methods=["GET"], name=f"page_{_page_name}"
+    )
+
+
+@router.get("/login")
+def login_page(next: str | None = None) -> HTMLResponse:
+    return render("login.html", "login", "Log in", {"next": _safe_next(next)})
+
+
+@router.post("/login", response_model=None)
+async def login(request: Request, options: OptionsDep) -> Response:
+    token = options.security.token
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    given = (form.get("token") or [""])[0]
+    target = _safe_next((form.get("next") or ["/"])[0])
+    if token is None:
+        return RedirectResponse(target, status_code=303)
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        data = {"next": target, "error": "wrong token"}
+        return render("login.html", "login", "Log in", data, 401)
+    response = RedirectResponse(target, status_code=303)
+    response.headers["set-cookie"] = session_cookie(token)
+    return response

@@ -101,11 +101,11 @@ def _severity(value: Any) -> int | None:
 
 
 def _trace_id(value: Any) -> bytes:
-    return queries.parse_trace_id(_blank(value))
+    return queries.parse_trace_id(str(value))
 
 
 def _span_id(value: Any) -> bytes:
-    return queries.parse_span_id(_blank(value))
+    return queries.parse_span_id(str(value))
 
 
 def _window(value: Any) -> float | Literal["all"]:
@@ -145,8 +145,9 @@ Severity = Annotated[
 ]
 TraceId = Annotated[bytes, BeforeValidator(_trace_id), _HEX]
 SpanId = Annotated[bytes, BeforeValidator(_span_id), _HEX]
-TraceIdParam = Annotated[bytes | None, BeforeValidator(_trace_id), _HEX]
-SpanIdParam = Annotated[bytes | None, BeforeValidator(_span_id), _HEX]
+# Query parameters: absent when empty. (A path parameter has no default to fall back to.)
+TraceIdParam = Annotated[bytes | None, BeforeValidator(_trace_id), Blank, _HEX]
+SpanIdParam = Annotated[bytes | None, BeforeValidator(_span_id), Blank, _HEX]
 Signal = Annotated[Literal["spans", "logs", "metrics"], BeforeValidator(_lower)]
 Attrs = Annotated[list[str], Query(description="key=value"), AfterValidator(_check_attrs)]
 GroupBy = Annotated[list[str], Query()]
@@ -176,7 +177,8 @@ def time_window(
         if window == "all":
             first = oldest()
             return analytics.Window(min(first, end) if first is not None else end - MINUTE_NS, end)
-        return analytics.Window(end - int(window * 1e9), end)
+        # A window longer than the epoch starts at the epoch (and stays an int64).
+        return analytics.Window(end - int(min(window, end / 1e9) * 1e9), end)
     return analytics.window(since, until, default_seconds)
 
 

@@ -21,6 +21,11 @@ from otel_lab.console.scrape import exemplars
 
 router = APIRouter(prefix="/api/prom", tags=["prometheus"])
 
+# Times are kept as int64 nanoseconds; a range query has at most this many steps (as in
+# Prometheus).
+MAX_SECONDS = queries.INT64_MAX // 1_000_000_000
+MAX_POINTS = 11_000
+
 
 def parse_seconds(value: Any) -> float | None:
     """Unix seconds (float) or RFC 3339, as Prometheus accepts."""
@@ -31,7 +36,7 @@ def parse_seconds(value: Any) -> float | None:
     except ValueError:
         ns = queries.parse_time(value, "time")
         return ns / 1e9 if ns is not None else None
-    if not math.isfinite(seconds) or abs(seconds) > 1e11:
+    if not math.isfinite(seconds) or abs(seconds) > MAX_SECONDS:
         raise queries.QueryError(f"time={value[:32]!r}: use unix seconds or RFC 3339")
     return seconds
 
@@ -52,6 +57,11 @@ def _step(value: str | None, span: float) -> float:
         step = promql.parse_duration_ms(value) / 1000
     if not 0.001 <= step <= 366 * 86400:
         raise promql.PromQLError(f"step={value[:32]!r}: use a duration like 15s, or seconds")
+    if span / step > MAX_POINTS:
+        raise promql.PromQLError(
+            f"exceeded maximum resolution of {MAX_POINTS} points per series: "
+            "raise step or shorten the range"
+        )
     return step
 
 
