@@ -8,12 +8,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Status, StatusCode
 
 from otel_lab.telemetry import TelemetryMiddleware
 
@@ -34,6 +37,14 @@ class Probe:
         @app.get("/boom")
         async def boom() -> None:
             raise RuntimeError("boom")
+
+        @app.get("/handled")
+        async def handled() -> JSONResponse:
+            # What the services' error handler does: mark the span, then answer.
+            span = trace.get_current_span()
+            span.set_status(Status(StatusCode.ERROR, "upstream_timeout"))
+            span.set_attribute("error.type", "upstream_timeout")
+            return JSONResponse({"detail": "slow"}, status_code=504)
 
         app.add_middleware(
             TelemetryMiddleware,
@@ -127,6 +138,16 @@ def test_a_failure_sets_error_type_on_the_span_and_the_duration_metric(probe: Pr
     assert not span.status.is_ok
     (point,) = probe.duration_points()
     assert point["error.type"] == "RuntimeError" and point["http.route"] == "/boom"
+
+
+def test_the_applications_error_type_and_status_are_kept(probe: Probe) -> None:
+    assert probe.request("GET", "/handled").status_code == 504
+    span = probe.only_span()
+    assert span.attributes is not None and span.attributes["error.type"] == "upstream_timeout"
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.status.description == "upstream_timeout"
+    (point,) = probe.duration_points()
+    assert point["error.type"] == "upstream_timeout"
 
 
 def test_excluded_urls_are_not_traced(monkeypatch: pytest.MonkeyPatch) -> None:

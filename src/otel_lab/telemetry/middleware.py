@@ -115,6 +115,18 @@ def _server_address(host: str | None, scope: Scope) -> tuple[str, int | None]:
     return name, int(port) if port.isdigit() else None
 
 
+def _marked_error_type(span: trace.Span) -> str | None:
+    """The ``error.type`` the application's error handler already put on the span, if any:
+    more specific than the status code (``upstream_timeout`` rather than ``504``). A span
+    it marked failed keeps its status description too; one it did not is marked here."""
+    attributes = getattr(span, "attributes", None) or {}
+    status = getattr(span, "status", None)
+    if status is None or status.status_code is not StatusCode.ERROR:
+        span.set_status(Status(StatusCode.ERROR))
+    marked = attributes.get(ERROR_TYPE)
+    return str(marked) if marked else None
+
+
 def _service_name(provider: trace.TracerProvider) -> str:
     resource = getattr(provider, "resource", None)
     name = resource.attributes.get("service.name") if resource is not None else None
@@ -247,8 +259,7 @@ class TelemetryMiddleware:
             route_obj = scope.get("route")
             route: str | None = getattr(route_obj, "path", None)
             if status_code >= 500:
-                span.set_status(Status(StatusCode.ERROR))
-                error_type = error_type or str(status_code)
+                error_type = error_type or _marked_error_type(span) or str(status_code)
             final: dict[str, str | int] = {HTTP_RESPONSE_STATUS_CODE: status_code}
             duration_attributes: dict[str, str | int] = {
                 HTTP_REQUEST_METHOD: known_method,
