@@ -11,9 +11,16 @@ import re
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
-from otel_lab.console.model import AggregationTemporality, SpanKind, StatusCode
+from otel_lab.console.model import (
+    AggregationTemporality,
+    LogRow,
+    SpanKind,
+    SpanRow,
+    StatusCode,
+)
 
 STATUS_BY_NAME = {code.name.lower(): code for code in StatusCode}
 TEMPORALITIES = {t.value: t.name for t in AggregationTemporality if t}
@@ -315,10 +322,8 @@ def find_traces(conn: sqlite3.Connection, f: TraceFilter) -> list[dict[str, Any]
     return [_trace_summary(r) for r in conn.execute(sql, [*params, f.limit])]
 
 
-_SPAN_COLUMNS = (
-    "trace_id, span_id, parent_span_id, name, kind, service_name, start_ns, end_ns,"
-    " duration_ns, status_code, status_message, attributes, events, links, resource_id, scope_id"
-)
+_SPAN_COLUMNS = ", ".join(SpanRow._fields)
+_span_row = partial(tuple.__new__, SpanRow)
 
 
 def _kind(kind: int) -> str:
@@ -332,37 +337,37 @@ def _status(code: int) -> str:
     return StatusCode(code).name if code in StatusCode._value2member_map_ else "UNSET"
 
 
-def _span_dict(r: tuple[Any, ...], lookups: _Lookups) -> dict[str, Any]:
+def _span_dict(r: SpanRow, lookups: _Lookups) -> dict[str, Any]:
     return {
-        "trace_id": r[0].hex(),
-        "span_id": r[1].hex(),
-        "parent_span_id": _hex(r[2]),
-        "name": r[3],
-        "kind": _kind(r[4]),
-        "service_name": r[5],
-        "start_time_unix_nano": r[6],
-        "end_time_unix_nano": r[7],
-        "duration_ms": r[8] / 1e6,
+        "trace_id": r.trace_id.hex(),
+        "span_id": r.span_id.hex(),
+        "parent_span_id": _hex(r.parent_span_id),
+        "name": r.name,
+        "kind": _kind(r.kind),
+        "service_name": r.service_name,
+        "start_time_unix_nano": r.start_ns,
+        "end_time_unix_nano": r.end_ns,
+        "duration_ms": r.duration_ns / 1e6,
         "status": {
-            "code": _status(r[9]),
-            "message": r[10] or "",
+            "code": _status(r.status_code),
+            "message": r.status_message or "",
         },
-        "attributes": _json(r[11], {}),
-        "events": _json(r[12], []),
-        "links": _json(r[13], []),
-        "resource": lookups.resource(r[14]),
-        "scope": lookups.scope(r[15]),
+        "attributes": _json(r.attributes, {}),
+        "events": _json(r.events, []),
+        "links": _json(r.links, []),
+        "resource": lookups.resource(r.resource_id),
+        "scope": lookups.scope(r.scope_id),
     }
 
 
 def get_trace(conn: sqlite3.Connection, trace_id: bytes) -> list[dict[str, Any]]:
     """All spans of a trace, ordered by start time (empty when the trace is unknown)."""
-    rows = conn.execute(
+    rows = list(map(_span_row, conn.execute(
         f"SELECT {_SPAN_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns, rowid",
         (trace_id,),
-    ).fetchall()
+    )))  # fmt: skip
     lookups = _Lookups(conn)
-    lookups.load({r[14] for r in rows}, {r[15] for r in rows})
+    lookups.load({r.resource_id for r in rows}, {r.scope_id for r in rows})
     return [_span_dict(r, lookups) for r in rows]
 
 
@@ -374,9 +379,10 @@ def get_span(conn: sqlite3.Connection, trace_id: bytes, span_id: bytes) -> dict[
     ).fetchone()
     if row is None:
         return None
+    span = _span_row(row)
     lookups = _Lookups(conn)
-    lookups.load({row[14]}, {row[15]})
-    return _span_dict(row, lookups)
+    lookups.load({span.resource_id}, {span.scope_id})
+    return _span_dict(span, lookups)
 
 
 # Waterfall row flags.
@@ -385,6 +391,25 @@ WATERFALL_FIELDS = (
     "span_id", "parent", "name", "service", "kind", "offset_ns", "duration_ns", "self_ns",
     "status", "depth", "subtree_end", "flags", "logs", "status_message",
 )  # fmt: skip
+
+
+class _WaterfallSpan(NamedTuple):
+    span_id: bytes
+    parent_span_id: bytes | None
+    name: str
+    kind: int
+    service_name: str
+    start_ns: int
+    end_ns: int
+    duration_ns: int
+    status_code: int
+    status_message: str | None
+    has_events: int
+    has_exception: int
+    has_links: int
+
+
+_waterfall_span = partial(tuple.__new__, _WaterfallSpan)
 
 
 def trace_waterfall(conn: sqlite3.Connection, trace_id: bytes) -> dict[str, Any] | None:
@@ -397,13 +422,13 @@ def trace_waterfall(conn: sqlite3.Connection, trace_id: bytes) -> dict[str, Any]
     the span's last descendant, so collapsing a row is a jump. ``self_ns`` is the span's
     duration minus the union of its children's intervals (clipped to the span).
     """
-    rows = conn.execute(
+    rows = list(map(_waterfall_span, conn.execute(
         "SELECT span_id, parent_span_id, name, kind, service_name, start_ns, end_ns,"
         " duration_ns, status_code, status_message, events IS NOT NULL,"
         ' coalesce(instr(events, \'"name":"exception"\') > 0, 0), links IS NOT NULL'
         " FROM spans WHERE trace_id = ? ORDER BY start_ns, rowid",
         (trace_id,),
-    ).fetchall()
+    )))  # fmt: skip
     if not rows:
         return None
     log_counts = dict(
@@ -411,19 +436,19 @@ def trace_waterfall(conn: sqlite3.Connection, trace_id: bytes) -> dict[str, Any]
             "SELECT span_id, count(*) FROM logs WHERE trace_id = ? GROUP BY span_id", (trace_id,)
         ).fetchall()
     )
-    by_id = {r[0]: i for i, r in enumerate(rows)}
+    by_id = {r.span_id: i for i, r in enumerate(rows)}
     children: list[list[int]] = [[] for _ in rows]
     roots: list[int] = []
     orphan = [False] * len(rows)
     for i, r in enumerate(rows):
-        parent = by_id.get(r[1]) if r[1] is not None else None
+        parent = by_id.get(r.parent_span_id) if r.parent_span_id is not None else None
         if parent is None or parent == i:
             roots.append(i)
-            orphan[i] = r[1] is not None
+            orphan[i] = r.parent_span_id is not None
         else:
             children[parent].append(i)
-    start = min(r[5] for r in rows)
-    end = max(r[6] for r in rows)
+    start = min(r.start_ns for r in rows)
+    end = max(r.end_ns for r in rows)
     services: dict[str, int] = {}
     out: list[list[Any]] = []
     position = [0] * len(rows)
@@ -439,23 +464,24 @@ def trace_waterfall(conn: sqlite3.Connection, trace_id: bytes) -> dict[str, Any]
             continue
         visited[i] = True
         r = rows[i]
-        service = services.setdefault(r[4], len(services))
-        own_start, own_end = r[5], r[6]
+        service = services.setdefault(r.service_name, len(services))
+        own_start, own_end = r.start_ns, r.end_ns
         busy = 0
         cursor = own_start
         for c in children[i]:  # children are in start order: merge their intervals
-            c_start, c_end = max(rows[c][5], cursor), min(rows[c][6], own_end)
+            c_start, c_end = max(rows[c].start_ns, cursor), min(rows[c].end_ns, own_end)
             if c_end > c_start:
                 busy += c_end - c_start
                 cursor = c_end
         flags = (
-            (FLAG_EVENTS if r[10] else 0) | (FLAG_EXCEPTION if r[11] else 0)
-            | (FLAG_LINKS if r[12] else 0) | (FLAG_ORPHAN if orphan[i] else 0)
+            (FLAG_EVENTS if r.has_events else 0) | (FLAG_EXCEPTION if r.has_exception else 0)
+            | (FLAG_LINKS if r.has_links else 0) | (FLAG_ORPHAN if orphan[i] else 0)
         )  # fmt: skip
         position[i] = len(out)
         out.append([
-            r[0].hex(), parent_row, r[2], service, _kind(r[3]), r[5] - start, r[7],
-            max(r[7] - busy, 0), r[8], depth, 0, flags, log_counts.get(r[0], 0), r[9] or "",
+            r.span_id.hex(), parent_row, r.name, service, _kind(r.kind), r.start_ns - start,
+            r.duration_ns, max(r.duration_ns - busy, 0), r.status_code, depth, 0, flags,
+            log_counts.get(r.span_id, 0), r.status_message or "",
         ])  # fmt: skip
         stack.append((True, i, depth, parent_row))
         for c in reversed(children[i]):
@@ -463,15 +489,17 @@ def trace_waterfall(conn: sqlite3.Connection, trace_id: bytes) -> dict[str, Any]
     for i in range(len(rows)):  # unreachable spans (only in a parent cycle): append as roots
         if not visited[i]:
             r = rows[i]
-            out.append([r[0].hex(), -1, r[2], services.setdefault(r[4], len(services)),
-                        _kind(r[3]), r[5] - start, r[7], r[7], r[8], 0, len(out) + 1,
-                        FLAG_ORPHAN, log_counts.get(r[0], 0), r[9] or ""])  # fmt: skip
+            out.append([r.span_id.hex(), -1, r.name,
+                        services.setdefault(r.service_name, len(services)), _kind(r.kind),
+                        r.start_ns - start, r.duration_ns, r.duration_ns, r.status_code, 0,
+                        len(out) + 1, FLAG_ORPHAN, log_counts.get(r.span_id, 0),
+                        r.status_message or ""])  # fmt: skip
     return {
         "trace_id": trace_id.hex(),
         "start_time_unix_nano": start,
         "duration_ns": end - start,
         "span_count": len(rows),
-        "error_count": sum(1 for r in rows if r[8] == StatusCode.ERROR),
+        "error_count": sum(1 for r in rows if r.status_code == StatusCode.ERROR),
         "log_count": sum(log_counts.values()),
         "services": list(services),
         "fields": list(WATERFALL_FIELDS),
@@ -496,10 +524,8 @@ class LogFilter:
     oldest_first: bool = False
 
 
-_LOG_COLUMNS = (
-    "time_ns, observed_ns, severity_number, severity_text, body, body_is_json, attributes,"
-    " trace_id, span_id, event_name, service_name, resource_id, scope_id"
-)
+_LOG_COLUMNS = ", ".join(LogRow._fields)
+_log_row = partial(tuple.__new__, LogRow)
 
 
 def severity_name(number: int) -> str:
@@ -538,27 +564,27 @@ def find_logs(conn: sqlite3.Connection, f: LogFilter) -> list[dict[str, Any]]:
     conditions += _attr_sql(f.attrs, params)
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     direction = "ASC" if f.oldest_first else "DESC"
-    rows = conn.execute(
+    rows = list(map(_log_row, conn.execute(
         f"SELECT {_LOG_COLUMNS} FROM logs {where} ORDER BY time_ns {direction}, rowid {direction}"
         " LIMIT ?",
         [*params, f.limit],
-    ).fetchall()
+    )))  # fmt: skip
     lookups = _Lookups(conn)
-    lookups.load({r[11] for r in rows}, {r[12] for r in rows})
+    lookups.load({r.resource_id for r in rows}, {r.scope_id for r in rows})
     return [
         {
-            "time_unix_nano": r[0],
-            "observed_time_unix_nano": r[1],
-            "severity_number": r[2],
-            "severity_text": r[3] or severity_name(r[2]),
-            "body": json.loads(r[4]) if r[5] and r[4] is not None else r[4],
-            "attributes": _json(r[6], {}),
-            "trace_id": _hex(r[7]),
-            "span_id": _hex(r[8]),
-            "event_name": r[9],
-            "service_name": r[10],
-            "resource": lookups.resource(r[11]),
-            "scope": lookups.scope(r[12]),
+            "time_unix_nano": r.time_ns,
+            "observed_time_unix_nano": r.observed_ns,
+            "severity_number": r.severity_number,
+            "severity_text": r.severity_text or severity_name(r.severity_number),
+            "body": json.loads(r.body) if r.body_is_json and r.body is not None else r.body,
+            "attributes": _json(r.attributes, {}),
+            "trace_id": _hex(r.trace_id),
+            "span_id": _hex(r.span_id),
+            "event_name": r.event_name,
+            "service_name": r.service_name,
+            "resource": lookups.resource(r.resource_id),
+            "scope": lookups.scope(r.scope_id),
         }
         for r in rows
     ]
