@@ -27,7 +27,12 @@ from otel_lab.runtime import commands
 from otel_lab.runtime.commands import RUN_FILE, DataDirOption, show_version
 from otel_lab.runtime.forkserver import ForkServer
 from otel_lab.runtime.plan import child_env, connect_host, migrations_spec, plan_children
-from otel_lab.runtime.procs import ChildFailedError, RuntimeFailure, use_fork_server
+from otel_lab.runtime.procs import (
+    ChildFailedError,
+    RuntimeFailure,
+    current_fork_server,
+    use_fork_server,
+)
 from otel_lab.runtime.report import report_restarts
 from otel_lab.runtime.supervisor import PortClaim, Supervisor
 from otel_lab.settings import Settings, get_settings
@@ -71,9 +76,6 @@ def up(
     directory.mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor(directory / "logs", console=err)
     supervisor.install_signal_handlers()
-    # Imports what the Python children share while the datastores start (runtime.forkserver).
-    fork_server = ForkServer(directory / "logs" / "forkserver.log")
-    use_fork_server(fork_server)
     code = 1
     try:
         with supervisor:
@@ -91,8 +93,9 @@ def up(
             finally:
                 (directory / RUN_FILE).unlink(missing_ok=True)
     finally:
-        use_fork_server(None)
-        fork_server.close()
+        if (fork_server := current_fork_server()) is not None:
+            use_fork_server(None)
+            fork_server.close()
     raise typer.Exit(code)
 
 
@@ -110,6 +113,9 @@ def _up(supervisor: Supervisor, settings: Settings, data_dir: Path, *, traffic: 
     if kv_port and not settings.redis_url:
         claims.append(PortClaim(kv_port, EmbeddedValkey.port_setting))
     supervisor.check_ports(claims)
+    # Imports what the Python children share while the datastores start (runtime.forkserver);
+    # only now, so a taken port fails as fast as before.
+    use_fork_server(ForkServer(log_dir / "forkserver.log"))
 
     # PostgreSQL's port is chosen now and the server started below, once the other children
     # are on their way: they need its address, not its answer, to start.

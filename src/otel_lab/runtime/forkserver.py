@@ -341,12 +341,14 @@ class ForkServer:
                     child.returncode = -signal.SIGKILL
 
     def close(self) -> None:
-        """Stop the server (its children, if any are left, get their death signal)."""
+        """Stop the server now (its children, if any are left, get their death signal);
+        it may still be preloading, and then would not read a polite request."""
         with contextlib.suppress(OSError):
             self.proc.stdin.close()  # type: ignore[union-attr]
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        self.proc.terminate()
+        try:
             self.proc.wait(timeout=2)
-        if self.proc.poll() is None:
+        except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
 

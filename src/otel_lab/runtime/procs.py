@@ -44,6 +44,10 @@ class Child(Protocol):
 _fork_server: ForkServer | None = None
 
 
+def current_fork_server() -> ForkServer | None:
+    return _fork_server
+
+
 def use_fork_server(server: ForkServer | None) -> None:
     """Start ``python -m`` children by forking ``server`` from now on (None: exec them)."""
     global _fork_server
