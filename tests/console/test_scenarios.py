@@ -34,6 +34,9 @@ from .test_scraped import wait
 
 REPO = Path(__file__).resolve().parents[2]
 SCALE = 60
+# Each fault waits (90 s at most each) for its mark, panel, alert and resolution on a system
+# that may share its host: more than the suite's 120 s default.
+pytestmark = pytest.mark.timeout(300)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\[|for: )(\d+)([smhd])\b")
 
@@ -383,11 +386,12 @@ def test_cpu_hungry(ui: httpx.Client, faulty: RunningSystem) -> None:
     def busy() -> bool:
         return (latest(panel(ui, "otel-lab-overview", "CPU per service"), job="api") or 0) > 0.25
 
-    # Back to back while the fault is on (the alert wants a quarter of a core: six key
-    # derivations at a time get it even on a busy host), gently after.
+    # Back to back while the fault is on (the alert wants a quarter of a core for its `for`:
+    # six key derivations at a time), gently after. On a host at load 22-26 the api got only
+    # 0.21-0.33 of a core this way: see docs/console-dashboards.md.
     on = threading.Event()
     analyze = lambda c, n: c.post("/analyze", json={"a": n, "b": 2})  # noqa: E731
-    with load(faulty.url("gateway"), analyze, threads=6, pause=lambda: 0 if on.is_set() else 0.5):
+    with load(faulty.url("gateway"), analyze, threads=6, pause=lambda: 0 if on.is_set() else 1):
         scenario(
             ui, "cpu-hungry", alert_name="HighCpuUsage", labels={"job": "api"}, moved=busy, on=on,
             check_span=lambda s: s["name"] == "derive_key" and s["duration_ms"] >= 20,
