@@ -2,6 +2,7 @@
 
     python scripts/faults.py                      # every fault once, then the table
     python scripts/faults.py --only postgres      # the faults whose name contains "postgres"
+    python scripts/faults.py --only "PostgreSQL hung" --repeat 5   # one fault, 5 times
     python scripts/faults.py --soak 10            # 10 minutes, one fault a minute
 
 Starts its own ``otel-lab up`` (free ports, a temporary data dir), sends steady traffic
@@ -42,9 +43,11 @@ def rss_by_child(system: RunningSystem) -> dict[str, float]:
     return sizes
 
 
-def faults(system: RunningSystem, traffic: Traffic, only: str | None) -> list[Outcome]:
+def faults(
+    system: RunningSystem, traffic: Traffic, only: str | None, repeat: int = 1
+) -> list[Outcome]:
     outcomes = []
-    for fault in FAULTS:
+    for fault in [f for _ in range(repeat) for f in FAULTS]:
         if only and only.lower() not in fault.name.lower():
             continue
         print(f"-- {fault.name}", flush=True)
@@ -121,6 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="only the faults whose name contains this")
     parser.add_argument("--soak", type=float, metavar="MINUTES", help="run the soak instead")
+    parser.add_argument("--repeat", type=int, default=1, help="do the faults this many times")
     parser.add_argument(
         "--pause", type=float, default=0.2, help="seconds between a probe's requests (0.2)"
     )
@@ -138,7 +142,7 @@ def main() -> None:
             if args.soak:
                 soak(system, traffic, args.soak)
             else:
-                print(table(faults(system, traffic, args.only)))
+                print(table(faults(system, traffic, args.only, args.repeat)))
         finally:
             traffic.stop()
 
