@@ -12,6 +12,7 @@ is in PostgreSQL and ends enriched. ``scripts/faults.py`` prints the same figure
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from otel_lab.runtime.harness import RunningSystem, running_system
@@ -44,6 +46,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSyste
             yield system, traffic
         finally:
             traffic.stop()
+            processes = system.processes()  # the restarted children included
+    # Nothing the faults restarted may outlive the system and disturb the modules after
+    # this one (a port still taken, a worker still consuming, CPU).
+    _, alive = psutil.wait_procs(processes, timeout=15)
+    left = []
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            left.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+            proc.kill()
+    assert not left, "left behind by the fault suite:\n" + "\n".join(left)
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name.split(" (")[0] for f in FAULTS])
