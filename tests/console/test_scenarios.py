@@ -102,6 +102,12 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
         "CONSOLE_DEPLOY_DIR": str(deploy),
         # The chaos-delay fault delays this share of requests (CHAOS_RATE, 5 % by default).
         "CHAOS_RATE": "0.3",
+        # Time runs 60 times faster in the copied rules (5m windows are 5s), so the circuit
+        # breakers' cool-down is shortened too: audit-errors fails half the audit writes, the
+        # order-service breaker opens after 5 failures in a row, and a 10 s cool-down would
+        # leave the 5 s windows without audit traffic, so High5xxRate would come and go
+        # instead of firing (with real 5m windows the cool-downs average out).
+        "CIRCUIT_BREAKER_RESET_SECONDS": "0.5",
     }
     with running_system(root / "data", env=env) as running:
         yield running
