@@ -5,6 +5,7 @@ and why; and clear-all. Everything here runs in the writer thread."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -118,10 +119,10 @@ class Retention:
                 return EvictionStats(**json.loads(row[0]))
         return EvictionStats()
 
-    def _save(self) -> None:
+    def _save(self, evictions: EvictionStats) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO meta VALUES ('evictions', ?)",
-            (json.dumps(self.evictions.__dict__),),
+            (json.dumps(evictions.__dict__),),
         )
 
     def reset(self) -> None:
@@ -194,13 +195,15 @@ class Retention:
                     "DELETE FROM services WHERE span_count = 0 AND log_count = 0"
                     " AND point_count = 0"
                 )
-            if done.removed:
-                self._record(done, cutoff_ns, reason)
+            recorded = self._recorded(done, cutoff_ns, reason) if done.removed else None
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        if done.removed:
+        if recorded is not None:
+            # Only now: a reader that sees these counters sees the rows gone too, and a
+            # rolled-back slice is never counted.
+            self.evictions = recorded
             log.info(
                 "evicted %d spans (%d traces), %d logs, %d metric points older than %s (%s)",
                 done.spans, done.traces, done.logs, done.points,
@@ -255,16 +258,20 @@ class Retention:
         )
         return done
 
-    def _record(self, done: _Slice, cutoff_ns: int, reason: str) -> None:
-        ev = self.evictions
-        ev.spans += done.spans
-        ev.traces += done.traces
-        ev.logs += done.logs
-        ev.points += done.points
-        ev.last_at = time.time()
-        ev.last_reason = reason
-        ev.last_cutoff_ns = cutoff_ns
-        self._save()
+    def _recorded(self, done: _Slice, cutoff_ns: int, reason: str) -> EvictionStats:
+        """The counters with this slice added, saved in the slice's transaction."""
+        ev = dataclasses.replace(
+            self.evictions,
+            spans=self.evictions.spans + done.spans,
+            traces=self.evictions.traces + done.traces,
+            logs=self.evictions.logs + done.logs,
+            points=self.evictions.points + done.points,
+            last_at=time.time(),
+            last_reason=reason,
+            last_cutoff_ns=cutoff_ns,
+        )
+        self._save(ev)
+        return ev
 
     def clear(self) -> dict[str, int]:
         """Delete every row of telemetry; runs in the writer thread."""
@@ -277,12 +284,13 @@ class Retention:
         try:
             for table in _TABLES:
                 db.execute(f"DELETE FROM {table}")
-            self.evictions = EvictionStats(cleared_at=time.time())
-            self._save()
+            cleared = EvictionStats(cleared_at=time.time())
+            self._save(cleared)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self.evictions = cleared
         self.reset()
         # Give the space back to the file system; readers may hold it up, which is harmless.
         with contextlib.suppress(sqlite3.Error):
