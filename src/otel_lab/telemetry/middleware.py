@@ -115,15 +115,14 @@ def _server_address(host: str | None, scope: Scope) -> tuple[str, int | None]:
     return name, int(port) if port.isdigit() else None
 
 
-def _marked_error_type(span: trace.Span) -> str | None:
-    """The ``error.type`` the application's error handler already put on the span, if any:
-    more specific than the status code (``upstream_timeout`` rather than ``504``). A span
-    it marked failed keeps its status description too; one it did not is marked here."""
-    attributes = getattr(span, "attributes", None) or {}
+def _mark_failed(span: trace.Span) -> str | None:
+    """Mark a 5xx request span failed, unless the application's error handler already did
+    (its status description is kept), and return the ``error.type`` that handler set, if
+    any: more specific than the status code (``upstream_timeout`` rather than ``504``)."""
     status = getattr(span, "status", None)
     if status is None or status.status_code is not StatusCode.ERROR:
         span.set_status(Status(StatusCode.ERROR))
-    marked = attributes.get(ERROR_TYPE)
+    marked = (getattr(span, "attributes", None) or {}).get(ERROR_TYPE)
     return str(marked) if marked else None
 
 
@@ -259,7 +258,8 @@ class TelemetryMiddleware:
             route_obj = scope.get("route")
             route: str | None = getattr(route_obj, "path", None)
             if status_code >= 500:
-                error_type = error_type or _marked_error_type(span) or str(status_code)
+                marked = _mark_failed(span)
+                error_type = error_type or marked or str(status_code)
             final: dict[str, str | int] = {HTTP_RESPONSE_STATUS_CODE: status_code}
             duration_attributes: dict[str, str | int] = {
                 HTTP_REQUEST_METHOD: known_method,
