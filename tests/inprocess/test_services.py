@@ -6,6 +6,8 @@ Dependencies that are down are real too: a loopback port nothing listens on.
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
 from typing import Any
 
@@ -13,6 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import REGISTRY
 
 from otel_lab.services.api.app import create_app as create_api
 from otel_lab.services.audit.app import create_app as create_audit
@@ -21,6 +24,7 @@ from otel_lab.services.orders.app import create_app as create_orders
 from otel_lab.services.users.app import create_app as create_users
 from otel_lab.services.weather_upstream.app import behaviour_for, observe
 from otel_lab.services.weather_upstream.app import create_app as create_weather_upstream
+from otel_lab.telemetry import Telemetry
 from tests.inprocess.conftest import (
     Recorded,
     closed_url,
@@ -387,3 +391,29 @@ def test_every_route_has_a_success_schema(
     success = next(code for code in operation["responses"] if code.startswith("2"))
     schema = operation["responses"][success]["content"]["application/json"]["schema"]
     assert "$ref" in schema or schema.get("type") == "array", schema
+
+
+# --------------------------------------------------------------------------- telemetry off
+
+
+def test_the_sdk_disabled_keeps_request_ids_the_request_log_and_metrics(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``OTEL_SDK_DISABLED=true`` switches the OpenTelemetry SDK off, not the service's own
+    request IDs, JSON request log line and Prometheus series."""
+    caplog.set_level(logging.INFO, logger="otel_lab.request")
+    labels = {"method": "GET", "path": "/health", "status": "200"}
+    before = REGISTRY.get_sample_value("requests_total", labels) or 0.0
+    app = create_weather_upstream(settings_for(), Telemetry(enabled=False))
+    response = _call(app, "GET", "/health", headers={"x-request-id": "sdk-off-1"})
+
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "sdk-off-1"
+    assert "traceresponse" not in response.headers  # no trace to point to
+    assert REGISTRY.get_sample_value("requests_total", labels) == before + 1
+    lines = [
+        json.loads(line) for line in capfd.readouterr().err.splitlines() if "sdk-off-1" in line
+    ]
+    assert [line["message"] for line in lines] == ["request_completed"]
+    assert lines[0]["service"] == "weather-upstream" and lines[0]["status_code"] == 200
+    assert "trace_id" not in lines[0]

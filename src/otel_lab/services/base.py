@@ -22,6 +22,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.trace import NoOpTracerProvider
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 from sqlalchemy import text
@@ -263,12 +265,15 @@ def create_service(
     )
     app.add_middleware(ChaosMiddleware, settings=settings)  # inside the server span
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-    if telemetry.enabled:  # outside: the 413 is traced too
-        app.add_middleware(
-            TelemetryMiddleware,
-            tracer_provider=telemetry.tracer_provider,
-            meter_provider=telemetry.meter_provider,
-        )
+    # Outside the body limit: the 413 is traced too. With OTEL_SDK_DISABLED=true it runs
+    # on the no-op API: the request ID, the request log line and the Prometheus series are
+    # the service's own features, not the OpenTelemetry SDK's, and stay.
+    app.add_middleware(
+        TelemetryMiddleware,
+        service_name=service_name,
+        tracer_provider=telemetry.tracer_provider if telemetry.enabled else NoOpTracerProvider(),
+        meter_provider=telemetry.meter_provider if telemetry.enabled else NoOpMeterProvider(),
+    )
     app.add_exception_handler(ServiceError, handle_service_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     for exc_type in (OperationalError, InterfaceError, PoolTimeoutError, ConnectionRefusedError):

@@ -138,6 +138,7 @@ class TelemetryMiddleware:
         app: ASGIApp,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
+        service_name: str | None = None,
     ) -> None:
         self.app = app
         self.tracer = trace.get_tracer("otel_lab.http", tracer_provider=tracer_provider)
@@ -153,7 +154,9 @@ class TelemetryMiddleware:
         self._propagator_headers = frozenset(propagate.get_global_textmap().fields)
         self._wanted_headers = _OWN_HEADERS | {h.encode() for h in self._propagator_headers}
         self.excluded_urls = get_excluded_urls("FASTAPI")  # or OTEL_PYTHON_EXCLUDED_URLS
-        self.access_log = AccessLog(_service_name(tracer_provider or trace.get_tracer_provider()))
+        self.access_log = AccessLog(
+            service_name or _service_name(tracer_provider or trace.get_tracer_provider())
+        )
 
     def _series(self, method: str, path: str, status_code: int) -> tuple[Any, Any]:
         """The Prometheus children of one (method, route, status): ``labels()`` validates
