@@ -18,6 +18,10 @@ it. The limits:
   cancelled cleanly by the server and its connection stays usable;
 - waiting for a pooled connection.
 
+Within a request, each of these waits also ends with the request's own deadline
+(``services.deadline``: the budget the gateway set, shrunk hop by hop), whichever is
+sooner; the service then answers 504 naming the database instead of 503.
+
 There is no ``pool_pre_ping`` (a round trip before every checkout): after a PostgreSQL
 restart the first statement on a stale connection fails with a disconnect, SQLAlchemy then
 drops every pooled connection older than that moment, and the next request reconnects.
@@ -41,7 +45,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from otel_lab.services import deadline as request_deadline
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.database import instrument_engine
@@ -85,9 +91,13 @@ def _missed(conn: psycopg.BaseConnection[Any], deadline: float) -> psycopg.Opera
     """Close a connection whose server missed the deadline (a statement may still be in
     flight on it) and say so; SQLAlchemy sees a closed connection and discards it."""
     conn.pgconn.finish()
-    return psycopg.OperationalError(
-        f"PostgreSQL did not answer within {deadline:g} s (client-side deadline)"
-    )
+    return psycopg.OperationalError(f"PostgreSQL did not answer within {_which(deadline)}")
+
+
+def _which(deadline: float) -> str:
+    if request_deadline.expired():
+        return "the request's deadline"
+    return f"{deadline:g} s (client-side deadline)"
 
 
 class _Budget:
@@ -99,6 +109,7 @@ class _Budget:
 
     def _limit(self, timeout: float | None) -> float:
         left = self.deadline if self.budget is None else max(0.0, self.budget)
+        left = max(0.0, min(left, request_deadline.remaining()))
         return left if timeout is None else min(timeout, left)
 
     def _spend(self, started: float) -> None:
@@ -126,11 +137,11 @@ def _async_connection_class(deadline: float) -> type[psycopg.AsyncConnection[Any
             # libpq's connect_timeout cannot go below 2 s; this one can.
             started = time.monotonic()
             try:
-                async with asyncio.timeout(deadline):
+                async with asyncio.timeout(min(deadline, request_deadline.remaining())):
                     conn = await super().connect(*args, **kwargs)
             except TimeoutError:
                 raise psycopg.OperationalError(
-                    f"could not connect to PostgreSQL within {deadline:g} s"
+                    f"could not connect to PostgreSQL within {_which(deadline)}"
                 ) from None
             conn.fresh = True
             conn._spend(started)
@@ -156,6 +167,19 @@ def _connection_class(deadline: float) -> type[psycopg.Connection[Any]]:
 
     DeadlineConnection.deadline = deadline
     return DeadlineConnection
+
+
+class _DeadlinePool(AsyncAdaptedQueuePool):
+    """The services' pool: waiting for a pooled connection ends with the request's deadline
+    too (read where the pool reads its timeout, in the request's context)."""
+
+    @property
+    def _timeout(self) -> float:
+        return max(0.0, min(self._configured_timeout, request_deadline.remaining()))
+
+    @_timeout.setter
+    def _timeout(self, value: float) -> None:
+        self._configured_timeout = value
 
 
 def _budget_per_checkout(sync_engine: Engine) -> None:
@@ -218,6 +242,7 @@ def create_engine(
         max_overflow=10,
         pool_recycle=POOL_RECYCLE_SECONDS,
         pool_timeout=deadline,
+        poolclass=_DeadlinePool,
         connect_args={
             **_connect_args(settings),
             "async_creator_fn": _async_connection_class(deadline).connect,

@@ -101,7 +101,11 @@ class Settings(BaseSettings):
     # The chain's `simulate_failure` body field (demos and tests); turn off in production.
     simulated_failures: bool = Field(True, alias="CHAIN_SIMULATED_FAILURES")
 
-    # The gateway: longer than a chain call's own budget (each hop retries within DOWNSTREAM_*).
+    # One budget per request (services/deadline.py): where a request enters (the gateway, or
+    # a service called directly) it gets this long, and every hop it reaches, every retry
+    # and every PostgreSQL wait shares what is left (X-Request-Timeout-Ms may only shorten it).
+    request_deadline_seconds: float = Field(1.8, gt=0, le=300, alias="REQUEST_DEADLINE_SECONDS")
+    # The gateway: per attempt, capped by the request's deadline.
     gateway_upstream_timeout_seconds: float = Field(
         15.0, gt=0, alias="GATEWAY_UPSTREAM_TIMEOUT_SECONDS"
     )

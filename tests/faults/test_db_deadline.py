@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 
 import psutil
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from otel_lab.db import create_blocking_engine, create_engine
 from otel_lab.runtime.embedded import EmbeddedPostgres
+from otel_lab.services import deadline as request_deadline
 from otel_lab.settings import Settings
 from tests.faults.lab import frozen
 
@@ -94,5 +97,50 @@ def test_a_slow_connect_leaves_less_for_the_first_statement(
                         await conn.execute(text(SLOW))
         finally:
             await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_the_request_deadline_cuts_every_wait_shorter(postgres: EmbeddedPostgres) -> None:
+    """Within a request with 0.3 s left, a statement, a wait for a pooled connection and a
+    connect to a hung server each give up after about 0.3 s, not the 5 s of their own."""
+    assert postgres.pid is not None
+    budget = 0.3
+    settings = Settings.model_validate(
+        {"DATABASE_URL": postgres.url, "DEPENDENCY_TIMEOUT_SECONDS": 5.0}
+    )
+
+    async def scenario() -> None:
+        engine = create_engine(settings)
+        try:
+            with request_deadline.within(budget):
+                started = time.monotonic()
+                with pytest.raises(DBAPIError, match="within the request's deadline"):
+                    async with engine.connect() as conn:
+                        await conn.execute(text(SLOW))
+                assert time.monotonic() - started < 0.55
+
+            # Every pooled connection (10 + 10 overflow) taken: the next checkout waits.
+            async with AsyncExitStack() as held:
+                for _ in range(20):
+                    await held.enter_async_context(engine.connect())
+                with request_deadline.within(budget):
+                    started = time.monotonic()
+                    with pytest.raises(PoolTimeoutError):
+                        await engine.connect().__aenter__()
+                    assert time.monotonic() - started < 0.55
+        finally:
+            await engine.dispose()
+
+        fresh = create_engine(settings)
+        try:
+            with frozen(postgres.pid), request_deadline.within(budget):  # a hung server
+                started = time.monotonic()
+                with pytest.raises(DBAPIError, match="within the request's deadline"):
+                    async with fresh.connect() as conn:
+                        await conn.execute(text("SELECT 1"))
+                assert time.monotonic() - started < 0.55
+        finally:
+            await fresh.dispose()
 
     asyncio.run(scenario())

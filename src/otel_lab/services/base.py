@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_lab import __version__
 from otel_lab.db import create_engine, session_factory
+from otel_lab.services import deadline
 from otel_lab.services.chaos import ChaosMiddleware
 from otel_lab.services.errors import (
     DependencyUnavailableError,
@@ -158,8 +159,14 @@ async def _value_rejected_by_database(request: Request, exc: Exception) -> JSONR
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 naming the database; 504 when the wait was cut by the request's deadline."""
     logger.warning("database_unavailable", extra={"error": str(exc).splitlines()[0][:200]})
-    error = DependencyUnavailableError("database", "database unavailable, try again shortly")
+    error: ServiceError
+    if deadline.expired():
+        deadline.exceeded("database")
+        error = deadline.DeadlineExceededError("database")
+    else:
+        error = DependencyUnavailableError("database", "database unavailable, try again shortly")
     return error_json(error, cause=exc)
 
 
@@ -264,6 +271,10 @@ def create_service(
         telemetry=NATIVE_TELEMETRY_OFF,
     )
     app.add_middleware(ChaosMiddleware, settings=settings)  # inside the server span
+    # Outside chaos (an injected delay spends the budget too), inside the server span.
+    app.add_middleware(
+        deadline.DeadlineMiddleware, budget_seconds=settings.request_deadline_seconds
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     # Outside the body limit: the 413 is traced too. With OTEL_SDK_DISABLED=true it runs
     # on the no-op API: the request ID, the request log line and the Prometheus series are

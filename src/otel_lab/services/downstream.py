@@ -20,7 +20,11 @@ What a call gets here, so no service hand-rolls its own:
 - one INTERNAL span around the whole call (``<service> <step>``) holding the retry and
   breaker events, marked ERROR with the exception when the call fails;
 - typed errors (:class:`DownstreamError` and its subclasses, each a ``ServiceError``) that
-  carry the HTTP status the caller should answer and name the service and the step.
+  carry the HTTP status the caller should answer and name the service and the step;
+- the request's deadline (``services.deadline``): every attempt's timeout is capped by what
+  is left of it, a retry is made only when the budget still fits one (the time the failed
+  attempt took, at least), a call with nothing left is not made, and the next hop is sent
+  what is left (``X-Request-Timeout-Ms``) minus a margin to answer in.
 
 It also holds what travels with a chain call: the baggage keys (``user.id``, ``action``), the
 span processor that copies them onto every span, and the PII switch.
@@ -56,6 +60,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 from yarl import URL
 
+from otel_lab.services import deadline
 from otel_lab.services.errors import (
     InvalidInputError,
     ServiceError,
@@ -116,13 +121,16 @@ class DownstreamTimeoutError(DownstreamError):
 
 
 class DownstreamHTTPError(DownstreamError):
-    """The downstream answered, with an error status the caller does not accept."""
+    """The downstream answered, with an error status the caller does not accept: 502, or
+    the downstream's own 503/504 (unavailable, out of time), which the caller passes on."""
 
     error_type = "downstream_error_response"
 
     def __init__(self, service: str, step: str, upstream_status: int, detail: str) -> None:
         super().__init__(service, step, f"failed: {detail} (HTTP {upstream_status})")
         self.upstream_status = upstream_status
+        if upstream_status in (503, 504):
+            self.status_code = upstream_status
 
 
 class CircuitOpenError(DownstreamError):
@@ -294,6 +302,24 @@ class _RetryableError(Exception):
         self.response = response
 
 
+class _RetryFits(stop_base):
+    """Stop when the request's deadline (monotonic ``until``) leaves a retry, after its
+    backoff, less time than the failed attempt took (it would not finish either) or too
+    little to give the next hop anything. A refused connection, failed in milliseconds, is
+    still retried; a 503 that came after the downstream's own 1.5 s deadline is not."""
+
+    def __init__(self, until: float) -> None:
+        self.until = until
+        self.started = time.monotonic()  # of the current attempt
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        if math.isinf(self.until):
+            return False
+        took = time.monotonic() - self.started
+        left = self.until - time.monotonic() - retry_state.upcoming_sleep
+        return left < max(took, 2 * deadline.PROPAGATION_MARGIN_SECONDS)
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A downstream's complete answer (the body is read before the connection is released)."""
@@ -459,6 +485,8 @@ class Downstream:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            if deadline.active():
+                span.set_attribute("deadline.remaining_ms", round(deadline.remaining() * 1000))
             try:
                 response, _ = await self.send(
                     method, path, step=step, idempotent=idempotent, json=json,
@@ -524,11 +552,12 @@ class Downstream:
         request_kwargs: dict[str, Any],
     ) -> tuple[Reply, int]:
         policy = self.retry
-        stop: stop_base = stop_after_attempt(policy.attempts)
-        deadline = math.inf
+        fits = _RetryFits(time.monotonic() + deadline.remaining())
+        stop: stop_base = stop_after_attempt(policy.attempts) | fits
+        until = fits.until
         if policy.deadline_seconds is not None:
             stop = stop | stop_before_delay(policy.deadline_seconds)
-            deadline = time.monotonic() + policy.deadline_seconds
+            until = min(until, time.monotonic() + policy.deadline_seconds)
         retrying = AsyncRetrying(
             stop=stop,
             wait=wait_exponential_jitter(
@@ -546,10 +575,10 @@ class Downstream:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    remaining = deadline - time.monotonic()
+                    fits.started = time.monotonic()
                     try:
                         reply = await self._attempt(
-                            method, url, step, idempotent, request_kwargs, remaining
+                            method, url, step, idempotent, request_kwargs, until
                         )
                         return reply, attempts
                     except CircuitOpenError:
@@ -582,15 +611,27 @@ class Downstream:
         step: str,
         idempotent: bool,
         kwargs: dict[str, Any],
-        remaining: float = math.inf,
+        until: float = math.inf,
     ) -> Reply:
+        if deadline.remaining() <= deadline.PROPAGATION_MARGIN_SECONDS:
+            # Nothing left to give the next hop: not called, and not its failure.
+            deadline.exceeded(self.name)
+            raise DownstreamTimeoutError(
+                self.name, step, "not called: the request's deadline has run out"
+            )
         breaker = self.breaker
         breaker.allow(step)  # raises CircuitOpenError: never retried
         timeout = self.timeout
+        remaining = until - time.monotonic()
         if remaining < (timeout.total or math.inf):  # the deadline is nearer than a full try
             timeout = aiohttp.ClientTimeout(
                 total=max(remaining, 0.001), sock_connect=timeout.sock_connect
             )
+        if (budget := deadline.header_value()) is not None:
+            kwargs = {
+                **kwargs,
+                "headers": {**(kwargs.get("headers") or {}), deadline.HEADER: budget},
+            }
         try:
             async with self.client.request(method, url, timeout=timeout, **kwargs) as answer:
                 response = _reply(answer, await answer.read())
@@ -601,9 +642,11 @@ class Downstream:
             raise _RetryableError(DownstreamUnavailableError(self.name, step, reason)) from exc
         except TimeoutError as exc:  # aiohttp's read timeouts are TimeoutErrors too
             breaker.record_failure()
-            timed_out = DownstreamTimeoutError(
-                self.name, step, f"timed out after {timeout.total:g}s ({failure_name(exc)})"
-            )
+            reason = f"timed out after {timeout.total:.3g}s ({failure_name(exc)})"
+            if deadline.expired():
+                deadline.exceeded(self.name)
+                reason += ": the request's deadline ran out"
+            timed_out = DownstreamTimeoutError(self.name, step, reason)
             if self.retry.retry_timeouts:
                 raise _RetryableError(timed_out) from exc
             raise timed_out from exc
