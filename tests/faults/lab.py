@@ -76,6 +76,7 @@ class Result:
     body: Any = None
     item_id: int | None = None
     trace_id: str = ""  # from the gateway's traceresponse header: look a slow answer up
+    order_id: int | None = None  # the order a chain request answered 2xx stored
 
     @property
     def end(self) -> float:
@@ -114,13 +115,16 @@ class Traffic:
             body = response.json()
         except ValueError:
             body = response.text[:300]
-        item_id = None
+        item_id = order_id = None
         if probe.name == "item-write" and response.status_code == 201:
             item_id = int(body["id"])
+        if probe.name == "chain" and response.status_code == 200:
+            order_id = int(body["order"]["id"])
         trace_id = response.headers.get("traceresponse", "-").split("-")[1:2]
         return Result(
-            probe.name, started, elapsed, response.status_code, body, item_id, "".join(trace_id)
-        )
+            probe.name, started, elapsed, response.status_code, body, item_id,
+            "".join(trace_id), order_id,
+        )  # fmt: skip
 
     def _run(self, probe: Probe, offset: int) -> None:
         with httpx.Client(base_url=self.base, timeout=CLIENT_TIMEOUT) as client:
@@ -155,6 +159,10 @@ class Traffic:
     def acked_writes(self, since: float = 0.0) -> list[int]:
         with self._lock:
             return [r.item_id for r in self.results if r.item_id and r.start >= since]
+
+    def acked_orders(self, since: float = 0.0) -> list[int]:
+        with self._lock:
+            return [r.order_id for r in self.results if r.order_id and r.start >= since]
 
 
 # -- faults ---------------------------------------------------------------------------------
@@ -205,15 +213,17 @@ class Fault:
 
 
 _DB = ("database", "postgres")
-_DB_PROBES = {"item-read": _DB, "item-write": _DB, "users": _DB, "chain": (*_DB, "service")}
+# The chain's error must name the database too, not only the hop that gave up on it: every
+# hop shares the request's deadline (services/deadline.py), so the one that waited answers.
+DB_PROBES = {"item-read": _DB, "item-write": _DB, "users": _DB, "chain": _DB}
 
 FAULTS = (
     Fault("console killed (SIGKILL)", "console", "kill"),
     Fault("console hung (SIGSTOP)", "console", "stop"),
     Fault("Valkey killed (SIGKILL)", "valkey", "kill"),
     Fault("Valkey hung (SIGSTOP)", "valkey", "stop"),
-    Fault("PostgreSQL killed (SIGKILL)", "postgres", "kill", may_fail=_DB_PROBES),
-    Fault("PostgreSQL hung (SIGSTOP)", "postgres", "stop", may_fail=_DB_PROBES),
+    Fault("PostgreSQL killed (SIGKILL)", "postgres", "kill", may_fail=DB_PROBES),
+    Fault("PostgreSQL hung (SIGSTOP)", "postgres", "stop", may_fail=DB_PROBES),
     Fault(
         "PostgreSQL slow (items locked)",
         "postgres",
@@ -257,9 +267,11 @@ class Outcome:
     healed: float  # the stop/lock ended, or the killed child runs again
     recovered: float | None  # the end of the last failed request after the fault, or None
     results: list[Result]  # from the injection until the traffic stopped being watched
-    acked: list[int]  # ids of writes answered 2xx since the injection
+    acked: list[int]  # ids of items whose write was answered 2xx since the injection
     lost: list[int] = field(default_factory=list)  # of those, not in PostgreSQL
     not_enriched: list[int] = field(default_factory=list)
+    acked_orders: list[int] = field(default_factory=list)  # orders of chains answered 2xx
+    lost_orders: list[int] = field(default_factory=list)  # of those, not in PostgreSQL
     restarts: int = 0
 
     @property
@@ -307,10 +319,20 @@ def pid_of(system: RunningSystem, child: str) -> int:
 
 
 def check_writes(system: RunningSystem, outcome: Outcome, enrich_timeout: float = 60.0) -> None:
-    """Every acknowledged write is in PostgreSQL, and ends enriched."""
+    """Every acknowledged write is in PostgreSQL (items and the chain's orders), and every
+    item ends enriched."""
+    dsn = system.database_url.replace("+psycopg", "")
+    if outcome.acked_orders:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            stored = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM orders WHERE id = ANY(%s)", (outcome.acked_orders,)
+                )
+            }
+        outcome.lost_orders = [i for i in outcome.acked_orders if i not in stored]
     if not outcome.acked:
         return
-    dsn = system.database_url.replace("+psycopg", "")
     deadline = time.monotonic() + enrich_timeout
     while True:
         with psycopg.connect(dsn, connect_timeout=5) as conn:
@@ -379,8 +401,9 @@ def run_fault(
     failures = [r for r in results if not r.ok]
     recovered = max((r.end for r in failures), default=None)
     outcome = Outcome(
-        fault, injected, healed, recovered, results, traffic.acked_writes(since=injected)
-    )
+        fault, injected, healed, recovered, results, traffic.acked_writes(since=injected),
+        acked_orders=traffic.acked_orders(since=injected),
+    )  # fmt: skip
     outcome.restarts = system.restarts(fault.child) - restarts_before
     check_writes(system, outcome)
     return outcome
@@ -402,6 +425,7 @@ def table(outcomes: list[Outcome]) -> str:
             f"| {o.fault.name} | {len(during)} | {o.answered} | {shown} | {o.p99():.2f} s | "
             f"{max((r.elapsed for r in during), default=0):.2f} s | "
             f"{o.healed - o.injected:.1f} s | {o.time_to_recover:.1f} s | "
-            f"{o.restarts} | {len(o.acked)} | {len(o.lost)} | {len(o.not_enriched)} |"
+            f"{o.restarts} | {len(o.acked) + len(o.acked_orders)} | "
+            f"{len(o.lost) + len(o.lost_orders)} | {len(o.not_enriched)} |"
         )
     return "\n".join(lines)

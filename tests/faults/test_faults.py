@@ -12,20 +12,17 @@ is in PostgreSQL and ends enriched. ``scripts/faults.py`` prints the same figure
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
-from otel_lab.runtime.harness import RunningSystem, running_system
+from otel_lab.runtime.harness import RunningSystem
 from tests.faults.lab import FAULTS, Fault, Traffic, run_fault
 
 # Starting the system (in the first test) and a killed service's import can each take a
@@ -35,27 +32,6 @@ pytestmark = pytest.mark.timeout(420)
 RECOVER_SECONDS = 15.0
 """Clean traffic again this soon after a fault ends (a killed child: once it serves again;
 the gateway's breaker for a service that was down stays open up to 10 s)."""
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSystem, Traffic]]:
-    env = {"PENDING_SWEEP_SECONDS": "2", "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
-    with running_system(tmp_path_factory.mktemp("faults"), env=env) as system:
-        traffic = Traffic(system).start()
-        try:
-            yield system, traffic
-        finally:
-            traffic.stop()
-            processes = system.processes()  # the restarted children included
-    # Nothing the faults restarted may outlive the system and disturb the modules after
-    # this one (a port still taken, a worker still consuming, CPU).
-    _, alive = psutil.wait_procs(processes, timeout=15)
-    left = []
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            left.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
-            proc.kill()
-    assert not left, "left behind by the fault suite:\n" + "\n".join(left)
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name.split(" (")[0] for f in FAULTS])
@@ -71,6 +47,7 @@ def test_fault_kept_serving_came_back_nothing_lost(
     if fault.how == "kill":
         assert outcome.restarts == 1, f"{fault.child} restarted {outcome.restarts} times"
     assert not outcome.lost, f"acknowledged writes lost: {outcome.lost}"
+    assert not outcome.lost_orders, f"acknowledged orders lost: {outcome.lost_orders}"
     assert not outcome.not_enriched, f"never enriched: {outcome.not_enriched}"
     assert system.process.poll() is None, system.output()[-3000:]
     violations = outcome.violations()

@@ -45,7 +45,7 @@ _HEADER_BYTES = HEADER.encode()
 _TIMEOUT_MS = re.compile(rb"[ \t]*([0-9]{1,8})[ \t]*")
 # What a hop keeps for itself when it sends the budget on: the time for the next hop's
 # answer (a 504 naming what it waited for) to come back and be passed on.
-PROPAGATION_MARGIN_SECONDS = 0.1
+PROPAGATION_MARGIN_SECONDS = 0.2
 
 # The monotonic time by which the current request must be answered; None outside one.
 _deadline: ContextVar[float | None] = ContextVar("request_deadline", default=None)
