@@ -13,8 +13,10 @@ Failures: an upstream that cannot be reached answers 502, one that does not answ
 service. In time means within the request's budget (``REQUEST_DEADLINE_SECONDS``, 1.8 s;
 a client's ``X-Request-Timeout-Ms`` may shorten it), which the gateway starts and every
 hop behind it shares (``services.deadline``): an upstream stuck on a hung dependency
-answers a 503/504 naming it before the gateway gives up on it. Baggage from outside is dropped unless ``GATEWAY_TRUST_INBOUND_BAGGAGE=true``:
-baggage is the chain's trusted user context, and a client must not be able to forge it.
+answers a 503/504 naming it before the gateway gives up on it.
+
+Baggage from outside is dropped unless ``GATEWAY_TRUST_INBOUND_BAGGAGE=true``: baggage is
+the chain's trusted user context, and a client must not be able to forge it.
 """
 
 from __future__ import annotations
