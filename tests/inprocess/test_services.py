@@ -273,8 +273,8 @@ def test_weather_upstream_down_is_a_502_with_the_attempts(
     assert body["error_type"] == "upstream_unreachable" and body["attempts"] == 2
     assert body["request_id"] == response.headers["x-request-id"]
     assert errors_total("upstream_unreachable") == before + 1
-    # One CLIENT span per attempt, to the app's providers. (The weather.fetch span comes
-    # from a module's tracer, the global provider's: the end-to-end test reads it.)
+    # One CLIENT span per attempt, to the app's providers (test_manual_spans reads the
+    # weather.fetch span around them).
     attempts = [s for s in recorded.spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
     assert [s.name for s in attempts] == ["GET", "GET"]
     assert recorded.server_span().status.status_code is StatusCode.ERROR

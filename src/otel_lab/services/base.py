@@ -255,7 +255,12 @@ def create_service(
             async with opening as opened:
                 if owns_telemetry:
                     _settle_garbage_collector()
-                yield {"settings": settings, "service_name": service_name, **opened}
+                yield {
+                    "settings": settings,
+                    "service_name": service_name,
+                    "telemetry": telemetry,
+                    **opened,
+                }
         finally:
             if owns_telemetry:
                 shutdown_telemetry()

@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from otel_lab.settings import Settings
+from otel_lab.telemetry import Telemetry
 
 
 def lifespan_state(name: str) -> Callable[[Request], Awaitable[Any]]:
@@ -40,6 +41,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 SettingsDep = Annotated[Settings, Depends(lifespan_state("settings"))]
 ServiceNameDep = Annotated[str, Depends(lifespan_state("service_name"))]
+# Where the app's telemetry goes: services take their tracers from it (``.tracer(scope)``).
+TelemetryDep = Annotated[Telemetry, Depends(lifespan_state("telemetry"))]
 EngineDep = Annotated[AsyncEngine, Depends(lifespan_state("engine"))]
 # The engine without BEGIN/COMMIT: each statement is its own transaction.
 AutocommitDep = Annotated[AsyncEngine, Depends(lifespan_state("autocommit"))]

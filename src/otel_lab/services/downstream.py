@@ -74,7 +74,7 @@ from otel_lab.telemetry.http_client import client_middleware
 from otel_lab.telemetry.setup import Telemetry
 
 logger = logging.getLogger(__name__)
-tracer = trace.get_tracer("otel_lab.downstream")
+SCOPE = "otel_lab.downstream"
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -434,8 +434,10 @@ class Downstream:
         count_http_errors: bool = True,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings or get_settings()
+        self.tracer = (telemetry or Telemetry.from_environment()).tracer(SCOPE)
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.client = client
@@ -473,7 +475,7 @@ class Downstream:
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         started = time.perf_counter()
-        with tracer.start_as_current_span(
+        with self.tracer.start_as_current_span(
             f"{self.name} {step}",
             kind=SpanKind.INTERNAL,
             attributes={

@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -62,6 +62,23 @@ class Telemetry:
     tracer_provider: trace.TracerProvider | None = None
     meter_provider: metrics.MeterProvider | None = None
     enabled: bool = True
+    _tracers: dict[str, trace.Tracer] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def tracer(self, scope: str) -> trace.Tracer:
+        """The tracer for a component's manual spans (``scope``: its instrumentation scope),
+        made once per scope. Taken from here rather than ``trace.get_tracer()`` at import,
+        the spans go where the component's requests go: a test's in-memory exporter, or,
+        with no provider given, whatever the process installed (ours or the agent's)."""
+        tracer = self._tracers.get(scope)
+        if tracer is None:
+            tracer = self._tracers[scope] = (
+                trace.get_tracer(scope, tracer_provider=self.tracer_provider)
+                if self.enabled
+                else trace.NoOpTracer()
+            )
+        return tracer
 
     @classmethod
     def from_environment(cls) -> Telemetry:

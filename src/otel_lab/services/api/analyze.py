@@ -1,31 +1,19 @@
-"""``POST /analyze`` (MicroTrace): the edge validates, the WorkerService computes.
-
-The WorkerService stands in for a downstream dependency, so it gets its own child span
-(``WorkerService.analyze``) and its own log line: a trace shows the edge and the worker as
-two steps, and MicroTrace's ``analyze_response`` log event carries the request ID.
+"""``POST /analyze`` (MicroTrace): the edge validates, the WorkerService computes
+(``analyze_service``), and MicroTrace's ``analyze_response`` log event carries the request ID.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
-from dataclasses import dataclass
+from typing import Annotated
 
-from anyio import to_thread
-from fastapi import APIRouter
-from opentelemetry import trace
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from otel_lab import faults
-from otel_lab.services.errors import InvalidInputError
+from otel_lab.services.api.analyze_service import WorkerService
+from otel_lab.services.deps import TelemetryDep
 
-# MicroTrace's log events come from "microtrace.api"; ours keep the project's prefix.
 logger = logging.getLogger("otel_lab.api.analyze")
-tracer = trace.get_tracer("otel_lab.api.analyze")
-CPU_ROUNDS = 400_000  # cpu-hungry: about 0.1 s of CPU per request
-
-
 router = APIRouter(tags=["analyze"])
 
 
@@ -43,50 +31,19 @@ class AnalyzeResponse(BaseModel):
     difference: float = Field(examples=[7.0])
 
 
-@dataclass(frozen=True)
-class Analysis:
-    sum: float
-    difference: float
+async def _worker(telemetry: TelemetryDep) -> WorkerService:
+    return WorkerService(telemetry)
 
 
-class WorkerService:
-    """The component that does the work, traced as its own step under the request span."""
-
-    def analyze(self, a: float, b: float) -> Analysis:
-        with tracer.start_as_current_span(
-            "WorkerService.analyze",
-            attributes={"operation.type": "computation", "analysis.a": a, "analysis.b": b},
-        ) as span:
-            result = Analysis(sum=a + b, difference=a - b)
-            span.set_attributes(
-                {"analysis.sum": result.sum, "analysis.difference": result.difference}
-            )
-            logger.debug("worker_analysis_completed", extra={"a": a, "b": b})
-            return result
-
-
-worker_service = WorkerService()
-
-
-async def _derive_key(text: str) -> None:
-    """The cpu-hungry fault: a needless key derivation. In a thread (OpenSSL releases the
-    GIL), so the service stays responsive and its scrapes keep coming."""
-    with tracer.start_as_current_span("derive_key", attributes={"kdf.rounds": CPU_ROUNDS}) as span:
-        faults.mark(span, "cpu-hungry")
-        await to_thread.run_sync(hashlib.pbkdf2_hmac, "sha256", text.encode(), b"lab", CPU_ROUNDS)
+WorkerDep = Annotated[WorkerService, Depends(_worker)]
 
 
 @router.post(
     "/analyze",
     responses={422: {"description": "Missing, non-numeric or non-finite input or result"}},
 )
-async def analyze(body: AnalyzeRequest) -> AnalyzeResponse:
+async def analyze(body: AnalyzeRequest, worker: WorkerDep) -> AnalyzeResponse:
     """Sum and difference of ``a`` and ``b``, computed by the WorkerService."""
-    if faults.active("cpu-hungry"):
-        await _derive_key(f"{body.a}:{body.b}")
-    result = worker_service.analyze(body.a, body.b)
-    if not (math.isfinite(result.sum) and math.isfinite(result.difference)):
-        # 1e308 + 1e308 overflows to inf, which JSON cannot carry: the input is at fault.
-        raise InvalidInputError("result out of range: a and b are too large")
+    result = await worker.analyze(body.a, body.b)
     logger.info("analyze_response", extra={"sum": result.sum, "difference": result.difference})
     return AnalyzeResponse(sum=result.sum, difference=result.difference)

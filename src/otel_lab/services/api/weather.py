@@ -22,7 +22,6 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
-from opentelemetry import trace
 from pydantic import ValidationError
 from yarl import URL
 
@@ -45,7 +44,7 @@ from otel_lab.telemetry import Telemetry
 from otel_lab.telemetry import metrics as prom
 
 logger = logging.getLogger("otel_lab.api.weather")
-tracer = trace.get_tracer("otel_lab.api.weather")
+SCOPE = "otel_lab.api.weather"
 router = APIRouter(tags=["weather"])
 
 OPERATION = "weather.current"
@@ -96,6 +95,8 @@ class WeatherClient:
         settings: Settings | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
+        telemetry = telemetry or Telemetry.from_environment()
+        self._tracer = telemetry.tracer(SCOPE)
         self._client = create_client(settings, telemetry)
         # Only an upstream that cannot be reached or does not answer opens the breaker: a 5xx
         # answer is passed on as a 502 that names it (as the gateway counts its upstreams).
@@ -114,6 +115,7 @@ class WeatherClient:
                 retry_timeouts=True,
                 deadline_seconds=deadline_seconds,
             ),
+            telemetry=telemetry,
         )
 
     @classmethod
@@ -134,7 +136,7 @@ class WeatherClient:
     async def current(self, city: str) -> tuple[Observation, int]:
         """The city's current weather and how many attempts it took."""
         start = time.perf_counter()
-        with tracer.start_as_current_span(
+        with self._tracer.start_as_current_span(
             "weather.fetch",
             attributes={
                 "api.operation": OPERATION,

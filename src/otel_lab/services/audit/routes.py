@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Response
 
 from otel_lab.services.audit import repository, service
 from otel_lab.services.audit.schemas import AuditLogOut, AuditProcessRequest, AuditProcessResponse
-from otel_lab.services.deps import AutocommitDep, SessionDep, SettingsDep
+from otel_lab.services.deps import AutocommitDep, SessionDep, SettingsDep, TelemetryDep
 from otel_lab.services.downstream import SimulationDisabledError, idempotency_key
 from otel_lab.services.params import IdFilter, Limit, Offset, set_total
 
@@ -26,12 +26,14 @@ async def process(
     body: AuditProcessRequest,
     autocommit: AutocommitDep,
     settings: SettingsDep,
+    telemetry: TelemetryDep,
     idempotency_key_header: str | None = Header(None, alias="Idempotency-Key"),
 ) -> AuditProcessResponse:
     """Write one audit row per idempotency key and close the chain."""
     if body.simulate_failure and not settings.simulated_failures:
         raise SimulationDisabledError()
-    return await service.record(autocommit, body, idempotency_key(idempotency_key_header))
+    key = idempotency_key(idempotency_key_header)
+    return await service.record(autocommit, body, key, telemetry)
 
 
 @router.get("/audit")

@@ -6,7 +6,6 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from otel_lab import faults
@@ -14,9 +13,10 @@ from otel_lab.registry import CHAIN
 from otel_lab.services.audit import repository
 from otel_lab.services.audit.schemas import AuditProcessRequest, AuditProcessResponse, AuditRecord
 from otel_lab.services.errors import ServiceError
+from otel_lab.telemetry import Telemetry
 from otel_lab.telemetry.context import request_id_var
 
-tracer = trace.get_tracer("otel_lab.audit")
+SCOPE = "otel_lab.audit"
 
 
 class SimulatedFailureError(ServiceError):
@@ -49,10 +49,10 @@ def _summary(log: Mapping[Any, Any], replayed: bool) -> AuditProcessResponse:
 
 
 async def record(
-    autocommit: AsyncEngine, body: AuditProcessRequest, key: str
+    autocommit: AsyncEngine, body: AuditProcessRequest, key: str, telemetry: Telemetry
 ) -> AuditProcessResponse:
     """Write the audit row for ``key`` (once) and close the chain."""
-    with tracer.start_as_current_span(
+    with telemetry.tracer(SCOPE).start_as_current_span(
         "audit_log_write",
         attributes={
             "operation.type": "database",

@@ -169,6 +169,7 @@ async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[di
             count_http_errors=False,
             retry=retry,
             timeout=timeout,
+            telemetry=telemetry,
         )
         for name, url in upstream_urls(settings).items()
     }

@@ -28,7 +28,9 @@ SERVICE_NAME = ORDERS.name
 @asynccontextmanager
 async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, Any]]:
     async with database(settings, telemetry) as db, create_client(settings, telemetry) as client:
-        audit = Downstream(AUDIT.name, settings.base_url(AUDIT), client, settings=settings)
+        audit = Downstream(
+            AUDIT.name, settings.base_url(AUDIT), client, settings=settings, telemetry=telemetry
+        )
         yield {**db, "audit": audit}
 
 

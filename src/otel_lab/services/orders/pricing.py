@@ -14,7 +14,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from opentelemetry import trace
 
-tracer = trace.get_tracer("otel_lab.orders.pricing")
+SCOPE = "otel_lab.orders.pricing"
 
 CURRENCY = "USD"
 CENT = Decimal("0.01")
@@ -63,7 +63,7 @@ def _money(value: Decimal) -> Decimal:
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
-def price_order(items: list[tuple[str, int]], tier: str) -> PricedOrder:
+def price_order(items: list[tuple[str, int]], tier: str, tracer: trace.Tracer) -> PricedOrder:
     """Price every line in its own span, then discount by tier and add tax."""
     with tracer.start_as_current_span(
         "pricing", attributes={"operation.type": "business_logic", "user.tier": tier}

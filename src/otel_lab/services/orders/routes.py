@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Response
 from opentelemetry import trace
 
-from otel_lab.services.deps import AutocommitDep, SettingsDep, lifespan_state
+from otel_lab.services.deps import AutocommitDep, SettingsDep, TelemetryDep, lifespan_state
 from otel_lab.services.downstream import Downstream, SimulationDisabledError, idempotency_key
 from otel_lab.services.errors import NotFoundError
 from otel_lab.services.orders import repository, service
@@ -43,6 +43,7 @@ async def process(
     autocommit: AutocommitDep,
     audit_service: AuditServiceDep,
     settings: SettingsDep,
+    telemetry: TelemetryDep,
     idempotency_key_header: str | None = Header(None, alias="Idempotency-Key"),
 ) -> OrderProcessResponse:
     """Create and price the order, then have it audited; answer the order and the audit."""
@@ -52,7 +53,7 @@ async def process(
     # Autocommit: each statement is its own transaction; none is held open across the call
     # to audit-service.
     async with autocommit.connect() as connection:
-        order, items, replayed = await service.create_order(connection, body, key)
+        order, items, replayed = await service.create_order(connection, body, key, telemetry)
         audit = await service.write_audit(audit_service, connection, order, body, key)
     return OrderProcessResponse(
         order=service.order_out(order, items), audit=audit, replayed=replayed

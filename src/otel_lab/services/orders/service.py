@@ -16,12 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from otel_lab import faults
 from otel_lab.services.downstream import Downstream, DownstreamError, call_next_hop
 from otel_lab.services.errors import ServiceError
-from otel_lab.services.orders import repository
+from otel_lab.services.orders import pricing, repository
 from otel_lab.services.orders.pricing import default_items, price_order
 from otel_lab.services.orders.schemas import OrderOut, OrderProcessRequest
+from otel_lab.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
-tracer = trace.get_tracer("otel_lab.orders")
+SCOPE = "otel_lab.orders"
 
 _ITEM_COLUMNS = ("sku", "name", "quantity", "unit_price", "line_total")
 
@@ -61,13 +62,13 @@ def order_out(order: Mapping[Any, Any], items: Sequence[Mapping[Any, Any]]) -> O
 
 
 async def create_order(
-    connection: AsyncConnection, body: OrderProcessRequest, key: str
+    connection: AsyncConnection, body: OrderProcessRequest, key: str, telemetry: Telemetry
 ) -> tuple[dict[str, Any], list[Mapping[Any, Any]], bool]:
     """Order creation and pricing in one statement; returns (order, items, replayed).
 
     A call whose key already has an order (a retry) gets that order back, not a second one.
     """
-    with tracer.start_as_current_span(
+    with telemetry.tracer(SCOPE).start_as_current_span(
         "order_creation",
         attributes={"operation.type": "business_logic", "user.id": str(body.user_id)},
     ) as span:
@@ -85,7 +86,7 @@ async def create_order(
             if body.items
             else default_items(body.user_id, body.action)
         )
-        priced = price_order(requested, body.user_tier)
+        priced = price_order(requested, body.user_tier, telemetry.tracer(pricing.SCOPE))
         order: dict[str, Any] = {
             "user_id": body.user_id,
             "action": body.action,

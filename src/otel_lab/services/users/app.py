@@ -28,7 +28,9 @@ SERVICE_NAME = USERS.name
 @asynccontextmanager
 async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, Any]]:
     async with database(settings, telemetry) as db, create_client(settings, telemetry) as client:
-        orders = Downstream(ORDERS.name, settings.base_url(ORDERS), client, settings=settings)
+        orders = Downstream(
+            ORDERS.name, settings.base_url(ORDERS), client, settings=settings, telemetry=telemetry
+        )
         yield {**db, "orders": orders}
 
 

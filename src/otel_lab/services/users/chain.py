@@ -24,7 +24,7 @@ from opentelemetry import context, trace
 from sqlalchemy import Row
 
 from otel_lab.registry import CHAIN
-from otel_lab.services.deps import AutocommitDep, SettingsDep, lifespan_state
+from otel_lab.services.deps import AutocommitDep, SettingsDep, TelemetryDep, lifespan_state
 from otel_lab.services.downstream import (
     Downstream,
     DownstreamError,
@@ -38,14 +38,16 @@ from otel_lab.services.users.repository import ProfileReader
 from otel_lab.services.users.schemas import ChainProfile, ChainResponse, ProcessRequest
 
 logger = logging.getLogger(__name__)
-tracer = trace.get_tracer("otel_lab.users.chain")
+SCOPE = "otel_lab.users.chain"
 router = APIRouter(tags=["chain"])
 
 
 OrderServiceDep = Annotated[Downstream, Depends(lifespan_state("orders"))]
 
 
-async def _validate_user(users: ProfileReader, body: ProcessRequest, record_pii: bool) -> Row[Any]:
+async def _validate_user(
+    tracer: trace.Tracer, users: ProfileReader, body: ProcessRequest, record_pii: bool
+) -> Row[Any]:
     """Find the user by id (404 if unknown), or by email (created on first sight)."""
     with tracer.start_as_current_span(
         "user_validation", attributes={"operation.type": "validation"}
@@ -85,7 +87,9 @@ async def _create_on_first_sight(users: ProfileReader, body: ProcessRequest) -> 
     return user
 
 
-async def _enrich_profile(users: ProfileReader, user: Row[Any]) -> ChainProfile:
+async def _enrich_profile(
+    tracer: trace.Tracer, users: ProfileReader, user: Row[Any]
+) -> ChainProfile:
     """What the chain knows about the user beyond the row: todo counts, membership age."""
     with tracer.start_as_current_span(
         "profile_enrichment",
@@ -130,6 +134,7 @@ async def process(
     autocommit: AutocommitDep,
     orders: OrderServiceDep,
     settings: SettingsDep,
+    telemetry: TelemetryDep,
     idempotency_key_header: str | None = Header(None, alias="Idempotency-Key"),
 ) -> ChainResponse:
     """Run the chain and answer with the trace id and a summary of every step."""
@@ -142,9 +147,10 @@ async def process(
     key = idempotency_key(idempotency_key_header)
 
     async with autocommit.connect() as connection:
-        users = ProfileReader(connection)
-        user = await _validate_user(users, body, settings.record_pii)
-        profile = await _enrich_profile(users, user)
+        tracer = telemetry.tracer(SCOPE)
+        users = ProfileReader(connection, telemetry)
+        user = await _validate_user(tracer, users, body, settings.record_pii)
+        profile = await _enrich_profile(tracer, users, user)
     server_span.set_attribute("user.id", str(user.id))
 
     payload: dict[str, Any] = {"user_id": user.id, "action": body.action, "user_tier": user.tier}

@@ -24,8 +24,9 @@ from otel_lab import faults
 from otel_lab.services.persistence import paged
 from otel_lab.services.users.models import Todo, User
 from otel_lab.settings import get_settings
+from otel_lab.telemetry import Telemetry
 
-tracer = trace.get_tracer("otel_lab.users.repository")
+SCOPE = "otel_lab.users.repository"
 
 
 @lru_cache
@@ -35,7 +36,9 @@ def database_name() -> str:
 
 
 @contextmanager
-def _span(operation: str, **attributes: str | int | bool) -> Iterator[trace.Span]:
+def _span(
+    tracer: trace.Tracer, operation: str, **attributes: str | int | bool
+) -> Iterator[trace.Span]:
     with tracer.start_as_current_span(
         f"repository.{operation}",
         attributes={
@@ -60,18 +63,19 @@ async def _page(
 
 
 class UserRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, telemetry: Telemetry) -> None:
         self.session = session
+        self.tracer = telemetry.tracer(SCOPE)
 
     async def get(self, user_id: int) -> User | None:
-        with _span("get_user", **{"user.id": user_id}) as span:
+        with _span(self.tracer, "get_user", **{"user.id": user_id}) as span:
             user = await self.session.get(User, user_id)
             span.set_attribute("db.found", user is not None)
             return user
 
     async def get_by_email(self, email: str) -> User | None:
         # The email itself is personal data: it stays out of the span.
-        with _span("get_user_by_email") as span:
+        with _span(self.tracer, "get_user_by_email") as span:
             user = await self.session.scalar(select(User).where(User.email == email))
             span.set_attribute("db.found", user is not None)
             if user is not None:
@@ -79,7 +83,7 @@ class UserRepository:
             return user
 
     async def page(self, limit: int, offset: int) -> tuple[list[User], int]:
-        with _span("list_users", **{"db.limit": limit, "db.offset": offset}) as span:
+        with _span(self.tracer, "list_users", **{"db.limit": limit, "db.offset": offset}) as span:
             users, total = await _page(self.session, select(User).order_by(User.id), limit, offset)
             span.set_attribute("db.rows", len(users))
             if faults.active("n-plus-one"):  # one more query per listed user, as lazy loads do
@@ -89,18 +93,18 @@ class UserRepository:
             return users, total
 
     async def add(self, user: User) -> User:
-        with _span("insert_user") as span:
+        with _span(self.tracer, "insert_user") as span:
             self.session.add(user)
             await self.session.flush()
             span.set_attribute("user.id", user.id)
             return user
 
     async def flush(self, user: User) -> None:
-        with _span("update_user", **{"user.id": user.id}):
+        with _span(self.tracer, "update_user", **{"user.id": user.id}):
             await self.session.flush()
 
     async def delete(self, user: User) -> None:
-        with _span("delete_user", **{"user.id": user.id}):
+        with _span(self.tracer, "delete_user", **{"user.id": user.id}):
             await self.session.delete(user)
             await self.session.flush()
 
@@ -120,18 +124,20 @@ class ProfileReader:
     """The chain's user steps as Core statements on one connection (autocommit: each
     statement is its own transaction). Rows, not ORM objects: the chain only reads them."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, telemetry: Telemetry) -> None:
         self.connection = connection
+        self.tracer = telemetry.tracer(SCOPE)
 
     async def get(self, user_id: int) -> Row[Any] | None:
-        with _span("get_user", **{"user.id": user_id}) as span:
+        with _span(self.tracer, "get_user", **{"user.id": user_id}) as span:
             result = await self.connection.execute(_GET_USER, {"user_id": user_id})
             user = result.first()
             span.set_attribute("db.found", user is not None)
             return user
 
     async def get_by_email(self, email: str) -> Row[Any] | None:
-        with _span("get_user_by_email") as span:  # the email itself stays out of the span
+        # The email itself stays out of the span.
+        with _span(self.tracer, "get_user_by_email") as span:
             result = await self.connection.execute(_GET_USER_BY_EMAIL, {"email": email})
             user = result.first()
             span.set_attribute("db.found", user is not None)
@@ -141,7 +147,7 @@ class ProfileReader:
 
     async def add(self, name: str, email: str) -> Row[Any] | None:
         """Insert a user; None when the email exists (a concurrent request created it)."""
-        with _span("insert_user") as span:
+        with _span(self.tracer, "insert_user") as span:
             result = await self.connection.execute(
                 insert(_users)
                 .values(name=name, email=email)
@@ -155,18 +161,19 @@ class ProfileReader:
 
     async def todo_counts(self, user_id: int) -> tuple[int, int]:
         """(all todos, open todos) of a user: the profile enrichment reads these."""
-        with _span("count_todos", **{"user.id": user_id}):
+        with _span(self.tracer, "count_todos", **{"user.id": user_id}):
             result = await self.connection.execute(_COUNT_TODOS, {"user_id": user_id})
             total, open_todos = result.one()
             return int(total), int(open_todos)
 
 
 class TodoRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, telemetry: Telemetry) -> None:
         self.session = session
+        self.tracer = telemetry.tracer(SCOPE)
 
     async def get(self, todo_id: int) -> Todo | None:
-        with _span("get_todo", **{"todo.id": todo_id}) as span:
+        with _span(self.tracer, "get_todo", **{"todo.id": todo_id}) as span:
             todo = await self.session.get(Todo, todo_id)
             span.set_attribute("db.found", todo is not None)
             if todo is not None:
@@ -184,23 +191,23 @@ class TodoRepository:
         if completed is not None:
             attributes["todo.completed"] = completed
             query = query.where(Todo.completed.is_(completed))
-        with _span("list_todos", **attributes) as span:
+        with _span(self.tracer, "list_todos", **attributes) as span:
             todos, total = await _page(self.session, query, limit, offset)
             span.set_attribute("db.rows", len(todos))
             return todos, total
 
     async def add(self, todo: Todo) -> Todo:
-        with _span("insert_todo", **{"user.id": todo.user_id}) as span:
+        with _span(self.tracer, "insert_todo", **{"user.id": todo.user_id}) as span:
             self.session.add(todo)
             await self.session.flush()
             span.set_attribute("todo.id", todo.id)
             return todo
 
     async def flush(self, todo: Todo) -> None:
-        with _span("update_todo", **{"todo.id": todo.id, "user.id": todo.user_id}):
+        with _span(self.tracer, "update_todo", **{"todo.id": todo.id, "user.id": todo.user_id}):
             await self.session.flush()
 
     async def delete(self, todo: Todo) -> None:
-        with _span("delete_todo", **{"todo.id": todo.id, "user.id": todo.user_id}):
+        with _span(self.tracer, "delete_todo", **{"todo.id": todo.id, "user.id": todo.user_id}):
             await self.session.delete(todo)
             await self.session.flush()

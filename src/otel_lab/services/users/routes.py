@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from otel_lab.services.deps import SessionDep
+from otel_lab.services.deps import SessionDep, TelemetryDep
 from otel_lab.services.params import Limit, Offset, path_id, set_total
 from otel_lab.services.users.schemas import (
     TodoCreate,
@@ -30,8 +30,8 @@ TodoId = Annotated[int, path_id("The todo's id")]
 Completed = Annotated[bool | None, Query(description="Only completed (true) or open (false)")]
 
 
-async def _service(session: SessionDep) -> UserService:
-    return UserService(session)
+async def _service(session: SessionDep, telemetry: TelemetryDep) -> UserService:
+    return UserService(session, telemetry)
 
 
 Service = Annotated[UserService, Depends(_service)]

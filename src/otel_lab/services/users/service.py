@@ -22,8 +22,9 @@ from otel_lab.services import errors
 from otel_lab.services.users.models import Todo, User
 from otel_lab.services.users.repository import TodoRepository, UserRepository
 from otel_lab.services.users.schemas import TodoCreate, TodoUpdate, UserCreate, UserUpdate
+from otel_lab.telemetry import Telemetry
 
-tracer = trace.get_tracer("otel_lab.users.service")
+SCOPE = "otel_lab.users.service"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -50,7 +51,7 @@ def operation(
     ) -> Callable[Concatenate[UserService, P], Awaitable[R]]:
         @functools.wraps(fn)
         async def wrapper(service: UserService, /, *args: P.args, **kwargs: P.kwargs) -> R:
-            with tracer.start_as_current_span(
+            with service.tracer.start_as_current_span(
                 f"service.{name}",
                 attributes={"operation.type": "business_logic", "api.operation": name},
                 record_exception=False,
@@ -79,10 +80,11 @@ def operation(
 class UserService:
     """Users and their todos; one instance per request, over that request's session."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, telemetry: Telemetry) -> None:
         self.session = session
-        self.users = UserRepository(session)
-        self.todos = TodoRepository(session)
+        self.tracer = telemetry.tracer(SCOPE)
+        self.users = UserRepository(session, telemetry)
+        self.todos = TodoRepository(session, telemetry)
 
     # -- users ------------------------------------------------------------------------------
 

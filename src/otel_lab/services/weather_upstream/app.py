@@ -24,6 +24,8 @@ import os
 import random
 import re
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -34,6 +36,7 @@ from opentelemetry import trace
 from otel_lab import __version__, faults
 from otel_lab.registry import WEATHER_UPSTREAM
 from otel_lab.services.base import create_service
+from otel_lab.services.deps import TelemetryDep
 from otel_lab.services.errors import ServiceError, handle_service_error
 from otel_lab.services.weather_upstream.schemas import Observation
 from otel_lab.settings import Settings, get_settings
@@ -62,7 +65,7 @@ CONDITIONS = (
 )
 
 logger = logging.getLogger("otel_lab.weather_upstream")
-tracer = trace.get_tracer("otel_lab.weather_upstream")
+SCOPE = "otel_lab.weather_upstream"
 router = APIRouter(tags=["weather"])
 
 Simulation = Literal["none", "slow", "error", "flaky", "invalid"]
@@ -138,11 +141,12 @@ class SimulatedFailure(ServiceError):
 @router.get("/v1/current", response_model=Observation)
 async def current(
     city: Annotated[str, Query(min_length=1, max_length=100, description="City name")],
+    telemetry: TelemetryDep,
 ) -> Observation | PlainTextResponse:
     """The current (fake) weather for a city, or the failure its name asks for (an
     ``invalid-`` city gets a 200 that is not an observation: the one non-model answer)."""
     behaviour = behaviour_for(city)
-    with tracer.start_as_current_span(
+    with telemetry.tracer(SCOPE).start_as_current_span(
         "weather.lookup",
         attributes={"weather.city": city, "weather.simulation": behaviour.simulation},
     ) as span:
@@ -196,7 +200,12 @@ def _zero_code_app(settings: Settings) -> FastAPI:
             extra={"hint": "start with opentelemetry-instrument; no telemetry is exported"},
         )
 
-    app = FastAPI(title=TITLE, description=DESCRIPTION, version=__version__)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Telemetry]]:
+        # No providers given: manual spans go to the global ones, which are the agent's.
+        yield {"telemetry": Telemetry.from_environment()}
+
+    app = FastAPI(title=TITLE, description=DESCRIPTION, version=__version__, lifespan=lifespan)
     app.add_exception_handler(ServiceError, handle_service_error)
 
     @app.get("/health", tags=["operations"])
