@@ -18,7 +18,6 @@ import httpx
 import pytest
 
 from otel_lab.console.config import ConsoleConfig
-from otel_lab.console.promapi import deploy_dir
 from otel_lab.runtime.harness import free_ports
 from otel_lab.runtime.plan import child_env
 from otel_lab.settings import Settings, get_settings
@@ -62,9 +61,9 @@ def test_console_and_embedded_settings_come_from_dotenv(dotenv_dir: Path) -> Non
     assert (settings.console_retention, settings.console_max_db_mb) == ("2h", 5)
     assert (settings.postgres_port, settings.valkey_port) == (15432, 16379)
     assert settings.console_switch_interval == 0.002
-    assert deploy_dir() == dotenv_dir / "deploy"
 
     config = ConsoleConfig.from_settings(settings)  # the console runs with the same Settings
+    assert config.deploy_dir == dotenv_dir / "deploy"
     assert (config.token, config.retention_seconds, config.max_db_bytes) == (TOKEN, 7200, 5 << 20)
 
     env = child_env(settings, dotenv_dir, "postgresql://x", "redis://y")

@@ -8,7 +8,7 @@ the expression returns nothing) and its ``ALERTS`` series. ``run_rule_tests`` ru
 promtool agree on the rule tests' inputs (``tests/console/test_alerts.py``).
 
 Cost: a rule whose longest range is 30 minutes or more (the slow SLO windows, up to 3 days)
-is evaluated every ``SLOW_RULE_SECONDS`` (``CONSOLE_SLOW_RULES_INTERVAL``, 300) instead of
+is evaluated every ``slow_rule_seconds`` (``CONSOLE_SLOW_RULES_INTERVAL``, 300) instead of
 every interval; its recorded value is carried in between. Those windows move by a fraction
 of a percent in five minutes.
 """
@@ -29,12 +29,11 @@ import yaml
 
 from otel_lab.console import promql
 from otel_lab.console.promql import NAME, Labels, Matcher, MemorySource, Series, Source
-from otel_lab.settings import get_settings
 
 log = logging.getLogger("otel_lab.console.alerts")
 
 DEFAULT_INTERVAL = 15.0  # prometheus.yml evaluation_interval
-SLOW_RULE_SECONDS = get_settings().console_slow_rules_interval
+DEFAULT_SLOW_RULE_SECONDS = 300.0  # ConsoleConfig.slow_rules_interval
 SLOW_RANGE_MS = 30 * 60 * 1000
 HISTORY_MS = 6 * 3600 * 1000  # recorded series and ALERTS kept in memory this long
 
@@ -148,9 +147,16 @@ class _History(MemorySource):
 class RuleEngine:
     """Evaluates rule groups in order at given instants; keeps alert states."""
 
-    def __init__(self, rules: list[Rule], source: Source) -> None:
+    def __init__(
+        self,
+        rules: list[Rule],
+        source: Source,
+        *,
+        slow_rule_seconds: float = DEFAULT_SLOW_RULE_SECONDS,
+    ) -> None:
         self.rules = rules
         self.source = source
+        self.slow_rule_ms = slow_rule_seconds * 1000
         self.recorded = _History()
         self.alerts_series = _History()
         self.active: dict[str, dict[Labels, Alert]] = {
@@ -169,7 +175,7 @@ class RuleEngine:
         for index, rule in enumerate(self.rules):
             slow = throttle and rule.longest_range_ms >= SLOW_RANGE_MS
             last = self.last_eval_ms.get(index)
-            if slow and last is not None and t_ms - last < SLOW_RULE_SECONDS * 1000:
+            if slow and last is not None and t_ms - last < self.slow_rule_ms:
                 result = self.last_result.get(index, [])
             else:
                 try:

@@ -4,14 +4,21 @@ binds its ports before the heavy imports."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import otel_lab
 from otel_lab.console.queries import QueryError, parse_duration_seconds
 from otel_lab.settings import Settings
 
 _NO_LIMIT = ("0", "off", "none", "forever")
+
+
+def checkout_deploy_dir() -> Path:
+    """The checkout's ``deploy/``: the console reads the stack's rule files and dashboards
+    there (it has no copy of its own) unless ``CONSOLE_DEPLOY_DIR`` names another."""
+    return Path(otel_lab.__file__).resolve().parents[2] / "deploy"
 
 
 class ConfigError(ValueError):
@@ -44,7 +51,9 @@ class ConsoleConfig:
     scrape_targets: tuple[Target, ...] = ()
     scrape_interval: float = 10.0
     rules_interval: float = 15.0
+    slow_rules_interval: float = 300.0
     switch_interval: float = 0.001
+    deploy_dir: Path = field(default_factory=checkout_deploy_dir)
 
     @classmethod
     def from_settings(cls, s: Settings) -> ConsoleConfig:
@@ -62,7 +71,9 @@ class ConsoleConfig:
             scrape_targets=parse_targets(s.console_scrape_targets),
             scrape_interval=s.console_scrape_interval,
             rules_interval=s.console_rules_interval,
+            slow_rules_interval=s.console_slow_rules_interval,
             switch_interval=s.console_switch_interval,
+            deploy_dir=s.console_deploy_dir or checkout_deploy_dir(),
         )
 
 

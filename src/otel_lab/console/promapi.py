@@ -7,21 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import otel_lab
 from otel_lab.console import dashboards, promql
-from otel_lab.console.alerts import RuleEngine, RuleRunner, load_rules
+from otel_lab.console.alerts import DEFAULT_SLOW_RULE_SECONDS, RuleEngine, RuleRunner, load_rules
+from otel_lab.console.config import checkout_deploy_dir
 from otel_lab.console.scrape import Scraper, StoreSource
 from otel_lab.console.store import Store
-from otel_lab.settings import get_settings
-
-
-def deploy_dir() -> Path:
-    """Where the rule files and dashboards are: ``CONSOLE_DEPLOY_DIR``, or the checkout's
-    ``deploy/`` (the console reads the stack's files, it has no copy of its own)."""
-    explicit = get_settings().console_deploy_dir
-    if explicit:
-        return explicit
-    return Path(otel_lab.__file__).resolve().parents[2] / "deploy"
 
 
 @dataclass
@@ -30,7 +20,7 @@ class PromState:
 
     scraper: Scraper | None = None
     rules: RuleRunner | None = None
-    deploy: Path = field(default_factory=deploy_dir)
+    deploy: Path = field(default_factory=checkout_deploy_dir)  # ConsoleConfig.deploy_dir
 
     @property
     def engine(self) -> RuleEngine | None:
@@ -41,12 +31,18 @@ class PromState:
         return self.scraper.interval if self.scraper else dashboards.DEFAULT_SCRAPE_SECONDS
 
 
-def rules_runner(store: Store, deploy: Path, interval: float) -> RuleRunner:
+def rules_runner(
+    store: Store,
+    deploy: Path,
+    interval: float,
+    slow_rule_seconds: float = DEFAULT_SLOW_RULE_SECONDS,
+) -> RuleRunner:
     """Evaluates ``deploy/prometheus/rules/*.yml`` over the store, on its own connection."""
 
     def factory() -> RuleEngine:
         paths = sorted((deploy / "prometheus" / "rules").glob("*.yml"))
-        return RuleEngine(load_rules(paths), StoreSource(store.open_reader()))
+        source = StoreSource(store.open_reader())
+        return RuleEngine(load_rules(paths), source, slow_rule_seconds=slow_rule_seconds)
 
     return RuleRunner(factory, interval)
 

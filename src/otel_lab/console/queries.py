@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from otel_lab.console.model import (
     AggregationTemporality,
     LogRow,
+    MetricRow,
     SpanKind,
     SpanRow,
     StatusCode,
@@ -300,12 +301,12 @@ def find_traces(conn: sqlite3.Connection, f: TraceFilter) -> list[dict[str, Any]
         source = "spans INDEXED BY spans_errors" if f.status == StatusCode.ERROR else "spans"
         narrow = False
         if indexed:
-            probe = conn.execute(
+            (matching,) = conn.execute(
                 f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {' AND '.join(indexed)}"
                 f" LIMIT {IN_LIST_MAX_SPANS + 1})",
                 indexed_params,
-            ).fetchone()[0]
-            narrow = probe <= IN_LIST_MAX_SPANS
+            ).fetchone()
+            narrow = matching <= IN_LIST_MAX_SPANS
         where_spans = " AND ".join(span_conditions)
         if narrow:
             conditions.append(f"trace_id IN (SELECT trace_id FROM {source} WHERE {where_spans})")
@@ -618,7 +619,10 @@ def list_operations(conn: sqlite3.Connection, service: str) -> list[dict[str, An
     return [{"name": name, "kind": _kind(kind)} for name, kind in rows]
 
 
-def _metric_info(row: tuple[Any, ...], services: list[str]) -> dict[str, Any]:
+_METRIC_COLUMNS = ", ".join(MetricRow._fields)
+
+
+def _metric_info(row: MetricRow, services: list[str]) -> dict[str, Any]:
     _id, name, kind, unit, description, monotonic, temporality = row
     info: dict[str, Any] = {
         "name": name,
@@ -637,16 +641,15 @@ def _metric_info(row: tuple[Any, ...], services: list[str]) -> dict[str, Any]:
 def list_metrics(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     # Metrics first: a metric and its services are committed together, so every metric read
     # here has its services in the next read (the other order could see a metric without).
-    rows = conn.execute(
-        "SELECT id, name, type, unit, description, is_monotonic, temporality FROM metrics"
-        " ORDER BY name"
-    ).fetchall()
+    rows = list(
+        map(MetricRow._make, conn.execute(f"SELECT {_METRIC_COLUMNS} FROM metrics ORDER BY name"))
+    )
     services: dict[int, list[str]] = {}
     for mid, service in conn.execute(
         "SELECT metric_id, service_name FROM metric_services ORDER BY service_name"
     ):
         services.setdefault(mid, []).append(service)
-    return [_metric_info(r, services.get(r[0], [])) for r in rows]
+    return [_metric_info(row, services.get(row.id, [])) for row in rows]
 
 
 @dataclass
@@ -660,22 +663,19 @@ class PointFilter:
 
 def metric_points(conn: sqlite3.Connection, name: str, f: PointFilter) -> dict[str, Any] | None:
     """A metric's description and its most recent points (oldest first), or None."""
-    meta = conn.execute(
-        "SELECT id, name, type, unit, description, is_monotonic, temporality FROM metrics"
-        " WHERE name = ?",
-        (name,),
-    ).fetchone()
+    found = conn.execute(f"SELECT {_METRIC_COLUMNS} FROM metrics WHERE name = ?", (name,))
+    meta = next(map(MetricRow._make, found), None)
     if meta is None:
         return None
     services = [
         s
         for (s,) in conn.execute(
             "SELECT service_name FROM metric_services WHERE metric_id = ? ORDER BY service_name",
-            (meta[0],),
+            (meta.id,),
         )
     ]
     conditions = ["metric_id = ?"]
-    params: list[Any] = [meta[0]]
+    params: list[Any] = [meta.id]
     if f.service:
         conditions.append("service_name = ?")
         params.append(f.service)
@@ -694,7 +694,7 @@ def metric_points(conn: sqlite3.Connection, name: str, f: PointFilter) -> dict[s
     ).fetchall()
     rows.reverse()
     lookups = _Lookups(conn)
-    lookups.load({r[7] for r in rows}, set())
+    lookups.load({rid for *_, rid in rows}, set())
     points = []
     for service, attrs, start, ts, value, data, exemplars, rid in rows:
         point: dict[str, Any] = {
@@ -717,8 +717,8 @@ def metric_points(conn: sqlite3.Connection, name: str, f: PointFilter) -> dict[s
 
 def counts(conn: sqlite3.Connection) -> dict[str, int]:
     """Row counts from the catalogues (cheap: no scan of the big tables)."""
-    row = conn.execute(
+    spans, logs, points, services = conn.execute(
         "SELECT coalesce(sum(span_count), 0), coalesce(sum(log_count), 0),"
         " coalesce(sum(point_count), 0), count(*) FROM services"
     ).fetchone()
-    return {"spans": row[0], "logs": row[1], "metric_points": row[2], "services": row[3]}
+    return {"spans": spans, "logs": logs, "metric_points": points, "services": services}

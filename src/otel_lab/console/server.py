@@ -53,11 +53,13 @@ async def serve(
         retention_seconds=config.retention_seconds,
         max_db_bytes=config.max_db_bytes,
     )
-    prom = PromState()
+    prom = PromState(deploy=config.deploy_dir)
     if config.scrape_targets and config.scrape_interval > 0:
         prom.scraper = Scraper(store, config.scrape_targets, config.scrape_interval)
     if (prom.deploy / "prometheus" / "rules").is_dir():
-        prom.rules = rules_runner(store, prom.deploy, config.rules_interval)
+        prom.rules = rules_runner(
+            store, prom.deploy, config.rules_interval, config.slow_rules_interval
+        )
     options = ApiOptions(
         otlp_url=otlp_url,
         security=Security(token=config.token, bind_host=config.host),

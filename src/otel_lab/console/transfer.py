@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 from otel_lab.console import otlp
+from otel_lab.console.model import MetricRow
 from otel_lab.console.otlp import Batch
 
 TRACE_CHUNK = 200  # traces per exported line
@@ -164,7 +165,7 @@ _LOG_SQL = (
 )
 
 
-def _log(row: tuple[Any, ...]) -> tuple[int, int, dict[str, Any]]:
+def _log(row: Sequence[Any]) -> tuple[int, int, dict[str, Any]]:
     ts, observed, number, text, body, is_json, attrs, tid, sid, event, rid, scid = row
     record: dict[str, Any] = {"timeUnixNano": str(ts), "severityNumber": number}
     if observed:
@@ -184,17 +185,30 @@ def _log(row: tuple[Any, ...]) -> tuple[int, int, dict[str, Any]]:
     return rid, scid, record
 
 
-def _logs_line(rows: list[tuple[Any, ...]], cat: _Catalogue) -> str:
+def _logs_line(rows: Sequence[Sequence[Any]], cat: _Catalogue) -> str:
     doc = {"resourceLogs": _group([_log(r) for r in rows], cat, "logRecords", "scopeLogs")}
     return json.dumps(doc, separators=(",", ":")) + "\n"
 
 
 # --------------------------------------------------------------------------- metrics
 
-_POINT_SQL = (
-    "SELECT p.metric_id, p.attributes, p.start_ns, p.time_ns, p.value, p.data, p.exemplars,"
-    " p.resource_id, p.scope_id FROM metric_points p"
-)
+
+class _PointRow(NamedTuple):
+    """A metric point as exported (its SELECT list is these fields)."""
+
+    metric_id: int
+    attributes: str | None
+    start_ns: int | None
+    time_ns: int
+    value: int | float | None
+    data: str | None
+    exemplars: str | None
+    resource_id: int
+    scope_id: int
+
+
+_POINT_SQL = f"SELECT {', '.join('p.' + f for f in _PointRow._fields)} FROM metric_points p"
+_METRIC_SQL = f"SELECT {', '.join(MetricRow._fields)} FROM metrics"
 _TYPE_KEYS = {"sum": "sum", "gauge": "gauge", "histogram": "histogram",
               "exponential_histogram": "exponentialHistogram", "summary": "summary"}  # fmt: skip
 
@@ -205,7 +219,7 @@ def _number(value: Any, int_key: str, double_key: str) -> dict[str, Any]:
     return {double_key: value}
 
 
-def _point(kind: str, row: tuple[Any, ...]) -> dict[str, Any]:
+def _point(kind: str, row: _PointRow) -> dict[str, Any]:
     _mid, attrs, start, ts, value, data, exemplars, _rid, _sid = row
     point: dict[str, Any] = {"timeUnixNano": str(ts)}
     if start:
@@ -249,23 +263,19 @@ def _point(kind: str, row: tuple[Any, ...]) -> dict[str, Any]:
     return point
 
 
-def _metrics_line(
-    rows: list[tuple[Any, ...]], metrics: dict[int, tuple[Any, ...]], cat: _Catalogue
-) -> str:
+def _metrics_line(rows: list[_PointRow], metrics: dict[int, MetricRow], cat: _Catalogue) -> str:
     # resource -> scope -> metric id -> points
     grouped: dict[int, dict[int, dict[int, list[dict[str, Any]]]]] = {}
     for row in rows:
-        kind = metrics[row[0]][1]
-        grouped.setdefault(row[7], {}).setdefault(row[8], {}).setdefault(row[0], []).append(
-            _point(kind, row)
-        )
+        by_metric = grouped.setdefault(row.resource_id, {}).setdefault(row.scope_id, {})
+        by_metric.setdefault(row.metric_id, []).append(_point(metrics[row.metric_id].type, row))
     resource_metrics = []
     for rid, scopes in grouped.items():
         scope_metrics = []
         for sid, by_metric in scopes.items():
             out = []
             for mid, points in by_metric.items():
-                name, kind, unit, description, monotonic, temporality = metrics[mid]
+                _id, name, kind, unit, description, monotonic, temporality = metrics[mid]
                 body: dict[str, Any] = {"dataPoints": points}
                 if kind in ("sum", "histogram", "exponential_histogram") and temporality:
                     body["aggregationTemporality"] = temporality
@@ -317,20 +327,16 @@ def export_range(
             ).fetchall()
             if not traces:
                 break
-            after = (traces[-1][1], traces[-1][0])
-            ids = [t[0] for t in traces]
+            last_id, last_start = traces[-1]
+            after = (last_start, last_id)
+            ids = [trace_id for trace_id, _start in traces]
             marks = ",".join("?" * len(ids))
             rows = conn.execute(
                 f"{_SPAN_SQL} WHERE trace_id IN ({marks}) ORDER BY start_ns", ids
             ).fetchall()
             if rows:
                 yield _spans_line(rows, cat)
-    metrics = {
-        m[0]: m[1:]
-        for m in conn.execute(
-            "SELECT id, name, type, unit, description, is_monotonic, temporality FROM metrics"
-        )
-    }
+    metrics = {m.id: m for m in map(MetricRow._make, conn.execute(_METRIC_SQL))}
     for signal, sql, alias in (("logs", _LOG_SQL, "logs"), ("metrics", _POINT_SQL, "p")):
         if signal not in signals:
             continue
@@ -345,12 +351,14 @@ def export_range(
             ).fetchall()
             if not rows:
                 break
-            position = (rows[-1][0], rows[-1][1])
-            body = [r[2:] for r in rows]
+            last_time, last_rowid, *_ = rows[-1]
+            position = (last_time, last_rowid)
+            body = [row for _time, _rowid, *row in rows]
             if signal == "logs":
                 yield _logs_line(body, cat)
             else:
-                yield _metrics_line([r for r in body if r[0] in metrics], metrics, cat)
+                points = [p for p in map(_PointRow._make, body) if p.metric_id in metrics]
+                yield _metrics_line(points, metrics, cat)
 
 
 # --------------------------------------------------------------------------- import

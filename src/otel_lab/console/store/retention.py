@@ -86,9 +86,9 @@ class _Slice:
 
 def used_bytes(db: sqlite3.Connection) -> int:
     """Bytes in use inside the database file (free pages are reused before it grows)."""
-    pages = db.execute("PRAGMA page_count").fetchone()[0]
-    free = db.execute("PRAGMA freelist_count").fetchone()[0]
-    size = db.execute("PRAGMA page_size").fetchone()[0]
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    (free,) = db.execute("PRAGMA freelist_count").fetchone()
+    (size,) = db.execute("PRAGMA page_size").fetchone()
     return int((pages - free) * size)
 
 
@@ -113,10 +113,9 @@ class Retention:
         self.next_check = 0.0
 
     def _load(self) -> EvictionStats:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'evictions'").fetchone()
-        if row:
+        for (saved,) in self.db.execute("SELECT value FROM meta WHERE key = 'evictions'"):
             with contextlib.suppress(ValueError, TypeError):
-                return EvictionStats(**json.loads(row[0]))
+                return EvictionStats(**json.loads(saved))
         return EvictionStats()
 
     def _save(self, evictions: EvictionStats) -> None:
@@ -276,7 +275,7 @@ class Retention:
     def clear(self) -> dict[str, int]:
         """Delete every row of telemetry; runs in the writer thread."""
         db = self.db
-        stored = db.execute(
+        spans, logs, points = db.execute(
             "SELECT coalesce(sum(span_count), 0), coalesce(sum(log_count), 0),"
             " coalesce(sum(point_count), 0) FROM services"
         ).fetchone()
@@ -297,16 +296,17 @@ class Retention:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             db.execute("VACUUM")
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        log.warning("cleared all telemetry (%d spans, %d logs, %d points)", *stored)
-        return {"spans": stored[0], "logs": stored[1], "metric_points": stored[2]}
+        log.warning("cleared all telemetry (%d spans, %d logs, %d points)", spans, logs, points)
+        return {"spans": spans, "logs": logs, "metric_points": points}
 
 
 def _delete_older(db: sqlite3.Connection, table: str, cutoff_ns: int, limit: int) -> bool:
     """Delete about ``limit`` rows older than the cutoff from a table keyed by time_ns;
     True when older rows remain (the next slice continues)."""
-    row = db.execute(
+    beyond = db.execute(
         f"SELECT time_ns FROM {table} WHERE time_ns < ? ORDER BY time_ns LIMIT 1 OFFSET ?",
         (cutoff_ns, limit),
     ).fetchone()
-    db.execute(f"DELETE FROM {table} WHERE time_ns < ?", (cutoff_ns if row is None else row[0],))
-    return row is not None
+    (below,) = beyond or (cutoff_ns,)
+    db.execute(f"DELETE FROM {table} WHERE time_ns < ?", (below,))
+    return beyond is not None
