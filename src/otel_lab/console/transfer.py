@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from otel_lab.console import otlp
-from otel_lab.console.model import MetricRow
+from otel_lab.console.model import MetricRow, PointRow
 from otel_lab.console.otlp import Batch
 
 TRACE_CHUNK = 200  # traces per exported line
@@ -193,21 +193,7 @@ def _logs_line(rows: Sequence[Sequence[Any]], cat: _Catalogue) -> str:
 # --------------------------------------------------------------------------- metrics
 
 
-class _PointRow(NamedTuple):
-    """A metric point as exported (its SELECT list is these fields)."""
-
-    metric_id: int
-    attributes: str | None
-    start_ns: int | None
-    time_ns: int
-    value: int | float | None
-    data: str | None
-    exemplars: str | None
-    resource_id: int
-    scope_id: int
-
-
-_POINT_SQL = f"SELECT {', '.join('p.' + f for f in _PointRow._fields)} FROM metric_points p"
+_POINT_SQL = f"SELECT {', '.join('p.' + f for f in PointRow._fields)} FROM metric_points p"
 _METRIC_SQL = f"SELECT {', '.join(MetricRow._fields)} FROM metrics"
 _TYPE_KEYS = {"sum": "sum", "gauge": "gauge", "histogram": "histogram",
               "exponential_histogram": "exponentialHistogram", "summary": "summary"}  # fmt: skip
@@ -219,8 +205,8 @@ def _number(value: Any, int_key: str, double_key: str) -> dict[str, Any]:
     return {double_key: value}
 
 
-def _point(kind: str, row: _PointRow) -> dict[str, Any]:
-    _mid, attrs, start, ts, value, data, exemplars, _rid, _sid = row
+def _point(kind: str, row: PointRow) -> dict[str, Any]:
+    _mid, _service, attrs, start, ts, value, data, exemplars, _rid, _sid = row
     point: dict[str, Any] = {"timeUnixNano": str(ts)}
     if start:
         point["startTimeUnixNano"] = str(start)
@@ -263,7 +249,7 @@ def _point(kind: str, row: _PointRow) -> dict[str, Any]:
     return point
 
 
-def _metrics_line(rows: list[_PointRow], metrics: dict[int, MetricRow], cat: _Catalogue) -> str:
+def _metrics_line(rows: list[PointRow], metrics: dict[int, MetricRow], cat: _Catalogue) -> str:
     # resource -> scope -> metric id -> points
     grouped: dict[int, dict[int, dict[int, list[dict[str, Any]]]]] = {}
     for row in rows:
@@ -357,7 +343,7 @@ def export_range(
             if signal == "logs":
                 yield _logs_line(body, cat)
             else:
-                points = [p for p in map(_PointRow._make, body) if p.metric_id in metrics]
+                points = [p for p in map(PointRow._make, body) if p.metric_id in metrics]
                 yield _metrics_line(points, metrics, cat)
 
 
