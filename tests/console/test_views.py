@@ -15,6 +15,9 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     Metric,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from pydantic import BaseModel, ValidationError
+
+from otel_lab.console.routes import schemas
 
 from .builders import (
     NOW,
@@ -253,6 +256,56 @@ def test_red_per_service_and_route(console: Console, world: dict[str, Any]) -> N
 
 
 # --------------------------------------------------------------------------- metrics
+
+
+def test_read_answers_match_their_documented_models(
+    console: Console, world: dict[str, Any]
+) -> None:
+    """The response models in /api/openapi.json are documentation (the routes pass their
+    JSON through), so this is what keeps them true: real answers validate, and a key the
+    model does not name fails (the models forbid extras)."""
+    sfx, base = world["sfx"], world["base"]
+    latency = Metric(name=f"doc.lat.{sfx}", unit="s", description="documented")
+    latency.histogram.aggregation_temporality = AGGREGATION_TEMPORALITY_CUMULATIVE
+    latency.histogram.data_points.add(
+        start_time_unix_nano=base, time_unix_nano=base + SECOND, count=2, sum=0.3,
+        bucket_counts=[1, 1], explicit_bounds=[0.1],
+    )  # fmt: skip
+    gauge = Metric(name=f"doc.depth.{sfx}")
+    gauge.gauge.data_points.add(time_unix_nano=base + SECOND, as_int=3)
+    body = metrics_request(world["gw"], [latency, gauge]).SerializeToString()
+    assert console.post("/v1/metrics", body, PROTOBUF).status_code == 200
+    console.wait_for(lambda: console.api(f"/api/metrics/{gauge.name}").status_code == 200 or None)
+
+    ids = world["ids"][5]
+    tid = ids["trace_id"]
+    answers: list[tuple[type[BaseModel], str, dict[str, str]]] = [
+        (schemas.TracesOut, "/api/traces", {"service": world["orders"], **window(world)}),
+        (schemas.TraceOut, f"/api/traces/{tid}", {}),
+        (schemas.WaterfallOut, f"/api/traces/{tid}/waterfall", {}),
+        (schemas.SpanOut, f"/api/traces/{tid}/spans/{ids['us']}", {}),
+        (schemas.LogsOut, f"/api/traces/{tid}/logs", {}),
+        (schemas.LogsOut, "/api/logs", {"service": world["users"], **window(world)}),
+        (schemas.ServicesOut, "/api/services", {}),
+        (schemas.OperationsOut, f"/api/services/{world['orders']}/operations", {}),
+        (schemas.MetricsOut, "/api/metrics", {}),
+        (schemas.MetricPointsOut, f"/api/metrics/{latency.name}", {}),
+        (schemas.MetricPointsOut, f"/api/metrics/{gauge.name}", {}),
+    ]
+    for model, path, params in answers:
+        r = console.api(path, **params)
+        assert r.status_code == 200, (path, r.text)
+        model.model_validate(r.json())  # raises, naming the field, when they disagree
+    span = console.api(f"/api/traces/{tid}/spans/{ids['us']}").json()
+    assert span["logs"] and span["status"]["code"] == "UNSET"
+    with pytest.raises(ValidationError):
+        schemas.SpanOut.model_validate({**span, "undocumented": 1})
+
+    spec = console.api("/api/openapi.json").json()
+    documented = spec["paths"]["/api/traces/{trace_id}"]["get"]["responses"]["200"]
+    assert documented["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TraceOut"
+    }
 
 
 def test_metric_series_rates_percentiles_and_exemplars(

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from otel_lab.console import queries
+from otel_lab.console.routes import schemas
 from otel_lab.console.routes.common import (
     Attrs,
     Blank,
@@ -24,7 +25,7 @@ from otel_lab.console.routes.common import (
 router = APIRouter(tags=["logs"])
 
 
-@router.get("/api/logs")
+@router.get("/api/logs", response_model=schemas.LogsOut)
 def logs(
     store: StoreDep,
     service: Text = None,

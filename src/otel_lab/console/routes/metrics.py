@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from otel_lab.console import analytics, queries
+from otel_lab.console.routes import schemas
 from otel_lab.console.routes.common import (
     Attrs,
     Blank,
@@ -26,7 +27,7 @@ from otel_lab.console.routes.common import (
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/api/metrics")
+@router.get("/api/metrics", response_model=schemas.MetricsOut)
 def metrics(store: StoreDep) -> ConsoleJSON:
     return ConsoleJSON({"metrics": queries.list_metrics(store.reader())})
 
@@ -60,7 +61,7 @@ def metric_series(
     return ConsoleJSON(result)
 
 
-@router.get("/api/metrics/{name:path}")
+@router.get("/api/metrics/{name:path}", response_model=schemas.MetricPointsOut)
 def metric(
     store: StoreDep,
     name: str,

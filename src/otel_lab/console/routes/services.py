@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from otel_lab.console import analytics, queries
 from otel_lab.console.queries import QueryError
+from otel_lab.console.routes import schemas
 from otel_lab.console.routes.common import (
     Blank,
     ConsoleJSON,
@@ -25,12 +26,12 @@ from otel_lab.console.store import MINUTE_NS
 router = APIRouter(tags=["services"])
 
 
-@router.get("/api/services")
+@router.get("/api/services", response_model=schemas.ServicesOut)
 def services(store: StoreDep) -> ConsoleJSON:
     return ConsoleJSON({"services": queries.list_services(store.reader())})
 
 
-@router.get("/api/services/{service}/operations")
+@router.get("/api/services/{service}/operations", response_model=schemas.OperationsOut)
 def operations(store: StoreDep, service: str) -> ConsoleJSON:
     return ConsoleJSON({"operations": queries.list_operations(store.reader(), service)})
 
@@ -77,7 +78,7 @@ def red(
     conn = store.reader()
 
     def first() -> int | None:
-        minute = conn.execute("SELECT min(minute) FROM red").fetchone()[0]
+        (minute,) = conn.execute("SELECT min(minute) FROM red").fetchone()
         return minute * MINUTE_NS if minute is not None else None
 
     w = time_window(since, until, window, first)

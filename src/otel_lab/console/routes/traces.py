@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from otel_lab.console import queries
+from otel_lab.console.routes import schemas
 from otel_lab.console.routes.common import (
     Attrs,
     Blank,
@@ -27,7 +28,7 @@ from otel_lab.console.routes.common import (
 router = APIRouter(prefix="/api/traces", tags=["traces"])
 
 
-@router.get("")
+@router.get("", response_model=schemas.TracesOut)
 def traces(
     store: StoreDep,
     service: Text = None,
@@ -57,7 +58,7 @@ def traces(
     return ConsoleJSON({"traces": queries.find_traces(store.reader(), f)})
 
 
-@router.get("/{trace_id}")
+@router.get("/{trace_id}", response_model=schemas.TraceOut)
 def trace(store: StoreDep, trace_id: TraceId) -> ConsoleJSON:
     spans = queries.get_trace(store.reader(), trace_id)
     if not spans:
@@ -65,7 +66,7 @@ def trace(store: StoreDep, trace_id: TraceId) -> ConsoleJSON:
     return ConsoleJSON({"trace_id": trace_id.hex(), "spans": spans})
 
 
-@router.get("/{trace_id}/waterfall")
+@router.get("/{trace_id}/waterfall", response_model=schemas.WaterfallOut)
 def waterfall(store: StoreDep, trace_id: TraceId) -> ConsoleJSON:
     """Compact rows in tree order for the waterfall (attributes: see the span endpoint)."""
     result = queries.trace_waterfall(store.reader(), trace_id)
@@ -74,7 +75,7 @@ def waterfall(store: StoreDep, trace_id: TraceId) -> ConsoleJSON:
     return ConsoleJSON(result)
 
 
-@router.get("/{trace_id}/spans/{span_id}")
+@router.get("/{trace_id}/spans/{span_id}", response_model=schemas.SpanOut)
 def span(
     store: StoreDep,
     trace_id: TraceId,
@@ -91,7 +92,7 @@ def span(
     return ConsoleJSON(result)
 
 
-@router.get("/{trace_id}/logs")
+@router.get("/{trace_id}/logs", response_model=schemas.LogsOut)
 def trace_logs(
     store: StoreDep,
     trace_id: TraceId,

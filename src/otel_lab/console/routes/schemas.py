@@ -1,0 +1,165 @@
+"""The shapes of the main read endpoints' answers, for ``/api/openapi.json``.
+
+They document, they do not serialise: the routes still answer a ``ConsoleJSON`` built by
+the queries, which FastAPI passes through untouched (a ``Response`` skips the response
+model), so the hot reads (a 10,000-span trace, a 1,000-row log search) pay nothing for the
+schema. What keeps the two in step is a test: ``tests/console/test_views.py`` validates each
+endpoint's real answer against its model, and the models forbid keys they do not name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+SpanKindName = Literal["INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"]
+StatusName = Literal["UNSET", "OK", "ERROR"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Scope(_Strict):
+    name: str
+    version: str
+
+
+class TraceSummary(_Strict):
+    trace_id: str
+    root_span_name: str | None
+    root_service_name: str | None
+    has_root: bool
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+    duration_ms: float
+    span_count: int
+    error_count: int
+    services: list[str]
+
+
+class TracesOut(_Strict):
+    traces: list[TraceSummary]
+
+
+class SpanStatus(_Strict):
+    code: StatusName
+    message: str
+
+
+class Span(_Strict):
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    kind: SpanKindName
+    service_name: str
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+    duration_ms: float
+    status: SpanStatus
+    attributes: dict[str, Any]
+    events: list[dict[str, Any]]
+    links: list[dict[str, Any]]
+    resource: dict[str, Any]
+    scope: Scope
+
+
+class TraceOut(_Strict):
+    trace_id: str
+    spans: list[Span]
+
+
+class LogRecord(_Strict):
+    time_unix_nano: int
+    observed_time_unix_nano: int | None
+    severity_number: int
+    severity_text: str
+    body: Any  # text, or the JSON value the record carried
+    attributes: dict[str, Any]
+    trace_id: str | None
+    span_id: str | None
+    event_name: str | None
+    service_name: str
+    resource: dict[str, Any]
+    scope: Scope
+
+
+class LogsOut(_Strict):
+    logs: list[LogRecord]
+
+
+class SpanOut(Span):
+    """One span and its logs (oldest first)."""
+
+    logs: list[LogRecord]
+
+
+class WaterfallOut(_Strict):
+    """Compact rows: each span is an array ordered as ``fields`` names (see
+    ``queries.trace_waterfall``), ``services`` the names the rows index."""
+
+    trace_id: str
+    start_time_unix_nano: int
+    duration_ns: int
+    span_count: int
+    error_count: int
+    log_count: int
+    services: list[str]
+    fields: list[str]
+    spans: list[list[Any]]
+
+
+class ServiceInfo(_Strict):
+    name: str
+    first_seen_unix_nano: int
+    last_seen_unix_nano: int
+    span_count: int
+    log_count: int
+    metric_point_count: int
+
+
+class ServicesOut(_Strict):
+    services: list[ServiceInfo]
+
+
+class Operation(_Strict):
+    name: str
+    kind: SpanKindName
+
+
+class OperationsOut(_Strict):
+    operations: list[Operation]
+
+
+class MetricInfo(_Strict):
+    name: str
+    type: str
+    unit: str
+    description: str
+    services: list[str]
+    is_monotonic: bool | None = None
+    temporality: str | None = None
+
+
+class MetricsOut(_Strict):
+    metrics: list[MetricInfo]
+
+
+class MetricPoint(BaseModel):
+    """A point; besides these, the fields of its type (``value``, or ``count``, ``sum``,
+    ``bucket_counts``, ... for histograms and summaries)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    service_name: str
+    attributes: dict[str, Any]
+    start_time_unix_nano: int | None
+    time_unix_nano: int
+    exemplars: list[dict[str, Any]]
+    resource: dict[str, Any]
+
+
+class MetricPointsOut(MetricInfo):
+    points: list[MetricPoint]
