@@ -76,9 +76,7 @@ def main() -> None:
         for label, model, payload in answers:
             shipped = cpu_us(lambda p=payload: ConsoleJSON(p).body)
             validated = cpu_us(lambda m=model, p=payload: m.model_validate(p).model_dump_json())
-            print(
-                f"{label:38} {shipped:10.0f}us {validated:10.0f}us {validated / shipped:7.2f}x"
-            )
+            print(f"{label:38} {shipped:10.0f}us {validated:10.0f}us {validated / shipped:7.2f}x")
         store.close()
 
 
