@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from otel_lab import faults
 from otel_lab.items import ITEM_ENRICHMENT, Item, ItemCreate, ItemOut
+from otel_lab.services import deadline
 from otel_lab.services.api import item_repository
 from otel_lab.services.downstream import CircuitBreaker, CircuitOpenError
 from otel_lab.services.errors import NotFoundError
@@ -54,10 +55,12 @@ async def create(session: AsyncSession, celery: Celery, body: ItemCreate) -> Ite
 async def _enqueue_enrichment(celery: Celery, item_id: int) -> None:
     """A broker outage leaves the item pending (the sweep queues it later), never fails
     or holds the write: the publish gets a deadline, and is skipped while its breaker is
-    open. A publish cut off by the deadline finishes or fails on its thread (socket timeout)."""
+    open. A publish cut off by the deadline finishes or fails on its thread (socket timeout).
+    The deadline is the request's too: what is left of it, less the time to answer in."""
     try:
         broker_breaker.allow("publish")
-        with anyio.fail_after(PUBLISH_DEADLINE_SECONDS):
+        left = deadline.remaining() - deadline.PROPAGATION_MARGIN_SECONDS
+        with anyio.fail_after(max(0.0, min(PUBLISH_DEADLINE_SECONDS, left))):
             await to_thread.run_sync(
                 lambda: celery.send_task(ITEM_ENRICHMENT, args=[item_id], retry=True),
                 abandon_on_cancel=True,
