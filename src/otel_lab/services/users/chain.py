@@ -34,7 +34,7 @@ from otel_lab.services.downstream import (
     idempotency_key,
 )
 from otel_lab.services.errors import NotFoundError
-from otel_lab.services.users.repository import ProfileReader
+from otel_lab.services.users.repository import UserRepository
 from otel_lab.services.users.schemas import ChainProfile, ChainResponse, ProcessRequest
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ OrderServiceDep = Annotated[Downstream, Depends(lifespan_state("orders"))]
 
 
 async def _validate_user(
-    tracer: trace.Tracer, users: ProfileReader, body: ProcessRequest, record_pii: bool
+    tracer: trace.Tracer, users: UserRepository, body: ProcessRequest, record_pii: bool
 ) -> Row[Any]:
     """Find the user by id (404 if unknown), or by email (created on first sight)."""
     with tracer.start_as_current_span(
@@ -76,7 +76,7 @@ async def _validate_user(
         return user
 
 
-async def _create_on_first_sight(users: ProfileReader, body: ProcessRequest) -> Row[Any]:
+async def _create_on_first_sight(users: UserRepository, body: ProcessRequest) -> Row[Any]:
     assert body.user_email is not None
     name = body.user_name or body.user_email.split("@", 1)[0]
     user = await users.add(name, body.user_email)
@@ -88,7 +88,7 @@ async def _create_on_first_sight(users: ProfileReader, body: ProcessRequest) -> 
 
 
 async def _enrich_profile(
-    tracer: trace.Tracer, users: ProfileReader, user: Row[Any]
+    tracer: trace.Tracer, users: UserRepository, user: Row[Any]
 ) -> ChainProfile:
     """What the chain knows about the user beyond the row: todo counts, membership age."""
     with tracer.start_as_current_span(
@@ -148,7 +148,7 @@ async def process(
 
     async with autocommit.connect() as connection:
         tracer = telemetry.tracer(SCOPE)
-        users = ProfileReader(connection, telemetry)
+        users = UserRepository(connection, telemetry)
         user = await _validate_user(tracer, users, body, settings.record_pii)
         profile = await _enrich_profile(tracer, users, user)
     server_span.set_attribute("user.id", str(user.id))

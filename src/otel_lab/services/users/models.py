@@ -22,6 +22,7 @@ from otel_lab.db import Base
 # Ids 1001-1010 are the seeded demo users of the service chain (migration 0002); created users
 # are numbered from here on, so the two never collide.
 FIRST_CREATED_USER_ID = 1011
+DEFAULT_TIER = "standard"
 
 
 class User(Base):
@@ -35,7 +36,7 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str] = mapped_column(String(320), unique=True)
     # Profile data the chain's enrichment step reads and the pricing step uses.
-    tier: Mapped[str] = mapped_column(String(20), default="standard", server_default="standard")
+    tier: Mapped[str] = mapped_column(String(20), default=DEFAULT_TIER, server_default=DEFAULT_TIER)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -2,9 +2,11 @@
 attributes (``operation.type``, ``database.system``, ``database.name``, ``user.id``,
 ``todo.id``), and the SQL statements beneath it are the driver spans.
 
-Repositories never commit: the service layer owns the unit of work. The chain's reads
-(:class:`ProfileReader`) are SQLAlchemy Core statements on one autocommit connection: no
-ORM unit of work, no BEGIN/COMMIT, a fraction of the CPU per request.
+Every access is SQLAlchemy Core on one autocommit connection per request: each statement is
+its own transaction, so there is no ORM unit of work and no BEGIN/COMMIT round trip, and
+the statements are built once (a fraction of the CPU of ORM flushes; docs/performance.md).
+What must happen together is one statement (``INSERT ... RETURNING``, ``INSERT ... SELECT``
+that writes a todo only if its user exists, ``DELETE ... RETURNING``).
 """
 
 from __future__ import annotations
@@ -12,17 +14,27 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from opentelemetry import trace
-from sqlalchemy import Row, Select, Table, bindparam, func, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    Executable,
+    Row,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from otel_lab import faults
-from otel_lab.services.persistence import paged
-from otel_lab.services.users.models import Todo, User
+from otel_lab.services.users.models import DEFAULT_TIER, Todo, User
 from otel_lab.settings import get_settings
 from otel_lab.telemetry import Telemetry
 
@@ -52,112 +64,131 @@ def _span(
         yield span
 
 
-T = TypeVar("T")
-
-
-async def _page(
-    session: AsyncSession, query: Select[tuple[T]], limit: int, offset: int
-) -> tuple[list[T], int]:
-    page, total = await paged(session, query, limit, offset)
-    return list((await session.scalars(page)).all()), total
-
-
-class UserRepository:
-    def __init__(self, session: AsyncSession, telemetry: Telemetry) -> None:
-        self.session = session
-        self.tracer = telemetry.tracer(SCOPE)
-
-    async def get(self, user_id: int) -> User | None:
-        with _span(self.tracer, "get_user", **{"user.id": user_id}) as span:
-            user = await self.session.get(User, user_id)
-            span.set_attribute("db.found", user is not None)
-            return user
-
-    async def get_by_email(self, email: str) -> User | None:
-        # The email itself is personal data: it stays out of the span.
-        with _span(self.tracer, "get_user_by_email") as span:
-            user = await self.session.scalar(select(User).where(User.email == email))
-            span.set_attribute("db.found", user is not None)
-            if user is not None:
-                span.set_attribute("user.id", user.id)
-            return user
-
-    async def page(self, limit: int, offset: int) -> tuple[list[User], int]:
-        with _span(self.tracer, "list_users", **{"db.limit": limit, "db.offset": offset}) as span:
-            users, total = await _page(self.session, select(User).order_by(User.id), limit, offset)
-            span.set_attribute("db.rows", len(users))
-            if faults.active("n-plus-one"):  # one more query per listed user, as lazy loads do
-                faults.mark(span, "n-plus-one")
-                for user in users:
-                    await self.session.scalar(select(func.count()).where(Todo.user_id == user.id))
-            return users, total
-
-    async def add(self, user: User) -> User:
-        with _span(self.tracer, "insert_user") as span:
-            self.session.add(user)
-            await self.session.flush()
-            span.set_attribute("user.id", user.id)
-            return user
-
-    async def flush(self, user: User) -> None:
-        with _span(self.tracer, "update_user", **{"user.id": user.id}):
-            await self.session.flush()
-
-    async def delete(self, user: User) -> None:
-        with _span(self.tracer, "delete_user", **{"user.id": user.id}):
-            await self.session.delete(user)
-            await self.session.flush()
-
-
-# Declarative tables are typed FromClause; insert() wants the Table they are.
+# Declarative tables are typed FromClause; the statements below want the Table they are.
 _users = cast(Table, User.__table__)
-_todos = Todo.__table__
-# Built once: a statement object keeps its cache key, so executing it skips even that.
+_todos = cast(Table, Todo.__table__)
+
+# Built once: a statement object keeps its cache key, so executing it skips even that walk.
 _GET_USER = select(_users).where(_users.c.id == bindparam("user_id"))
 _GET_USER_BY_EMAIL = select(_users).where(_users.c.email == bindparam("email"))
+_COUNT_USERS = select(func.count()).select_from(_users)
+_PAGE_USERS = (
+    select(_users).order_by(_users.c.id).limit(bindparam("limit")).offset(bindparam("offset"))
+)
+_COUNT_TODOS_OF = select(func.count()).where(_todos.c.user_id == bindparam("user_id"))
 _COUNT_TODOS = select(func.count(), func.count().filter(_todos.c.completed.is_(False))).where(
     _todos.c.user_id == bindparam("user_id")
 )
+_DELETE_USER = delete(_users).where(_users.c.id == bindparam("user_id")).returning(_users.c.id)
+# Text: SQLAlchemy 2.0 does not cache its PostgreSQL insert().on_conflict_* constructs.
+_INSERT_USER = text(
+    """
+    INSERT INTO users (name, email, tier) VALUES (:name, :email, :tier)
+    ON CONFLICT (email) DO NOTHING
+    RETURNING id, name, email, tier, created_at, updated_at
+    """
+).columns(*_users.c)
+# The todo is written only if its user exists: no row back means no such user.
+_INSERT_TODO = (
+    insert(_todos)
+    .from_select(
+        ["user_id", "title", "description", "completed", "completed_at"],
+        select(
+            _users.c.id,
+            bindparam("title", type_=_todos.c.title.type),
+            bindparam("description", type_=_todos.c.description.type),
+            bindparam("completed", type_=_todos.c.completed.type),
+            bindparam("completed_at", type_=_todos.c.completed_at.type),
+        ).where(_users.c.id == bindparam("user_id")),
+    )
+    .returning(*_todos.c)
+)
+_GET_TODO = select(_todos).where(_todos.c.id == bindparam("todo_id"))
+_DELETE_TODO = (
+    delete(_todos)
+    .where(_todos.c.id == bindparam("todo_id"))
+    .returning(_todos.c.id, _todos.c.user_id)
+)
 
 
-class ProfileReader:
-    """The chain's user steps as Core statements on one connection (autocommit: each
-    statement is its own transaction). Rows, not ORM objects: the chain only reads them."""
+@lru_cache
+def _todo_queries(by_user: bool, by_completed: bool) -> tuple[Select[Any], Select[Any]]:
+    """(count, page) of the todos, filtered by user and/or completion: four pairs, each
+    built once."""
+    count, page = select(func.count()).select_from(_todos), select(_todos)
+    for apply, condition in (
+        (by_user, _todos.c.user_id == bindparam("user_id")),
+        (by_completed, _todos.c.completed == bindparam("completed")),
+    ):
+        if apply:
+            count, page = count.where(condition), page.where(condition)
+    page = page.order_by(_todos.c.id).limit(bindparam("limit")).offset(bindparam("offset"))
+    return count, page
+
+
+class UserRepository:
+    """Users as SQLAlchemy Core statements on one autocommit connection (each statement
+    its own transaction, no BEGIN/COMMIT round trips); rows, not ORM objects."""
 
     def __init__(self, connection: AsyncConnection, telemetry: Telemetry) -> None:
         self.connection = connection
         self.tracer = telemetry.tracer(SCOPE)
 
+    async def _one(self, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
+        return (await self.connection.execute(statement, params)).first()
+
     async def get(self, user_id: int) -> Row[Any] | None:
         with _span(self.tracer, "get_user", **{"user.id": user_id}) as span:
-            result = await self.connection.execute(_GET_USER, {"user_id": user_id})
-            user = result.first()
+            user = await self._one(_GET_USER, {"user_id": user_id})
             span.set_attribute("db.found", user is not None)
             return user
 
     async def get_by_email(self, email: str) -> Row[Any] | None:
-        # The email itself stays out of the span.
-        with _span(self.tracer, "get_user_by_email") as span:
-            result = await self.connection.execute(_GET_USER_BY_EMAIL, {"email": email})
-            user = result.first()
+        with _span(
+            self.tracer, "get_user_by_email"
+        ) as span:  # the email itself stays out of the span
+            user = await self._one(_GET_USER_BY_EMAIL, {"email": email})
             span.set_attribute("db.found", user is not None)
             if user is not None:
                 span.set_attribute("user.id", user.id)
             return user
 
-    async def add(self, name: str, email: str) -> Row[Any] | None:
-        """Insert a user; None when the email exists (a concurrent request created it)."""
+    async def page(self, limit: int, offset: int) -> tuple[list[Row[Any]], int]:
+        with _span(self.tracer, "list_users", **{"db.limit": limit, "db.offset": offset}) as span:
+            total = await self.connection.scalar(_COUNT_USERS)
+            result = await self.connection.execute(_PAGE_USERS, {"limit": limit, "offset": offset})
+            users = list(result.all())
+            span.set_attribute("db.rows", len(users))
+            if faults.active("n-plus-one"):  # one more query per listed user, as lazy loads do
+                faults.mark(span, "n-plus-one")
+                for user in users:
+                    await self.connection.scalar(_COUNT_TODOS_OF, {"user_id": user.id})
+            return users, int(total or 0)
+
+    async def add(self, name: str, email: str, tier: str = DEFAULT_TIER) -> Row[Any] | None:
+        """Insert a user; None when the email is taken (checked first, or a concurrent
+        request created it meanwhile)."""
         with _span(self.tracer, "insert_user") as span:
-            result = await self.connection.execute(
-                insert(_users)
-                .values(name=name, email=email)
-                .on_conflict_do_nothing(index_elements=[_users.c.email])
-                .returning(*_users.c)
-            )
-            user = result.first()
+            user = await self._one(_INSERT_USER, {"name": name, "email": email, "tier": tier})
             if user is not None:
                 span.set_attribute("user.id", user.id)
             return user
+
+    async def update(self, user_id: int, changes: dict[str, Any]) -> Row[Any] | None:
+        """Set ``changes`` (and ``updated_at``); None when the user is gone. A taken email
+        raises IntegrityError."""
+        with _span(self.tracer, "update_user", **{"user.id": user_id}):
+            statement = (
+                update(_users).where(_users.c.id == user_id).values(**changes).returning(*_users.c)
+            )
+            return await self._one(statement, {})
+
+    async def delete(self, user_id: int) -> bool:
+        """Delete the user (their todos go with it: ON DELETE CASCADE); False if unknown."""
+        with _span(self.tracer, "delete_user", **{"user.id": user_id}) as span:
+            found = await self._one(_DELETE_USER, {"user_id": user_id}) is not None
+            span.set_attribute("db.found", found)
+            return found
 
     async def todo_counts(self, user_id: int) -> tuple[int, int]:
         """(all todos, open todos) of a user: the profile enrichment reads these."""
@@ -168,13 +199,15 @@ class ProfileReader:
 
 
 class TodoRepository:
-    def __init__(self, session: AsyncSession, telemetry: Telemetry) -> None:
-        self.session = session
+    """Todos as Core statements on one autocommit connection, like :class:`UserRepository`."""
+
+    def __init__(self, connection: AsyncConnection, telemetry: Telemetry) -> None:
+        self.connection = connection
         self.tracer = telemetry.tracer(SCOPE)
 
-    async def get(self, todo_id: int) -> Todo | None:
+    async def get(self, todo_id: int) -> Row[Any] | None:
         with _span(self.tracer, "get_todo", **{"todo.id": todo_id}) as span:
-            todo = await self.session.get(Todo, todo_id)
+            todo = (await self.connection.execute(_GET_TODO, {"todo_id": todo_id})).first()
             span.set_attribute("db.found", todo is not None)
             if todo is not None:
                 span.set_attribute("user.id", todo.user_id)
@@ -182,32 +215,42 @@ class TodoRepository:
 
     async def page(
         self, *, user_id: int | None, completed: bool | None, limit: int, offset: int
-    ) -> tuple[list[Todo], int]:
+    ) -> tuple[list[Row[Any]], int]:
         attributes: dict[str, int | bool] = {"db.limit": limit, "db.offset": offset}
-        query = select(Todo).order_by(Todo.id)
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
         if user_id is not None:
-            attributes["user.id"] = user_id
-            query = query.where(Todo.user_id == user_id)
+            attributes["user.id"] = params["user_id"] = user_id
         if completed is not None:
-            attributes["todo.completed"] = completed
-            query = query.where(Todo.completed.is_(completed))
+            attributes["todo.completed"] = params["completed"] = completed
+        count, page = _todo_queries(user_id is not None, completed is not None)
         with _span(self.tracer, "list_todos", **attributes) as span:
-            todos, total = await _page(self.session, query, limit, offset)
+            total = await self.connection.scalar(count, params)
+            todos = list((await self.connection.execute(page, params)).all())
             span.set_attribute("db.rows", len(todos))
-            return todos, total
+            return todos, int(total or 0)
 
-    async def add(self, todo: Todo) -> Todo:
-        with _span(self.tracer, "insert_todo", **{"user.id": todo.user_id}) as span:
-            self.session.add(todo)
-            await self.session.flush()
-            span.set_attribute("todo.id", todo.id)
+    async def add(self, user_id: int, values: dict[str, Any]) -> Row[Any] | None:
+        """Insert a todo for ``user_id``; None when there is no such user."""
+        with _span(self.tracer, "insert_todo", **{"user.id": user_id}) as span:
+            result = await self.connection.execute(_INSERT_TODO, {"user_id": user_id, **values})
+            todo = result.first()
+            if todo is not None:
+                span.set_attribute("todo.id", todo.id)
             return todo
 
-    async def flush(self, todo: Todo) -> None:
+    async def update(self, todo: Row[Any], changes: dict[str, Any]) -> Row[Any] | None:
+        """Set ``changes`` (and ``updated_at``) on the todo; None when it is gone."""
         with _span(self.tracer, "update_todo", **{"todo.id": todo.id, "user.id": todo.user_id}):
-            await self.session.flush()
+            statement = (
+                update(_todos).where(_todos.c.id == todo.id).values(**changes).returning(*_todos.c)
+            )
+            return (await self.connection.execute(statement)).first()
 
-    async def delete(self, todo: Todo) -> None:
-        with _span(self.tracer, "delete_todo", **{"todo.id": todo.id, "user.id": todo.user_id}):
-            await self.session.delete(todo)
-            await self.session.flush()
+    async def delete(self, todo_id: int) -> Row[Any] | None:
+        """Delete the todo; its (id, user_id), or None when there was none."""
+        with _span(self.tracer, "delete_todo", **{"todo.id": todo_id}) as span:
+            deleted = (await self.connection.execute(_DELETE_TODO, {"todo_id": todo_id})).first()
+            span.set_attribute("db.found", deleted is not None)
+            if deleted is not None:
+                span.set_attribute("user.id", deleted.user_id)
+            return deleted

@@ -6,11 +6,12 @@ in the ``X-Total-Count`` header.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from otel_lab.services.deps import SessionDep, TelemetryDep
+from otel_lab.services.deps import AutocommitDep, TelemetryDep
 from otel_lab.services.params import Limit, Offset, path_id, set_total
 from otel_lab.services.users.schemas import (
     TodoCreate,
@@ -30,8 +31,11 @@ TodoId = Annotated[int, path_id("The todo's id")]
 Completed = Annotated[bool | None, Query(description="Only completed (true) or open (false)")]
 
 
-async def _service(session: SessionDep, telemetry: TelemetryDep) -> UserService:
-    return UserService(session, telemetry)
+async def _service(
+    autocommit: AutocommitDep, telemetry: TelemetryDep
+) -> AsyncIterator[UserService]:
+    async with autocommit.connect() as connection:
+        yield UserService(connection, telemetry)
 
 
 Service = Annotated[UserService, Depends(_service)]

@@ -1,4 +1,4 @@
-"""The traced service layer: business rules and the unit of work.
+"""The traced service layer: business rules over the repositories' statements.
 
 Each operation is one span (``service.<operation>``, ``operation.type=business_logic``,
 ``api.operation``) above the repository spans. Domain outcomes that are the client's
@@ -12,14 +12,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from opentelemetry import trace
+from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from otel_lab.services import errors
-from otel_lab.services.users.models import Todo, User
 from otel_lab.services.users.repository import TodoRepository, UserRepository
 from otel_lab.services.users.schemas import TodoCreate, TodoUpdate, UserCreate, UserUpdate
 from otel_lab.telemetry import Telemetry
@@ -36,6 +36,7 @@ class NotFoundError(errors.NotFoundError):
 
 
 ConflictError = errors.ConflictError
+EMAIL_TAKEN = "a user with this email already exists"
 
 
 def operation(
@@ -78,72 +79,67 @@ def operation(
 
 
 class UserService:
-    """Users and their todos; one instance per request, over that request's session."""
+    """Users and their todos; one instance per request, over that request's connection
+    (autocommit: each repository statement is its own transaction)."""
 
-    def __init__(self, session: AsyncSession, telemetry: Telemetry) -> None:
-        self.session = session
+    def __init__(self, connection: AsyncConnection, telemetry: Telemetry) -> None:
         self.tracer = telemetry.tracer(SCOPE)
-        self.users = UserRepository(session, telemetry)
-        self.todos = TodoRepository(session, telemetry)
+        self.users = UserRepository(connection, telemetry)
+        self.todos = TodoRepository(connection, telemetry)
 
     # -- users ------------------------------------------------------------------------------
 
-    async def _user(self, user_id: int) -> User:
+    async def _user(self, user_id: int) -> Row[Any]:
         trace.get_current_span().set_attribute("user.id", user_id)
         user = await self.users.get(user_id)
         if user is None:
             raise NotFoundError("user", user_id)
         return user
 
-    async def _commit(self, conflict: str) -> None:
-        """Commit; a unique violation that slipped past the check (a race) is a 409."""
-        try:
-            await self.session.commit()
-        except IntegrityError as exc:
-            await self.session.rollback()
-            raise ConflictError(conflict) from exc
-
     @operation("create_user")
-    async def create_user(self, data: UserCreate) -> User:
+    async def create_user(self, data: UserCreate) -> Row[Any]:
         if await self.users.get_by_email(data.email) is not None:
-            raise ConflictError("a user with this email already exists")
-        user = await self.users.add(User(name=data.name, email=data.email, tier=data.tier))
-        await self._commit("a user with this email already exists")
+            raise ConflictError(EMAIL_TAKEN)
+        user = await self.users.add(data.name, data.email, data.tier)
+        if user is None:  # a concurrent request took the email meanwhile
+            raise ConflictError(EMAIL_TAKEN)
         trace.get_current_span().set_attribute("user.id", user.id)
         return user
 
     @operation("get_user")
-    async def get_user(self, user_id: int) -> User:
+    async def get_user(self, user_id: int) -> Row[Any]:
         return await self._user(user_id)
 
     @operation("list_users")
-    async def list_users(self, limit: int, offset: int) -> tuple[list[User], int]:
+    async def list_users(self, limit: int, offset: int) -> tuple[list[Row[Any]], int]:
         return await self.users.page(limit, offset)
 
     @operation("update_user")
-    async def update_user(self, user_id: int, data: UserUpdate) -> User:
+    async def update_user(self, user_id: int, data: UserUpdate) -> Row[Any]:
         user = await self._user(user_id)
         changes = data.model_dump(exclude_unset=True)
         if "email" in changes and changes["email"] != user.email:
             other = await self.users.get_by_email(changes["email"])
             if other is not None and other.id != user.id:
-                raise ConflictError("a user with this email already exists")
-        for field, value in changes.items():
-            setattr(user, field, value)
+                raise ConflictError(EMAIL_TAKEN)
         trace.get_current_span().set_attribute("user.changed_fields", sorted(changes))
-        await self.users.flush(user)
-        await self._commit("a user with this email already exists")
-        return user
+        try:
+            updated = await self.users.update(user_id, changes)
+        except IntegrityError as exc:  # the email was taken meanwhile
+            raise ConflictError(EMAIL_TAKEN) from exc
+        if updated is None:  # deleted meanwhile
+            raise NotFoundError("user", user_id)
+        return updated
 
     @operation("delete_user")
     async def delete_user(self, user_id: int) -> None:
-        user = await self._user(user_id)
-        await self.users.delete(user)  # todos go with it (ON DELETE CASCADE)
-        await self.session.commit()
+        trace.get_current_span().set_attribute("user.id", user_id)
+        if not await self.users.delete(user_id):  # todos go with it (ON DELETE CASCADE)
+            raise NotFoundError("user", user_id)
 
     # -- todos ------------------------------------------------------------------------------
 
-    async def _todo(self, todo_id: int) -> Todo:
+    async def _todo(self, todo_id: int) -> Row[Any]:
         trace.get_current_span().set_attribute("todo.id", todo_id)
         todo = await self.todos.get(todo_id)
         if todo is None:
@@ -151,28 +147,27 @@ class UserService:
         return todo
 
     @operation("create_todo")
-    async def create_todo(self, user_id: int, data: TodoCreate) -> Todo:
-        await self._user(user_id)
-        todo = Todo(user_id=user_id, **data.model_dump())
-        if todo.completed:
-            todo.completed_at = datetime.now(UTC)
-        await self.todos.add(todo)
+    async def create_todo(self, user_id: int, data: TodoCreate) -> Row[Any]:
+        trace.get_current_span().set_attribute("user.id", user_id)
+        values = data.model_dump()
+        values["completed_at"] = datetime.now(UTC) if data.completed else None
         try:
-            await self.session.commit()
-        except IntegrityError as exc:  # the user was deleted meanwhile
-            await self.session.rollback()
+            todo = await self.todos.add(user_id, values)
+        except IntegrityError as exc:  # the user was deleted between the check and the write
             raise NotFoundError("user", user_id) from exc
+        if todo is None:
+            raise NotFoundError("user", user_id)
         trace.get_current_span().set_attribute("todo.id", todo.id)
         return todo
 
     @operation("get_todo")
-    async def get_todo(self, todo_id: int) -> Todo:
+    async def get_todo(self, todo_id: int) -> Row[Any]:
         return await self._todo(todo_id)
 
     @operation("list_todos")
     async def list_todos(
         self, *, user_id: int | None, completed: bool | None, limit: int, offset: int
-    ) -> tuple[list[Todo], int]:
+    ) -> tuple[list[Row[Any]], int]:
         if user_id is not None:
             await self._user(user_id)
         return await self.todos.page(
@@ -180,32 +175,32 @@ class UserService:
         )
 
     @operation("update_todo")
-    async def update_todo(self, todo_id: int, data: TodoUpdate) -> Todo:
+    async def update_todo(self, todo_id: int, data: TodoUpdate) -> Row[Any]:
         todo = await self._todo(todo_id)
         changes = data.model_dump(exclude_unset=True)
         if "completed" in changes and changes["completed"] != todo.completed:
-            todo.completed_at = datetime.now(UTC) if changes["completed"] else None
-        for field, value in changes.items():
-            setattr(todo, field, value)
-        trace.get_current_span().set_attribute("todo.changed_fields", sorted(changes))
-        await self.todos.flush(todo)
-        await self.session.commit()
-        return todo
+            changes["completed_at"] = datetime.now(UTC) if changes["completed"] else None
+        trace.get_current_span().set_attribute(
+            "todo.changed_fields", sorted(changes.keys() - {"completed_at"})
+        )
+        return await self._updated(todo, changes)
 
     @operation("complete_todo")
-    async def complete_todo(self, todo_id: int) -> Todo:
+    async def complete_todo(self, todo_id: int) -> Row[Any]:
         todo = await self._todo(todo_id)
-        if not todo.completed:
-            todo.completed = True
-            todo.completed_at = datetime.now(UTC)
-            await self.todos.flush(todo)
-            await self.session.commit()
-        else:
+        if todo.completed:
             trace.get_current_span().add_event("todo.already_completed")
-        return todo
+            return todo
+        return await self._updated(todo, {"completed": True, "completed_at": datetime.now(UTC)})
+
+    async def _updated(self, todo: Row[Any], changes: dict[str, Any]) -> Row[Any]:
+        updated = await self.todos.update(todo, changes)
+        if updated is None:  # deleted meanwhile
+            raise NotFoundError("todo", todo.id)
+        return updated
 
     @operation("delete_todo")
     async def delete_todo(self, todo_id: int) -> None:
-        todo = await self._todo(todo_id)
-        await self.todos.delete(todo)
-        await self.session.commit()
+        trace.get_current_span().set_attribute("todo.id", todo_id)
+        if await self.todos.delete(todo_id) is None:
+            raise NotFoundError("todo", todo_id)
