@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import DateTime, Integer, String, Text, func
+from sqlalchemy import DateTime, Integer, String, Table, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from otel_lab.db import Base
@@ -39,12 +40,19 @@ class Item(Base):
     def cache_key(item_id: int) -> str:
         return f"item:{item_id}"
 
-    def enrich(self) -> None:
-        """Derive the slug and word count and mark the item enriched (the worker's job)."""
-        self.slug = slugify(self.name)
-        self.word_count = len(f"{self.name} {self.description or ''}".split())
-        self.status = "enriched"
-        self.enriched_at = datetime.now(UTC)
+
+# The table, for Core statements (the api's repository, the worker).
+items = cast(Table, Item.__table__)
+
+
+def enrichment(name: str, description: str | None) -> dict[str, Any]:
+    """What the worker sets on an item: its slug and word count, and that it is enriched."""
+    return {
+        "slug": slugify(name),
+        "word_count": len(f"{name} {description or ''}".split()),
+        "status": "enriched",
+        "enriched_at": datetime.now(UTC),
+    }
 
 
 def slugify(text: str) -> str:

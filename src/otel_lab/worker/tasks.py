@@ -11,14 +11,13 @@ import redis
 from celery import shared_task
 from opentelemetry import trace
 from redis.exceptions import RedisError
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, bindparam, select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
 from otel_lab import faults
 from otel_lab.cache import create_redis
 from otel_lab.db import create_blocking_engine
-from otel_lab.items import ITEM_ENRICHMENT, Item, ItemOut
+from otel_lab.items import ITEM_ENRICHMENT, Item, ItemOut, enrichment, items
 from otel_lab.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -27,12 +26,28 @@ tracer = trace.get_tracer(__name__)
 
 @lru_cache(maxsize=1)
 def _engine() -> Engine:
-    return create_blocking_engine()
+    """The worker's engine without BEGIN/COMMIT: each of its statements stands alone."""
+    return create_blocking_engine().execution_options(isolation_level="AUTOCOMMIT")
 
 
 @lru_cache(maxsize=1)
 def _cache() -> redis.Redis:
     return create_redis()
+
+
+# Built once (a statement object keeps its cache key): the task's two round trips.
+_READ_ITEM = select(items.c.name, items.c.description).where(items.c.id == bindparam("item_id"))
+_ENRICHED = ("slug", "word_count", "status", "enriched_at")
+_ENRICH_ITEM = (
+    update(items)
+    .where(items.c.id == bindparam("item_id"))
+    .values({name: bindparam(f"new_{name}") for name in _ENRICHED})
+    .returning(*items.c)
+)
+
+
+def _prefixed(values: dict[str, object]) -> dict[str, object]:
+    return {f"new_{name}": value for name, value in values.items()}
 
 
 # item id -> when this process last queued it again (time.monotonic()).
@@ -57,13 +72,13 @@ def requeue_pending_items(older_than_seconds: float = 30.0) -> int:
             del _requeued[item_id]
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
     with tracer.start_as_current_span("items.requeue_pending") as span:
-        with Session(_engine()) as session:
+        with _engine().connect() as connection:
             pending = [
                 item_id
-                for item_id in session.scalars(
-                    select(Item.id)
-                    .where(Item.status == "pending", Item.created_at < cutoff)
-                    .order_by(Item.id)
+                for item_id in connection.scalars(
+                    select(items.c.id)
+                    .where(items.c.status == "pending", items.c.created_at < cutoff)
+                    .order_by(items.c.id)
                     .limit(REQUEUE_BATCH + len(_requeued))
                 )
                 if item_id not in _requeued
@@ -90,16 +105,19 @@ def item_enrichment(item_id: int) -> None:
         if faults.active("worker-backlog"):  # slow enrichment: the queue outgrows the workers
             faults.mark(span, "worker-backlog")
             time.sleep(SLOW_ENRICHMENT_SECONDS)
-        with Session(_engine(), expire_on_commit=False) as session:
-            item = session.get(Item, item_id)
-            if item is None:
-                span.set_attribute("item.found", False)
-                logger.warning("item_enrichment_skipped", extra={"item_id": item_id})
-                return
-            item.enrich()
-            session.commit()
-            span.set_attributes({"item.found": True, "item.word_count": item.word_count})
-            fresh = ItemOut.model_validate(item).model_dump_json()
+        with _engine().connect() as connection:  # autocommit: one transaction per statement
+            found = connection.execute(_READ_ITEM, {"item_id": item_id}).first()
+            item = None
+            if found is not None:
+                # Idempotent: an UPDATE that races another run of the task writes the same.
+                values = _prefixed(enrichment(found.name, found.description))
+                item = connection.execute(_ENRICH_ITEM, {"item_id": item_id, **values}).first()
+        if item is None:  # deleted before the task ran
+            span.set_attribute("item.found", False)
+            logger.warning("item_enrichment_skipped", extra={"item_id": item_id})
+            return
+        span.set_attributes({"item.found": True, "item.word_count": item.word_count})
+        fresh = ItemOut.model_validate(item).model_dump_json()
         try:
             # Write-through rather than delete: a reader that loaded the old row before this
             # commit fills the cache with SET NX, so it cannot overwrite the fresh copy.

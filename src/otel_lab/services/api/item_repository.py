@@ -1,21 +1,34 @@
-"""The api's item storage: the ``items`` table (``otel_lab.items``) through a session."""
+"""The api's item storage: the ``items`` table (``otel_lab.items``) as SQLAlchemy Core
+statements on an autocommit connection: one statement each, built once, no ORM session
+and no BEGIN/COMMIT round trips (docs/performance.md)."""
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from typing import Any
 
-from otel_lab.items import Item, ItemCreate
+from sqlalchemy import Row, bindparam, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from otel_lab.items import ItemCreate, items
+
+_INSERT_ITEM = (
+    insert(items)
+    .values(name=bindparam("name"), description=bindparam("description"))
+    .returning(*items.c)
+)
+_GET_ITEM = select(items).where(items.c.id == bindparam("item_id"))
 
 
-async def add(session: AsyncSession, body: ItemCreate) -> Item:
-    """Insert the item and commit; it comes back with its id and server defaults."""
-    item = Item(name=body.name, description=body.description)
-    session.add(item)
-    await session.commit()
-    return item
+async def add(autocommit: AsyncEngine, body: ItemCreate) -> Row[Any]:
+    """Insert the item; it comes back with its id and server defaults (RETURNING)."""
+    async with autocommit.connect() as connection:
+        result = await connection.execute(
+            _INSERT_ITEM, {"name": body.name, "description": body.description}
+        )
+        return result.one()
 
 
-async def get(sessions: async_sessionmaker[AsyncSession], item_id: int) -> Item | None:
-    """One item, on a session of its own (opened only on a cache miss)."""
-    async with sessions() as session:
-        return await session.get(Item, item_id)
+async def get(autocommit: AsyncEngine, item_id: int) -> Row[Any] | None:
+    """One item (read only on a cache miss)."""
+    async with autocommit.connect() as connection:
+        return (await connection.execute(_GET_ITEM, {"item_id": item_id})).first()

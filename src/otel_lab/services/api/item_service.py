@@ -22,7 +22,8 @@ from kombu.exceptions import KombuError
 from opentelemetry import trace
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.responses import Response
 
 from otel_lab import faults
 from otel_lab.items import ITEM_ENRICHMENT, Item, ItemCreate, ItemOut
@@ -44,9 +45,9 @@ broker_breaker = CircuitBreaker("broker", failure_threshold=3, reset_seconds=5.0
 T = TypeVar("T")
 
 
-async def create(session: AsyncSession, celery: Celery, body: ItemCreate) -> ItemOut:
+async def create(autocommit: AsyncEngine, celery: Celery, body: ItemCreate) -> ItemOut:
     """Insert the item, then queue its enrichment in the same trace."""
-    out = ItemOut.model_validate(await item_repository.add(session, body))
+    out = ItemOut.model_validate(await item_repository.add(autocommit, body))
     await _enqueue_enrichment(celery, out.id)
     logger.info("item_created", extra={"item_id": out.id})
     return out
@@ -104,23 +105,23 @@ async def _cached(call: Callable[[], Awaitable[T]], event: str) -> tuple[bool, T
 
 
 async def read(
-    item_id: int,
-    redis: redis.asyncio.Redis,
-    sessions: async_sessionmaker[AsyncSession],
-    settings: Settings,
-) -> ItemOut:
-    """Cache-aside: answer from Redis when possible; a miss reads PostgreSQL and fills Redis."""
+    item_id: int, redis: redis.asyncio.Redis, autocommit: AsyncEngine, settings: Settings
+) -> ItemOut | Response:
+    """Cache-aside: answer from Redis when possible; a miss reads PostgreSQL and fills Redis.
+
+    A hit is answered as the JSON the cache holds (written from an ``ItemOut``, by this
+    service or the worker), without parsing and serialising it again."""
     span = trace.get_current_span()
     key = Item.cache_key(item_id)
     cache_up, cached = await _cached(lambda: redis.get(key), "cache.unavailable")
     if cached is not None:
         span.set_attribute("cache.hit", True)
         prom.CACHE_HITS.labels(CACHE_NAME).inc()
-        return ItemOut.model_validate_json(cached)
+        return Response(cached, media_type="application/json")
 
     span.set_attribute("cache.hit", False)
     prom.CACHE_MISSES.labels(CACHE_NAME).inc()
-    item = await item_repository.get(sessions, item_id)
+    item = await item_repository.get(autocommit, item_id)
     if item is None:
         raise NotFoundError(f"item {item_id} not found")
     out = ItemOut.model_validate(item)

@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter
+from starlette.responses import Response
 
 from otel_lab.items import ItemCreate, ItemOut
 from otel_lab.services.api import item_service
-from otel_lab.services.deps import CeleryDep, RedisDep, SessionDep, SessionFactoryDep, SettingsDep
+from otel_lab.services.deps import AutocommitDep, CeleryDep, RedisDep, SettingsDep
 from otel_lab.services.params import path_id
 
 router = APIRouter(prefix="/items", tags=["items"])
@@ -19,14 +20,14 @@ ItemId = Annotated[int, path_id("The item's id")]
 
 
 @router.post("", status_code=201)
-async def create_item(body: ItemCreate, session: SessionDep, celery: CeleryDep) -> ItemOut:
+async def create_item(body: ItemCreate, autocommit: AutocommitDep, celery: CeleryDep) -> ItemOut:
     """Insert the item, then queue its enrichment in the same trace."""
-    return await item_service.create(session, celery, body)
+    return await item_service.create(autocommit, celery, body)
 
 
-@router.get("/{item_id}", responses={404: {"description": "No such item"}})
+@router.get("/{item_id}", response_model=ItemOut, responses={404: {"description": "No such item"}})
 async def read_item(
-    item_id: ItemId, redis: RedisDep, sessions: SessionFactoryDep, settings: SettingsDep
-) -> ItemOut:
+    item_id: ItemId, redis: RedisDep, autocommit: AutocommitDep, settings: SettingsDep
+) -> ItemOut | Response:
     """Cache-aside: answer from Redis when possible; a miss reads PostgreSQL and fills Redis."""
-    return await item_service.read(item_id, redis, sessions, settings)
+    return await item_service.read(item_id, redis, autocommit, settings)
