@@ -64,10 +64,10 @@ class _Channel(kombu_redis.Channel):
         the socket timeouts), so keeping it changes nothing else.
         """
         if asynchronous:
-            return super()._create_client(asynchronous=True)
+            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
         client = self._sync_client
         if client is None or client.connection_pool is not self.pool:  # a new pool
-            client = self._sync_client = super()._create_client()
+            client = self._sync_client = super()._create_client()  # type: ignore[no-untyped-call]
         return client
 
 

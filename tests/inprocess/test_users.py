@@ -142,3 +142,19 @@ def test_one_statement_per_repository_call(recorded: Recorded, database_url: str
     # count and the page, the delete is one DELETE ... RETURNING.
     assert statements == ["SELECT", "INSERT", "INSERT", "SELECT", "SELECT", "SELECT", "DELETE"]
     assert all(s.status.status_code is not StatusCode.ERROR for s in spans)
+    # Each statement under its repository span, each repository span under its operation's.
+    by_id = {s.context.span_id: s for s in spans}
+
+    def parent_name(span: Any) -> str:
+        return by_id[span.parent.span_id].name
+
+    repository = [s for s in spans if s.name.startswith("repository.")]
+    assert [s.name for s in repository] == [
+        "repository.get_user_by_email", "repository.insert_user", "repository.insert_todo",
+        "repository.get_user", "repository.list_todos", "repository.delete_user",
+    ]  # fmt: skip
+    assert [parent_name(s) for s in repository] == [
+        "service.create_user", "service.create_user", "service.create_todo",
+        "service.list_todos", "service.list_todos", "service.delete_user",
+    ]  # fmt: skip
+    assert all(parent_name(s).startswith("repository.") for s in spans if s.kind is SpanKind.CLIENT)
