@@ -13,11 +13,11 @@ import asyncio
 import gc
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -33,10 +33,15 @@ from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from otel_lab import __version__
+from otel_lab import __version__, registry
 from otel_lab.db import create_engine, session_factory
 from otel_lab.services import deadline
 from otel_lab.services.chaos import ChaosMiddleware
+from otel_lab.services.downstream import (
+    Downstream,
+    create_client,
+    install_baggage_span_attributes,
+)
 from otel_lab.services.errors import (
     DependencyUnavailableError,
     InvalidInputError,
@@ -46,7 +51,7 @@ from otel_lab.services.errors import (
     handle_http_exception,
     handle_service_error,
 )
-from otel_lab.settings import Settings
+from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import TelemetryMiddleware, setup_telemetry, shutdown_telemetry
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var
@@ -326,4 +331,46 @@ def create_service(
         """Prometheus pull, OpenMetrics with exemplars (sync: collectors may block briefly)."""
         return Response(prom.render_metrics(), media_type=prom.METRICS_CONTENT_TYPE)
 
+    return app
+
+
+def create_chain_service(
+    service: registry.Service,
+    settings: Settings | None,
+    telemetry: Telemetry | None,
+    *,
+    description: str,
+    routers: Sequence[APIRouter],
+    next_hop: tuple[str, registry.Service] | None = None,
+) -> FastAPI:
+    """A service of the user -> order -> audit chain: :func:`create_service` with PostgreSQL
+    (checked by ``/ready``), the chain's baggage copied onto its spans, and ``next_hop``
+    (lifespan state name, service) as a :class:`Downstream` sharing one traced client."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncExitStack() as stack:
+            state = await stack.enter_async_context(database(settings, telemetry))
+            if next_hop is not None:
+                name, hop = next_hop
+                client = await stack.enter_async_context(create_client(settings, telemetry))
+                url = settings.base_url(hop)
+                state[name] = Downstream(
+                    hop.name, url, client, settings=settings, telemetry=telemetry
+                )
+            yield state
+
+    app = create_service(
+        service.name,
+        settings,
+        title=f"Otel Lab {service.name}",
+        description=description,
+        lifespan=lifespan,
+        readiness_checks={"database": database_ready},
+        telemetry=telemetry,
+    )
+    install_baggage_span_attributes(settings, telemetry)
+    for router in routers:
+        app.include_router(router)
     return app

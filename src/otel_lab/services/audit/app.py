@@ -9,26 +9,17 @@ from fastapi import FastAPI
 
 from otel_lab.registry import AUDIT
 from otel_lab.services.audit import routes
-from otel_lab.services.base import create_service, database, database_ready
-from otel_lab.services.downstream import install_baggage_span_attributes
-from otel_lab.settings import Settings, get_settings
+from otel_lab.services.base import create_chain_service
+from otel_lab.settings import Settings
 from otel_lab.telemetry import Telemetry
-
-SERVICE_NAME = AUDIT.name
 
 
 def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastAPI:
     """The app; ``telemetry`` None sets up the process's own (see ``create_service``)."""
-    settings = settings or get_settings()
-    app = create_service(
-        SERVICE_NAME,
+    return create_chain_service(
+        AUDIT,
         settings,
-        title="Otel Lab audit-service",
+        telemetry,
         description="The audit trail; POST /process ends the service chain.",
-        lifespan=database,
-        readiness_checks={"database": database_ready},
-        telemetry=telemetry,
+        routers=(routes.router,),
     )
-    install_baggage_span_attributes(settings, telemetry)
-    app.include_router(routes.router)
-    return app
