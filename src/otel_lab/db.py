@@ -83,6 +83,8 @@ def database_url(settings: Settings | None = None) -> str:
 
 # Connections older than this are replaced at checkout (servers and proxies drop idle ones).
 POOL_RECYCLE_SECONDS = 1800
+# How often the server checks that a running statement's client is still connected.
+CLIENT_CHECK_MS = 250
 # psycopg's interval for checking Ctrl-C while it waits (its default).
 _WAIT_INTERVAL = 0.1
 
@@ -201,7 +203,11 @@ def _connect_args(settings: Settings) -> dict[str, Any]:
     statement_ms = max(100, int(deadline * 800))  # the server cancels first, cleanly
     return {
         "connect_timeout": max(2, round(deadline)),  # libpq's minimum; see the classes above
-        "options": f"-c statement_timeout={statement_ms}",
+        # A statement whose client gave up (a deadline closed its connection) is stopped by
+        # the server within a check interval, not left to run, or to write, until its
+        # statement_timeout.
+        "options": f"-c statement_timeout={statement_ms} "
+        f"-c client_connection_check_interval={CLIENT_CHECK_MS}",
     }
 
 

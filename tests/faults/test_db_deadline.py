@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import AsyncExitStack
 
 import psutil
+import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -144,3 +145,35 @@ def test_the_request_deadline_cuts_every_wait_shorter(postgres: EmbeddedPostgres
             await fresh.dispose()
 
     asyncio.run(scenario())
+
+
+def test_a_statement_whose_client_gave_up_stops_on_the_server(postgres: EmbeddedPostgres) -> None:
+    """A request's deadline closes the connection of a statement it no longer waits for;
+    the server notices within its client check interval and stops the statement, instead
+    of running it (or, for a write waiting on a lock, doing it) until statement_timeout."""
+    settings = Settings.model_validate(
+        {"DATABASE_URL": postgres.url, "DEPENDENCY_TIMEOUT_SECONDS": 5.0}
+    )
+    marker = f"orphan-{time.monotonic_ns()}"
+
+    async def scenario() -> None:
+        engine = create_engine(settings)
+        try:
+            with (
+                request_deadline.within(0.3),
+                pytest.raises(DBAPIError, match="within the request's deadline"),
+            ):
+                async with engine.connect() as conn:
+                    await conn.execute(text(f"SELECT pg_sleep(3) /* {marker} */"))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
+    gave_up = time.monotonic()
+    dsn = postgres.url.replace("+psycopg", "")
+    query = "SELECT 1 FROM pg_stat_activity WHERE query LIKE %s AND pid <> pg_backend_pid()"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while conn.execute(query, (f"%{marker}%",)).fetchall():
+            # pg_sleep(3) under a 4 s statement_timeout: without the client check it runs on.
+            assert time.monotonic() - gave_up < 1.5, "the server still runs the orphan"
+            time.sleep(0.05)
