@@ -16,15 +16,23 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import REGISTRY
 
 from otel_lab.registry import WEATHER_UPSTREAM
 from otel_lab.runtime.harness import RunningSystem, free_ports
 from otel_lab.services.api.weather import UpstreamFailure, WeatherClient
 from otel_lab.services.weather_upstream import launch
 from otel_lab.settings import Settings
+from otel_lab.telemetry import Telemetry
 from tests.conftest import Console, Span, children_of, span_named, trace_id_of
 
 UPSTREAM = "weather-upstream"
@@ -34,12 +42,12 @@ OBSERVATION_KEYS = {"city", "temperature_c", "feels_like_c", "humidity_pct", "wi
 # --------------------------------------------------------------------------- helpers
 
 
-def _start_zero_code_upstream(
-    system: RunningSystem, port: int, service_name: str
+def _start_upstream(
+    system: RunningSystem, port: int, service_name: str, mode: str = "zero-code"
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """A second weather upstream, started the way the runtime starts it in zero-code mode,
+    """A second weather upstream, started the way the runtime starts it in ``mode``,
     exporting to the system's console."""
-    settings = Settings(INSTRUMENTATION_MODE="zero-code")
+    settings = Settings(INSTRUMENTATION_MODE=mode)
     env = {
         **system.env,
         **launch.environment(settings),
@@ -324,6 +332,167 @@ def test_metrics_time_the_outbound_call(api: httpx.Client) -> None:
     )
 
 
+# --------------------------------------------------------------------------- retries, breaker
+# A WeatherClient in this process, reporting to in-memory exporters, against real upstream
+# processes: per-attempt timeouts shorter than the system's (whose 1.8 s request deadline
+# leaves no room to retry a 1.5 s timeout), and an upstream of its own to kill.
+
+
+def _memory_telemetry() -> tuple[InMemorySpanExporter, Telemetry]:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    return spans, Telemetry(provider, MeterProvider())
+
+
+def _retries(reason: str) -> float:
+    labels = {"operation": "weather.current", "reason": reason}
+    return REGISTRY.get_sample_value("api_operation_retries_total", labels) or 0.0
+
+
+def _fetch(spans: InMemorySpanExporter) -> tuple[ReadableSpan, list[ReadableSpan]]:
+    """The one weather.fetch span recorded, and its attempts' CLIENT spans in order."""
+    finished = spans.get_finished_spans()
+    [fetch] = [s for s in finished if s.name == "weather.fetch"]
+    attempts = [s for s in finished if s.kind is SpanKind.CLIENT]
+    assert all(a.parent is not None and a.parent.span_id == fetch.context.span_id for a in attempts)
+    return fetch, sorted(attempts, key=lambda s: s.start_time or 0)
+
+
+def _events(span: ReadableSpan, name: str) -> list[dict[str, Any]]:
+    return [dict(e.attributes or {}) for e in span.events if e.name == name]
+
+
+async def _current(client: WeatherClient, city: str) -> UpstreamFailure | int:
+    """The call's failure, or the attempts a success took."""
+    try:
+        return (await client.current(city))[1]
+    except UpstreamFailure as failure:
+        return failure
+
+
+def test_read_timeouts_are_retried_with_their_reason_and_delay(weather_upstream: str) -> None:
+    spans, telemetry = _memory_telemetry()
+    before = _retries("ReadTimeout")
+
+    async def call() -> UpstreamFailure:
+        client = WeatherClient(
+            weather_upstream,
+            timeout_seconds=0.3,
+            max_retries=2,
+            backoff_seconds=0.05,
+            deadline_seconds=5.0,
+            telemetry=telemetry,
+        )
+        try:
+            with pytest.raises(UpstreamFailure) as failure:
+                await client.current(_city("slow-1000-"))
+            return failure.value
+        finally:
+            await client.aclose()
+
+    failure = asyncio.run(call())
+    assert (failure.status_code, failure.error_type) == (504, "upstream_timeout")
+    assert failure.attempts == 3
+    assert _retries("ReadTimeout") == before + 2
+
+    fetch, attempts = _fetch(spans)
+    retries = _events(fetch, "retry")
+    assert [r["retry.reason"] for r in retries] == ["ReadTimeout", "ReadTimeout"]
+    assert [r["retry.attempt"] for r in retries] == [1, 2]
+    assert len(attempts) == 3
+    for retry, failed, following in zip(retries, attempts[:-1], attempts[1:], strict=True):
+        delay = retry["retry.delay_s"]
+        assert isinstance(delay, float) and 0.05 <= delay <= 5.0, retry
+        # The delay is the pause actually taken between the attempts.
+        assert following.start_time and failed.end_time
+        assert following.start_time - failed.end_time >= (delay - 0.001) * 1e9
+
+
+def test_refused_calls_open_the_breaker_and_it_closes_again(system: RunningSystem) -> None:
+    """A port nothing listens on yet: refused connections are retried as ConnectError; five
+    consecutive ones open the breaker (503 circuit_open, no connection tried); once a real
+    upstream listens there and the cool-down is over, one trial call closes it."""
+    [port] = free_ports(1)
+    upstream: list[subprocess.Popen[bytes]] = []
+    spans, telemetry = _memory_telemetry()
+    settings = Settings(CIRCUIT_BREAKER_FAILURE_THRESHOLD=5, CIRCUIT_BREAKER_RESET_SECONDS=1.0)
+
+    async def scenario() -> None:
+        client = WeatherClient(
+            f"http://127.0.0.1:{port}",
+            timeout_seconds=1.0,
+            max_retries=2,
+            backoff_seconds=0.01,
+            deadline_seconds=3.0,
+            settings=settings,
+            telemetry=telemetry,
+        )
+        try:
+            await _breaker_scenario(client, upstream, spans, system, port)
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for process in upstream:
+            _stop(process)
+
+
+async def _breaker_scenario(
+    client: WeatherClient,
+    upstream: list[subprocess.Popen[bytes]],
+    spans: InMemorySpanExporter,
+    system: RunningSystem,
+    port: int,
+) -> None:
+    before = _retries("ConnectError")
+
+    first = await _current(client, "London")  # three refused attempts: failures 1-3
+    assert isinstance(first, UpstreamFailure)
+    assert (first.status_code, first.error_type, first.attempts) == (
+        502, "upstream_unreachable", 3,
+    )  # fmt: skip
+    fetch, attempts = _fetch(spans)
+    retries = _events(fetch, "retry")
+    assert [r["retry.reason"] for r in retries] == ["ConnectError"] * 2
+    assert all(isinstance(r["retry.delay_s"], float) for r in retries)
+    refused = [(a.attributes or {}).get("error.type") for a in attempts]
+    assert refused == ["ClientConnectorError"] * 3
+    assert _retries("ConnectError") == before + 2
+    spans.clear()
+
+    second = await _current(client, "London")  # failures 4 and 5 open it; then refused
+    assert isinstance(second, UpstreamFailure) and second.error_type == "upstream_unreachable"
+    fetch, attempts = _fetch(spans)
+    assert len(attempts) == 2
+    assert _events(fetch, "circuit_breaker.state_change") == [
+        {"circuit_breaker.from": "closed", "circuit_breaker.to": "open"}
+    ]
+    assert _events(fetch, "circuit_breaker.rejected") == [{"circuit_breaker.state": "open"}]
+    opened = time.monotonic()
+    spans.clear()
+
+    rejected = await _current(client, "London")  # open: answered without trying
+    assert isinstance(rejected, UpstreamFailure)
+    assert (rejected.status_code, rejected.error_type) == (503, "circuit_open")
+    assert "circuit open" in str(rejected)
+    fetch, attempts = _fetch(spans)
+    assert attempts == [] and fetch.status.status_code is StatusCode.ERROR
+
+    upstream.append(_start_upstream(system, port, "weather-upstream-breaker", mode="manual")[0])
+    await asyncio.sleep(max(0.0, opened + 1.0 - time.monotonic()) + 0.05)  # the cool-down
+    spans.clear()
+    assert await _current(client, "London") == 1  # the half-open trial succeeds
+    fetch, _ = _fetch(spans)
+    assert _events(fetch, "circuit_breaker.state_change") == [
+        {"circuit_breaker.from": "open", "circuit_breaker.to": "half_open"},
+        {"circuit_breaker.from": "half_open", "circuit_breaker.to": "closed"},
+    ]
+    assert await _current(client, "Paris") == 1  # closed: calls go through again
+
+
 # --------------------------------------------------------------------------- zero-code mode
 
 
@@ -331,7 +500,7 @@ def test_metrics_time_the_outbound_call(api: httpx.Client) -> None:
 def zero_code_upstream(system: RunningSystem) -> Iterator[str]:
     """The upstream under ``opentelemetry-instrument``, as zero-code mode runs it."""
     [port] = free_ports(1)
-    process, url = _start_zero_code_upstream(system, port, "weather-upstream-zero-code")
+    process, url = _start_upstream(system, port, "weather-upstream-zero-code")
     try:
         yield url
     finally:
