@@ -235,15 +235,29 @@ def _observe(sync_engine: Engine, telemetry: Telemetry | None = None) -> None:
         prom.DB_OPERATION.labels(operation).observe(elapsed)
 
 
+def _isolation(autocommit: bool) -> dict[str, str]:
+    return {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+
+
 def create_engine(
-    settings: Settings | None = None, telemetry: Telemetry | None = None
+    settings: Settings | None = None,
+    telemetry: Telemetry | None = None,
+    *,
+    autocommit: bool = False,
 ) -> AsyncEngine:
     """The async engine the HTTP services use, traced to ``telemetry``'s providers (None:
-    the global ones)."""
+    the global ones).
+
+    ``autocommit``: its connections are made autocommit once, when they connect. An engine
+    that only gets the option per use (``execution_options(isolation_level=...)``) sets it
+    at every checkout and resets it at every return, two more waits on the connection:
+    180-240 us of CPU per checkout (docs/performance.md).
+    """
     settings = settings or get_settings()
     deadline = settings.dependency_timeout_seconds
     engine = create_async_engine(
         database_url(settings),
+        **_isolation(autocommit),
         pool_size=10,
         max_overflow=10,
         pool_recycle=POOL_RECYCLE_SECONDS,
@@ -259,12 +273,14 @@ def create_engine(
     return engine
 
 
-def create_blocking_engine(settings: Settings | None = None) -> Engine:
-    """The synchronous engine the Celery worker uses (its tasks are plain functions)."""
+def create_blocking_engine(settings: Settings | None = None, *, autocommit: bool = False) -> Engine:
+    """The synchronous engine the Celery worker uses (its tasks are plain functions);
+    ``autocommit`` as for :func:`create_engine`."""
     settings = settings or get_settings()
     deadline = settings.dependency_timeout_seconds
     engine = create_sync_engine(
         database_url(settings),
+        **_isolation(autocommit),
         pool_size=5,
         pool_recycle=POOL_RECYCLE_SECONDS,
         pool_timeout=deadline,

@@ -184,17 +184,16 @@ async def _cache_unavailable(request: Request, exc: Exception) -> JSONResponse:
 async def database(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, Any]]:
     """The service's engine and session factory, as lifespan state, for its lifetime.
 
-    ``autocommit``: the same pool without BEGIN/COMMIT, for work that is one statement.
+    ``autocommit``: the pool's connections as they are (autocommit, no BEGIN/COMMIT), for
+    work that is one statement: most requests. ``engine`` and the sessions: the same pool
+    with transactions (PostgreSQL's default isolation, set per checkout).
     """
-    engine = create_engine(settings, telemetry)
+    autocommit = create_engine(settings, telemetry, autocommit=True)
+    engine = autocommit.execution_options(isolation_level="READ COMMITTED")
     try:
-        yield {
-            "engine": engine,
-            "autocommit": engine.execution_options(isolation_level="AUTOCOMMIT"),
-            "sessions": session_factory(engine),
-        }
+        yield {"engine": engine, "autocommit": autocommit, "sessions": session_factory(engine)}
     finally:
-        await engine.dispose()
+        await autocommit.dispose()
 
 
 async def database_ready(state: State) -> None:

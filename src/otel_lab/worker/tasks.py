@@ -27,7 +27,7 @@ tracer = trace.get_tracer(__name__)
 @lru_cache(maxsize=1)
 def _engine() -> Engine:
     """The worker's engine without BEGIN/COMMIT: each of its statements stands alone."""
-    return create_blocking_engine().execution_options(isolation_level="AUTOCOMMIT")
+    return create_blocking_engine(autocommit=True)
 
 
 @lru_cache(maxsize=1)
