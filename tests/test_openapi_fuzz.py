@@ -109,6 +109,7 @@ HOSTILE_HEADERS: dict[str, dict[str, bytes]] = {
     "latin-1 bytes": {"user-agent": b"\xe9\xff\x80", "accept-language": b"\xff"},
     "bad accept": {"accept": b"*/*;q=banana, \xff/\xff"},
     "idempotency key": {"idempotency-key": b"\xff" * 300},
+    "request timeout": {"x-request-timeout-ms": b"-1e999\xff" + b"9" * 300},  # ignored
     "utf-16 json": {"content-type": b"application/json; charset=utf-16"},
     "bogus encoding": {"content-encoding": b"gzip"},
     "cookie flood": {"cookie": b"; ".join(b"c%d=\xff" % i for i in range(300))},

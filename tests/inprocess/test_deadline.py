@@ -61,7 +61,9 @@ def test_the_budget_sent_on_keeps_a_margin() -> None:
         assert 1000 - 200 - 50 < sent <= 1000 - 200
         with deadline.within(5.0):  # nested: the sooner deadline wins
             assert deadline.remaining() <= 1.0
-    with deadline.within(0.05):
+    with deadline.within(0.1):  # a short budget: half is kept, half sent on
+        assert 40 < int(deadline.header_value() or -1) <= 50
+    with deadline.within(0):
         assert deadline.header_value() == "0"
     assert not deadline.active()
 
@@ -222,18 +224,22 @@ def test_a_refused_connection_is_still_retried_within_the_budget() -> None:
 
 
 def test_no_call_when_the_budget_has_run_out() -> None:
-    """Less than the margin left: the call is not made and does not count against the
-    downstream's breaker (it did nothing wrong)."""
+    """Nothing left: the call is not made and does not count against the downstream's
+    breaker (it did nothing wrong). A short budget is still sent on, halved."""
     upstream = Upstream(delay=0.0)
 
-    async def test(slow: Downstream) -> None:
+    async def test(fast: Downstream) -> None:
         async with upstream.running():
-            for _ in range(slow.breaker.failure_threshold + 1):
-                with deadline.within(0.05), pytest.raises(DownstreamTimeoutError) as failure:
-                    await slow.request("GET", "/x", step="read")
+            for _ in range(fast.breaker.failure_threshold + 1):
+                with deadline.within(0), pytest.raises(DownstreamTimeoutError) as failure:
+                    await fast.request("GET", "/x", step="read")
                 assert "not called" in failure.value.detail
             assert upstream.budgets == []
-            assert slow.breaker.state is BreakerState.CLOSED
+            assert fast.breaker.state is BreakerState.CLOSED
+            with deadline.within(0.15):
+                assert (await fast.request("GET", "/x", step="read")).status_code == 200
+            (sent,) = upstream.budgets
+            assert 40 < int(sent or 0) <= 75
 
     _with_downstream(upstream.url, test)
 

@@ -15,7 +15,7 @@ Finagle's absolute deadline):
   shorten the budget; a malformed one is ignored (the span says so), never a 4xx or 500;
 - ``services.downstream`` caps every attempt's timeout by :func:`remaining`, makes no retry
   the budget cannot fit, and sends the next hop what is left minus
-  :data:`PROPAGATION_MARGIN_SECONDS`, so the hop that ran out answers (and names what it
+  :func:`margin` (0.2 s), so the hop that ran out answers (and names what it
   waited for) before its caller gives up on it;
 - ``otel_lab.db`` caps every PostgreSQL wait (connect, statements, the pool) by it.
 
@@ -44,7 +44,8 @@ _HEADER_BYTES = HEADER.encode()
 # gRPC allows 8 digits for its timeout value: 27 hours in milliseconds is plenty.
 _TIMEOUT_MS = re.compile(rb"[ \t]*([0-9]{1,8})[ \t]*")
 # What a hop keeps for itself when it sends the budget on: the time for the next hop's
-# answer (a 504 naming what it waited for) to come back and be passed on.
+# answer (a 504 naming what it waited for) to come back and be passed on. Half of what is
+# left when that is less, so a client's short budget still reaches the next hop.
 PROPAGATION_MARGIN_SECONDS = 0.2
 
 # The monotonic time by which the current request must be answered; None outside one.
@@ -99,12 +100,17 @@ def expired() -> bool:
     return remaining() <= 0
 
 
+def margin(left: float) -> float:
+    """What a hop keeps of ``left`` seconds when it sends the rest on."""
+    return min(PROPAGATION_MARGIN_SECONDS, max(0.0, left) / 2)
+
+
 def header_value() -> str | None:
     """The header value for the next hop: what is left minus the margin (None: none set)."""
     left = remaining()
     if math.isinf(left):
         return None
-    return str(max(0, int((left - PROPAGATION_MARGIN_SECONDS) * 1000)))
+    return str(max(0, int((left - margin(left)) * 1000)))
 
 
 def exceeded(dependency: str, span: trace.Span | None = None) -> None:

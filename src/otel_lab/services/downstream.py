@@ -615,7 +615,7 @@ class Downstream:
         kwargs: dict[str, Any],
         until: float = math.inf,
     ) -> Reply:
-        if deadline.remaining() <= deadline.PROPAGATION_MARGIN_SECONDS:
+        if deadline.expired():
             # Nothing left to give the next hop: not called, and not its failure.
             deadline.exceeded(self.name)
             raise DownstreamTimeoutError(

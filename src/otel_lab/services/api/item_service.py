@@ -60,7 +60,8 @@ async def _enqueue_enrichment(celery: Celery, item_id: int) -> None:
     The deadline is the request's too: what is left of it, less the time to answer in."""
     try:
         broker_breaker.allow("publish")
-        left = deadline.remaining() - deadline.PROPAGATION_MARGIN_SECONDS
+        left = deadline.remaining()
+        left -= deadline.margin(left)
         with anyio.fail_after(max(0.0, min(PUBLISH_DEADLINE_SECONDS, left))):
             await to_thread.run_sync(
                 lambda: celery.send_task(ITEM_ENRICHMENT, args=[item_id], retry=True),
