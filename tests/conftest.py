@@ -88,7 +88,7 @@ class Console:
         trace_id: str,
         *,
         until: Callable[[list[Span]], bool] | None = None,
-        timeout: float = 15.0,
+        timeout: float = 30.0,
     ) -> list[Span]:
         """The spans of a trace, polled until ``until(spans)`` holds."""
         spans, complete = self._poll(f"/api/traces/{trace_id}", "spans", until, timeout)
@@ -102,7 +102,7 @@ class Console:
         trace_id: str,
         *,
         until: Callable[[list[dict[str, Any]]], bool] | None = None,
-        timeout: float = 15.0,
+        timeout: float = 30.0,
     ) -> list[dict[str, Any]]:
         """The logs of a trace, polled until ``until(logs)`` holds."""
         logs, complete = self._poll(f"/api/traces/{trace_id}/logs", "logs", until, timeout)
@@ -126,6 +126,25 @@ def has_spans(*wanted: str | tuple[str, str]) -> Callable[[list[Span]], bool]:
         return span["name"].startswith(name[:-1]) if name.endswith("*") else span["name"] == name
 
     return lambda spans: all(any(matches(s, entry) for s in spans) for entry in wanted)
+
+
+def served(*services: str) -> Callable[[list[Span]], bool]:
+    """``until`` for :meth:`Console.trace`: each service's request span has arrived.
+
+    A service's request span (its middleware's SERVER span, with ``request.id``) ends after
+    every span the service made for the request, and its exporter sends batches one after the
+    other, in order: once it is in, all of that service's spans of the trace are in. Wait for
+    it when asserting anything of a service's spans but the one named in ``has_spans``.
+    """
+
+    def request_span(span: Span, service: str) -> bool:
+        return (
+            span["service_name"] == service
+            and span["kind"] == "SERVER"
+            and "request.id" in span["attributes"]
+        )
+
+    return lambda spans: all(any(request_span(s, svc) for s in spans) for svc in services)
 
 
 def has_logs(*bodies: str) -> Callable[[list[dict[str, Any]]], bool]:

@@ -19,6 +19,7 @@ from tests.conftest import (
     children_of,
     has_logs,
     has_spans,
+    served,
     span_named,
     trace_id_of,
 )
@@ -56,9 +57,9 @@ def test_create_item_is_one_trace_from_api_to_worker(api: httpx.Client, console:
     assert item["name"] == "Trace me" and item["status"] == "pending" and item["id"] > 0
     trace_id = trace_id_of(response)
 
-    spans = console.trace(
-        trace_id, until=lambda spans: any(s["name"] == "item.enrich" for s in spans)
-    )
+    # The api's spans and the worker's: its task span ends after every other span it made.
+    worker_done = has_spans(("worker", "run/item_enrichment"))
+    spans = console.trace(trace_id, until=lambda spans: served("api")(spans) and worker_done(spans))
     server = span_named(spans, "POST /items", "api")
     assert server["kind"] == "SERVER" and server["parent_span_id"] is None
     assert server["attributes"]["http.route"] == "/items"

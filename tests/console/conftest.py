@@ -42,7 +42,7 @@ class Console:
             self.otlp_url + path, content=body, headers={"content-type": content_type, **headers}
         )
 
-    def wait_for(self, probe: Callable[[], T | None], timeout: float = 10.0) -> T:
+    def wait_for(self, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
         """Poll until probe returns something truthy: ingest is asynchronous by design."""
         deadline = time.monotonic() + timeout
         while True:

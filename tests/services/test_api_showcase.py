@@ -12,6 +12,7 @@ from tests.conftest import (
     Console,
     Span,
     children_of,
+    served,
     server_above,
     span_named,
     trace_id_of,
@@ -143,14 +144,7 @@ def test_db_operation_span_tree(gateway: httpx.Client, api: httpx.Client, consol
     assert all(op["rows"] == 2 for op in body["operations"])
     assert len(body["item_ids"]) == 2
 
-    def complete(spans: list[Span]) -> bool:
-        # The root ends last (after COMMIT), and may come in a later export than its steps.
-        names = {s["name"] for s in spans}
-        return {"db_operation", "db_operation.delete"} <= names and any(
-            name.startswith("DELETE") for name in names
-        )
-
-    spans = console.trace(trace_id_of(response), until=complete)
+    spans = console.trace(trace_id_of(response), until=served("api"))
     root = span_named(spans, "db_operation", "api")
     assert root["attributes"]["api.operation"] == "db-operation"
     assert root["attributes"]["operation.type"] == "database"
@@ -215,7 +209,7 @@ def test_complex_operation_nests_four_levels(gateway: httpx.Client, console: Con
     again = gateway.get("/complex-operation", params={"user_id": 42, "steps": 3}).json()
     assert again["result"] == body["result"], "same user, same result"
 
-    spans = console.trace(trace_id_of(response), until=_has_span("complex_operation.aggregation"))
+    spans = console.trace(trace_id_of(response), until=served("api"))
     root = span_named(spans, "complex_operation", "api")
     assert root["attributes"]["user.id"] == 42
     assert root["attributes"]["api.operation"] == "complex-operation"

@@ -33,7 +33,7 @@ from otel_lab.services.api.weather import UpstreamFailure, WeatherClient
 from otel_lab.services.weather_upstream import launch
 from otel_lab.settings import Settings
 from otel_lab.telemetry import Telemetry
-from tests.conftest import Console, Span, children_of, span_named, trace_id_of
+from tests.conftest import Console, Span, children_of, served, span_named, trace_id_of
 
 UPSTREAM = "weather-upstream"
 OBSERVATION_KEYS = {"city", "temperature_c", "feels_like_c", "humidity_pct", "wind_kph"}
@@ -139,13 +139,7 @@ def test_one_trace_from_api_client_span_to_upstream_server_span(
     assert response.status_code == 200, response.text
     trace_id = trace_id_of(response)
 
-    spans = console.trace(
-        trace_id,
-        until=lambda spans: (
-            any(s["name"] == "weather.lookup" for s in spans)
-            and any(s["name"] == "GET /weather/{city}" for s in spans)
-        ),
-    )
+    spans = console.trace(trace_id, until=served("api", UPSTREAM))
     server = span_named(spans, "GET /weather/{city}", "api")
     assert server["attributes"]["http.route"] == "/weather/{city}"
     fetch = span_named(spans, "weather.fetch", "api")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from otel_lab.runtime.harness import RunningSystem
-from tests.conftest import Console, span_named, trace_id_of
+from tests.conftest import Console, served, span_named, trace_id_of
 
 V1 = "/api/v1"
 
@@ -166,10 +166,8 @@ def test_service_and_repository_layers_are_traced(gateway: httpx.Client, console
     response = gateway.post(f"{V1}/users", json={"name": "Traced", "email": _email()})
     assert response.status_code == 201
     user_id = response.json()["id"]
-    spans = console.trace(
-        trace_id_of(response),
-        until=lambda spans: any(s["name"] == "repository.insert_user" for s in spans),
-    )
+    # Every span of both services: the assertions below look at all of them.
+    spans = console.trace(trace_id_of(response), until=served("gateway", "user-service"))
     service = span_named(spans, "service.create_user", "user-service")
     assert service["attributes"]["operation.type"] == "business_logic"
     assert service["attributes"]["api.operation"] == "create_user"
@@ -190,10 +188,7 @@ def test_service_and_repository_layers_are_traced(gateway: httpx.Client, console
 
     todo = gateway.post(f"{V1}/users/{user_id}/todos", json={"title": "trace me"})
     todo_id = todo.json()["id"]
-    spans = console.trace(
-        trace_id_of(todo),
-        until=lambda spans: any(s["name"] == "repository.insert_todo" for s in spans),
-    )
+    spans = console.trace(trace_id_of(todo), until=served("user-service"))
     insert_todo = span_named(spans, "repository.insert_todo", "user-service")
     assert insert_todo["attributes"]["todo.id"] == todo_id
     assert insert_todo["attributes"]["user.id"] == user_id
@@ -202,10 +197,7 @@ def test_service_and_repository_layers_are_traced(gateway: httpx.Client, console
 def test_not_found_is_an_event_not_a_span_error(gateway: httpx.Client, console: Console) -> None:
     response = gateway.get(f"{V1}/todos/2000000000")
     assert response.status_code == 404
-    spans = console.trace(
-        trace_id_of(response),
-        until=lambda spans: any(s["name"] == "service.get_todo" for s in spans),
-    )
+    spans = console.trace(trace_id_of(response), until=served("user-service"))
     service = span_named(spans, "service.get_todo", "user-service")
     assert service["status"]["code"] != "ERROR"
     assert any(e["name"] == "domain_error" for e in service["events"])

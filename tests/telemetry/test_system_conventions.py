@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 
+from otel_lab.registry import CHAIN
 from otel_lab.runtime.harness import RunningSystem
-from tests.conftest import Console, trace_id_of
+from tests.conftest import Console, served, trace_id_of
 
 
 def _wait_for_lines(
@@ -96,10 +97,7 @@ def test_the_access_line_is_on_stderr_and_in_the_console_from_the_span(
 def test_database_spans_use_the_stable_conventions(gateway: httpx.Client, console: Console) -> None:
     response = gateway.post("/api/v1/process", json={"user_id": 1001, "action": "semconv"})
     assert response.status_code == 200
-    spans = console.trace(
-        trace_id_of(response),
-        until=lambda spans: any("db.system.name" in s["attributes"] for s in spans),
-    )
+    spans = console.trace(trace_id_of(response), until=served(*CHAIN))
     database = [s for s in spans if s["attributes"].get("db.system.name") == "postgresql"]
     statements = [s for s in database if s["name"] != "connect"]
     assert statements
