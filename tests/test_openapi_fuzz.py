@@ -39,6 +39,9 @@ from otel_lab.services.gateway.routes import owner_of
 
 SERVICES = ("api", "user-service", "order-service", "audit-service")
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+# A few hundred requests per test: user-service's through the gateway took 33 s on a quiet
+# host and 124 s at load 20-25, past the suite's 120 s (a guard against hangs).
+pytestmark = pytest.mark.timeout(360)
 
 
 def schema_url(system: RunningSystem, service: str) -> str:

@@ -411,7 +411,9 @@ def test_console_evaluator_matches_prometheus(live: LiveRun) -> None:
     from otel_lab.console.promql import Evaluator, MemorySource, parse
 
     with httpx.Client(base_url=live.prometheus, timeout=30.0) as client:
-        at = round(time.time() - 2, 3)
+        # Samples at least a few seconds old: a scrape appended late on a busy host (its
+        # timestamp is when it started) would otherwise land between the two reads.
+        at = round(time.time() - 5, 3)
         source = MemorySource(_prometheus_samples(client, at))
         mismatches = []
         compared = 0

@@ -103,7 +103,7 @@ def test_logs_open_stop_reset(up_env: dict[str, str]) -> None:
         tree = system.processes()
         done = otel_lab("stop", env=up_env)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert system.process.wait(10) == 0, system.output()
+        assert system.process.wait(30) == 0, system.output()
         survivors = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert not survivors, [(p.pid, p.cmdline()) for p in survivors]
 
