@@ -10,8 +10,10 @@ through the console's JSON API.
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,26 @@ def wait(probe: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
             return last
         time.sleep(0.5)
     raise AssertionError(f"{what}: not within {timeout} s (last: {str(last)[:500]})")
+
+
+@contextmanager
+def steady_traffic(base_url: str, pause: float = 0.2) -> Iterator[None]:
+    """A request every ``pause`` seconds in the background while the block runs."""
+    stop = threading.Event()
+
+    def run() -> None:
+        with httpx.Client(base_url=base_url, timeout=15.0) as client:
+            while not stop.wait(pause):
+                with suppress(httpx.HTTPError):
+                    client.get("/items", params={"limit": 1})
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -162,9 +184,9 @@ def test_dashboards_fill_from_the_running_system(
         errors = [(p["title"], p["error"]) for p in board["panels"] if p.get("error")]
         assert not errors, errors
 
+    seen: dict[str, Any] = {}
+
     def overview() -> dict[str, Any] | None:
-        # "Requests / s" is the rate of the last few seconds: keep some traffic going.
-        gateway.get("/items", params={"limit": 1})
         board = ui.get("/api/dashboards/otel-lab-overview", params={"window": "5m"}).json()
         panels = {p["title"]: p for p in board["panels"]}
         wanted = ("Requests / s", "Request latency p50 / p95", "Cache hit rate",
@@ -177,9 +199,18 @@ def test_dashboards_fill_from_the_running_system(
             link["kind"] == "failed" for link in errors
         )
         busy = (panels["Requests / s"]["value"] or 0) > 0
+        seen.update(empty=[t for t in wanted if panels[t]["empty"]],
+                    requests=panels["Requests / s"]["value"], error_links=errors,
+                    latency_links=len(panels["Request latency p50 / p95"]["links"]))  # fmt: skip
         return panels if filled and linked and busy else None
 
-    panels = wait(overview, "overview panels filled and linked, requests / s above 0")
+    # "Requests / s" is the rate of the last 4 s (four scrapes): keep traffic going while
+    # the board is read (a request per read was not enough once the board took 3.5 s).
+    with steady_traffic(str(gateway.base_url)):
+        try:
+            panels = wait(overview, "overview panels filled and linked, requests / s above 0")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last seen: {seen}") from None
     latency = panels["Request latency p50 / p95"]
     assert {s["labels"]["job"] for s in latency["series"]} >= {"gateway", "api"}
     assert latency["links"] and len(latency["links"][0]["trace_id"]) == 32
