@@ -552,9 +552,9 @@ def test_zero_code_upstream_joins_the_callers_trace(
     logs = console.logs(
         trace_id, until=lambda logs: any(log["body"] == "weather_served" for log in logs)
     )
-    served = next(log for log in logs if log["body"] == "weather_served")
-    assert served["service_name"] == service
-    assert served["span_id"] == lookup["span_id"]
+    served_log = next(log for log in logs if log["body"] == "weather_served")
+    assert served_log["service_name"] == service
+    assert served_log["span_id"] == lookup["span_id"]
 
 
 def test_no_duplicate_server_spans_in_manual_mode(weather_upstream: str, console: Console) -> None:
