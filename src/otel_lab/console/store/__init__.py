@@ -107,6 +107,11 @@ class Store:
 
     # ------------------------------------------------------------------ reading
 
+    @property
+    def read_connections(self) -> int:
+        """API threads' read connections open now (each closes when its thread ends)."""
+        return self._readers.open_count
+
     def reader(self) -> sqlite3.Connection:
         """This thread's read connection (API handlers run in a thread pool)."""
         return self._readers.reader()

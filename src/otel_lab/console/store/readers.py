@@ -1,14 +1,31 @@
-"""Read connections: one per API thread (handlers run in a thread pool), query-only."""
+"""Read connections: one per API thread (handlers run in a thread pool), query-only.
+
+A thread's connection is closed when the thread ends. The pool's threads come and go:
+anyio ends a worker thread that has been idle for 10 s, so each burst of concurrent
+requests (a page loading its panels at once) starts new threads; kept open for the
+console's life, their connections (each with a page cache of up to 16 MB and its file
+descriptors) added up without bound.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 from otel_lab.console.store.schema import connect
+
+
+class _Held:
+    """A thread's connection, in its thread-local storage: freed with the thread."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
 
 
 class Readers:
@@ -16,18 +33,32 @@ class Readers:
         self.path = path
         self.closed = False
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._open: set[sqlite3.Connection] = set()
         self._lock = threading.Lock()
+
+    @property
+    def open_count(self) -> int:
+        """Threads' connections open now (at most the number of live API threads)."""
+        with self._lock:
+            return len(self._open)
 
     def reader(self) -> sqlite3.Connection:
         """This thread's read connection."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None:
             conn = self.open()
-            self._local.conn = conn
+            held = self._local.held = _Held(conn)
             with self._lock:
-                self._all.append(conn)
-        return conn
+                self._open.add(conn)
+            weakref.finalize(held, self._release, conn)
+        return held.conn
+
+    def _release(self, conn: sqlite3.Connection) -> None:
+        """Close a connection whose thread ended (the thread's locals are gone)."""
+        with self._lock:
+            self._open.discard(conn)
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
     def open(self) -> sqlite3.Connection:
         """A private read connection; the caller closes it."""
@@ -48,7 +79,7 @@ class Readers:
     def close(self) -> None:
         self.closed = True
         with self._lock:
-            for conn in self._all:
+            for conn in self._open:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
-            self._all.clear()
+            self._open.clear()

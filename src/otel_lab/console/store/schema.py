@@ -215,7 +215,10 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA query_only=1")
         conn.execute("PRAGMA cache_size=-16000")  # 16 MB page cache per API thread
     else:
-        conn.execute("PRAGMA cache_size=-64000")  # the writer touches every index
+        # 16 MB: with 64 MB, writing 60,000 spans into a store of 400,000 cost the same CPU
+        # per span within noise (scripts/bench_console_cache.py), and a console under steady
+        # traffic took minutes to fill the larger cache (docs/reliability.md, the soak).
+        conn.execute("PRAGMA cache_size=-16000")
         # A checkpointed WAL shrinks back to this size instead of keeping its peak.
         conn.execute("PRAGMA journal_size_limit=67108864")
     return conn
