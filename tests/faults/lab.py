@@ -94,6 +94,9 @@ class Traffic:
     def __init__(self, system: RunningSystem, *, pause: float = 0.2) -> None:
         self.base = system.url("gateway")
         self.pause = pause
+        # probe -> seconds between the starts of a thread's requests (the soak's pacing: a
+        # fixed rate whatever the latency); a probe not in it pauses ``pause`` after each.
+        self.periods: dict[str, float] = {}
         self.results: list[Result] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -128,8 +131,13 @@ class Traffic:
 
     def _run(self, probe: Probe, offset: int) -> None:
         with httpx.Client(base_url=self.base, timeout=CLIENT_TIMEOUT) as client:
+            next_at = time.monotonic()
             for n in itertools.count(offset):
-                if self._stop.wait(self.pause):
+                delay, period = self.pause, self.periods.get(probe.name)
+                if period:  # late after a slow answer: catch up, but by at most 1 s
+                    next_at = max(next_at + period, time.monotonic() - 1.0)
+                    delay = next_at - time.monotonic()
+                if self._stop.wait(delay):
                     return
                 result = self._send(client, probe, n)
                 with self._lock:
@@ -149,8 +157,9 @@ class Traffic:
             thread.join(CLIENT_TIMEOUT + 5)
 
     @property
-    def thread_count(self) -> int:
-        return len(self._threads)
+    def thread_probes(self) -> list[tuple[str, int]]:
+        """(probe, thread number) of every thread."""
+        return [(p.name, i) for p in PROBES for i in range(p.threads)]
 
     def between(self, start: float, end: float) -> list[Result]:
         with self._lock:
