@@ -79,7 +79,7 @@ bench: install ## Telemetry cost: CPU per request with telemetry on versus off, 
 faults: install ## Every fault under steady traffic, and its figures (docs/reliability.md)
 	$(PY) scripts/faults.py
 
-soak: install ## 10 minutes of traffic at ~70 % of saturation, one fault a minute
+soak: install ## 5 min warm-up, then 10 min at ~70 % of saturation with a fault a minute; memory
 	$(PY) scripts/faults.py --soak 10
 
 clean: ## Remove caches (keeps .venv and the data in .otel-lab)
