@@ -40,7 +40,7 @@ pytestmark = pytest.mark.timeout(420)
 
 CHAIN_SERVICES = ("gateway", *CHAIN)
 BUDGET_MS = 1800  # REQUEST_DEADLINE_SECONDS's default
-MARGIN_MS = 200  # services.deadline.PROPAGATION_MARGIN_SECONDS
+MARGIN_MS = 300  # services.deadline.PROPAGATION_MARGIN_SECONDS
 _DB = ("database", "postgres")
 
 

@@ -15,7 +15,7 @@ Finagle's absolute deadline):
   shorten the budget; a malformed one is ignored (the span says so), never a 4xx or 500;
 - ``services.downstream`` caps every attempt's timeout by :func:`remaining`, makes no retry
   the budget cannot fit, and sends the next hop what is left minus
-  :func:`margin` (0.2 s), so the hop that ran out answers (and names what it
+  :func:`margin` (0.3 s), so the hop that ran out answers (and names what it
   waited for) before its caller gives up on it;
 - ``otel_lab.db`` caps every PostgreSQL wait (connect, statements, the pool) by it.
 
@@ -46,7 +46,7 @@ _TIMEOUT_MS = re.compile(rb"[ \t]*([0-9]{1,8})[ \t]*")
 # What a hop keeps for itself when it sends the budget on: the time for the next hop's
 # answer (a 504 naming what it waited for) to come back and be passed on. Half of what is
 # left when that is less, so a client's short budget still reaches the next hop.
-PROPAGATION_MARGIN_SECONDS = 0.2
+PROPAGATION_MARGIN_SECONDS = 0.3
 
 # The monotonic time by which the current request must be answered; None outside one.
 _deadline: ContextVar[float | None] = ContextVar("request_deadline", default=None)
