@@ -1,4 +1,5 @@
-"""The showcase's traced work, one tracing pattern per operation (routes in ``showcase``).
+"""The showcase's traced work, one tracing pattern per operation: routes in ``showcase``,
+the scratch rows of ``/db-operation`` in ``showcase_repository``.
 
 Every manual span carries the showcase's attributes (``api.operation``, ``operation.type``,
 ``service.name``, and ``database.*``, ``user.id``, ``error.probability`` where they apply)
@@ -18,17 +19,15 @@ from typing import Any
 
 from opentelemetry import trace
 from pydantic import BaseModel
-from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from otel_lab.items import Item
+from otel_lab.services.api import showcase_repository
 from otel_lab.services.errors import ServiceError
 from otel_lab.telemetry import Telemetry
 
 SCOPE = "otel_lab.api.showcase"
 logger = logging.getLogger("otel_lab.api.showcase")
 
-SCRATCH_NAME = "db-operation scratch row"
 STEP_NAMES = ("normalize", "enrich", "score", "rank", "filter", "dedupe", "weight", "bucket")
 
 
@@ -73,10 +72,6 @@ class ComplexOut(BaseModel):
     steps: list[StepOut]
     result: dict[str, float]
     depth: int
-
-
-def _scratch_row(n: int) -> dict[str, str]:
-    return {"name": SCRATCH_NAME, "description": f"scratch {n}", "status": "scratch"}
 
 
 def _step_value(user_id: int, index: int) -> float:
@@ -152,23 +147,15 @@ class Showcase:
         ) as span:
             async with sessions() as session, session.begin():
                 with self._db_step("insert", db, steps, rows) as step:
-                    result = await session.execute(
-                        insert(Item).returning(Item.id),
-                        [_scratch_row(n) for n in range(1, rows + 1)],
-                    )
-                    ids = sorted(result.scalars().all())
+                    ids = await showcase_repository.add(session, rows)
                     step.set_attribute("item.ids", ids)
                 with self._db_step("select", db, steps, rows) as step:
-                    count = await session.scalar(
-                        select(func.count()).select_from(Item).where(Item.id.in_(ids))
-                    )
-                    step.set_attribute("db.response.returned_rows", count or 0)
+                    count = await showcase_repository.count(session, ids)
+                    step.set_attribute("db.response.returned_rows", count)
                 with self._db_step("update", db, steps, rows):
-                    await session.execute(
-                        update(Item).where(Item.id.in_(ids)).values(description="scratch, updated")
-                    )
+                    await showcase_repository.touch(session, ids)
                 with self._db_step("delete", db, steps, rows):
-                    await session.execute(delete(Item).where(Item.id.in_(ids)))
+                    await showcase_repository.remove(session, ids)
             span.set_attribute("item.ids", ids)
         database = {"system": db["database.system"], "name": db["database.name"]}
         return DbOperationOut(database=database, item_ids=ids, operations=steps)
