@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from otel_lab.services.api.analyze_service import WorkerService
-from otel_lab.services.deps import TelemetryDep
+from otel_lab.services.deps import lifespan_state
 
 logger = logging.getLogger("otel_lab.api.analyze")
 router = APIRouter(tags=["analyze"])
@@ -31,11 +31,8 @@ class AnalyzeResponse(BaseModel):
     difference: float = Field(examples=[7.0])
 
 
-async def _worker(telemetry: TelemetryDep) -> WorkerService:
-    return WorkerService(telemetry)
-
-
-WorkerDep = Annotated[WorkerService, Depends(_worker)]
+# Made once by the api's lifespan, with the app's telemetry.
+WorkerDep = Annotated[WorkerService, Depends(lifespan_state("analysis"))]
 
 
 @router.post(

@@ -13,7 +13,9 @@ from otel_lab.cache import create_async_redis, create_redis
 from otel_lab.queue import create_celery_app
 from otel_lab.registry import API
 from otel_lab.services.api import analyze, items, showcase, weather
+from otel_lab.services.api.analyze_service import WorkerService
 from otel_lab.services.api.queue_metrics import register_queue_depth
+from otel_lab.services.api.showcase_service import Showcase
 from otel_lab.services.base import create_service, database, database_ready
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import Telemetry
@@ -33,6 +35,8 @@ async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[di
                 "redis": redis,
                 "celery": create_celery_app(settings=settings),
                 "weather": weather_client,
+                "showcase": Showcase(telemetry, SERVICE_NAME),
+                "analysis": WorkerService(telemetry),
             }
     finally:
         await weather_client.aclose()

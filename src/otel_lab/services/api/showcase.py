@@ -26,23 +26,14 @@ from otel_lab.services.api.showcase_service import (
     Showcase,
     SimulationOut,
 )
-from otel_lab.services.deps import (
-    EngineDep,
-    ServiceNameDep,
-    SessionFactoryDep,
-    SettingsDep,
-    TelemetryDep,
-)
+from otel_lab.services.deps import EngineDep, SessionFactoryDep, SettingsDep, lifespan_state
 from otel_lab.services.params import MAX_ID
 
 router = APIRouter(tags=["showcase"])
 
 
-async def _showcase(telemetry: TelemetryDep, service_name: ServiceNameDep) -> Showcase:
-    return Showcase(telemetry, service_name)
-
-
-ShowcaseDep = Annotated[Showcase, Depends(_showcase)]
+# Made once by the api's lifespan, with the app's telemetry.
+ShowcaseDep = Annotated[Showcase, Depends(lifespan_state("showcase"))]
 
 Name = Annotated[
     str,
