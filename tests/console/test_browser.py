@@ -131,6 +131,8 @@ def chain(console: Console) -> dict[str, Any]:
 def open_trace(page: Any, trace_id: str, span_id: str | None = None) -> None:
     page.goto(f"/trace/{trace_id}" + (f"?span={span_id}" if span_id else ""))
     page.wait_for_selector("body[data-ready='1']")
+    # The trace's logs load after the waterfall is ready.
+    page.wait_for_selector("#trace-logs[data-loaded='1']", state="attached")
 
 
 def test_find_trace_by_id_and_expand_spans(page: Any, chain: dict[str, Any]) -> None:

@@ -274,6 +274,8 @@
     } catch (e) {
       clear(tbody).append(h("tr", null, h("td", { class: "error" }, e.message)));
     }
+    // The waterfall is usable first (body[data-ready]); the logs table says when it is filled.
+    $("#trace-logs").dataset.loaded = "1";
   }
 
   async function load() {
