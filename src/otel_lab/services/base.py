@@ -22,8 +22,6 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
-from opentelemetry.metrics import NoOpMeterProvider
-from opentelemetry.trace import NoOpTracerProvider
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 from sqlalchemy import text
@@ -291,8 +289,8 @@ def create_service(
     app.add_middleware(
         TelemetryMiddleware,
         service_name=service_name,
-        tracer_provider=telemetry.tracer_provider if telemetry.enabled else NoOpTracerProvider(),
-        meter_provider=telemetry.meter_provider if telemetry.enabled else NoOpMeterProvider(),
+        tracer_provider=telemetry.spans_to(),
+        meter_provider=telemetry.metrics_to(),
     )
     app.add_exception_handler(ServiceError, handle_service_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)

@@ -73,12 +73,16 @@ class Telemetry:
         with no provider given, whatever the process installed (ours or the agent's)."""
         tracer = self._tracers.get(scope)
         if tracer is None:
-            tracer = self._tracers[scope] = (
-                trace.get_tracer(scope, tracer_provider=self.tracer_provider)
-                if self.enabled
-                else trace.NoOpTracer()
-            )
+            tracer = self._tracers[scope] = trace.get_tracer(scope, tracer_provider=self.spans_to())
         return tracer
+
+    def spans_to(self) -> trace.TracerProvider | None:
+        """The provider spans go to: the no-op one when telemetry is off (None: the global)."""
+        return self.tracer_provider if self.enabled else trace.NoOpTracerProvider()
+
+    def metrics_to(self) -> metrics.MeterProvider | None:
+        """The provider measurements go to: the no-op one when telemetry is off."""
+        return self.meter_provider if self.enabled else metrics.NoOpMeterProvider()
 
     @classmethod
     def from_environment(cls) -> Telemetry:
