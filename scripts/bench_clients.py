@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from otel_lab.runtime.harness import free_ports
 from otel_lab.services.downstream import create_client
+from otel_lab.settings import get_settings
 
 BODY = b'{"user_id": 1001, "action": "bench"}'
 CONCURRENCY = 8
@@ -41,7 +42,8 @@ async def run(name: str, url: str, calls: int) -> float:
 
         close = client.aclose
     else:
-        session = create_client()  # the services' own: traced when telemetry is enabled
+        # the services' own client: traced when telemetry is enabled
+        session = create_client(get_settings())
 
         async def one() -> None:
             async with session.post(url, data=BODY) as response:

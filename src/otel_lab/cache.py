@@ -53,5 +53,9 @@ def create_async_redis(
     return _traced(client, traced, telemetry)
 
 
-def create_redis(settings: Settings | None = None, *, traced: bool = True) -> redis.Redis:
-    return _traced(redis.Redis.from_url(redis_url(settings), **_CLIENT_OPTIONS), traced)
+def create_redis(
+    settings: Settings | None = None, *, traced: bool = True, telemetry: Telemetry | None = None
+) -> redis.Redis:
+    """A traced blocking client (the worker's), as :func:`create_async_redis`."""
+    client = redis.Redis.from_url(redis_url(settings), **_CLIENT_OPTIONS)
+    return _traced(client, traced, telemetry)

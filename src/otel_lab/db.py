@@ -273,9 +273,14 @@ def create_engine(
     return engine
 
 
-def create_blocking_engine(settings: Settings | None = None, *, autocommit: bool = False) -> Engine:
+def create_blocking_engine(
+    settings: Settings | None = None,
+    *,
+    autocommit: bool = False,
+    telemetry: Telemetry | None = None,
+) -> Engine:
     """The synchronous engine the Celery worker uses (its tasks are plain functions);
-    ``autocommit`` as for :func:`create_engine`."""
+    ``autocommit`` and ``telemetry`` as for :func:`create_engine`."""
     settings = settings or get_settings()
     deadline = settings.dependency_timeout_seconds
     engine = create_sync_engine(
@@ -292,7 +297,7 @@ def create_blocking_engine(settings: Settings | None = None, *, autocommit: bool
         return _connection_class(deadline).connect(*cargs, **cparams)
 
     _budget_per_checkout(engine)
-    _observe(engine)
+    _observe(engine, telemetry)
     return engine
 
 

@@ -276,6 +276,7 @@ def test_unreachable_upstream_is_502() -> None:
             max_retries=1,
             backoff_seconds=0.01,
             deadline_seconds=3.0,
+            settings=Settings(),
         )
         try:
             with pytest.raises(UpstreamFailure) as failure:
@@ -376,6 +377,7 @@ def test_read_timeouts_are_retried_with_their_reason_and_delay(weather_upstream:
             max_retries=2,
             backoff_seconds=0.05,
             deadline_seconds=5.0,
+            settings=Settings(),
             telemetry=telemetry,
         )
         try:

@@ -67,7 +67,7 @@ from otel_lab.services.errors import (
     mark_failed,
     with_retry_after,
 )
-from otel_lab.settings import Settings, get_settings
+from otel_lab.settings import Settings
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var, sanitize_request_id
 from otel_lab.telemetry.http_client import client_middleware
@@ -346,15 +346,12 @@ def _middlewares(telemetry: Telemetry) -> tuple[aiohttp.ClientMiddlewareType, ..
     return (client_middleware(telemetry.tracer_provider, telemetry.meter_provider),)
 
 
-def create_client(
-    settings: Settings | None = None, telemetry: Telemetry | None = None
-) -> aiohttp.ClientSession:
+def create_client(settings: Settings, telemetry: Telemetry | None = None) -> aiohttp.ClientSession:
     """The process's shared client: a keep-alive pool, short connect timeout, traced (to
     ``telemetry``'s providers; None: the global ones).
 
     Create it inside the running event loop (a lifespan) and close it there.
     """
-    settings = settings or get_settings()
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=KEEPALIVE_SECONDS),
         timeout=aiohttp.ClientTimeout(
@@ -430,13 +427,13 @@ class Downstream:
         base_url: str,
         client: aiohttp.ClientSession,
         *,
-        settings: Settings | None = None,
+        settings: Settings,
         count_http_errors: bool = True,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
-        self.settings = settings or get_settings()
+        self.settings = settings
         self.tracer = (telemetry or Telemetry.from_environment()).tracer(SCOPE)
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -699,17 +696,14 @@ class Downstream:
 # --------------------------------------------------------------------------- context
 
 
-def baggage_keys(settings: Settings | None = None) -> tuple[str, ...]:
-    settings = settings or get_settings()
+def baggage_keys(settings: Settings) -> tuple[str, ...]:
     return CHAIN_BAGGAGE_KEYS + (PII_BAGGAGE_KEYS if settings.record_pii else ())
 
 
 _baggage_processor_installed: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
 
 
-def install_baggage_span_attributes(
-    settings: Settings | None = None, telemetry: Telemetry | None = None
-) -> None:
+def install_baggage_span_attributes(settings: Settings, telemetry: Telemetry | None = None) -> None:
     """Copy the chain's baggage entries onto every span the provider starts (once each):
     the provider of ``telemetry``, or the global one.
 
@@ -733,10 +727,9 @@ def chain_baggage(
     *,
     name: str | None = None,
     email: str | None = None,
-    settings: Settings | None = None,
+    settings: Settings,
 ) -> Context:
     """A context whose baggage carries the user context (PII only when allowed)."""
-    settings = settings or get_settings()
     ctx = baggage.set_baggage("user.id", str(user_id))
     ctx = baggage.set_baggage("action", action, context=ctx)
     if settings.record_pii:

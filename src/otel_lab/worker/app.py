@@ -1,7 +1,8 @@
 """Worker entry point: ``celery -A otel_lab.worker.app worker --pool threads``.
 
 Telemetry starts in the worker process itself (``worker_init`` for the solo and threads
-pools, ``worker_process_init`` for prefork children), never in a parent before a fork.
+pools, ``worker_process_init`` for prefork children), never in a parent before a fork; the
+settings are read there too, and both are handed to the tasks (``tasks.configure``).
 The threads pool keeps one process per worker, so its Prometheus metrics stay coherent.
 """
 
@@ -24,15 +25,18 @@ from celery.signals import (
 from prometheus_client import Counter, Histogram, start_http_server
 
 from otel_lab.queue import create_celery_app
-from otel_lab.settings import get_settings
+from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import setup_telemetry, shutdown_telemetry
 from otel_lab.telemetry.metrics import LATENCY_BUCKETS
+from otel_lab.worker import tasks
 
 SERVICE_NAME = "worker"
 
 logger = logging.getLogger(__name__)
 
-app = create_celery_app(include=["otel_lab.worker.tasks"])
+# The process's settings: the entry point is the one place that reads them.
+settings: Settings = get_settings()
+app = create_celery_app(include=["otel_lab.worker.tasks"], settings=settings)
 
 TASKS = Counter("celery_tasks", "Celery tasks run, by outcome.", ["task", "state"])
 TASK_DURATION = Histogram(
@@ -44,13 +48,12 @@ _task_started: dict[str, float] = {}
 @worker_init.connect
 @worker_process_init.connect
 def _start_telemetry(**_: Any) -> None:
-    settings = get_settings()
-    setup_telemetry(SERVICE_NAME, **settings.telemetry_defaults())
+    telemetry = setup_telemetry(SERVICE_NAME, **settings.telemetry_defaults())
+    tasks.configure(settings, telemetry)
 
 
 @worker_init.connect
 def _serve_metrics(**_: Any) -> None:
-    settings = get_settings()
     start_http_server(settings.worker_metrics_port, addr=settings.host)
 
 
@@ -58,14 +61,12 @@ def _serve_metrics(**_: Any) -> None:
 def _sweep_pending_items(**_: Any) -> None:
     """Items written while the broker was down are enriched once it is back: at start-up
     and then periodically, off the consumer thread."""
-    from otel_lab.worker.tasks import requeue_pending_items
-
-    interval = get_settings().pending_sweep_seconds
+    interval = settings.pending_sweep_seconds
 
     def loop() -> None:
         while True:
             try:
-                requeue_pending_items(older_than_seconds=interval)
+                tasks.requeue_pending_items(older_than_seconds=interval)
             except Exception:
                 logger.warning("pending_items_sweep_failed", exc_info=True)
             time.sleep(interval)

@@ -1,11 +1,16 @@
-"""Celery tasks. Each runs in the trace of the request that queued it."""
+"""Celery tasks. Each runs in the trace of the request that queued it.
+
+Tasks are plain functions Celery calls, so what they use (settings, the tracer, the
+database engine and the cache) is handed over once, by the worker's entry point
+(``worker.app``) calling :func:`configure` with its settings and telemetry.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import cached_property
 
 import redis
 from celery import shared_task
@@ -18,21 +23,45 @@ from otel_lab import faults
 from otel_lab.cache import create_redis
 from otel_lab.db import create_blocking_engine
 from otel_lab.items import ITEM_ENRICHMENT, Item, ItemOut, enrichment, items
-from otel_lab.settings import get_settings
+from otel_lab.settings import Settings
+from otel_lab.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
-tracer = trace.get_tracer(__name__)
+SCOPE = __name__
 
 
-@lru_cache(maxsize=1)
-def _engine() -> Engine:
-    """The worker's engine without BEGIN/COMMIT: each of its statements stands alone."""
-    return create_blocking_engine(autocommit=True)
+class TaskResources:
+    """What the tasks use, made from the worker's settings and telemetry; the engine and the
+    cache client on first use (neither connects until then)."""
+
+    def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
+        self.settings = settings
+        self.telemetry = telemetry
+        self.tracer: trace.Tracer = telemetry.tracer(SCOPE)
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The worker's engine without BEGIN/COMMIT: each of its statements stands alone."""
+        return create_blocking_engine(self.settings, autocommit=True, telemetry=self.telemetry)
+
+    @cached_property
+    def cache(self) -> redis.Redis:
+        return create_redis(self.settings, telemetry=self.telemetry)
 
 
-@lru_cache(maxsize=1)
-def _cache() -> redis.Redis:
-    return create_redis()
+_resources: TaskResources | None = None
+
+
+def configure(settings: Settings, telemetry: Telemetry) -> None:
+    """Hand the tasks their settings and telemetry: once per worker process, at start-up."""
+    global _resources
+    _resources = TaskResources(settings, telemetry)
+
+
+def resources() -> TaskResources:
+    if _resources is None:
+        raise RuntimeError("tasks.configure() was not called: start the worker via worker.app")
+    return _resources
 
 
 # Built once (a statement object keeps its cache key): the task's two round trips.
@@ -65,14 +94,15 @@ def requeue_pending_items(older_than_seconds: float = 30.0) -> int:
     longer than one sweep gets a copy of every pending task each sweep, which lengthens the
     backlog: under load the queue would grow without end and nothing would be enriched.
     """
+    worker = resources()
     now = time.monotonic()
     again_after = max(60.0, 5 * older_than_seconds)
     for item_id, when in list(_requeued.items()):
         if now - when > again_after:
             del _requeued[item_id]
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
-    with tracer.start_as_current_span("items.requeue_pending") as span:
-        with _engine().connect() as connection:
+    with worker.tracer.start_as_current_span("items.requeue_pending") as span:
+        with worker.engine.connect() as connection:
             pending = [
                 item_id
                 for item_id in connection.scalars(
@@ -101,11 +131,13 @@ def requeue_pending_items(older_than_seconds: float = 30.0) -> int:
 )
 def item_enrichment(item_id: int) -> None:
     """Derive an item's slug and word count, mark it enriched, and refresh its cached copy."""
-    with tracer.start_as_current_span("item.enrich", attributes={"item.id": item_id}) as span:
+    worker = resources()
+    attributes = {"item.id": item_id}
+    with worker.tracer.start_as_current_span("item.enrich", attributes=attributes) as span:
         if faults.active("worker-backlog"):  # slow enrichment: the queue outgrows the workers
             faults.mark(span, "worker-backlog")
             time.sleep(SLOW_ENRICHMENT_SECONDS)
-        with _engine().connect() as connection:  # autocommit: one transaction per statement
+        with worker.engine.connect() as connection:  # autocommit: one transaction per statement
             found = connection.execute(_READ_ITEM, {"item_id": item_id}).first()
             item = None
             if found is not None:
@@ -121,7 +153,7 @@ def item_enrichment(item_id: int) -> None:
         try:
             # Write-through rather than delete: a reader that loaded the old row before this
             # commit fills the cache with SET NX, so it cannot overwrite the fresh copy.
-            _cache().set(Item.cache_key(item_id), fresh, ex=get_settings().cache_ttl_seconds)
+            worker.cache.set(Item.cache_key(item_id), fresh, ex=worker.settings.cache_ttl_seconds)
         except RedisError as exc:
             # The cached copy expires on its own; the database already holds the truth.
             span.add_event("cache.update_failed", {"error.type": type(exc).__name__})

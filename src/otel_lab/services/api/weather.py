@@ -92,7 +92,7 @@ class WeatherClient:
         max_retries: int,
         backoff_seconds: float,
         deadline_seconds: float,
-        settings: Settings | None = None,
+        settings: Settings,
         telemetry: Telemetry | None = None,
     ) -> None:
         telemetry = telemetry or Telemetry.from_environment()

@@ -30,38 +30,13 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from otel_lab import faults
 from otel_lab.services.users.models import DEFAULT_TIER, Todo, User
-from otel_lab.settings import get_settings
 from otel_lab.telemetry import Telemetry
 
 SCOPE = "otel_lab.users.repository"
-
-
-@lru_cache
-def database_name() -> str:
-    url = get_settings().database_url
-    return (make_url(url).database or "") if url else ""
-
-
-@contextmanager
-def _span(
-    tracer: trace.Tracer, operation: str, **attributes: str | int | bool
-) -> Iterator[trace.Span]:
-    with tracer.start_as_current_span(
-        f"repository.{operation}",
-        attributes={
-            "operation.type": "database",
-            "database.system": "postgresql",
-            "database.name": database_name(),
-            "database.operation": operation,
-            **attributes,
-        },
-    ) as span:
-        yield span
 
 
 # Declarative tables are typed FromClause; the statements below want the Table they are.
@@ -126,27 +101,44 @@ def _todo_queries(by_user: bool, by_completed: bool) -> tuple[Select[Any], Selec
     return count, page
 
 
-class UserRepository:
-    """Users as SQLAlchemy Core statements on one autocommit connection (each statement
-    its own transaction, no BEGIN/COMMIT round trips); rows, not ORM objects."""
+class _Repository:
+    """One request's autocommit connection, and the span every data access is."""
 
     def __init__(self, connection: AsyncConnection, telemetry: Telemetry) -> None:
         self.connection = connection
         self.tracer = telemetry.tracer(SCOPE)
+        self.database = connection.engine.url.database or ""
+
+    @contextmanager
+    def _span(self, operation: str, **attributes: str | int | bool) -> Iterator[trace.Span]:
+        with self.tracer.start_as_current_span(
+            f"repository.{operation}",
+            attributes={
+                "operation.type": "database",
+                "database.system": "postgresql",
+                "database.name": self.database,
+                "database.operation": operation,
+                **attributes,
+            },
+        ) as span:
+            yield span
+
+
+class UserRepository(_Repository):
+    """Users as SQLAlchemy Core statements on one autocommit connection (each statement
+    its own transaction, no BEGIN/COMMIT round trips); rows, not ORM objects."""
 
     async def _one(self, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
         return (await self.connection.execute(statement, params)).first()
 
     async def get(self, user_id: int) -> Row[Any] | None:
-        with _span(self.tracer, "get_user", **{"user.id": user_id}) as span:
+        with self._span("get_user", **{"user.id": user_id}) as span:
             user = await self._one(_GET_USER, {"user_id": user_id})
             span.set_attribute("db.found", user is not None)
             return user
 
     async def get_by_email(self, email: str) -> Row[Any] | None:
-        with _span(
-            self.tracer, "get_user_by_email"
-        ) as span:  # the email itself stays out of the span
+        with self._span("get_user_by_email") as span:  # the email itself stays out of the span
             user = await self._one(_GET_USER_BY_EMAIL, {"email": email})
             span.set_attribute("db.found", user is not None)
             if user is not None:
@@ -154,7 +146,7 @@ class UserRepository:
             return user
 
     async def page(self, limit: int, offset: int) -> tuple[list[Row[Any]], int]:
-        with _span(self.tracer, "list_users", **{"db.limit": limit, "db.offset": offset}) as span:
+        with self._span("list_users", **{"db.limit": limit, "db.offset": offset}) as span:
             total = await self.connection.scalar(_COUNT_USERS)
             result = await self.connection.execute(_PAGE_USERS, {"limit": limit, "offset": offset})
             users = list(result.all())
@@ -168,7 +160,7 @@ class UserRepository:
     async def add(self, name: str, email: str, tier: str = DEFAULT_TIER) -> Row[Any] | None:
         """Insert a user; None when the email is taken (checked first, or a concurrent
         request created it meanwhile)."""
-        with _span(self.tracer, "insert_user") as span:
+        with self._span("insert_user") as span:
             user = await self._one(_INSERT_USER, {"name": name, "email": email, "tier": tier})
             if user is not None:
                 span.set_attribute("user.id", user.id)
@@ -177,7 +169,7 @@ class UserRepository:
     async def update(self, user_id: int, changes: dict[str, Any]) -> Row[Any] | None:
         """Set ``changes`` (and ``updated_at``); None when the user is gone. A taken email
         raises IntegrityError."""
-        with _span(self.tracer, "update_user", **{"user.id": user_id}):
+        with self._span("update_user", **{"user.id": user_id}):
             statement = (
                 update(_users).where(_users.c.id == user_id).values(**changes).returning(*_users.c)
             )
@@ -185,28 +177,24 @@ class UserRepository:
 
     async def delete(self, user_id: int) -> bool:
         """Delete the user (their todos go with it: ON DELETE CASCADE); False if unknown."""
-        with _span(self.tracer, "delete_user", **{"user.id": user_id}) as span:
+        with self._span("delete_user", **{"user.id": user_id}) as span:
             found = await self._one(_DELETE_USER, {"user_id": user_id}) is not None
             span.set_attribute("db.found", found)
             return found
 
     async def todo_counts(self, user_id: int) -> tuple[int, int]:
         """(all todos, open todos) of a user: the profile enrichment reads these."""
-        with _span(self.tracer, "count_todos", **{"user.id": user_id}):
+        with self._span("count_todos", **{"user.id": user_id}):
             result = await self.connection.execute(_COUNT_TODOS, {"user_id": user_id})
             total, open_todos = result.one()
             return int(total), int(open_todos)
 
 
-class TodoRepository:
+class TodoRepository(_Repository):
     """Todos as Core statements on one autocommit connection, like :class:`UserRepository`."""
 
-    def __init__(self, connection: AsyncConnection, telemetry: Telemetry) -> None:
-        self.connection = connection
-        self.tracer = telemetry.tracer(SCOPE)
-
     async def get(self, todo_id: int) -> Row[Any] | None:
-        with _span(self.tracer, "get_todo", **{"todo.id": todo_id}) as span:
+        with self._span("get_todo", **{"todo.id": todo_id}) as span:
             todo = (await self.connection.execute(_GET_TODO, {"todo_id": todo_id})).first()
             span.set_attribute("db.found", todo is not None)
             if todo is not None:
@@ -223,7 +211,7 @@ class TodoRepository:
         if completed is not None:
             attributes["todo.completed"] = params["completed"] = completed
         count, page = _todo_queries(user_id is not None, completed is not None)
-        with _span(self.tracer, "list_todos", **attributes) as span:
+        with self._span("list_todos", **attributes) as span:
             total = await self.connection.scalar(count, params)
             todos = list((await self.connection.execute(page, params)).all())
             span.set_attribute("db.rows", len(todos))
@@ -231,7 +219,7 @@ class TodoRepository:
 
     async def add(self, user_id: int, values: dict[str, Any]) -> Row[Any] | None:
         """Insert a todo for ``user_id``; None when there is no such user."""
-        with _span(self.tracer, "insert_todo", **{"user.id": user_id}) as span:
+        with self._span("insert_todo", **{"user.id": user_id}) as span:
             result = await self.connection.execute(_INSERT_TODO, {"user_id": user_id, **values})
             todo = result.first()
             if todo is not None:
@@ -240,7 +228,7 @@ class TodoRepository:
 
     async def update(self, todo: Row[Any], changes: dict[str, Any]) -> Row[Any] | None:
         """Set ``changes`` (and ``updated_at``) on the todo; None when it is gone."""
-        with _span(self.tracer, "update_todo", **{"todo.id": todo.id, "user.id": todo.user_id}):
+        with self._span("update_todo", **{"todo.id": todo.id, "user.id": todo.user_id}):
             statement = (
                 update(_todos).where(_todos.c.id == todo.id).values(**changes).returning(*_todos.c)
             )
@@ -248,7 +236,7 @@ class TodoRepository:
 
     async def delete(self, todo_id: int) -> Row[Any] | None:
         """Delete the todo; its (id, user_id), or None when there was none."""
-        with _span(self.tracer, "delete_todo", **{"todo.id": todo_id}) as span:
+        with self._span("delete_todo", **{"todo.id": todo_id}) as span:
             deleted = (await self.connection.execute(_DELETE_TODO, {"todo_id": todo_id})).first()
             span.set_attribute("db.found", deleted is not None)
             if deleted is not None:
