@@ -11,9 +11,10 @@ it. The limits:
 - one budget per checkout of a connection (one request's or task's database work): all
   its waits for the server together, connecting included for a new connection, get at
   most the deadline. psycopg's own wait gets what is left as its timeout, and a connection
-  that misses it is closed (its state is unknown), which SQLAlchemy takes as a disconnect
-  and drops. A budget per round trip instead let a request that connected slowly just
-  before the server hung wait the deadline twice (3.2 s in the fault suite);
+  that misses it is closed (its state is unknown) and dropped, that connection only (the
+  rest of the pool stays: the server is not gone). A budget per round trip instead let a
+  request that connected slowly just before the server hung wait the deadline twice (3.2 s
+  in the fault suite);
 - the server's ``statement_timeout``, a little shorter, so a merely slow statement is
   cancelled cleanly by the server and its connection stays usable;
 - waiting for a pooled connection.
@@ -38,6 +39,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from sqlalchemy import Engine, MetaData, event
 from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -89,11 +91,16 @@ CLIENT_CHECK_MS = 250
 _WAIT_INTERVAL = 0.1
 
 
-def _missed(conn: psycopg.BaseConnection[Any], deadline: float) -> psycopg.OperationalError:
+class DeadlineMissedError(psycopg.OperationalError):
+    """A wait for the server was cut by a deadline and its connection closed: that one
+    connection is lost, not the server (see :func:`_discard_only_the_cut_connection`)."""
+
+
+def _missed(conn: psycopg.BaseConnection[Any], deadline: float) -> DeadlineMissedError:
     """Close a connection whose server missed the deadline (a statement may still be in
     flight on it) and say so; SQLAlchemy sees a closed connection and discards it."""
     conn.pgconn.finish()
-    return psycopg.OperationalError(f"PostgreSQL did not answer within {_which(deadline)}")
+    return DeadlineMissedError(f"PostgreSQL did not answer within {_which(deadline)}")
 
 
 def _which(deadline: float) -> str:
@@ -198,6 +205,20 @@ def _budget_per_checkout(sync_engine: Engine) -> None:
                 conn.budget = conn.deadline
 
 
+def _discard_only_the_cut_connection(sync_engine: Engine) -> None:
+    """A wait cut by a deadline closed its own connection, which SQLAlchemy takes as a
+    disconnect: by default it then invalidates the whole pool (every connection made
+    before that moment reconnects at its next checkout), as after a server restart. Here
+    the server is fine (or merely slow): only the cut connection is dropped, and the rest of
+    the pool stays warm, so a request cut by its deadline does not make the next ten pay a
+    connect each (tests/faults/test_db_deadline.py)."""
+
+    @event.listens_for(sync_engine, "handle_error")
+    def _keep_the_pool(context: ExceptionContext) -> None:
+        if isinstance(context.original_exception, DeadlineMissedError):
+            context.invalidate_pool_on_disconnect = False
+
+
 def _connect_args(settings: Settings) -> dict[str, Any]:
     deadline = settings.dependency_timeout_seconds
     statement_ms = max(100, int(deadline * 800))  # the server cancels first, cleanly
@@ -269,6 +290,7 @@ def create_engine(
         },
     )
     _budget_per_checkout(engine.sync_engine)
+    _discard_only_the_cut_connection(engine.sync_engine)
     _observe(engine.sync_engine, telemetry)
     return engine
 
@@ -297,6 +319,7 @@ def create_blocking_engine(
         return _connection_class(deadline).connect(*cargs, **cparams)
 
     _budget_per_checkout(engine)
+    _discard_only_the_cut_connection(engine)
     _observe(engine, telemetry)
     return engine
 

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from otel_lab.db import create_blocking_engine, create_engine
 from otel_lab.runtime.embedded import EmbeddedPostgres
@@ -177,3 +178,59 @@ def test_a_statement_whose_client_gave_up_stops_on_the_server(postgres: Embedded
             # pg_sleep(3) under a 4 s statement_timeout: without the client check it runs on.
             assert time.monotonic() - gave_up < 1.5, "the server still runs the orphan"
             time.sleep(0.05)
+
+
+def test_a_cut_wait_drops_its_connection_not_the_pool(postgres: EmbeddedPostgres) -> None:
+    """A statement cut by the request's deadline closes its connection; the pool's other
+    connections stay (the same server backends answer afterwards). SQLAlchemy alone takes
+    the closed connection for a lost server and makes every pooled connection reconnect."""
+    settings = Settings.model_validate(
+        {"DATABASE_URL": postgres.url, "DEPENDENCY_TIMEOUT_SECONDS": 5.0}
+    )
+    pid = text("SELECT pg_backend_pid()")
+
+    async def backends(engine: AsyncEngine, count: int) -> set[int]:
+        """The server pids of ``count`` connections checked out at once."""
+        async with AsyncExitStack() as held:
+            conns = [await held.enter_async_context(engine.connect()) for _ in range(count)]
+            return {(await conn.execute(pid)).scalar_one() for conn in conns}
+
+    async def scenario() -> None:
+        engine = create_engine(settings)
+        try:
+            before = await backends(engine, 3)
+            assert engine.pool.checkedin() == 3
+            with (
+                request_deadline.within(0.3),
+                pytest.raises(DBAPIError, match="within the request's deadline"),
+            ):
+                async with engine.connect() as conn:
+                    await conn.execute(text("SELECT pg_sleep(3)"))
+            after = await backends(engine, 3)
+            assert engine.pool.checkedin() == 3
+            # Two of the three pooled connections are the same; the cut one is new.
+            assert len(before & after) == 2, (before, after)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+    blocking = create_blocking_engine(settings)
+    try:
+        conns = [blocking.connect() for _ in range(3)]
+        before_sync = {c.execute(pid).scalar_one() for c in conns}
+        for c in conns:
+            c.close()
+        with (
+            request_deadline.within(0.3),
+            pytest.raises(DBAPIError, match="within the request's deadline"),
+            blocking.connect() as conn,
+        ):
+            conn.execute(text("SELECT pg_sleep(3)"))
+        conns = [blocking.connect() for _ in range(3)]
+        after_sync = {c.execute(pid).scalar_one() for c in conns}
+        for c in conns:
+            c.close()
+        assert len(before_sync & after_sync) == 2, (before_sync, after_sync)
+    finally:
+        blocking.dispose()
