@@ -15,10 +15,12 @@ from opentelemetry.instrumentation.redis import RedisInstrumentor
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry.setup import Telemetry
 
-_CACHE_TIMEOUT_SECONDS = 0.5
+# Each call's own bound; within a request, what is left of its deadline when that is less
+# (the caller caps it: ``services.deadline.capped``).
+CACHE_TIMEOUT_SECONDS = 0.5
 _CLIENT_OPTIONS: dict[str, Any] = {
-    "socket_timeout": _CACHE_TIMEOUT_SECONDS,
-    "socket_connect_timeout": _CACHE_TIMEOUT_SECONDS,
+    "socket_timeout": CACHE_TIMEOUT_SECONDS,
+    "socket_connect_timeout": CACHE_TIMEOUT_SECONDS,
     "decode_responses": True,
 }
 ClientT = TypeVar("ClientT", redis.Redis, redis.asyncio.Redis)

@@ -17,7 +17,8 @@ Finagle's absolute deadline):
   the budget cannot fit, and sends the next hop what is left minus
   :func:`margin` (0.3 s), so the hop that ran out answers (and names what it
   waited for) before its caller gives up on it;
-- ``otel_lab.db`` caps every PostgreSQL wait (connect, statements, the pool) by it.
+- ``otel_lab.db`` caps every PostgreSQL wait (connect, statements, the pool) by it, and
+  the api's cache calls their 0.5 s timeout (:func:`capped`).
 
 The server span carries ``deadline.budget_ms`` (what this hop got), each downstream call's
 span ``deadline.remaining_ms``, and the span of whatever ran out a ``deadline.exceeded``
@@ -90,6 +91,12 @@ def remaining() -> float:
     """Seconds left of the current request's budget (infinite outside a request)."""
     deadline = _deadline.get()
     return math.inf if deadline is None else deadline - time.monotonic()
+
+
+def capped(seconds: float) -> float:
+    """A dependency's own timeout, or what is left of the request's budget when that is
+    sooner (never below 0): no wait outlasts the request it serves."""
+    return max(0.0, min(seconds, remaining()))
 
 
 def active() -> bool:

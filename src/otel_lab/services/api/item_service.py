@@ -1,8 +1,9 @@
 """The api's item rules: PostgreSQL, a cache-aside read through Valkey, enrichment on the worker.
 
-Valkey is optional for every request here. As a cache, each call has a 0.5 s socket timeout
-(``otel_lab.cache``) and a circuit breaker: after a few consecutive failures the cache is
-bypassed for a cool-down, so a hung cache costs a read almost nothing. As the broker, the
+Valkey is optional for every request here. As a cache, each call has a 0.5 s timeout
+(``otel_lab.cache``; less when the request's deadline leaves less) and a circuit breaker:
+after a few consecutive failures the cache is bypassed for a cool-down, so a hung cache
+costs a read almost nothing. As the broker, the
 publish after ``POST /items`` has a deadline and a breaker of its own; a write whose task
 could not be published is still stored and answered (status ``pending``), and the worker's
 pending sweep queues its enrichment once the broker is back (``worker.app``).
@@ -26,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import Response
 
 from otel_lab import faults
+from otel_lab.cache import CACHE_TIMEOUT_SECONDS
 from otel_lab.items import ITEM_ENRICHMENT, Item, ItemCreate, ItemOut
 from otel_lab.services import deadline
 from otel_lab.services.api import item_repository
@@ -78,9 +80,15 @@ async def _enqueue_enrichment(celery: Celery, item_id: int) -> None:
         broker_breaker.record_success()
 
 
-async def _cached(call: Callable[[], Awaitable[T]], event: str) -> tuple[bool, T | None]:
+async def _cached(
+    call: Callable[[], Awaitable[T]], event: str, *, needed: bool = True
+) -> tuple[bool, T | None]:
     """One cache call behind the breaker: (True, result), or (False, None) when the cache
-    failed or is bypassed; the span gets ``event`` or ``cache.bypassed`` saying which."""
+    failed or is bypassed; the span gets ``event`` or ``cache.bypassed`` saying which.
+
+    The call gets the cache's 0.5 s, or what is left of the request's deadline when that
+    is less; cut by the deadline it is not the cache's failure (the breaker is not
+    charged), and a ``needed`` call answers 504 naming the cache."""
     span = trace.get_current_span()
     outage = faults.active("cache-outage")
     if outage:
@@ -90,14 +98,26 @@ async def _cached(call: Callable[[], Awaitable[T]], event: str) -> tuple[bool, T
     except CircuitOpenError:
         span.add_event("cache.bypassed")
         return False, None
+    timeout = deadline.capped(CACHE_TIMEOUT_SECONDS)
     try:
         if outage:  # the failure an unreachable Valkey gives, through the same path
             raise RedisConnectionError("fault cache-outage: the cache is unreachable")
-        result = await call()
+        if timeout < CACHE_TIMEOUT_SECONDS:  # else the client's own timeout, the same
+            with anyio.fail_after(timeout):
+                result = await call()
+        else:
+            result = await call()
     except RedisError as exc:
         cache_breaker.record_failure()
         span.add_event(event, {"error.type": type(exc).__name__})
         return False, None
+    except TimeoutError:  # the request's deadline, not the cache's
+        cache_breaker.release()
+        if not needed:
+            span.add_event(event, {"error.type": "deadline_exceeded"})
+            return False, None
+        deadline.exceeded("cache")
+        raise deadline.DeadlineExceededError("cache") from None
     except BaseException:
         cache_breaker.release()
         raise
@@ -130,5 +150,5 @@ async def read(
         # NX: if the worker has written a fresher copy meanwhile, keep it.
         ttl = settings.cache_ttl_seconds
         await _cached(lambda: redis.set(key, out.model_dump_json(), ex=ttl, nx=True),
-                      "cache.fill_failed")  # fmt: skip
+                      "cache.fill_failed", needed=False)  # fmt: skip
     return out
