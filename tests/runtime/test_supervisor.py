@@ -248,3 +248,52 @@ def test_a_child_that_keeps_crashing_exhausts_its_budget_and_stops_the_system(
     assert messages.count("child_restarted") == 3, messages
     assert messages[-1] == "child_restart_budget_exhausted"
     assert {r.child for r in records} == {"fragile"}  # type: ignore[attr-defined]
+
+
+def test_a_child_that_never_gets_ready_again_exhausts_its_budget_however_slowly(
+    tmp_path: Path,
+) -> None:
+    """A child that served once, then crashed, and whose every restart dies before it gets
+    ready, stops the system after its budget of restarts in a row, even though its crashes
+    come further apart than the restart window (a console slow to start, restarted every
+    30 s, was restarted for ever)."""
+    runs, ready_file = tmp_path / "runs", tmp_path / "ready"
+    code = f"""
+        import os, pathlib, sys, time
+        runs, ready = pathlib.Path({str(runs)!r}), pathlib.Path({str(ready_file)!r})
+        n = int(runs.read_text()) if runs.exists() else 0
+        runs.write_text(str(n + 1))
+        if n == 0:  # the first run serves, then crashes
+            ready.write_text(str(os.getpid()))
+            time.sleep(0.3)
+            sys.exit(3)
+        print("still migrating the store", flush=True)
+        time.sleep(0.6)  # each restart dies before it is ready, further apart than the window
+        sys.exit(4)
+    """
+    supervisor, output = make_supervisor(tmp_path, restart_window=0.5)
+    supervisor.restart_budget, supervisor.backoff = 3, (0.01, 0.05)
+
+    def served() -> bool:  # this very process wrote its pid: it got ready
+        pid = supervisor.running[-1].child.pid
+        return ready_file.exists() and ready_file.read_text() == str(pid)
+
+    steady = supervisor.start(ChildSpec("steady", python("import time; time.sleep(60)")))
+    supervisor.start(ChildSpec("slow", python(code), ready=served, ready_timeout=10))
+    # A bound for the old behaviour (restarted for ever), not a timing assertion.
+    timer = threading.Timer(30, lambda: setattr(supervisor, "stop_requested", signal.SIGTERM))
+    timer.start()
+    try:
+        assert supervisor.wait(poll_interval=0.02) == 1, output.getvalue()
+    finally:
+        timer.cancel()
+    assert steady.poll() is None, "the budget of one child does not stop the others early"
+    supervisor.stop_all()
+    text = output.getvalue()
+    assert int(runs.read_text()) == 4, "the first run and 3 restarts"
+    assert "restart 3 of 3 in a row that has not got ready yet" in text, text
+    assert (
+        "slow did not get ready again after 3 restarts in a row (restart budget 3): "
+        "stopping everything" in text
+    ), text
+    assert "still migrating the store" in text  # the end of its log says why

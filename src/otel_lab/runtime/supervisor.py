@@ -109,10 +109,16 @@ def every(seconds: float, check: ReadyCheck) -> ReadyCheck:
 
 
 RESTART_BUDGET = 5
-"""Restarts of one child within :data:`RESTART_WINDOW` before its next crash stops the system."""
+"""Restarts of one child within :data:`RESTART_WINDOW` before its next crash stops the
+system; also the restarts in a row that may fail to get the child ready (crashed or too slow
+before it served) however far apart they are: a child that cannot start again (a console
+that needs 40 s to start with a 30 s readiness timeout, a service whose port another
+process took) would otherwise be restarted for ever, a minute apart, while the system looks
+up."""
 RESTART_WINDOW = 60.0
 BACKOFF = (0.25, 8.0)
-"""The first restart waits 0.25 s, each further one within the window twice as long, at most 8 s."""
+"""The first restart waits 0.25 s, each further one twice as long while the crashes come
+within the window or the restarts keep failing, at most 8 s."""
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())  # records go where the CLI sends them (runtime.report)
@@ -191,6 +197,7 @@ class Running:
     group: int = 0  # start group: stopped in reverse order of groups
     restarts: int = 0  # since `up` started: the count `otel-lab status` and the console show
     recent: list[float] = field(default_factory=list)  # crash times within RESTART_WINDOW
+    failed_starts: int = 0  # restarts in a row that ended before the child got ready
     restart_due: float | None = None  # crashed: respawn at this time.monotonic()
     respawned: float | None = None  # respawned at this time, not ready yet
 
@@ -261,6 +268,7 @@ class Supervisor:
         per_child_grace: float = 5.0,
         restart_budget: int = RESTART_BUDGET,
         backoff: tuple[float, float] = BACKOFF,
+        restart_window: float = RESTART_WINDOW,
         on_restart: Callable[[Running], None] | None = None,
     ) -> None:
         self.log_dir = log_dir
@@ -269,6 +277,7 @@ class Supervisor:
         self.per_child_grace = per_child_grace
         self.restart_budget = restart_budget
         self.backoff = backoff
+        self.restart_window = restart_window
         self.on_restart = on_restart  # e.g. rewrite the run file with the new pid
         self.running: list[Running] = []
         self.stop_requested: signal.Signals | None = None
@@ -414,30 +423,48 @@ class Supervisor:
 
     # -- running ----------------------------------------------------------------------------
 
+    def _exhausted(self, entry: Running) -> str | None:
+        """Why the child's restart budget is used up (None: it is not)."""
+        window, budget = self.restart_window, self.restart_budget
+        if len(entry.recent) >= budget:
+            return f"crashed {len(entry.recent) + 1} times within {window:.0f} s"
+        if entry.failed_starts >= budget:
+            return f"did not get ready again after {entry.failed_starts} restarts in a row"
+        return None
+
     def _crashed(self, entry: Running, reason: str) -> bool:
-        """Schedule a restart after a backoff; False when the child has used its budget."""
+        """Schedule a restart after a backoff; False when the child has used its budget.
+
+        A crash before a restarted child got ready is a failed start: those count in a row,
+        however far apart (see :data:`RESTART_BUDGET`)."""
         now = time.monotonic()
-        entry.recent = [t for t in entry.recent if now - t < RESTART_WINDOW]
+        entry.recent = [t for t in entry.recent if now - t < self.restart_window]
+        if entry.respawned is not None:
+            entry.failed_starts += 1
         failure = ChildFailedError(entry.name, reason, entry.child.log_path, lines=5)
         fields = {"child": entry.name, "reason": reason, "restarts": entry.restarts}
-        if len(entry.recent) >= self.restart_budget:
-            log.error("child_restart_budget_exhausted", extra=fields)
+        if (exhausted := self._exhausted(entry)) is not None:
+            log.error("child_restart_budget_exhausted", extra={**fields, "why": exhausted})
             self.console.print(
-                f"[red]error:[/] {failure.details()}\n{entry.name} crashed "
-                f"{len(entry.recent) + 1} times within {RESTART_WINDOW:.0f} s (restart budget "
-                f"{self.restart_budget}): stopping everything",
+                f"[red]error:[/] {failure.details()}\n{entry.name} {exhausted} (restart "
+                f"budget {self.restart_budget}): stopping everything",
                 highlight=False,
             )
             return False
         first, most = self.backoff
-        delay = min(first * 2 ** len(entry.recent), most)
+        delay = min(first * 2 ** max(len(entry.recent), entry.failed_starts), most)
         entry.recent.append(now)
         entry.restart_due, entry.respawned = now + delay, None
         log.warning("child_crashed", extra={**fields, "backoff_seconds": delay})
+        if entry.failed_starts >= len(entry.recent):  # the closer of the two limits
+            count = f"restart {entry.failed_starts + 1} of {self.restart_budget} in a row " \
+                    "that has not got ready yet"  # fmt: skip
+        else:
+            count = (f"restart {len(entry.recent)} of {self.restart_budget} within "
+                     f"{self.restart_window:.0f} s")  # fmt: skip
         self.console.print(
             f"[dim]{time.strftime('%H:%M:%S')}[/] [yellow]restarting[/] [bold]{entry.name}[/] "
-            f"in {delay:.2f} s ({reason}; restart {len(entry.recent)} of {self.restart_budget} "
-            f"within {RESTART_WINDOW:.0f} s)\n{failure.details()}",
+            f"in {delay:.2f} s ({reason}; {count})\n{failure.details()}",
             highlight=False,
         )
         return True
@@ -448,6 +475,7 @@ class Supervisor:
         try:
             entry.child.respawn()
         except Exception as exc:  # any failed start counts as a crash
+            entry.respawned = time.monotonic()  # a failed start
             return self._crashed(entry, f"restart failed: {exc}")
         entry.restarts += 1
         entry.respawned = time.monotonic()
@@ -474,7 +502,7 @@ class Supervisor:
             if entry.child.ready():
                 self.say(f"[green]ready[/] [bold]{entry.name}[/] again in "
                          f"{now - entry.respawned:.1f} s")  # fmt: skip
-                entry.respawned = None
+                entry.respawned, entry.failed_starts = None, 0
             elif now - entry.respawned > timeout:
                 entry.child.stop(timeout=2)
                 return self._crashed(entry, f"did not get ready within {timeout:.0f} s")
