@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from otel_lab.console.model import AggregationTemporality, SpanKind, StatusCode
+from otel_lab.console.model import AggregationTemporality, SpanKind, SQLValue, StatusCode
 from otel_lab.console.queries import AttrFilter, _attr_sql
 from otel_lab.console.store import MINUTE_NS, hist_bounds
+from otel_lab.jsontypes import JSONObject
 
 SECOND = 1_000_000_000
 DB_NODE_PREFIX = "db:"
@@ -49,7 +50,7 @@ def window(since_ns: int | None, until_ns: int | None, default_seconds: float = 
 # --------------------------------------------------------------------------- service map
 
 
-def service_map(conn: sqlite3.Connection, w: Window, max_traces: int = 5000) -> dict[str, Any]:
+def service_map(conn: sqlite3.Connection, w: Window, max_traces: int = 5000) -> JSONObject:
     """Nodes (services, databases) and edges (calls between them) from the spans of the
     most recent ``max_traces`` traces that start in the window.
 
@@ -206,7 +207,7 @@ class _Agg:
             b = int(bucket)
             self.hist[b] = self.hist.get(b, 0) + n
 
-    def summary(self, seconds: float) -> dict[str, Any]:
+    def summary(self, seconds: float) -> JSONObject:
         def q(p: float) -> float | None:
             v = hist_quantile(self.hist, self.count, p, self.min_ns, self.max_ns)
             return None if math.isnan(v) else v / 1e6
@@ -232,7 +233,7 @@ def red(
     service: str | None = None,
     route: str | None = None,
     buckets: int = 60,
-) -> dict[str, Any]:
+) -> JSONObject:
     """Rate, errors and duration percentiles over time from SERVER and CONSUMER spans.
 
     Without ``service``: one group per service. With it: the service's total and one group
@@ -570,7 +571,7 @@ def metric_series(
     group_by: list[str] | None = None,
     buckets: int = 60,
     max_points: int = 50_000,
-) -> dict[str, Any] | None:
+) -> JSONObject | None:
     """A metric as time series of derived values, one per attribute set (or per
     ``group_by`` values), in ``buckets`` time buckets:
 
@@ -591,7 +592,7 @@ def metric_series(
         return None
     meta = _MetricMeta(*row)
     conditions = ["metric_id = ?", "time_ns >= ?", "time_ns <= ?"]
-    params: list[Any] = [meta.id, w.since_ns, w.until_ns]
+    params: list[SQLValue] = [meta.id, w.since_ns, w.until_ns]
     # One point before the window per series would make the first delta exact; the
     # first bucket simply has no rate instead (documented).
     if service:
@@ -636,7 +637,7 @@ _SIGNAL_TABLES = {"spans": ("spans", "start_ns"), "logs": ("logs", "time_ns"),
                   "metrics": ("metric_points", "time_ns")}  # fmt: skip
 
 
-def _sample(signal: str, service: str | None, size: int) -> tuple[str, list[Any]]:
+def _sample(signal: str, service: str | None, size: int) -> tuple[str, list[SQLValue]]:
     """SQL for the most recent ``size`` rows of a signal (by rowid, or by service index)."""
     table, time_column = _SIGNAL_TABLES[signal]
     if not service:
@@ -653,7 +654,7 @@ def _sample(signal: str, service: str | None, size: int) -> tuple[str, list[Any]
 
 def attribute_keys(
     conn: sqlite3.Connection, signal: str, service: str | None = None, sample: int = 5000
-) -> list[dict[str, Any]]:
+) -> list[JSONObject]:
     """Attribute keys seen in the most recent rows, most frequent first, plus resource keys."""
     sql, params = _sample(signal, service, sample)
     keys = [
@@ -667,7 +668,7 @@ def attribute_keys(
     ]
     seen = {k["key"] for k in keys}
     resource_sql = "SELECT DISTINCT j.key FROM resources r, json_each(r.attributes) j"
-    resource_params: list[Any] = []
+    resource_params: list[SQLValue] = []
     if service:
         resource_sql += " WHERE r.service_name = ?"
         resource_params.append(service)
@@ -684,7 +685,7 @@ def attribute_values(
     service: str | None = None,
     sample: int = 20000,
     limit: int = 50,
-) -> list[dict[str, Any]]:
+) -> list[JSONObject]:
     """The most frequent values of one attribute key in the most recent rows."""
     path = f'$."{key}"'
     sql, params = _sample(signal, service, sample)
@@ -696,7 +697,7 @@ def attribute_values(
     ):
         values[str(value)] = values.get(str(value), 0) + count
     resource_sql = "SELECT json_extract(attributes, ?) AS v FROM resources WHERE v IS NOT NULL"
-    resource_params: list[Any] = [path]
+    resource_params: list[SQLValue] = [path]
     if service:
         resource_sql += " AND service_name = ?"
         resource_params.append(service)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
+
+# A value SQLite stores or binds as a statement's parameter.
+SQLValue: TypeAlias = str | int | float | bytes | None
 
 
 class SpanKind(IntEnum):

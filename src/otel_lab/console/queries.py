@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 from otel_lab.console.model import (
     AggregationTemporality,
@@ -20,8 +20,10 @@ from otel_lab.console.model import (
     MetricRow,
     SpanKind,
     SpanRow,
+    SQLValue,
     StatusCode,
 )
+from otel_lab.jsontypes import JSONArray, JSONObject, JSONValue
 
 STATUS_BY_NAME = {code.name.lower(): code for code in StatusCode}
 TEMPORALITIES = {t.value: t.name for t in AggregationTemporality if t}
@@ -127,7 +129,7 @@ class AttrFilter:
     """``key=value``; the value matches a string, or a number/bool spelled the same way."""
 
     key: str
-    candidates: tuple[Any, ...]
+    candidates: tuple[str | int | float, ...]
 
     @property
     def path(self) -> str:
@@ -141,7 +143,7 @@ def parse_attr(value: str) -> AttrFilter:
         raise QueryError(f"attr={value[:64]!r} must look like key=value")
     if '"' in key or "\\" in key or any(ord(c) < 32 for c in key):
         raise QueryError(f"attr key {key[:64]!r} must not contain quotes, backslashes or controls")
-    candidates: list[Any] = [raw]
+    candidates: list[str | int | float] = [raw]
     if _INT.fullmatch(raw):
         if -INT64_MAX - 1 <= int(raw) <= INT64_MAX:
             candidates.append(int(raw))
@@ -158,7 +160,7 @@ def parse_attr(value: str) -> AttrFilter:
     return AttrFilter(key, tuple(candidates))
 
 
-def _attr_sql(filters: list[AttrFilter], params: list[Any]) -> list[str]:
+def _attr_sql(filters: list[AttrFilter], params: list[SQLValue]) -> list[str]:
     """Match span/log/point attributes, or the attributes of the resource that sent them."""
     conditions = []
     for f in filters:
@@ -174,7 +176,7 @@ def _attr_sql(filters: list[AttrFilter], params: list[Any]) -> list[str]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _json(text: str | None, default: Any) -> Any:
+def _json(text: str | None, default: JSONValue) -> Any:
     return json.loads(text) if text else default
 
 
@@ -187,8 +189,8 @@ class _Lookups:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self.resources: dict[int, dict[str, Any]] = {}
-        self.scopes: dict[int, dict[str, Any]] = {}
+        self.resources: dict[int, JSONObject] = {}
+        self.scopes: dict[int, JSONObject] = {}
 
     def load(self, resource_ids: set[int], scope_ids: set[int]) -> None:
         missing = [i for i in resource_ids if i not in self.resources]
@@ -208,10 +210,10 @@ class _Lookups:
             for sid, name, version in rows:
                 self.scopes[sid] = {"name": name, "version": version or ""}
 
-    def resource(self, rid: int) -> dict[str, Any]:
+    def resource(self, rid: int) -> JSONObject:
         return self.resources.get(rid, {})
 
-    def scope(self, sid: int) -> dict[str, Any]:
+    def scope(self, sid: int) -> JSONObject:
         return self.scopes.get(sid, {"name": "", "version": ""})
 
 
@@ -238,7 +240,22 @@ _TRACE_COLUMNS = (
 )
 
 
-def _trace_summary(row: tuple[Any, ...]) -> dict[str, Any]:
+class TraceSummary(TypedDict):
+    """One trace in a list of traces (``/api/traces``, dashboards, alert examples)."""
+
+    trace_id: str
+    root_span_name: str | None
+    root_service_name: str | None
+    has_root: bool
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+    duration_ms: float
+    span_count: int
+    error_count: int
+    services: list[str]
+
+
+def _trace_summary(row: tuple[Any, ...]) -> TraceSummary:
     tid, start, end, duration, spans, errors, root_name, root_service, has_root, services = row
     return {
         "trace_id": tid.hex(),
@@ -259,11 +276,11 @@ def _trace_summary(row: tuple[Any, ...]) -> dict[str, Any]:
 IN_LIST_MAX_SPANS = 5000
 
 
-def find_traces(conn: sqlite3.Connection, f: TraceFilter) -> list[dict[str, Any]]:
+def find_traces(conn: sqlite3.Connection, f: TraceFilter) -> list[TraceSummary]:
     """Traces that contain one span matching every span filter (service, name, status,
     attributes); time window and duration apply to the whole trace."""
     indexed: list[str] = []  # span conditions an index can answer
-    indexed_params: list[Any] = []
+    indexed_params: list[SQLValue] = []
     if f.service:
         indexed.append("service_name = ?")
         indexed_params.append(f.service)
@@ -282,7 +299,7 @@ def find_traces(conn: sqlite3.Connection, f: TraceFilter) -> list[dict[str, Any]
     span_conditions += _attr_sql(f.attrs, span_params)
 
     conditions: list[str] = []
-    params: list[Any] = []
+    params: list[SQLValue] = []
     if f.since_ns is not None:
         conditions.append("start_ns >= ?")
         params.append(f.since_ns)
@@ -338,7 +355,7 @@ def _status(code: int) -> str:
     return StatusCode(code).name if code in StatusCode._value2member_map_ else "UNSET"
 
 
-def _span_dict(r: SpanRow, lookups: _Lookups) -> dict[str, Any]:
+def _span_dict(r: SpanRow, lookups: _Lookups) -> JSONObject:
     return {
         "trace_id": r.trace_id.hex(),
         "span_id": r.span_id.hex(),
@@ -361,7 +378,7 @@ def _span_dict(r: SpanRow, lookups: _Lookups) -> dict[str, Any]:
     }
 
 
-def get_trace(conn: sqlite3.Connection, trace_id: bytes) -> list[dict[str, Any]]:
+def get_trace(conn: sqlite3.Connection, trace_id: bytes) -> list[JSONObject]:
     """All spans of a trace, ordered by start time (empty when the trace is unknown)."""
     rows = list(map(_span_row, conn.execute(
         f"SELECT {_SPAN_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns, rowid",
@@ -372,7 +389,7 @@ def get_trace(conn: sqlite3.Connection, trace_id: bytes) -> list[dict[str, Any]]
     return [_span_dict(r, lookups) for r in rows]
 
 
-def get_span(conn: sqlite3.Connection, trace_id: bytes, span_id: bytes) -> dict[str, Any] | None:
+def get_span(conn: sqlite3.Connection, trace_id: bytes, span_id: bytes) -> JSONObject | None:
     """One span with everything stored about it, or None."""
     row = conn.execute(
         f"SELECT {_SPAN_COLUMNS} FROM spans WHERE trace_id = ? AND span_id = ?",
@@ -413,7 +430,7 @@ class _WaterfallSpan(NamedTuple):
 _waterfall_span = partial(tuple.__new__, _WaterfallSpan)
 
 
-def trace_waterfall(conn: sqlite3.Connection, trace_id: bytes) -> dict[str, Any] | None:
+def trace_waterfall(conn: sqlite3.Connection, trace_id: bytes) -> JSONObject | None:
     """A trace as compact rows in tree (depth-first) order, for the waterfall UI.
 
     Why compact: a 10,000-span trace must load and render in well under a second, so each
@@ -451,7 +468,7 @@ def trace_waterfall(conn: sqlite3.Connection, trace_id: bytes) -> dict[str, Any]
     start = min(r.start_ns for r in rows)
     end = max(r.end_ns for r in rows)
     services: dict[str, int] = {}
-    out: list[list[Any]] = []
+    out: list[JSONArray] = []
     position = [0] * len(rows)
     visited = [False] * len(rows)
     # Iterative depth-first walk; ("exit", i) fixes subtree_end once i's children are out.
@@ -537,9 +554,9 @@ def severity_name(number: int) -> str:
     return name
 
 
-def find_logs(conn: sqlite3.Connection, f: LogFilter) -> list[dict[str, Any]]:
+def find_logs(conn: sqlite3.Connection, f: LogFilter) -> list[JSONObject]:
     conditions: list[str] = []
-    params: list[Any] = []
+    params: list[SQLValue] = []
     if f.trace_id is not None:
         conditions.append("trace_id = ?")
         params.append(f.trace_id)
@@ -594,7 +611,7 @@ def find_logs(conn: sqlite3.Connection, f: LogFilter) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- catalogues
 
 
-def list_services(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_services(conn: sqlite3.Connection) -> list[JSONObject]:
     rows = conn.execute(
         "SELECT name, first_seen_ns, last_seen_ns, span_count, log_count, point_count"
         " FROM services ORDER BY name"
@@ -612,7 +629,7 @@ def list_services(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     ]
 
 
-def list_operations(conn: sqlite3.Connection, service: str) -> list[dict[str, Any]]:
+def list_operations(conn: sqlite3.Connection, service: str) -> list[JSONObject]:
     rows = conn.execute(
         "SELECT name, kind FROM operations WHERE service_name = ? ORDER BY name, kind", (service,)
     )
@@ -622,9 +639,9 @@ def list_operations(conn: sqlite3.Connection, service: str) -> list[dict[str, An
 _METRIC_COLUMNS = ", ".join(MetricRow._fields)
 
 
-def _metric_info(row: MetricRow, services: list[str]) -> dict[str, Any]:
+def _metric_info(row: MetricRow, services: list[str]) -> JSONObject:
     _id, name, kind, unit, description, monotonic, temporality = row
-    info: dict[str, Any] = {
+    info: JSONObject = {
         "name": name,
         "type": kind,
         "unit": unit or "",
@@ -638,7 +655,7 @@ def _metric_info(row: MetricRow, services: list[str]) -> dict[str, Any]:
     return info
 
 
-def list_metrics(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_metrics(conn: sqlite3.Connection) -> list[JSONObject]:
     # Metrics first: a metric and its services are committed together, so every metric read
     # here has its services in the next read (the other order could see a metric without).
     rows = list(
@@ -661,7 +678,7 @@ class PointFilter:
     limit: int = 1000
 
 
-def metric_points(conn: sqlite3.Connection, name: str, f: PointFilter) -> dict[str, Any] | None:
+def metric_points(conn: sqlite3.Connection, name: str, f: PointFilter) -> JSONObject | None:
     """A metric's description and its most recent points (oldest first), or None."""
     found = conn.execute(f"SELECT {_METRIC_COLUMNS} FROM metrics WHERE name = ?", (name,))
     meta = next(map(MetricRow._make, found), None)
@@ -675,7 +692,7 @@ def metric_points(conn: sqlite3.Connection, name: str, f: PointFilter) -> dict[s
         )
     ]
     conditions = ["metric_id = ?"]
-    params: list[Any] = [meta.id]
+    params: list[SQLValue] = [meta.id]
     if f.service:
         conditions.append("service_name = ?")
         params.append(f.service)
@@ -697,7 +714,7 @@ def metric_points(conn: sqlite3.Connection, name: str, f: PointFilter) -> dict[s
     lookups.load({rid for *_, rid in rows}, set())
     points = []
     for service, attrs, start, ts, value, data, exemplars, rid in rows:
-        point: dict[str, Any] = {
+        point: JSONObject = {
             "service_name": service,
             "attributes": _json(attrs, {}),
             "start_time_unix_nano": start,

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from otel_lab.console import otlp
 from otel_lab.console.model import MetricRow, PointRow
 from otel_lab.console.otlp import Batch
+from otel_lab.jsontypes import JSONArray, JSONObject, JSONValue
 
 TRACE_CHUNK = 200  # traces per exported line
 ROW_CHUNK = 2000  # logs or metric points per exported line
@@ -36,7 +37,7 @@ _SIGNAL_KEYS: dict[otlp.Signal, tuple[str, str]] = {
 # --------------------------------------------------------------------------- values
 
 
-def any_value(value: Any) -> dict[str, Any]:
+def any_value(value: object) -> JSONObject:
     """A native value as an OTLP JSON AnyValue (64-bit integers as strings, per spec)."""
     if isinstance(value, bool):
         return {"boolValue": value}
@@ -53,11 +54,11 @@ def any_value(value: Any) -> dict[str, Any]:
     return {}
 
 
-def key_values(attrs: dict[str, Any] | None) -> list[dict[str, Any]]:
+def key_values(attrs: Mapping[str, object] | None) -> JSONArray:
     return [{"key": k, "value": any_value(v)} for k, v in (attrs or {}).items()]
 
 
-def _loads(text: str | None, default: Any) -> Any:
+def _loads(text: str | None, default: JSONValue) -> Any:
     return json.loads(text) if text else default
 
 
@@ -76,12 +77,12 @@ class _Catalogue:
             )
         }
 
-    def resource(self, rid: int) -> dict[str, Any]:
+    def resource(self, rid: int) -> JSONObject:
         return {"attributes": key_values(self.resources.get(rid, {}))}
 
-    def scope(self, sid: int) -> dict[str, Any]:
+    def scope(self, sid: int) -> JSONObject:
         name, version, attrs = self.scopes.get(sid, ("", None, {}))
-        out: dict[str, Any] = {"name": name}
+        out: JSONObject = {"name": name}
         if version:
             out["version"] = version
         if attrs:
@@ -90,10 +91,10 @@ class _Catalogue:
 
 
 def _group(
-    items: list[tuple[int, int, dict[str, Any]]], cat: _Catalogue, list_key: str, scope_key: str
-) -> list[dict[str, Any]]:
+    items: list[tuple[int, int, JSONObject]], cat: _Catalogue, list_key: str, scope_key: str
+) -> JSONArray:
     """(resource_id, scope_id, item) -> [{resource, scopeX: [{scope, items}]}]."""
-    grouped: dict[int, dict[int, list[dict[str, Any]]]] = {}
+    grouped: dict[int, dict[int, JSONArray]] = {}
     for rid, sid, item in items:
         grouped.setdefault(rid, {}).setdefault(sid, []).append(item)
     return [
@@ -115,9 +116,9 @@ _SPAN_SQL = (
 )
 
 
-def _span(row: tuple[Any, ...]) -> tuple[int, int, dict[str, Any]]:
+def _span(row: tuple[Any, ...]) -> tuple[int, int, JSONObject]:
     tid, sid, parent, name, kind, start, end, code, message, attrs, events, links, rid, scid = row
-    span: dict[str, Any] = {
+    span: JSONObject = {
         "traceId": tid.hex(),
         "spanId": sid.hex(),
         "name": name,
@@ -142,7 +143,7 @@ def _span(row: tuple[Any, ...]) -> tuple[int, int, dict[str, Any]]:
              **({"traceState": link["trace_state"]} if link.get("trace_state") else {})}
             for link in json.loads(links)
         ]  # fmt: skip
-    status: dict[str, Any] = {}
+    status: JSONObject = {}
     if code:
         status["code"] = code
     if message:
@@ -165,9 +166,9 @@ _LOG_SQL = (
 )
 
 
-def _log(row: Sequence[Any]) -> tuple[int, int, dict[str, Any]]:
+def _log(row: Sequence[Any]) -> tuple[int, int, JSONObject]:
     ts, observed, number, text, body, is_json, attrs, tid, sid, event, rid, scid = row
-    record: dict[str, Any] = {"timeUnixNano": str(ts), "severityNumber": number}
+    record: JSONObject = {"timeUnixNano": str(ts), "severityNumber": number}
     if observed:
         record["observedTimeUnixNano"] = str(observed)
     if text:
@@ -199,15 +200,15 @@ _TYPE_KEYS = {"sum": "sum", "gauge": "gauge", "histogram": "histogram",
               "exponential_histogram": "exponentialHistogram", "summary": "summary"}  # fmt: skip
 
 
-def _number(value: Any, int_key: str, double_key: str) -> dict[str, Any]:
+def _number(value: JSONValue, int_key: str, double_key: str) -> JSONObject:
     if isinstance(value, int) and not isinstance(value, bool):
         return {int_key: str(value)}
     return {double_key: value}
 
 
-def _point(kind: str, row: PointRow) -> dict[str, Any]:
+def _point(kind: str, row: PointRow) -> JSONObject:
     _mid, _service, attrs, start, ts, value, data, exemplars, _rid, _sid = row
-    point: dict[str, Any] = {"timeUnixNano": str(ts)}
+    point: JSONObject = {"timeUnixNano": str(ts)}
     if start:
         point["startTimeUnixNano"] = str(start)
     if attrs:
@@ -251,23 +252,23 @@ def _point(kind: str, row: PointRow) -> dict[str, Any]:
 
 def _metrics_line(rows: list[PointRow], metrics: dict[int, MetricRow], cat: _Catalogue) -> str:
     # resource -> scope -> metric id -> points
-    grouped: dict[int, dict[int, dict[int, list[dict[str, Any]]]]] = {}
+    grouped: dict[int, dict[int, dict[int, JSONArray]]] = {}
     for row in rows:
         by_metric = grouped.setdefault(row.resource_id, {}).setdefault(row.scope_id, {})
         by_metric.setdefault(row.metric_id, []).append(_point(metrics[row.metric_id].type, row))
-    resource_metrics = []
+    resource_metrics: JSONArray = []
     for rid, scopes in grouped.items():
-        scope_metrics = []
+        scope_metrics: JSONArray = []
         for sid, by_metric in scopes.items():
-            out = []
+            out: JSONArray = []
             for mid, points in by_metric.items():
                 _id, name, kind, unit, description, monotonic, temporality = metrics[mid]
-                body: dict[str, Any] = {"dataPoints": points}
+                body: JSONObject = {"dataPoints": points}
                 if kind in ("sum", "histogram", "exponential_histogram") and temporality:
                     body["aggregationTemporality"] = temporality
                 if kind == "sum":
                     body["isMonotonic"] = bool(monotonic)
-                metric: dict[str, Any] = {"name": name, _TYPE_KEYS[kind]: body}
+                metric: JSONObject = {"name": name, _TYPE_KEYS[kind]: body}
                 if unit:
                     metric["unit"] = unit
                 if description:
@@ -357,7 +358,7 @@ def parse_import(body: bytes) -> list[tuple[otlp.Signal, Batch]]:
     decoded with the receiver's own OTLP JSON decoder, so import accepts what /v1/* accepts.
     """
     text = body.decode("utf-8-sig", errors="strict") if body else ""
-    documents: list[Any] = []
+    documents: JSONArray = []
     stripped = text.strip()
     if not stripped:
         raise otlp.DecodeError("the file is empty")

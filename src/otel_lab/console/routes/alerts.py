@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sqlite3
 
 from fastapi import APIRouter
 
@@ -35,7 +35,9 @@ def alerts(store: StoreDep, state: PromDep) -> ConsoleJSON:
     )
 
 
-def _examples(conn: Any, labels: dict[str, str], since_s: float) -> dict[str, str | None] | None:
+def _examples(
+    conn: sqlite3.Connection, labels: dict[str, str], since_s: float
+) -> dict[str, str | None] | None:
     """The slowest and a failed trace of the service an alert names, since shortly before
     it became active: where to start looking."""
     service = labels.get("job")

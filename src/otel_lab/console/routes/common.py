@@ -8,11 +8,12 @@ them); an empty value (``?limit=``) means the default, as the UI's forms send it
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import annotated_types
 from fastapi import Depends, FastAPI, Query, Request
@@ -30,12 +31,13 @@ from otel_lab.console.security import Security
 from otel_lab.console.store import MINUTE_NS, Store
 
 log = logging.getLogger("otel_lab.console.api")
+T = TypeVar("T")
 
 
 class ConsoleJSON(JSONResponse):
     """Compact JSON that tolerates NaN/Infinity in stored data instead of failing."""
 
-    def render(self, content: Any) -> bytes:
+    def render(self, content: object) -> bytes:
         return dumps(content).encode()
 
 
@@ -81,34 +83,35 @@ PromDep = Annotated[PromState, Depends(_prom)]
 # --------------------------------------------------------------------------- parameters
 
 
-def _blank(value: Any) -> Any:
+def _blank(value: T) -> T:
     """An empty parameter is an absent one."""
     if isinstance(value, str) and not value.strip():
         raise PydanticUseDefault()
     return value
 
 
-def _lower(value: Any) -> Any:
+def _lower(value: object) -> object:
     return _blank(value).strip().lower() if isinstance(value, str) else value
 
 
-def _time(name: str, value: Any) -> int | None:
+# Query and path parameters arrive as text.
+def _time(name: str, value: str | None) -> int | None:
     return queries.parse_time(_blank(value), name)
 
 
-def _severity(value: Any) -> int | None:
+def _severity(value: str | None) -> int | None:
     return queries.parse_severity(_blank(value))
 
 
-def _trace_id(value: Any) -> bytes:
+def _trace_id(value: object) -> bytes:
     return queries.parse_trace_id(str(value))
 
 
-def _span_id(value: Any) -> bytes:
+def _span_id(value: object) -> bytes:
     return queries.parse_span_id(str(value))
 
 
-def _window(value: Any) -> float | Literal["all"]:
+def _window(value: str) -> float | Literal["all"]:
     text = _blank(value).strip()
     return "all" if text == "all" else queries.parse_duration_seconds(text, "window")
 
@@ -158,7 +161,7 @@ def ms_to_ns(ms: float | None) -> int | None:
     return round(ms * 1_000_000) if ms is not None else None
 
 
-def oldest_ns(conn: Any, table: str) -> int | None:
+def oldest_ns(conn: sqlite3.Connection, table: str) -> int | None:
     column = {"traces": "start_ns", "logs": "time_ns", "metric_points": "time_ns"}[table]
     first: int | None = conn.execute(f"SELECT min({column}) FROM {table}").fetchone()[0]
     return first
@@ -185,7 +188,7 @@ def time_window(
 # --------------------------------------------------------------------------- errors
 
 
-def _bounds(request: Request, name: str) -> tuple[Any, Any]:
+def _bounds(request: Request, name: str) -> tuple[object, object]:
     """The range a query parameter of the matched route declares."""
     route = request.scope.get("route")
     for param in getattr(getattr(route, "dependant", None), "query_params", ()):
@@ -200,9 +203,9 @@ def _bounds(request: Request, name: str) -> tuple[Any, Any]:
     return None, None
 
 
-def describe(request: Request, problem: dict[str, Any]) -> str:
+def describe(request: Request, problem: Mapping[str, Any]) -> str:
     """One validation problem in the console's words (the UI shows it as it is)."""
-    loc: Sequence[Any] = problem.get("loc", ())
+    loc: Sequence[str | int] = problem.get("loc", ())
     name = str(loc[-1]) if loc else "request"
     kind = problem.get("type", "")
     given = problem.get("input")
