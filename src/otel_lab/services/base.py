@@ -15,7 +15,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 # A lifespan opens what the service needs for its lifetime (its clients traced to the
 # telemetry given) and yields it as lifespan state (a mapping of names to collaborators);
 # ``/ready`` hands that state to the checks.
-Lifespan = Callable[[Settings, Telemetry], AbstractAsyncContextManager[Mapping[str, Any]]]
+Lifespan = Callable[[Settings, Telemetry], AbstractAsyncContextManager[Mapping[str, object]]]
 ReadinessCheck = Callable[[State], Awaitable[object]]
 
 _READINESS_TIMEOUT_SECONDS = 2.0
@@ -70,7 +70,7 @@ NATIVE_TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False, "oper
 _ECHO_DEPTH, _ECHO_ITEMS, _ECHO_CHARS = 8, 20, 200
 
 
-def _json_safe(value: Any, depth: int = 0) -> Any:
+def _json_safe(value: object, depth: int = 0) -> object:
     """Input echoed back in an error, made safe to encode and short: NaN and infinity as
     text, lone surrogates escaped (UTF-8 cannot carry them), long strings, big and deep
     containers cut (a 1 MB or 900-deep body must not come back, nor exhaust the stack)."""
@@ -179,7 +179,7 @@ async def _cache_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 @asynccontextmanager
-async def database(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, Any]]:
+async def database(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, object]]:
     """The service's engine and session factory, as lifespan state, for its lifetime.
 
     ``autocommit``: the pool's connections as they are (autocommit, no BEGIN/COMMIT), for
@@ -251,7 +251,7 @@ def create_service(
     checks = dict(readiness_checks or {})
 
     @asynccontextmanager
-    async def run(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def run(app: FastAPI) -> AsyncIterator[dict[str, object]]:
         opening = lifespan(settings, telemetry) if lifespan is not None else nullcontext({})
         try:
             async with opening as opened:
@@ -346,7 +346,9 @@ def create_chain_service(
     settings = settings or get_settings()
 
     @asynccontextmanager
-    async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(
+        settings: Settings, telemetry: Telemetry
+    ) -> AsyncIterator[dict[str, object]]:
         async with AsyncExitStack() as stack:
             state = await stack.enter_async_context(database(settings, telemetry))
             if next_hop is not None:

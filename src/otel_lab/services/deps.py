@@ -8,7 +8,7 @@ full-stack template's ``api/deps.py``. A test swaps one with ``app.dependency_ov
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 import redis.asyncio
 from celery import Celery
@@ -19,7 +19,7 @@ from otel_lab.settings import Settings
 from otel_lab.telemetry import Telemetry
 
 
-def lifespan_state(name: str) -> Callable[[Request], Awaitable[Any]]:
+def lifespan_state(name: str) -> Callable[[Request], Awaitable[object]]:
     """A dependency that hands a route ``name`` from the lifespan state; the ``Annotated``
     alias that uses it says its type.
 
@@ -27,7 +27,7 @@ def lifespan_state(name: str) -> Callable[[Request], Awaitable[Any]]:
     thread, 60-140 us of CPU per dependency per request (scripts/bench_deps.py).
     """
 
-    async def dependency(request: Request) -> Any:
+    async def dependency(request: Request) -> object:
         return getattr(request.state, name)
 
     dependency.__name__ = dependency.__qualname__ = f"get_{name}"

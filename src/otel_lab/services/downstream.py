@@ -60,6 +60,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 from yarl import URL
 
+from otel_lab.jsontypes import JSONValue
 from otel_lab.services import deadline
 from otel_lab.services.errors import (
     InvalidInputError,
@@ -458,7 +459,7 @@ class Downstream:
         step: str,
         idempotent: bool | None = None,
         raise_for_status: bool = False,
-        json: Any = None,
+        json: JSONValue = None,
         content: bytes | None = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
@@ -515,7 +516,7 @@ class Downstream:
         step: str,
         operation: str | None = None,
         idempotent: bool | None = None,
-        json: Any = None,
+        json: JSONValue = None,
         content: bytes | None = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
@@ -760,7 +761,7 @@ def outbound_headers(key: str | None = None) -> dict[str, str]:
 
 
 async def call_next_hop(
-    downstream: Downstream, step: str, payload: dict[str, Any], key: str
+    downstream: Downstream, step: str, payload: Mapping[str, JSONValue], key: str
 ) -> Reply:
     """``POST /process`` on the chain's next service: retried safely (it honours the
     Idempotency-Key ``key``); an answer >= 400 is raised as a :class:`DownstreamError`."""

@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from otel_lab.jsontypes import JSONObject, JSONValue
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var
 
@@ -47,7 +48,7 @@ class ServiceError(Exception):
         *,
         error_type: str | None = None,
         headers: Mapping[str, str] | None = None,
-        **context: Any,
+        **context: JSONValue,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
@@ -56,7 +57,7 @@ class ServiceError(Exception):
         self.headers = dict(headers or {})
         self.context = context
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> JSONObject:
         return {
             "detail": self.detail,
             "error_type": self.error_type,
@@ -98,9 +99,18 @@ class DependencyUnavailableError(ServiceError):
 
     status_code = 503
 
-    def __init__(self, dependency: str, detail: str, **context: Any) -> None:
-        context.setdefault("error_type", f"{dependency.replace('-', '_')}_unavailable")
-        super().__init__(detail, **context)
+    def __init__(
+        self,
+        dependency: str,
+        detail: str,
+        *,
+        error_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **context: JSONValue,
+    ) -> None:
+        if error_type is None:
+            error_type = f"{dependency.replace('-', '_')}_unavailable"
+        super().__init__(detail, error_type=error_type, headers=headers, **context)
         self.dependency = dependency
 
 

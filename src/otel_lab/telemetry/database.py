@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -42,8 +41,10 @@ from opentelemetry.semconv.attributes.db_attributes import (
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
+from sqlalchemy.engine.interfaces import DBAPICursor
 
 SCOPE = "otel_lab.database"
 _SPAN_KEY = "_otel_lab_span"  # on SQLAlchemy's execution context, from before to after
@@ -68,7 +69,7 @@ def instrument_engine(
     url = engine.url
     system = engine.dialect.name
     database = url.database or ""
-    connection: dict[str, Any] = {DB_SYSTEM_NAME: system}
+    connection: dict[str, AttributeValue] = {DB_SYSTEM_NAME: system}
     if database:
         connection[DB_NAMESPACE] = database
     if url.host:
@@ -85,7 +86,12 @@ def instrument_engine(
 
     @event.listens_for(engine, "before_cursor_execute")
     def _start(
-        conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
+        conn: Connection,
+        cursor: DBAPICursor,
+        statement: str,
+        params: object,
+        context: ExecutionContext | None,
+        many: bool,
     ) -> None:
         operation = operation_name(statement)
         attributes = {**connection, DB_QUERY_TEXT: statement}
@@ -96,14 +102,21 @@ def instrument_engine(
             setattr(context, _SPAN_KEY, span)
 
     @event.listens_for(engine, "after_cursor_execute")
-    def _end(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+    def _end(
+        conn: Connection,
+        cursor: DBAPICursor,
+        statement: str,
+        params: object,
+        context: ExecutionContext | None,
+        many: bool,
+    ) -> None:
         span = getattr(context, _SPAN_KEY, None)
         if span is not None:
             span.end()
             setattr(context, _SPAN_KEY, None)
 
     @event.listens_for(engine, "handle_error")
-    def _failed(exception_context: Any) -> None:
+    def _failed(exception_context: ExceptionContext) -> None:
         span = getattr(exception_context.execution_context, _SPAN_KEY, None)
         if span is None:
             return

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.datastructures import State
@@ -24,7 +23,7 @@ SERVICE_NAME = API.name
 
 
 @asynccontextmanager
-async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, Any]]:
+async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, object]]:
     redis = create_async_redis(settings, telemetry=telemetry)
     register_queue_depth(create_redis(settings, traced=False))
     weather_client = weather.WeatherClient.from_settings(settings, telemetry)

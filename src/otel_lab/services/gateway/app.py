@@ -25,7 +25,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -169,7 +168,7 @@ async def not_found(request: Request) -> None:
 
 
 @asynccontextmanager
-async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, Any]]:
+async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, object]]:
     timeout = settings.gateway_upstream_timeout_seconds
     retry = RetryPolicy.from_settings(settings, statuses=frozenset())
     client = create_client(settings, telemetry)

@@ -14,6 +14,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from otel_lab import faults
+from otel_lab.jsontypes import JSONObject
 from otel_lab.services.downstream import Downstream, DownstreamError, call_next_hop
 from otel_lab.services.errors import ServiceError
 from otel_lab.services.orders import pricing, repository
@@ -152,7 +153,7 @@ async def write_audit(
     key: str,
 ) -> dict[str, Any]:
     """Ask audit-service to log the order; on failure defer it (fallback), never fail."""
-    payload: dict[str, Any] = {
+    payload: JSONObject = {
         "user_id": order["user_id"],
         "order_id": order["id"],
         "action": order["action"],

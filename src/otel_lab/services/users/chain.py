@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, Header
 from opentelemetry import context, trace
 from sqlalchemy import Row
 
+from otel_lab.jsontypes import JSONObject
 from otel_lab.registry import CHAIN
 from otel_lab.services.deps import AutocommitDep, SettingsDep, TelemetryDep, lifespan_state
 from otel_lab.services.downstream import (
@@ -153,7 +154,7 @@ async def process(
         profile = await _enrich_profile(tracer, users, user)
     server_span.set_attribute("user.id", str(user.id))
 
-    payload: dict[str, Any] = {"user_id": user.id, "action": body.action, "user_tier": user.tier}
+    payload: JSONObject = {"user_id": user.id, "action": body.action, "user_tier": user.tier}
     if body.simulate_failure:
         payload["simulate_failure"] = body.simulate_failure
     token = context.attach(
