@@ -291,6 +291,13 @@ def test_read_answers_match_their_documented_models(
         (schemas.MetricsOut, "/api/metrics", {}),
         (schemas.MetricPointsOut, f"/api/metrics/{latency.name}", {}),
         (schemas.MetricPointsOut, f"/api/metrics/{gauge.name}", {}),
+        (schemas.MetricSeriesOut, "/api/metric-series", {"name": latency.name, **window(world)}),
+        (schemas.MetricSeriesOut, "/api/metric-series", {"name": gauge.name, **window(world)}),
+        (schemas.ServiceMapOut, "/api/service-map", window(world)),
+        (schemas.RedOut, "/api/red", window(world)),
+        (schemas.RedOut, "/api/red", {"service": world["orders"], **window(world)}),
+        (schemas.AttributeKeysOut, "/api/attributes", {"service": world["orders"]}),
+        (schemas.AttributeValuesOut, "/api/attributes", {"key": "http.route"}),
     ]
     for model, path, params in answers:
         r = console.api(path, **params)

@@ -12,7 +12,10 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple
+
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict  # pydantic reads it on Python < 3.12
 
 from otel_lab.console.model import (
     AggregationTemporality,
@@ -240,8 +243,10 @@ _TRACE_COLUMNS = (
 )
 
 
+@with_config(ConfigDict(extra="forbid"))
 class TraceSummary(TypedDict):
-    """One trace in a list of traces (``/api/traces``, dashboards, alert examples)."""
+    """One trace in a list of traces (``/api/traces``, dashboards, alert examples); also
+    the model ``/api/openapi.json`` shows for it (routes/schemas.py)."""
 
     trace_id: str
     root_span_name: str | None

@@ -32,7 +32,7 @@ def metrics(store: StoreDep) -> ConsoleJSON:
     return ConsoleJSON({"metrics": queries.list_metrics(store.reader())})
 
 
-@router.get("/api/metric-series")
+@router.get("/api/metric-series", response_model=schemas.MetricSeriesOut)
 def metric_series(
     store: StoreDep,
     name: str,

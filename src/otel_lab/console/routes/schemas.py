@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from otel_lab.console.queries import TraceSummary
+
 SpanKindName = Literal["INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"]
 StatusName = Literal["UNSET", "OK", "ERROR"]
 
@@ -24,19 +26,6 @@ class _Strict(BaseModel):
 class Scope(_Strict):
     name: str
     version: str
-
-
-class TraceSummary(_Strict):
-    trace_id: str
-    root_span_name: str | None
-    root_service_name: str | None
-    has_root: bool
-    start_time_unix_nano: int
-    end_time_unix_nano: int
-    duration_ms: float
-    span_count: int
-    error_count: int
-    services: list[str]
 
 
 class TracesOut(_Strict):
@@ -163,3 +152,129 @@ class MetricPoint(BaseModel):
 
 class MetricPointsOut(MetricInfo):
     points: list[MetricPoint]
+
+
+class AttributeKey(_Strict):
+    key: str
+    count: int | None  # None: a resource attribute (not counted)
+    source: Literal["attribute", "resource"]
+
+
+class AttributeKeysOut(_Strict):
+    keys: list[AttributeKey]
+
+
+class AttributeValue(_Strict):
+    value: str
+    count: int
+
+
+class AttributeValuesOut(_Strict):
+    key: str
+    values: list[AttributeValue]
+
+
+class ServiceMapNode(_Strict):
+    id: str
+    name: str
+    kind: Literal["service", "database"]
+    spans: int
+    errors: int
+    server_spans: int
+    server_errors: int
+    error_rate: float
+
+
+class ServiceMapEdge(_Strict):
+    source: str
+    target: str
+    kind: Literal["http", "messaging", "database"]
+    errors: int
+    calls: int
+    rate_per_second: float
+    error_rate: float
+    avg_duration_ms: float
+
+
+class ServiceMapOut(_Strict):
+    since_unix_nano: int
+    until_unix_nano: int
+    traces_scanned: int
+    truncated: bool
+    seconds: float
+    nodes: list[ServiceMapNode]
+    edges: list[ServiceMapEdge]
+
+
+class RedSummary(_Strict):
+    """Rate, errors and duration over a window or a bucket; the ids link to traces."""
+
+    count: int
+    errors: int
+    rate_per_second: float
+    error_rate: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    avg_ms: float | None
+    max_ms: float | None
+    slow_trace_id: str | None
+    error_trace_id: str | None
+
+
+class RedPoint(RedSummary):
+    start_unix_nano: int
+    end_unix_nano: int
+
+
+class RedGroup(RedSummary):
+    name: str
+    series: list[RedPoint]
+
+
+class RedRoute(RedSummary):
+    route: str
+    series: list[RedPoint]
+    search: dict[str, Any] | None  # the trace search that finds the route's spans
+
+
+class RedOut(_Strict):
+    """Per service (``services``), or one service's total and its routes."""
+
+    since_unix_nano: int
+    until_unix_nano: int
+    bucket_seconds: float
+    services: list[RedGroup] | None = None
+    service: RedGroup | None = None
+    routes: list[RedRoute] | None = None
+
+
+class MetricSeriesPoint(BaseModel):
+    """A bucket; besides its start, the values of the metric's type (``value``, ``rate``,
+    ``count``, ``avg``, ``p50`` ... as ``analytics.metric_series`` derives them)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    start_unix_nano: int
+
+
+class MetricSeries(_Strict):
+    labels: dict[str, Any]
+    points: list[MetricSeriesPoint]
+
+
+class MetricSeriesOut(_Strict):
+    name: str
+    type: str
+    unit: str
+    description: str
+    is_monotonic: bool | None
+    temporality: Literal["DELTA", "CUMULATIVE"] | None
+    since_unix_nano: int
+    until_unix_nano: int
+    bucket_seconds: float
+    points_read: int
+    truncated: bool
+    series: list[MetricSeries]
+    exemplars: list[dict[str, Any]]
+    dimensions: dict[str, list[str]]

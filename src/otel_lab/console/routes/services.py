@@ -36,7 +36,7 @@ def operations(store: StoreDep, service: str) -> ConsoleJSON:
     return ConsoleJSON({"operations": queries.list_operations(store.reader(), service)})
 
 
-@router.get("/api/attributes")
+@router.get("/api/attributes", response_model=schemas.AttributeKeysOut | schemas.AttributeValuesOut)
 def attributes(
     store: StoreDep, signal: Signal = "spans", service: Text = None, key: Text = None
 ) -> ConsoleJSON:
@@ -50,7 +50,7 @@ def attributes(
     return ConsoleJSON({"keys": analytics.attribute_keys(conn, signal, service)})
 
 
-@router.get("/api/service-map")
+@router.get("/api/service-map", response_model=schemas.ServiceMapOut)
 def service_map(
     store: StoreDep,
     since: Since = None,
@@ -64,7 +64,7 @@ def service_map(
     return ConsoleJSON(analytics.service_map(conn, w, max_traces))
 
 
-@router.get("/api/red")
+@router.get("/api/red", response_model=schemas.RedOut)
 def red(
     store: StoreDep,
     since: Since = None,
