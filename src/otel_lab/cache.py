@@ -48,7 +48,7 @@ def _traced(client: ClientT, traced: bool, telemetry: Telemetry | None = None) -
 
 
 def create_async_redis(
-    settings: Settings | None = None, *, traced: bool = True, telemetry: Telemetry | None = None
+    settings: Settings, *, traced: bool = True, telemetry: Telemetry | None = None
 ) -> redis.asyncio.Redis:
     """A traced async client (to ``telemetry``'s provider; None: the global one)."""
     client = redis.asyncio.Redis.from_url(redis_url(settings), **_CLIENT_OPTIONS)
@@ -56,7 +56,7 @@ def create_async_redis(
 
 
 def create_redis(
-    settings: Settings | None = None, *, traced: bool = True, telemetry: Telemetry | None = None
+    settings: Settings, *, traced: bool = True, telemetry: Telemetry | None = None
 ) -> redis.Redis:
     """A traced blocking client (the worker's), as :func:`create_async_redis`."""
     client = redis.Redis.from_url(redis_url(settings), **_CLIENT_OPTIONS)

@@ -50,7 +50,7 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from otel_lab.services import deadline as request_deadline
-from otel_lab.settings import Settings, get_settings
+from otel_lab.settings import Settings
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.database import instrument_engine
 from otel_lab.telemetry.setup import Telemetry
@@ -73,8 +73,8 @@ class DatabaseNotConfiguredError(RuntimeError):
     pass
 
 
-def database_url(settings: Settings | None = None) -> str:
-    url = (settings or get_settings()).database_url
+def database_url(settings: Settings) -> str:
+    url = settings.database_url
     if not url:
         raise DatabaseNotConfiguredError(
             "DATABASE_URL is not set; start the system with `otel-lab up`, "
@@ -261,7 +261,7 @@ def _isolation(autocommit: bool) -> dict[str, str]:
 
 
 def create_engine(
-    settings: Settings | None = None,
+    settings: Settings,
     telemetry: Telemetry | None = None,
     *,
     autocommit: bool = False,
@@ -274,7 +274,6 @@ def create_engine(
     at every checkout and resets it at every return, two more waits on the connection:
     180-240 us of CPU per checkout (docs/performance.md).
     """
-    settings = settings or get_settings()
     deadline = settings.dependency_timeout_seconds
     engine = create_async_engine(
         database_url(settings),
@@ -296,14 +295,13 @@ def create_engine(
 
 
 def create_blocking_engine(
-    settings: Settings | None = None,
+    settings: Settings,
     *,
     autocommit: bool = False,
     telemetry: Telemetry | None = None,
 ) -> Engine:
     """The synchronous engine the Celery worker uses (its tasks are plain functions);
     ``autocommit`` and ``telemetry`` as for :func:`create_engine`."""
-    settings = settings or get_settings()
     deadline = settings.dependency_timeout_seconds
     engine = create_sync_engine(
         database_url(settings),

@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, pool
 
 from otel_lab.db import Base, database_url
 from otel_lab.models import import_all_models
+from otel_lab.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None:
@@ -19,13 +20,15 @@ target_metadata = Base.metadata
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=database_url(), target_metadata=target_metadata, literal_binds=True)
+    context.configure(
+        url=database_url(get_settings()), target_metadata=target_metadata, literal_binds=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(database_url(), poolclass=pool.NullPool)
+    engine = create_engine(database_url(get_settings()), poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata)
         with context.begin_transaction():

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from otel_lab.registry import WEATHER_UPSTREAM
-from otel_lab.settings import Settings, get_settings
+from otel_lab.settings import Settings
 
 SERVICE_NAME = WEATHER_UPSTREAM.name
 
@@ -59,15 +59,15 @@ def instrument_command() -> list[str]:
     ]
 
 
-def wrap_argv(argv: list[str], settings: Settings | None = None) -> list[str]:
+def wrap_argv(argv: list[str], settings: Settings) -> list[str]:
     """The command to run: ``argv`` itself, or ``argv`` under the agent in zero-code mode."""
-    if (settings or get_settings()).instrumentation_mode != "zero-code":
+    if settings.instrumentation_mode != "zero-code":
         return list(argv)
     return [*instrument_command(), *argv]
 
 
-def environment(settings: Settings | None = None) -> dict[str, str]:
+def environment(settings: Settings) -> dict[str, str]:
     """Extra environment for the upstream process (empty in manual mode)."""
-    if (settings or get_settings()).instrumentation_mode != "zero-code":
+    if settings.instrumentation_mode != "zero-code":
         return {}
     return dict(ZERO_CODE_ENV)
