@@ -39,7 +39,8 @@ import psycopg
 from psycopg import errors as pg_errors
 from sqlalchemy import Engine, MetaData, event
 from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.engine import Connection, Dialect, ExceptionContext, ExecutionContext
+from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -47,7 +48,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 
 from otel_lab.services import deadline as request_deadline
 from otel_lab.settings import Settings
@@ -196,7 +197,11 @@ def _budget_per_checkout(sync_engine: Engine) -> None:
     its connect left."""
 
     @event.listens_for(sync_engine, "checkout")
-    def _refill(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    def _refill(
+        dbapi_connection: DBAPIConnection,
+        record: ConnectionPoolEntry,
+        proxy: PoolProxiedConnection,
+    ) -> None:
         conn = getattr(dbapi_connection, "driver_connection", dbapi_connection)
         if isinstance(conn, _Budget):
             if conn.fresh:
@@ -243,13 +248,23 @@ def _observe(sync_engine: Engine, telemetry: Telemetry | None = None) -> None:
 
     @event.listens_for(sync_engine, "before_cursor_execute")
     def _start(
-        conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
+        conn: Connection,
+        cursor: DBAPICursor,
+        statement: str,
+        params: object,
+        context: ExecutionContext | None,
+        executemany: bool,
     ) -> None:
         conn.info.setdefault("query_start", []).append(time.perf_counter())
 
     @event.listens_for(sync_engine, "after_cursor_execute")
     def _stop(
-        conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
+        conn: Connection,
+        cursor: DBAPICursor,
+        statement: str,
+        params: object,
+        context: ExecutionContext | None,
+        executemany: bool,
     ) -> None:
         elapsed = time.perf_counter() - conn.info["query_start"].pop()
         operation = statement.lstrip().split(None, 1)[0].upper() if statement else "UNKNOWN"
@@ -313,7 +328,12 @@ def create_blocking_engine(
     )
 
     @event.listens_for(engine, "do_connect")
-    def _connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
+    def _connect(
+        dialect: Dialect,
+        conn_rec: ConnectionPoolEntry,
+        cargs: list[str],
+        cparams: dict[str, Any],
+    ) -> psycopg.Connection[Any]:
         return _connection_class(deadline).connect(*cargs, **cparams)
 
     _budget_per_checkout(engine)

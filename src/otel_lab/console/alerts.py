@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import yaml
 
@@ -64,6 +64,36 @@ class Alert:
     value: float
     fired_at_ms: int | None = None
     annotations: dict[str, str] = field(default_factory=dict)
+
+
+class AlertJSON(TypedDict):
+    """An alert instance as ``GET /api/alerts`` shows it."""
+
+    labels: dict[str, str]
+    state: str
+    active_since: float
+    fired_at: float | None
+    value: float | str  # NaN and infinities as text
+    annotations: dict[str, str]
+    resolved_at_ms: NotRequired[int]  # in recently_resolved
+    examples: NotRequired[dict[str, str | None] | None]  # trace ids, added by the route
+
+
+class RuleJSON(TypedDict):
+    """An alert rule and its instances as ``GET /api/alerts`` shows it."""
+
+    name: str
+    group: str
+    state: str
+    severity: str | None
+    active_since: float | None
+    for_seconds: float
+    expr: str
+    labels: dict[str, str]
+    summary: str | None
+    alerts: list[AlertJSON]
+    recently_resolved: list[AlertJSON]
+    error: str | None
 
 
 def load_rules(paths: Iterable[Path]) -> list[Rule]:
@@ -162,7 +192,7 @@ class RuleEngine:
         self.active: dict[str, dict[Labels, Alert]] = {
             r.name: {} for r in rules if r.kind == "alert"
         }
-        self.resolved: dict[str, list[dict[str, Any]]] = {}
+        self.resolved: dict[str, list[AlertJSON]] = {}
         self.errors: dict[str, str] = {}
         self.last_eval_ms: dict[int, int] = {}
         self.last_result: dict[int, promql.Vector] = {}
@@ -232,9 +262,9 @@ class RuleEngine:
     def firing(self, name: str) -> list[Alert]:
         return [a for a in self.active.get(name, {}).values() if a.state == "firing"]
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def snapshot(self) -> list[RuleJSON]:
         """Every rule with its state, for ``GET /api/alerts``."""
-        out = []
+        out: list[RuleJSON] = []
         with self.lock:
             for rule in self.rules:
                 if rule.kind != "alert":
@@ -262,7 +292,7 @@ class RuleEngine:
         return out
 
 
-def _alert_json(alert: Alert) -> dict[str, Any]:
+def _alert_json(alert: Alert) -> AlertJSON:
     return {
         "labels": dict(alert.labels),
         "state": alert.state,

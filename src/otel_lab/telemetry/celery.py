@@ -5,9 +5,10 @@ by the Celery instrumentation)."""
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from contextvars import Token
-from typing import Any
 
+from celery import Task
 from celery.signals import before_task_publish, task_postrun, task_prerun
 
 from otel_lab.telemetry.context import request_id_var, sanitize_request_id
@@ -16,19 +17,19 @@ REQUEST_ID_HEADER = "request_id"
 _tokens: dict[str, Token[str | None]] = {}
 
 
-def _add_request_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
+def _add_request_id(headers: MutableMapping[str, object] | None = None, **_: object) -> None:
     request_id = request_id_var.get()
     if request_id and headers is not None:
         headers[REQUEST_ID_HEADER] = request_id
 
 
-def _adopt_request_id(task_id: str, task: Any, **_: Any) -> None:
+def _adopt_request_id(task_id: str, task: Task, **_: object) -> None:
     value = getattr(task.request, REQUEST_ID_HEADER, None)
     if value:
         _tokens[task_id] = request_id_var.set(sanitize_request_id(str(value)))
 
 
-def _drop_request_id(task_id: str, **_: Any) -> None:
+def _drop_request_id(task_id: str, **_: object) -> None:
     token = _tokens.pop(task_id, None)
     if token is not None:
         request_id_var.reset(token)

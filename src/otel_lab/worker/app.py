@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
+from celery import Task
 from celery.signals import (
     task_postrun,
     task_prerun,
@@ -47,18 +47,18 @@ _task_started: dict[str, float] = {}
 
 @worker_init.connect
 @worker_process_init.connect
-def _start_telemetry(**_: Any) -> None:
+def _start_telemetry(**_: object) -> None:
     telemetry = setup_telemetry(SERVICE_NAME, **settings.telemetry_defaults())
     tasks.configure(settings, telemetry)
 
 
 @worker_init.connect
-def _serve_metrics(**_: Any) -> None:
+def _serve_metrics(**_: object) -> None:
     start_http_server(settings.worker_metrics_port, addr=settings.host)
 
 
 @worker_ready.connect
-def _sweep_pending_items(**_: Any) -> None:
+def _sweep_pending_items(**_: object) -> None:
     """Items written while the broker was down are enriched once it is back: at start-up
     and then periodically, off the consumer thread."""
     interval = settings.pending_sweep_seconds
@@ -75,12 +75,12 @@ def _sweep_pending_items(**_: Any) -> None:
 
 
 @task_prerun.connect
-def _task_started_at(task_id: str, **_: Any) -> None:
+def _task_started_at(task_id: str, **_: object) -> None:
     _task_started[task_id] = time.perf_counter()
 
 
 @task_postrun.connect
-def _task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
+def _task_finished(task_id: str, task: Task, state: str | None = None, **_: object) -> None:
     started = _task_started.pop(task_id, None)
     if started is not None:
         TASK_DURATION.labels(task.name).observe(time.perf_counter() - started)
@@ -89,5 +89,5 @@ def _task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) 
 
 @worker_shutdown.connect
 @worker_process_shutdown.connect
-def _stop_telemetry(**_: Any) -> None:
+def _stop_telemetry(**_: object) -> None:
     shutdown_telemetry()
