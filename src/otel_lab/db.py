@@ -39,7 +39,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from sqlalchemy import Engine, MetaData, event
 from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy.engine import Connection, Dialect, ExceptionContext, ExecutionContext
+from sqlalchemy.engine import Connection, Dialect, ExceptionContext
 from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -247,25 +247,11 @@ def _observe(sync_engine: Engine, telemetry: Telemetry | None = None) -> None:
         )
 
     @event.listens_for(sync_engine, "before_cursor_execute")
-    def _start(
-        conn: Connection,
-        cursor: DBAPICursor,
-        statement: str,
-        params: object,
-        context: ExecutionContext | None,
-        executemany: bool,
-    ) -> None:
+    def _start(conn: Connection, *_: object) -> None:
         conn.info.setdefault("query_start", []).append(time.perf_counter())
 
     @event.listens_for(sync_engine, "after_cursor_execute")
-    def _stop(
-        conn: Connection,
-        cursor: DBAPICursor,
-        statement: str,
-        params: object,
-        context: ExecutionContext | None,
-        executemany: bool,
-    ) -> None:
+    def _stop(conn: Connection, _cursor: DBAPICursor, statement: str, *_: object) -> None:
         elapsed = time.perf_counter() - conn.info["query_start"].pop()
         operation = statement.lstrip().split(None, 1)[0].upper() if statement else "UNKNOWN"
         prom.DB_OPERATION.labels(operation).observe(elapsed)
