@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TypeAlias
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -43,8 +44,7 @@ from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, S
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
-from sqlalchemy.engine.interfaces import DBAPICursor
+from sqlalchemy.engine import Engine, ExceptionContext, ExecutionContext
 
 SCOPE = "otel_lab.database"
 _SPAN_KEY = "_otel_lab_span"  # on SQLAlchemy's execution context, from before to after
@@ -56,6 +56,10 @@ def operation_name(statement: str) -> str | None:
     """The statement's first keyword as written (``SELECT``, ``with``), as the contrib has it."""
     words = _LEADING_COMMENTS.sub("", statement, count=1).split(None, 1)
     return words[0] if words else None
+
+
+# The ``context`` a cursor event's listener is given; SQLAlchemy documents that it may be None.
+_Context: TypeAlias = ExecutionContext | None
 
 
 def instrument_engine(
@@ -86,12 +90,7 @@ def instrument_engine(
 
     @event.listens_for(engine, "before_cursor_execute")
     def _start(
-        conn: Connection,
-        cursor: DBAPICursor,
-        statement: str,
-        params: object,
-        context: ExecutionContext | None,
-        many: bool,
+        conn: object, cursor: object, statement: str, params: object, context: _Context, many: bool
     ) -> None:
         operation = operation_name(statement)
         attributes = {**connection, DB_QUERY_TEXT: statement}
@@ -103,12 +102,7 @@ def instrument_engine(
 
     @event.listens_for(engine, "after_cursor_execute")
     def _end(
-        conn: Connection,
-        cursor: DBAPICursor,
-        statement: str,
-        params: object,
-        context: ExecutionContext | None,
-        many: bool,
+        conn: object, cursor: object, statement: str, params: object, context: _Context, many: bool
     ) -> None:
         span = getattr(context, _SPAN_KEY, None)
         if span is not None:
