@@ -70,6 +70,8 @@ _point_row = partial(tuple.__new__, PointRow)
 # Server spans of this instrumentation scope (the services' telemetry middleware) stand
 # for their access log line.
 ACCESS_LOG_SCOPE = "otel_lab.http"
+# The span kinds RED summarises (store/summaries.py).
+_RED_KINDS = (SpanKind.SERVER, SpanKind.CONSUMER)
 
 
 class DecodeError(ValueError):
@@ -94,6 +96,7 @@ def _sanitize(value: Any) -> Any:
     return value
 
 
+_json_string: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 _encode_strict = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
@@ -171,6 +174,9 @@ class Batch:
     metrics: dict[int, MetricRow] = field(default_factory=dict)
     metric_services: set[tuple[int, str]] = field(default_factory=set)
     points: list[PointRow] = field(default_factory=list)
+    # The decoded attributes of the SERVER and CONSUMER spans, by (trace_id, span_id): the
+    # writer's RED summary reads their route from here instead of parsing the JSON again.
+    red_attributes: dict[tuple[bytes, bytes], dict[str, Any]] = field(default_factory=dict)
     rejected: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -240,6 +246,7 @@ def decode_traces(req: ExportTraceServiceRequest) -> Batch:
     """The request's spans as rows (and the access-log lines rebuilt from server spans)."""
     batch = Batch()
     rows = batch.spans
+    red_attributes = batch.red_attributes
     for rs in req.resource_spans:
         rid, service = batch.add_resource(rs.resource)
         for ss in rs.scope_spans:
@@ -287,8 +294,10 @@ def decode_traces(req: ExportTraceServiceRequest) -> Batch:
                         )
                     )
                 )
-                if access_log and sp.kind == SpanKind.SERVER and attrs:
-                    batch.logs.append(_access_log_row(sp, attrs, service, rid, sid))
+                if attrs and sp.kind in _RED_KINDS:
+                    red_attributes[(trace_id, span_id)] = attrs
+                    if access_log and sp.kind == SpanKind.SERVER:
+                        batch.logs.append(_access_log_row(sp, attrs, service, rid, sid))
     return batch
 
 
@@ -299,14 +308,6 @@ def _access_log_row(sp: Any, attrs: dict[str, Any], service: str, rid: int, sid:
     span says the same (docs/instrumentation.md); the logs view shows it all the same.
     """
     elapsed_ns = max(sp.end_time_unix_nano - sp.start_time_unix_nano, 0)
-    fields = {
-        "method": attrs.get("http.request.method_original") or attrs.get("http.request.method"),
-        "path": attrs.get("http.route") or attrs.get("url.path"),
-        "status_code": attrs.get("http.response.status_code"),
-        "elapsed_ms": round(elapsed_ns / 1e6, 2),
-        "request_id": attrs.get("request.id"),
-        "derived_from": "server span",
-    }
     return LogRow(
         sp.end_time_unix_nano,
         None,
@@ -314,7 +315,7 @@ def _access_log_row(sp: Any, attrs: dict[str, Any], service: str, rid: int, sid:
         "INFO",
         "request_completed",
         0,
-        dumps({k: v for k, v in fields.items() if v is not None}),
+        access_log_body(attrs, round(elapsed_ns / 1e6, 2)),
         sp.trace_id,
         sp.span_id,
         None,
@@ -322,6 +323,40 @@ def _access_log_row(sp: Any, attrs: dict[str, Any], service: str, rid: int, sid:
         rid,
         sid,
     )
+
+
+_access_prefixes: dict[tuple[str, str], str] = {}
+
+
+def access_log_body(attrs: dict[str, Any], elapsed_ms: float) -> str:
+    """The access line's JSON fields. Every server span makes one, so the usual shape
+    (string method, route and request ID, integer status) is written from a prefix
+    encoded once per (method, route); anything else goes through :func:`dumps`. Both give
+    the same text (tests/console/test_ingest_paths.py)."""
+    method = attrs.get("http.request.method_original") or attrs.get("http.request.method")
+    path = attrs.get("http.route") or attrs.get("url.path")
+    status = attrs.get("http.response.status_code")
+    request_id = attrs.get("request.id")
+    if type(method) is str and type(path) is str and type(status) is int:
+        prefix = _access_prefixes.get((method, path))
+        if prefix is None:
+            if len(_access_prefixes) > 1024:
+                _access_prefixes.clear()
+            prefix = _access_prefixes[(method, path)] = dumps({"method": method, "path": path})
+        if type(request_id) is str:
+            return (
+                f'{prefix[:-1]},"status_code":{status},"elapsed_ms":{elapsed_ms!r},'
+                f'"request_id":{_json_string(request_id)},"derived_from":"server span"}}'
+            )
+    fields = {
+        "method": method,
+        "path": path,
+        "status_code": status,
+        "elapsed_ms": elapsed_ms,
+        "request_id": request_id,
+        "derived_from": "server span",
+    }
+    return dumps({k: v for k, v in fields.items() if v is not None})
 
 
 def decode_logs(req: ExportLogsServiceRequest) -> Batch:

@@ -7,6 +7,7 @@ any window come from merging a few log-scaled histograms instead of reading ever
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sqlite3
@@ -80,10 +81,16 @@ class _Trace:
 
     def row(self, trace_id: bytes) -> tuple[Any, ...]:
         """The ``traces`` table's columns."""
-        services = json.dumps(sorted(self.services), separators=_COMPACT)
+        services = _services_json(tuple(sorted(self.services)))
         duration = self.end_ns - self.start_ns
         return (trace_id, self.start_ns, self.end_ns, duration, self.spans, self.errors,
                 self.root_name, self.root_service, self.has_root, services)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def _services_json(services: tuple[str, ...]) -> str:
+    """A trace's services as a JSON array; few distinct sets, so each is encoded once."""
+    return json.dumps(services, separators=_COMPACT)
 
 
 @dataclass
@@ -104,8 +111,11 @@ def summarise(spans: list[SpanRow], logs: list[LogRow], points: list[PointRow]) 
         svc = services.get(s.service_name)
         if svc is None:
             svc = services[s.service_name] = _Service(s.start_ns, s.end_ns)
-        else:
-            svc.seen(s.start_ns, s.end_ns)
+        else:  # svc.seen(), inlined: once per span
+            if s.start_ns < svc.first_ns:
+                svc.first_ns = s.start_ns
+            if s.end_ns > svc.last_ns:
+                svc.last_ns = s.end_ns
         svc.spans += 1
         operations.add((s.service_name, s.name, s.kind))
         t = traces.get(s.trace_id)
@@ -173,26 +183,30 @@ class _Red:
         self.hist[bucket] = self.hist.get(bucket, 0) + 1
 
 
-def route_of(s: SpanRow) -> tuple[str, str | None]:
+def route_of(
+    s: SpanRow, attrs: dict[str, Any] | None = None
+) -> tuple[str, list[str] | None]:
     """``METHOD http.route`` when the span has ``http.route`` (a template, so
-    low-cardinality), otherwise the span name; with the trace-search filter (JSON) that
-    finds the spans of this route, for the jump to example traces."""
-    attrs = s.attributes
-    if not attrs or '"http.route"' not in attrs:
-        return s.name, None
-    a = json.loads(attrs)
-    http_route = a.get("http.route")
+    low-cardinality), otherwise the span name; with the trace-search filters that find the
+    spans of this route, for the jump to example traces. ``attrs`` are the span's decoded
+    attributes when the decoder kept them; otherwise its JSON column is parsed."""
+    if attrs is None:
+        text = s.attributes
+        if not text or '"http.route"' not in text:
+            return s.name, None
+        attrs = json.loads(text)
+    http_route = attrs.get("http.route")
     if not isinstance(http_route, str) or not http_route:
         return s.name, None
     filters = [f"http.route={http_route}"]
     route = http_route
     for method_key in ("http.request.method", "http.method"):
-        method = a.get(method_key)
+        method = attrs.get(method_key)
         if isinstance(method, str) and method:
             route = f"{method} {http_route}"
             filters.append(f"{method_key}={method}")
             break
-    return route, json.dumps({"attr": filters}, separators=_COMPACT)
+    return route, filters
 
 
 class RedRoutes:
@@ -217,25 +231,29 @@ class RedRoutes:
         routes.add(route)
         return route
 
-    def rows(self, db: sqlite3.Connection, spans: list[SpanRow]) -> list[tuple[Any, ...]]:
+    def rows(
+        self,
+        db: sqlite3.Connection,
+        spans: list[SpanRow],
+        decoded: dict[tuple[bytes, bytes], dict[str, Any]] | None = None,
+    ) -> list[tuple[Any, ...]]:
         """Per (service, route, minute) aggregates of SERVER and CONSUMER spans, as the
-        ``red`` table's columns."""
+        ``red`` table's columns. ``decoded``: the spans' attributes as the decoder kept
+        them, by (trace_id, span_id)."""
+        decoded = decoded or {}
         agg: dict[tuple[str, str, int], _Red] = {}
         searches: dict[tuple[str, str], str] = {}
         for s in spans:
             if s.kind not in _RED_KINDS:
                 continue
-            route, search = route_of(s)
+            route, filters = route_of(s, decoded.get((s.trace_id, s.span_id)))
             route = self.key(db, s.service_name, route)
-            if route == OTHER_ROUTES:
-                search = None
-            elif search is None:
-                search = json.dumps({"name": s.name}, separators=_COMPACT)
             key = (s.service_name, route, s.start_ns // MINUTE_NS)
             row = agg.get(key)
             if row is None:
                 row = agg[key] = _Red(s.duration_ns, s.duration_ns, s.trace_id)
-                searches.setdefault((s.service_name, route), search or "")
+                if (s.service_name, route) not in searches:
+                    searches[(s.service_name, route)] = _search(s, route, filters)
             row.add(s)
         return [
             (service, route, minute, r.count, r.errors, r.sum_ns, r.min_ns, r.max_ns,
@@ -243,3 +261,12 @@ class RedRoutes:
              searches.get((service, route)) or None)
             for (service, route, minute), r in agg.items()
         ]  # fmt: skip
+
+
+def _search(s: SpanRow, route: str, filters: list[str] | None) -> str:
+    """The trace-search filter (JSON) of a RED row's example traces ("" for none)."""
+    if route == OTHER_ROUTES:
+        return ""
+    if filters is None:
+        return json.dumps({"name": s.name}, separators=_COMPACT)
+    return json.dumps({"attr": filters}, separators=_COMPACT)

@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from otel_lab.console.model import LogRow, MetricRow, PointRow, ResourceRow, ScopeRow, SpanRow
 from otel_lab.console.otlp import Batch
@@ -44,6 +45,7 @@ class _Merged:
     spans: list[SpanRow] = field(default_factory=list)
     logs: list[LogRow] = field(default_factory=list)
     points: list[PointRow] = field(default_factory=list)
+    red_attributes: dict[tuple[bytes, bytes], dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, batches: list[Batch]) -> _Merged:
@@ -56,6 +58,7 @@ class _Merged:
             m.spans.extend(b.spans)
             m.logs.extend(b.logs)
             m.points.extend(b.points)
+            m.red_attributes.update(b.red_attributes)
         return m
 
 
@@ -124,7 +127,7 @@ class Writer:
             db.executemany(schema.UPSERT_SERVICE, summaries.services)
             new_operations = summaries.operations - self._operations
             db.executemany(schema.INSERT_OPERATIONS, new_operations)
-            db.executemany(schema.UPSERT_RED, self.red_routes.rows(db, spans))
+            db.executemany(schema.UPSERT_RED, self.red_routes.rows(db, spans, m.red_attributes))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
