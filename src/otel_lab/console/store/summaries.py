@@ -183,9 +183,7 @@ class _Red:
         self.hist[bucket] = self.hist.get(bucket, 0) + 1
 
 
-def route_of(
-    s: SpanRow, attrs: dict[str, Any] | None = None
-) -> tuple[str, list[str] | None]:
+def route_of(s: SpanRow, attrs: dict[str, Any] | None = None) -> tuple[str, list[str] | None]:
     """``METHOD http.route`` when the span has ``http.route`` (a template, so
     low-cardinality), otherwise the span name; with the trace-search filters that find the
     spans of this route, for the jump to example traces. ``attrs`` are the span's decoded
