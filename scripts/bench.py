@@ -86,6 +86,17 @@ class Variant:
     system: RunningSystem
     values: dict[str, str]
     samples: dict[str, list[Sample]] = field(default_factory=dict)
+    console_idle_ms_per_s: float = 0.0  # the console's CPU with no requests coming in
+
+
+def console_idle(variant: Variant, seconds: float = 5.0) -> float:
+    """The console's CPU in ms per second while no requests arrive: rule evaluation,
+    scrapes of the services' /metrics and the services' periodic metric exports. It runs
+    during a measurement too, so it is part of the CPU per span below (shown apart)."""
+    pid = variant.system.pid("console")
+    before = _cpu_seconds([pid])
+    time.sleep(seconds)
+    return (_cpu_seconds([pid]) - before) / seconds * 1000
 
 
 def _prepare(system: RunningSystem) -> dict[str, str]:
@@ -185,6 +196,12 @@ def report(
         console = statistics.median(
             s.console_cpu_seconds / max(s.spans_ingested, 1) * 1e6 for s in sn
         )
+        # The console's idle CPU spread over the spans of a measurement (its wrk run and
+        # the 1.5 s of ingest after it).
+        idle_share = statistics.median(
+            on.console_idle_ms_per_s * (s.seconds + 1.5) / max(s.spans_ingested, 1) * 1e3
+            for s in sn
+        )
         rps_off = _median(so, "requests_per_second")
         rps_on = _median(sn, "requests_per_second")
         print(
@@ -192,6 +209,7 @@ def report(
             f" {f'<={scenario.target:.2f}':>7} {rps_off:9.0f} {rps_on:9.0f}"
             f" {rps_on / rps_off:6.2f} {console:15.1f}  {verdict}"
         )
+        print(f"    console CPU per span: {idle_share:.1f} us of it is the console's idle work")
         if scenario.budget_ms:
             budget_off, budget_on = scenario.budget_ms
             print(
@@ -202,6 +220,10 @@ def report(
         errors = sum(s.errors for s in so + sn)
         if errors:
             print(f"    ({errors} non-2xx answers in this scenario)")
+    print(
+        f"\nconsole idle (rules, scrapes, metric exports): {on.console_idle_ms_per_s:.1f} ms of"
+        " CPU per second"
+    )
     print("\nper round (CPU us per request, off / on):")
     for scenario in scenarios:
         pairs = zip(off.samples[scenario.name], on.samples[scenario.name], strict=True)
@@ -232,6 +254,7 @@ def main() -> int:
             for scenario in scenarios:  # warm-up: connection pools and caches
                 for variant in found:
                     measure(variant, scenario, tmp, 2, args.connections)
+            found[1].console_idle_ms_per_s = console_idle(found[1])
             for round_number in range(args.rounds):
                 print(f"round {round_number + 1}/{args.rounds}", flush=True)
                 for scenario in scenarios:

@@ -2,7 +2,8 @@
 
 ``make bench`` reports the console's CPU per span ingested in the running system; this
 script takes sockets and threads away and times the two steps of the ingest path on
-export requests shaped like the services' own: each request is 512 server spans of
+export requests shaped like the services' own: each request is 512 (``--spans``) server
+spans of
 ``GET /health`` (11 attributes, one span per trace, the shape the trivial benchmark
 sends), made by the telemetry middleware on the official SDK and encoded by the
 services' exporter. It reports CPU microseconds per span (process time, medians of a few
@@ -22,11 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-SPANS_PER_REQUEST = 512
 
-
-def export_bodies(count: int) -> list[bytes]:
-    """``count`` OTLP/HTTP protobuf bodies of SPANS_PER_REQUEST server spans each."""
+def export_bodies(count: int, per_request: int = 512) -> list[bytes]:
+    """``count`` OTLP/HTTP protobuf bodies of ``per_request`` server spans each."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -69,22 +68,19 @@ def export_bodies(count: int) -> list[bytes]:
     import io
 
     with contextlib.redirect_stderr(io.StringIO()):
-        asyncio.run(drive(count * SPANS_PER_REQUEST))
+        asyncio.run(drive(count * per_request))
     spans = exporter.get_finished_spans()
     encoder = SpanEncoder()
-    return [
-        encoder.encode(spans[i : i + SPANS_PER_REQUEST])
-        for i in range(0, len(spans), SPANS_PER_REQUEST)
-    ]
+    return [encoder.encode(spans[i : i + per_request]) for i in range(0, len(spans), per_request)]
 
 
-def measure(bodies: list[bytes], db_path: Path) -> tuple[float, float]:
+def measure(bodies: list[bytes], per_request: int, db_path: Path) -> tuple[float, float]:
     """CPU us per span: decoding all bodies, then writing each as one transaction."""
     from otel_lab.console.receiver import _decode
     from otel_lab.console.store.schema import open_writer
     from otel_lab.console.store.writer import StoreStats, Writer
 
-    spans = len(bodies) * SPANS_PER_REQUEST
+    spans = len(bodies) * per_request
     started = time.process_time()
     batches = [_decode("traces", body, "", "proto") for body in bodies]
     decoded = time.process_time()
@@ -101,17 +97,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20, help="export requests per round")
+    parser.add_argument(
+        "--spans", type=int, default=512, help="spans per request (OTEL_BSP_MAX_EXPORT_BATCH_SIZE)"
+    )
     args = parser.parse_args()
-    bodies = export_bodies(args.requests)
-    size = sum(map(len, bodies)) / len(bodies) / SPANS_PER_REQUEST
+    bodies = export_bodies(args.requests, args.spans)
+    size = sum(map(len, bodies)) / len(bodies) / args.spans
     decode, write = [], []
     with tempfile.TemporaryDirectory(prefix="otel-lab-ingest-") as tmp:
         for n in range(args.rounds):
-            d, w = measure(bodies, Path(tmp) / f"store-{n}.db")
+            d, w = measure(bodies, args.spans, Path(tmp) / f"store-{n}.db")
             decode.append(d)
             write.append(w)
     print(
-        f"{args.rounds} rounds of {args.requests} requests x {SPANS_PER_REQUEST} server spans"
+        f"{args.rounds} rounds of {args.requests} requests x {args.spans} server spans"
         f" ({size:.0f} bytes per span on the wire); CPU us per span, medians:"
     )
     print(f"  decode {statistics.median(decode):6.1f}   ({', '.join(f'{x:.1f}' for x in decode)})")
