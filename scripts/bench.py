@@ -67,6 +67,7 @@ class Sample:
     requests: int
     seconds: float
     cpu_seconds: float  # of the scenario's service processes
+    main_cpu_seconds: float = 0.0  # of their main threads (the event loops)
     console_cpu_seconds: float = 0.0
     spans_ingested: int = 0
     errors: int = 0
@@ -74,6 +75,10 @@ class Sample:
     @property
     def cpu_us_per_request(self) -> float:
         return self.cpu_seconds / max(self.requests, 1) * 1e6
+
+    @property
+    def main_us_per_request(self) -> float:
+        return self.main_cpu_seconds / max(self.requests, 1) * 1e6
 
     @property
     def requests_per_second(self) -> float:
@@ -115,6 +120,13 @@ def _cpu_seconds(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
+def _main_thread_cpu_seconds(pids: list[int]) -> float:
+    """The main threads' share: a thread's /proc/<pid>/task/<tid>/stat has the same fields,
+    and the main thread's tid is the pid. The rest is the export, metric-reader and thread
+    pool threads."""
+    return sum(cpu_seconds(pid, task=pid) for pid in pids)
+
+
 def _spans_written(system: RunningSystem) -> int:
     stats = httpx.get(system.url("console") + "/api/stats", timeout=10).json()
     return int(stats["written"]["spans"])
@@ -130,6 +142,7 @@ def measure(
     spans_before = _spans_written(system)
     console_before = _cpu_seconds([console_pid])
     cpu_before = _cpu_seconds(pids)
+    main_before = _main_thread_cpu_seconds(pids)
     started = time.monotonic()
     run = wrk(
         url, duration=duration, connections=connections, tmp=tmp,
@@ -138,13 +151,15 @@ def measure(
     requests, errors = run.requests, run.non_2xx
     seconds = time.monotonic() - started
     cpu = _cpu_seconds(pids) - cpu_before
+    main = _main_thread_cpu_seconds(pids) - main_before
     if variant.name == "off":
-        return Sample(requests, seconds, cpu, errors=errors)
+        return Sample(requests, seconds, cpu, main, errors=errors)
     time.sleep(1.5)  # the exporters' schedule delay: let the console ingest this batch
     return Sample(
         requests,
         seconds,
         cpu,
+        main,
         console_cpu_seconds=_cpu_seconds([console_pid]) - console_before,
         spans_ingested=_spans_written(system) - spans_before,
         errors=errors,
@@ -209,7 +224,13 @@ def report(
             f" {f'<={scenario.target:.2f}':>7} {rps_off:9.0f} {rps_on:9.0f}"
             f" {rps_on / rps_off:6.2f} {console:15.1f}  {verdict}"
         )
-        print(f"    console CPU per span: {idle_share:.1f} us of it is the console's idle work")
+        main_off, main_on = _median(so, "main_us_per_request"), _median(sn, "main_us_per_request")
+        print(
+            f"    main threads (event loops) off {main_off:.0f} / on {main_on:.0f} us, other"
+            f" threads (export, metric reader, thread pool) off {cpu_off - main_off:.0f} /"
+            f" on {cpu_on - main_on:.0f} us; console CPU per span: {idle_share:.1f} us of it"
+            " is the console's idle work"
+        )
         if scenario.budget_ms:
             budget_off, budget_on = scenario.budget_ms
             print(

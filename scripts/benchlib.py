@@ -21,9 +21,11 @@ TICKS = os.sysconf("SC_CLK_TCK")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (fields 14 and 15 of /proc/<pid>/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+def cpu_seconds(pid: int, task: int | None = None) -> float:
+    """utime + stime of one process (fields 14 and 15 of /proc/<pid>/stat), or of one of
+    its threads (``task``: the thread id)."""
+    where = f"/proc/{pid}/task/{task}" if task is not None else f"/proc/{pid}"
+    stat = Path(f"{where}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
 
