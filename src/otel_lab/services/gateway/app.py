@@ -24,14 +24,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from opentelemetry import baggage, context, trace
 from starlette.datastructures import State
-from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otel_lab.registry import GATEWAY, SERVICES
 from otel_lab.services.base import create_service
@@ -44,8 +46,14 @@ from otel_lab.services.downstream import (
     create_client,
     probe,
 )
-from otel_lab.services.errors import NotFoundError, PayloadTooLargeError
-from otel_lab.services.gateway.routes import API_PREFIX, PROXY_METHODS, ROUTES
+from otel_lab.services.errors import (
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceError,
+    error_json,
+    handle_http_exception,
+)
+from otel_lab.services.gateway.routes import API_PREFIX, PROXY_METHODS, ROUTES, owner_of
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import Telemetry
 from otel_lab.telemetry.context import request_id_var
@@ -77,20 +85,26 @@ def upstream_urls(settings: Settings) -> dict[str, str]:
     return {s.name: settings.base_url(s) for s in SERVICES if s.paths}
 
 
-def _forward_headers(request: Request) -> dict[str, str]:
-    connection_listed = {
-        token.strip().lower() for token in request.headers.get("connection", "").split(",")
-    }
+def _forward_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers for the upstream: hop-by-hop ones, those listed in
+    ``Connection`` and those the gateway sets itself dropped (of a repeated name the last
+    is kept); ``X-Forwarded-*`` and the request ID added."""
+    raw = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
+    first: dict[str, str] = {}
+    for name, value in raw:
+        first.setdefault(name, value)
+    connection_listed = {token.strip().lower() for token in first.get("connection", "").split(",")}
     headers = {
         name: value
-        for name, value in request.headers.items()
+        for name, value in raw
         if name not in _DROP_REQUEST and name not in connection_listed
     }
-    client_host = request.client.host if request.client else ""
-    prior = request.headers.get("x-forwarded-for")
+    client = scope.get("client")
+    client_host = client[0] if client else ""
+    prior = first.get("x-forwarded-for")
     headers["x-forwarded-for"] = f"{prior}, {client_host}" if prior else client_host
-    headers["x-forwarded-proto"] = request.url.scheme
-    if host := request.headers.get("host"):
+    headers["x-forwarded-proto"] = scope.get("scheme", "http")
+    if host := first.get("host"):
         headers["x-forwarded-host"] = host
     if request_id := request_id_var.get():
         headers["x-request-id"] = request_id
@@ -105,35 +119,53 @@ def _response_from(upstream: Reply) -> Response:
     return response
 
 
-async def proxy(request: Request, *, service: str, strip: int) -> Response:
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body (413 past ``limit``)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def proxy(scope: Scope, receive: Receive, *, service: str, strip: int) -> Response:
     """Send the request to ``service`` and hand its answer back (or raise a JSON error)."""
-    settings: Settings = request.state.settings
+    state = scope["state"]
+    settings: Settings = state["settings"]
     span = trace.get_current_span()
     span.set_attribute("gateway.upstream", service)
     limit = settings.gateway_max_body_bytes
-    declared = request.headers.get("content-length", "")
+    declared = next((v for n, v in scope["headers"] if n == b"content-length"), b"")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(limit)
-    body = await request.body()
-    if len(body) > limit:
-        raise PayloadTooLargeError(limit)
+    body = await _read_body(receive, limit)
 
-    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    raw_path = scope.get("raw_path") or scope["path"].encode()
     path = raw_path.decode("latin-1")[strip:] or "/"
-    if query := request.scope.get("query_string", b"").decode("latin-1"):
+    if query := scope.get("query_string", b"").decode("latin-1"):
         path = f"{path}?{query}"
-    method = request.method
-    idempotent = method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
+    method = scope["method"]
+    idempotent = method in IDEMPOTENT_METHODS or any(
+        name == b"idempotency-key" for name, _ in scope["headers"]
+    )
 
     token = None if settings.gateway_trust_inbound_baggage else context.attach(baggage.clear())
     try:
-        upstream = await request.state.upstreams[service].request(
+        upstream = await state["upstreams"][service].request(
             method,
             path,
             step="proxy",
             idempotent=idempotent,
             content=body,
-            headers=_forward_headers(request),
+            headers=_forward_headers(scope),
         )
     except DownstreamError as exc:
         span.set_attribute("error.type", exc.error_type)
@@ -148,16 +180,63 @@ async def proxy(request: Request, *, service: str, strip: int) -> Response:
 
 
 class ProxyRoute(Route):
-    """A plain Starlette route for the proxy: the endpoint takes the request and answers a
-    response, so FastAPI's dependency solving and response handling around it are skipped
-    (about 60 us of CPU per proxied request, scripts/bench_system.py's mixed load). It names
-    itself in the scope, as FastAPI's routes do, so the span still gets ``http.route``."""
+    """A proxy route in the app's router (what ``/openapi.json`` and other methods see); the
+    requests themselves are answered by :class:`ProxyDispatch`."""
 
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child_scope = super().matches(scope)
-        if match is not Match.NONE:
-            child_scope["route"] = self
-        return match, child_scope
+    def __init__(self, path: str, *, service: str, strip: int) -> None:
+        async def endpoint(request: Request) -> Response:
+            return await _answer(request.scope, request.receive, service, strip)
+
+        super().__init__(path, endpoint, methods=PROXY_METHODS, include_in_schema=False)
+        self.service, self.strip = service, strip
+
+
+async def _answer(scope: Scope, receive: Receive, service: str, strip: int) -> Response:
+    try:
+        return await proxy(scope, receive, service=service, strip=strip)
+    except ServiceError as exc:
+        return error_json(exc)
+
+
+class ProxyDispatch:
+    """The gateway's proxied requests below FastAPI: innermost of the shared middleware
+    (telemetry, body limit, deadline, chaos), it answers every path a service owns itself,
+    without FastAPI's exception middleware, router (some 60 routes tried in order) and
+    request/response wrapping: about a third of the gateway's CPU per proxied request
+    (docs/performance.md). Everything else (``/health``, ``/ready``, ``/metrics``, the docs,
+    unknown paths, methods no route allows) goes on to the app. The matched route is put in
+    the scope as Starlette would, so the span keeps ``http.route``."""
+
+    def __init__(self, app: ASGIApp, routes: list[ProxyRoute]) -> None:
+        self.app = app
+        self.exact = {route.path: route for route in routes}
+        # _route_for looks up the first segment: a service's prefix is one segment.
+        assert all(prefix.count("/") == 1 for prefix in ROUTES), ROUTES
+        self.methods = frozenset(PROXY_METHODS)
+
+    def _route_for(self, path: str) -> ProxyRoute | None:
+        route = self.exact.get(path)
+        if route is not None:
+            return route
+        # "/api/v1/items/7" -> "/api/v1/items", then "/items/7" -> "/items"
+        start = len(API_PREFIX) if path.startswith(API_PREFIX + "/") else 0
+        cut = path.find("/", start + 1)
+        if cut < 0:
+            return None
+        parent = self.exact.get(path[:cut])
+        return None if parent is None else self.exact.get(parent.path + "/{rest:path}")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._route_for(scope["path"]) if scope["type"] == "http" else None
+        if route is None or scope["method"] not in self.methods:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route
+        try:
+            response = await _answer(scope, receive, route.service, route.strip)
+        except StarletteHTTPException as exc:  # the body limit's 413 of a streamed body
+            response = await handle_http_exception(Request(scope, receive), exc)
+        await response(scope, receive, send)
 
 
 async def not_found(request: Request) -> None:
@@ -217,11 +296,16 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
         max_body_bytes=settings.gateway_max_body_bytes,
         telemetry=telemetry,
     )
-    for prefix, service in ROUTES.items():
-        for base in ("", API_PREFIX):
-            endpoint = partial(proxy, service=service, strip=len(base))
-            for path in (base + prefix, f"{base}{prefix}/{{rest:path}}"):
-                route = ProxyRoute(path, endpoint, methods=PROXY_METHODS, include_in_schema=False)
-                app.router.routes.append(route)
+    routes = [
+        ProxyRoute(path, service=service, strip=len(base))
+        for prefix, service in ROUTES.items()
+        for base in ("", API_PREFIX)
+        for path in (base + prefix, f"{base}{prefix}/{{rest:path}}")
+    ]
+    for route in app.router.routes:  # the app's own paths must not be a service's
+        assert owner_of(getattr(route, "path", "")) is None, route
+    app.router.routes.extend(routes)
     app.add_api_route("/{path:path}", not_found, methods=PROXY_METHODS, include_in_schema=False)
+    # Innermost of the middleware (appended, where add_middleware would put it outermost).
+    app.user_middleware.append(Middleware(ProxyDispatch, routes=routes))
     return app
