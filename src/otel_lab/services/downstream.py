@@ -552,28 +552,46 @@ class Downstream:
         request_kwargs: dict[str, Any],
     ) -> tuple[Reply, int]:
         policy = self.retry
-        fits = _RetryFits(time.monotonic() + deadline.remaining())
-        stop: stop_base = stop_after_attempt(policy.attempts) | fits
+        began = time.monotonic()
+        fits = _RetryFits(began + deadline.remaining())
         until = fits.until
         if policy.deadline_seconds is not None:
-            stop = stop | stop_before_delay(policy.deadline_seconds)
-            until = min(until, time.monotonic() + policy.deadline_seconds)
-        retrying = AsyncRetrying(
-            stop=stop,
-            wait=wait_exponential_jitter(
-                multiplier=policy.backoff_seconds,
-                max=policy.max_backoff_seconds,
-                jitter=policy.backoff_seconds / 2,
-            ),
-            retry=retry_if_exception_type(_RetryableError),
-            before_sleep=lambda state: self._on_retry(span, step, operation, state),
-            reraise=True,
-        )
-        attempts = 0
-        previous: _RetryableError | None = None
+            until = min(until, began + policy.deadline_seconds)
+        attempts = 1
         try:
+            # The first attempt without tenacity: most calls succeed at once, and building
+            # the retry machinery (stop, wait, the retrying object) cost about a sixth of the
+            # gateway's CPU per proxied request (docs/performance.md). A first failure worth
+            # retrying is replayed as tenacity's first attempt, so what follows (waits, stops,
+            # the "retry" events) is what tenacity does.
+            try:
+                reply = await self._attempt(method, url, step, idempotent, request_kwargs, until)
+                return reply, attempts
+            except _RetryableError as failed:
+                replay: _RetryableError | None = failed
+            stop: stop_base = stop_after_attempt(policy.attempts) | fits
+            if policy.deadline_seconds is not None:
+                # tenacity counts from its own start, after the first attempt
+                spent = time.monotonic() - began
+                stop = stop | stop_before_delay(policy.deadline_seconds - spent)
+            retrying = AsyncRetrying(
+                stop=stop,
+                wait=wait_exponential_jitter(
+                    multiplier=policy.backoff_seconds,
+                    max=policy.max_backoff_seconds,
+                    jitter=policy.backoff_seconds / 2,
+                ),
+                retry=retry_if_exception_type(_RetryableError),
+                before_sleep=lambda state: self._on_retry(span, step, operation, state),
+                reraise=True,
+            )
+            previous = replay
             async for attempt in retrying:
                 with attempt:
+                    if replay is not None:
+                        first: _RetryableError = replay
+                        replay = None
+                        raise first
                     attempts += 1
                     fits.started = time.monotonic()
                     try:

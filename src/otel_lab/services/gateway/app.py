@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -198,24 +199,32 @@ async def _answer(scope: Scope, receive: Receive, service: str, strip: int) -> R
         return error_json(exc)
 
 
-class ProxyDispatch:
-    """The gateway's proxied requests below FastAPI: innermost of the shared middleware
-    (telemetry, body limit, deadline, chaos), it answers every path a service owns itself,
-    without FastAPI's exception middleware, router (some 60 routes tried in order) and
-    request/response wrapping: about a third of the gateway's CPU per proxied request
-    (docs/performance.md). Everything else (``/health``, ``/ready``, ``/metrics``, the docs,
-    unknown paths, methods no route allows) goes on to the app. The matched route is put in
-    the scope as Starlette would, so the span keeps ``http.route``."""
+class ProxyFront:
+    """The gateway's proxied requests below FastAPI (the app's middleware stack, in place of
+    the one FastAPI would build): a path a service owns goes straight into the shared
+    middleware (telemetry, body limit, deadline, chaos) and is answered by
+    :class:`ProxyDispatch`, innermost of it, skipping FastAPI's own outer middleware (error
+    page, native telemetry, body size: ``TelemetryMiddleware`` answers an unhandled error,
+    the body limit is the shared one), its exception middleware, the router (some 60 routes
+    tried in order) and the request/response wrapping. Everything else (``/health``,
+    ``/ready``, ``/metrics``, the docs, unknown paths, other methods) takes the app's whole
+    stack. The matched route is put in the scope as Starlette's router does, so the span
+    keeps ``http.route``."""
 
-    def __init__(self, app: ASGIApp, routes: list[ProxyRoute]) -> None:
-        self.app = app
-        self.exact = {route.path: route for route in routes}
+    def __init__(self, app: FastAPI, routes: list[ProxyRoute]) -> None:
         # _route_for looks up the first segment: a service's prefix is one segment.
         assert all(prefix.count("/") == 1 for prefix in ROUTES), ROUTES
+        self.routes = {route.path: route for route in routes}
         self.methods = frozenset(PROXY_METHODS)
+        self.full = app.build_middleware_stack()
+        outermost = cast(type, app.user_middleware[0].cls)  # TelemetryMiddleware
+        shared = self.full
+        while not isinstance(shared, outermost):
+            shared = shared.app  # type: ignore[attr-defined]
+        self.shared: ASGIApp = shared
 
     def _route_for(self, path: str) -> ProxyRoute | None:
-        route = self.exact.get(path)
+        route = self.routes.get(path)
         if route is not None:
             return route
         # "/api/v1/items/7" -> "/api/v1/items", then "/items/7" -> "/items"
@@ -223,15 +232,32 @@ class ProxyDispatch:
         cut = path.find("/", start + 1)
         if cut < 0:
             return None
-        parent = self.exact.get(path[:cut])
-        return None if parent is None else self.exact.get(parent.path + "/{rest:path}")
+        parent = self.routes.get(path[:cut])
+        return None if parent is None else self.routes.get(parent.path + "/{rest:path}")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self._route_for(scope["path"]) if scope["type"] == "http" else None
-        if route is None or scope["method"] not in self.methods:
+        if scope["type"] == "http" and scope["method"] in self.methods:
+            route = self._route_for(scope["path"])
+            if route is not None:
+                scope["route"] = route
+                await self.shared(scope, receive, send)
+                return
+        await self.full(scope, receive, send)
+
+
+class ProxyDispatch:
+    """Innermost of the shared middleware: answers the requests :class:`ProxyFront` routed
+    (their route is in the scope); the others go on to FastAPI's exception middleware and
+    router."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = scope.get("route")
+        if not isinstance(route, ProxyRoute):
             await self.app(scope, receive, send)
             return
-        scope["route"] = route
         try:
             response = await _answer(scope, receive, route.service, route.strip)
         except StarletteHTTPException as exc:  # the body limit's 413 of a streamed body
@@ -307,5 +333,6 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
     app.router.routes.extend(routes)
     app.add_api_route("/{path:path}", not_found, methods=PROXY_METHODS, include_in_schema=False)
     # Innermost of the middleware (appended, where add_middleware would put it outermost).
-    app.user_middleware.append(Middleware(ProxyDispatch, routes=routes))
+    app.user_middleware.append(Middleware(ProxyDispatch))
+    app.middleware_stack = ProxyFront(app, routes)
     return app
