@@ -107,3 +107,58 @@ def test_odd_queries_are_query_errors_not_crashes(query: str) -> None:
     """Whatever a user types is a PromQLError (the API's 400), never another exception."""
     with pytest.raises(PromQLError):
         Evaluator(source()).instant(parse(query), 120 * S)
+
+
+def _varied_source() -> MemorySource:
+    """Series that start late, pause, go stale, reset and idle: the edge cases of windows."""
+    src = source()
+    young = [i * 10 * S for i in range(9, 13)]  # from 90 s only
+    src.add({"__name__": "requests_total", "job": "gateway", "status": "200"}, young,
+            [1.0, 4.0, 9.0, 16.0])  # fmt: skip
+    gap = [0, 10 * S, 20 * S, 70 * S, 80 * S, 110 * S]
+    src.add({"__name__": "requests_total", "job": "user", "status": "200"}, gap,
+            [0.0, 2.0, 2.0, 1.0, 7.0, 7.0])  # fmt: skip
+    src.series[-1].stale = [30 * S, 90 * S]
+    src.add({"__name__": "requests_total", "job": "idle", "status": "200"},
+            [i * 10 * S for i in range(13)], [42.0] * 13)  # fmt: skip
+    return src
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "rate(requests_total[30s])",
+        "increase(requests_total[45s])",
+        "delta(depth[1m])",
+        "irate(requests_total[25s])",
+        "idelta(requests_total[1m])",
+        "avg_over_time(requests_total[40s])",
+        "sum_over_time(requests_total[40s])",
+        "min_over_time(requests_total[15s])",
+        "max_over_time(requests_total[15s])",
+        "count_over_time(requests_total[30s])",
+        "last_over_time(requests_total[20s])",
+        "rate(requests_total[30s] offset 20s)",
+        "sum by (job) (rate(requests_total[30s])) / sum by (job) (increase(requests_total[1m]))",
+        "histogram_quantile(0.9, sum by (le) (rate(lat_bucket[30s])))",
+        "requests_total - requests_total offset 10s",
+    ],
+)
+def test_a_range_query_equals_an_instant_query_at_each_step(query: str) -> None:
+    """``Evaluator.range`` evaluates range functions for all steps at once (and skips the
+    steps a series cannot reach); it must give what one instant query per step gives."""
+    src = _varied_source()
+    tree = parse(query)
+    ranged = Evaluator(src).range(tree, 0, 150 * S, 5 * S)
+    by_step: dict[int, dict] = {}
+    for labels, points in ranged.items():
+        for t, v in points:
+            by_step.setdefault(t, {})[labels] = v
+    for t in range(0, 150 * S + 1, 5 * S):
+        value = Evaluator(src).instant(tree, t)
+        expected = {(): value} if isinstance(value, float) else dict(value)
+        got = by_step.get(t, {})
+        assert got.keys() == expected.keys(), (t, got, expected)
+        for labels, v in expected.items():
+            assert got[labels] == v or (math.isnan(v) and math.isnan(got[labels])), (t, labels)
+    assert ranged, "the query returned nothing: the test would not check anything"

@@ -15,6 +15,7 @@ import math
 import re
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from otel_lab.console import analytics, promql, queries
 DEFAULT_SCRAPE_SECONDS = 10.0
 MAX_POINTS = 120
 ALL = ".+"  # the `service` variable's "All" value (allValue in build_dashboards.py)
+INSTANT_PANELS = ("stat", "table", "gauge", "bargauge")  # one value per series, at the end
 
 
 @dataclass
@@ -114,6 +116,9 @@ class Renderer:
             "$service": self.service,
         }
         ctx = _Ctx(self.end_s, range_s, step, variables)
+        self._read_once = _ReadOnce(self.source, self._windows(board, ctx))
+        self._exemplars_of: dict[_Key, list[dict[str, Any]]] = {}
+        self._job_links_of: dict[str, list[dict[str, Any]]] = {}
         panels = []
         for panel in panels_of(board.doc):
             if panel.get("type") == "row":
@@ -143,6 +148,30 @@ class Renderer:
             "panels": panels,
         }
 
+    def _windows(self, board: Dashboard, ctx: _Ctx) -> dict[_Key, tuple[int, int]]:
+        """For each selector of the dashboard's metric panels, the time span (ms) all its
+        panels together need: the union of their range and instant evaluations."""
+        end_ms = int(ctx.end_s * 1000)
+        start_ms = end_ms - int(ctx.range_s * 1000)
+        windows: dict[_Key, tuple[int, int]] = {}
+        for panel in panels_of(board.doc):
+            instant = panel.get("type") in INSTANT_PANELS
+            for target in panel.get("targets", []):
+                if "expr" not in target:
+                    continue
+                try:
+                    tree = promql.parse(expand(target["expr"], ctx.variables))
+                except promql.PromQLError:
+                    continue  # the panel reports it
+                for sel in promql.selectors(tree):
+                    reach = (sel.range_ms or promql.LOOKBACK_MS) + sel.offset_ms
+                    lo = (end_ms if instant else start_ms) - reach
+                    hi = end_ms - sel.offset_ms
+                    key = _key(sel.matchers)
+                    old = windows.get(key, (lo, hi))
+                    windows[key] = (min(old[0], lo), max(old[1], hi))
+        return windows
+
     # ------------------------------------------------------------------ one panel
 
     def _panel(self, panel: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
@@ -170,14 +199,14 @@ class Renderer:
         kind = panel.get("type")
         end_ms = int(ctx.end_s * 1000)
         start_ms = end_ms - int(ctx.range_s * 1000)
-        instant = kind in ("stat", "table", "gauge", "bargauge")
+        instant = kind in INSTANT_PANELS
         series_out: list[dict[str, Any]] = []
         exprs = []
         for target in targets:
             expr = expand(target["expr"], ctx.variables)
             exprs.append(expr)
             tree = promql.parse(expr)
-            evaluator = promql.Evaluator(self.source)
+            evaluator = promql.Evaluator(self._read_once)
             if instant:
                 value = evaluator.instant(tree, end_ms)
                 vector = [((), value)] if isinstance(value, float) else value
@@ -234,7 +263,12 @@ class Renderer:
                         base = m.value.rsplit("_", 1)[0]
                         matchers = [x for x in matchers if x is not m]
                         matchers.append(promql.Matcher(promql.NAME, "=", base + "_bucket"))
-                for e in exemplars(self.conn, matchers, start_ms * 1_000_000, end_ms * 1_000_000):
+                key = _key(matchers)
+                if key not in self._exemplars_of:
+                    self._exemplars_of[key] = exemplars(
+                        self.conn, matchers, start_ms * 1_000_000, end_ms * 1_000_000
+                    )
+                for e in self._exemplars_of[key]:
                     if e["trace_id"] and e["trace_id"] not in found:
                         found[e["trace_id"]] = e
         ranked = sorted(found.values(), key=lambda e: e["value"] or 0, reverse=True)
@@ -256,21 +290,28 @@ class Renderer:
         links: list[dict[str, Any]] = []
         jobs = sorted({s["labels"]["job"] for s in series if s["labels"].get("job")})
         for job in jobs[:5]:
-            for extra in ({"order": "duration"}, {"status": 2}):
-                f = queries.TraceFilter(
-                    service=job, since_ns=start_ms * 1_000_000, until_ns=end_ms * 1_000_000,
-                    limit=1, **extra,
-                )  # fmt: skip
-                for t in queries.find_traces(self.conn, f):
-                    links.append(
-                        {
-                            "trace_id": t["trace_id"],
-                            "value": t["duration_ms"] / 1000,
-                            "time": t["start_time_unix_nano"] / 1e9,
-                            "series": {"job": job},
-                            "kind": "failed" if extra.get("status") else "slowest",
-                        }
-                    )
+            if job not in self._job_links_of:  # panels of one dashboard share their jobs
+                self._job_links_of[job] = self._find_job_links(job, start_ms, end_ms)
+            links += self._job_links_of[job]
+        return links
+
+    def _find_job_links(self, job: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
+        links: list[dict[str, Any]] = []
+        for extra in ({"order": "duration"}, {"status": 2}):
+            f = queries.TraceFilter(
+                service=job, since_ns=start_ms * 1_000_000, until_ns=end_ms * 1_000_000,
+                limit=1, **extra,
+            )  # fmt: skip
+            for t in queries.find_traces(self.conn, f):
+                links.append(
+                    {
+                        "trace_id": t["trace_id"],
+                        "value": t["duration_ms"] / 1000,
+                        "time": t["start_time_unix_nano"] / 1e9,
+                        "series": {"job": job},
+                        "kind": "failed" if extra.get("status") else "slowest",
+                    }
+                )
         return links
 
     def _traces(self, traceql: str, ctx: _Ctx, title: str) -> dict[str, Any]:
@@ -298,6 +339,39 @@ class Renderer:
         w = analytics.Window(int((ctx.end_s - ctx.range_s) * 1e9), int(ctx.end_s * 1e9))
         graph = analytics.service_map(self.conn, w, 5000)
         return {"graph": graph, "empty": not graph.get("edges")}
+
+
+_Key = tuple[tuple[str, str, str], ...]
+
+
+def _key(matchers: list[promql.Matcher]) -> _Key:
+    return tuple(sorted((m.name, m.op, m.value) for m in matchers))
+
+
+class _ReadOnce:
+    """The dashboard's series, each selector read once per render.
+
+    Panels share selectors (``requests_total{job=~"$service"}`` is in five of the overview's
+    panels) and a range query needs a longer span than an instant one; so the store is read
+    once per selector for the union of what its panels need (``Renderer._windows``), and
+    each evaluation gets its own slice, as if it had read it itself."""
+
+    def __init__(self, source: promql.Source, windows: dict[_Key, tuple[int, int]]) -> None:
+        self.source = source
+        self.windows = windows
+        self._read: dict[_Key, promql.MemorySource] = {}
+
+    def select(
+        self, matchers: Sequence[promql.Matcher], start_ms: int, end_ms: int
+    ) -> list[promql.Series]:
+        key = _key(list(matchers))
+        window = self.windows.get(key)
+        if window is None or window[0] > start_ms or window[1] < end_ms:
+            return self.source.select(matchers, start_ms, end_ms)
+        read = self._read.get(key)
+        if read is None:
+            read = self._read[key] = promql.MemorySource(self.source.select(matchers, *window))
+        return [s for s in read.select((), start_ms, end_ms) if s.ts or s.stale]
 
 
 @dataclass

@@ -440,22 +440,26 @@ def parse(text: str) -> Any:
     return tree
 
 
+def nodes(tree: Any) -> Iterable[Any]:
+    """Every node of the tree, parents first."""
+    yield tree
+    if isinstance(tree, Call):
+        for a in tree.args:
+            yield from nodes(a)
+    elif isinstance(tree, Agg):
+        yield from nodes(tree.expr)
+        if tree.param is not None:
+            yield from nodes(tree.param)
+    elif isinstance(tree, Binary):
+        yield from nodes(tree.lhs)
+        yield from nodes(tree.rhs)
+    elif isinstance(tree, Unary):
+        yield from nodes(tree.expr)
+
+
 def selectors(tree: Any) -> Iterable[Selector]:
     """Every selector in the tree (to fetch their data once for a range of steps)."""
-    if isinstance(tree, Selector):
-        yield tree
-    elif isinstance(tree, Call):
-        for a in tree.args:
-            yield from selectors(a)
-    elif isinstance(tree, Agg):
-        yield from selectors(tree.expr)
-        if tree.param is not None:
-            yield from selectors(tree.param)
-    elif isinstance(tree, Binary):
-        yield from selectors(tree.lhs)
-        yield from selectors(tree.rhs)
-    elif isinstance(tree, Unary):
-        yield from selectors(tree.expr)
+    return (node for node in nodes(tree) if isinstance(node, Selector))
 
 
 # ============================================================================ evaluation
@@ -484,6 +488,8 @@ class Evaluator:
         self.source = source
         self.lookback_ms = lookback_ms
         self._cache: dict[int, list[Series]] = {}
+        # id(range function call) -> its vector at each step of the current range query
+        self._steps: dict[int, dict[int, Vector]] = {}
 
     def prepare(self, tree: Any, start_ms: int, end_ms: int) -> None:
         for sel in selectors(tree):
@@ -527,17 +533,39 @@ class Evaluator:
         if (end_ms - start_ms) // step_ms > 11_000:
             raise PromQLError("too many points: use a larger step")
         self.prepare(tree, start_ms, end_ms)
+        steps = list(range(start_ms, end_ms + 1, step_ms))
+        self._prepare_steps(tree, steps)
         out: dict[Labels, list[tuple[int, float]]] = {}
-        t = start_ms
-        while t <= end_ms:
-            value = self.instant(tree, t)
-            if isinstance(value, float):
-                out.setdefault((), []).append((t, value))
-            else:
-                for labels, v in value:
-                    out.setdefault(labels, []).append((t, v))
-            t += step_ms
+        try:
+            for t in steps:
+                value = self.instant(tree, t)
+                if isinstance(value, float):
+                    out.setdefault((), []).append((t, value))
+                else:
+                    for labels, v in value:
+                        out.setdefault(labels, []).append((t, v))
+        finally:
+            self._steps.clear()
         return out
+
+    def _prepare_steps(self, tree: Any, steps: list[int]) -> None:
+        """``rate(x[5m])`` and the other range functions of a selector, at every step at
+        once: the per-step evaluation then only aggregates and combines their vectors."""
+        for node in nodes(tree):
+            if not (
+                isinstance(node, Call)
+                and node.func in _RANGE_FUNCS
+                and len(node.args) == 1
+                and isinstance(node.args[0], Selector)
+                and node.args[0].range_ms is not None
+            ):
+                continue
+            sel = node.args[0]
+            series = self._series(sel, steps[0]) if id(sel) in self._cache else None
+            if series is None:
+                continue
+            vectors = _stepped(_RANGE_FUNCS[node.func], sel, series, steps)
+            self._steps[id(node)] = dict(zip(steps, vectors, strict=True))
 
     # ------------------------------------------------------------------ nodes
 
@@ -714,12 +742,15 @@ class Evaluator:
         name, args = node.func, node.args
         handler = _RANGE_FUNCS.get(name)
         if handler is not None:
+            stepped = self._steps.get(id(node))
+            if stepped is not None and t in stepped:
+                return stepped[t]
             if len(args) != 1:
                 raise PromQLError(f"{name}() takes one range vector")
             rng = self.eval(args[0], t)
             if not isinstance(rng, _Range):
                 raise PromQLError(f"{name}() needs a range vector, e.g. {name}(x[5m])")
-            return handler(rng)
+            return _apply_range_fn(handler, rng)
         special = _SPECIAL_FUNCS.get(name)
         if special is not None:
             return special(self, args, t)
@@ -795,76 +826,129 @@ class _Range:
     t: int  # evaluation time minus offset
 
 
-def _window(rng: _Range, s: Series) -> tuple[int, int]:
-    return bisect_left(s.ts, rng.t - (rng.sel.range_ms or 0)), bisect_right(s.ts, rng.t)
+# A range function applied to one series at several evaluation times (increasing): its value
+# at each, None where the window holds too few samples. The instant path calls it with one
+# time; ``Evaluator.range`` with every step, so each window is found by a bisect that starts
+# where the previous step's ended and each series' labels are handled once per query.
+RangeFn = Callable[[Series, Sequence[int], int], list[float | None]]
 
 
-def _extrapolated(rng: _Range, is_counter: bool, is_rate: bool) -> Vector:
+def _extrapolated(is_counter: bool, is_rate: bool) -> RangeFn:
     """Prometheus 2.x ``extrapolatedRate``: rate, increase and delta."""
-    out: Vector = []
-    range_ms = rng.sel.range_ms or 0
-    start, end = rng.t - range_ms, rng.t
-    for s in rng.series:
-        lo, hi = _window(rng, s)
-        n = hi - lo
-        if n < 2:
-            continue
-        first_t, last_t = s.ts[lo], s.ts[hi - 1]
-        first_v, last_v = s.vals[lo], s.vals[hi - 1]
-        result = last_v - first_v
-        if is_counter:
-            resets = s.resets()
-            result += resets[hi - 1] - resets[lo]
-        to_start = (first_t - start) / 1000.0
-        to_end = (end - last_t) / 1000.0
-        sampled = (last_t - first_t) / 1000.0
-        average = sampled / (n - 1)
-        if is_counter and result > 0 and first_v >= 0:
-            to_zero = sampled * (first_v / result)
-            to_start = min(to_start, to_zero)
-        threshold = average * 1.1
-        interval = sampled
-        interval += to_start if to_start < threshold else average / 2
-        interval += to_end if to_end < threshold else average / 2
-        result *= interval / sampled
-        if is_rate:
-            result /= range_ms / 1000.0
-        out.append((_without_name(s.labels), result))
-    return out
 
-
-def _instant_delta(rng: _Range, is_rate: bool) -> Vector:
-    out: Vector = []
-    for s in rng.series:
-        lo, hi = _window(rng, s)
-        if hi - lo < 2:
-            continue
-        (t0, v0), (t1, v1) = (s.ts[hi - 2], s.vals[hi - 2]), (s.ts[hi - 1], s.vals[hi - 1])
-        diff = v1 if is_rate and v1 < v0 else v1 - v0
-        if is_rate:
-            diff /= (t1 - t0) / 1000.0
-        out.append((_without_name(s.labels), diff))
-    return out
-
-
-def _over_time(fn: Callable[[list[float]], float]) -> Callable[[_Range], Vector]:
-    def run(rng: _Range) -> Vector:
-        out: Vector = []
-        for s in rng.series:
-            lo, hi = _window(rng, s)
-            if hi > lo:
-                out.append((_without_name(s.labels), fn(s.vals[lo:hi])))
+    def run(s: Series, times: Sequence[int], range_ms: int) -> list[float | None]:
+        ts, vals = s.ts, s.vals
+        resets = s.resets() if is_counter else None
+        out: list[float | None] = []
+        lo = hi = 0
+        for end in times:
+            start = end - range_ms
+            lo = bisect_left(ts, start, lo)
+            hi = bisect_right(ts, end, max(lo, hi))
+            n = hi - lo
+            if n < 2:
+                out.append(None)
+                continue
+            first_t, last_t = ts[lo], ts[hi - 1]
+            first_v, last_v = vals[lo], vals[hi - 1]
+            result = last_v - first_v
+            if resets is not None:
+                result += resets[hi - 1] - resets[lo]
+            if result == 0:  # an idle counter: the extrapolation below scales 0 to 0
+                out.append(result)
+                continue
+            to_start = (first_t - start) / 1000.0
+            to_end = (end - last_t) / 1000.0
+            sampled = (last_t - first_t) / 1000.0
+            average = sampled / (n - 1)
+            if is_counter and result > 0 and first_v >= 0:
+                to_zero = sampled * (first_v / result)
+                to_start = min(to_start, to_zero)
+            threshold = average * 1.1
+            interval = sampled
+            interval += to_start if to_start < threshold else average / 2
+            interval += to_end if to_end < threshold else average / 2
+            result *= interval / sampled
+            if is_rate:
+                result /= range_ms / 1000.0
+            out.append(result)
         return out
 
     return run
 
 
-_RANGE_FUNCS: dict[str, Callable[[_Range], Vector]] = {
-    "rate": lambda r: _extrapolated(r, True, True),
-    "increase": lambda r: _extrapolated(r, True, False),
-    "delta": lambda r: _extrapolated(r, False, False),
-    "irate": lambda r: _instant_delta(r, True),
-    "idelta": lambda r: _instant_delta(r, False),
+def _instant_delta(is_rate: bool) -> RangeFn:
+    def run(s: Series, times: Sequence[int], range_ms: int) -> list[float | None]:
+        ts, vals = s.ts, s.vals
+        out: list[float | None] = []
+        lo = hi = 0
+        for end in times:
+            lo = bisect_left(ts, end - range_ms, lo)
+            hi = bisect_right(ts, end, max(lo, hi))
+            if hi - lo < 2:
+                out.append(None)
+                continue
+            (t0, v0), (t1, v1) = (ts[hi - 2], vals[hi - 2]), (ts[hi - 1], vals[hi - 1])
+            diff = v1 if is_rate and v1 < v0 else v1 - v0
+            if is_rate:
+                diff /= (t1 - t0) / 1000.0
+            out.append(diff)
+        return out
+
+    return run
+
+
+def _over_time(fn: Callable[[list[float]], float]) -> RangeFn:
+    def run(s: Series, times: Sequence[int], range_ms: int) -> list[float | None]:
+        ts, vals = s.ts, s.vals
+        out: list[float | None] = []
+        lo = hi = 0
+        for end in times:
+            lo = bisect_left(ts, end - range_ms, lo)
+            hi = bisect_right(ts, end, max(lo, hi))
+            out.append(fn(vals[lo:hi]) if hi > lo else None)
+        return out
+
+    return run
+
+
+def _apply_range_fn(fn: RangeFn, rng: _Range) -> Vector:
+    """A range function at one instant, over every series of the range vector."""
+    out: Vector = []
+    range_ms = rng.sel.range_ms or 0
+    for s in rng.series:
+        value = fn(s, (rng.t,), range_ms)[0]
+        if value is not None:
+            out.append((_without_name(s.labels), value))
+    return out
+
+
+def _stepped(fn: RangeFn, sel: Selector, series: list[Series], steps: list[int]) -> list[Vector]:
+    """A range function at every step of a range query: one vector per step."""
+    out: list[Vector] = [[] for _ in steps]
+    times = [t - sel.offset_ms for t in steps]
+    range_ms = sel.range_ms or 0
+    for s in series:
+        if not s.ts:
+            continue
+        # Only the steps whose window can hold a sample: a young series in a long range
+        # costs its own length, not the range's.
+        first = bisect_left(times, s.ts[0])
+        last = bisect_right(times, s.ts[-1] + range_ms)
+        labels = _without_name(s.labels)
+        values = fn(s, times[first:last], range_ms)
+        for vec, value in zip(out[first:last], values, strict=True):
+            if value is not None:
+                vec.append((labels, value))
+    return out
+
+
+_RANGE_FUNCS: dict[str, RangeFn] = {
+    "rate": _extrapolated(True, True),
+    "increase": _extrapolated(True, False),
+    "delta": _extrapolated(False, False),
+    "irate": _instant_delta(True),
+    "idelta": _instant_delta(False),
     "avg_over_time": _over_time(lambda v: math.fsum(v) / len(v)),
     "sum_over_time": _over_time(math.fsum),
     "min_over_time": _over_time(min),
@@ -872,6 +956,7 @@ _RANGE_FUNCS: dict[str, Callable[[_Range], Vector]] = {
     "count_over_time": _over_time(lambda v: float(len(v))),
     "last_over_time": _over_time(lambda v: v[-1]),
 }
+
 _SIMPLE: dict[str, Callable[..., float]] = {
     "abs": abs,
     "ceil": lambda v: float(math.ceil(v)) if math.isfinite(v) else v,
