@@ -21,6 +21,7 @@ import httpx
 import pytest
 import yaml
 
+from otel_lab.console import dashboards
 from otel_lab.registry import metrics_jobs
 from otel_lab.runtime.harness import RunningSystem
 
@@ -176,13 +177,24 @@ def test_dashboards_fill_from_the_running_system(
     ui: httpx.Client, traffic: list[str], gateway: httpx.Client
 ) -> None:
     """Same panel titles as in Grafana; the panels of scraped series, the trace and log panels
-    have data; the latency panel links to the traces behind it."""
+    have data; the latency panel links to the traces behind it; the panels of series only the
+    Collector makes (stack mode) say so."""
+    needs_collector: list[str] = []
     for path in sorted(DASHBOARDS.glob("*.json")):
         doc = json.loads(path.read_text())
         board = ui.get(f"/api/dashboards/{doc['uid']}", params={"window": "5m"}).json()
         assert [p["title"] for p in board["panels"]] == _titles(doc)
         errors = [(p["title"], p["error"]) for p in board["panels"] if p.get("error")]
         assert not errors, errors
+        for p in board["panels"]:
+            if any(dashboards.dependency_reason(q) for q in p.get("queries", [])):
+                needs_collector.append(p["title"])
+                # Empty whatever the time range: the panel says why, not "no data in this range"
+                if p["empty"]:
+                    assert p["note"].startswith("No data in embedded mode: "), p
+            else:
+                assert "note" not in p, p
+    assert "Span RED by operation (span metrics)" in needs_collector, needs_collector
 
     seen: dict[str, Any] = {}
 

@@ -32,27 +32,12 @@ from pathlib import Path
 
 import pytest
 
+from otel_lab.console.dashboards import dependency_reason
 from otel_lab.runtime.procs import free_ports
 
 from .conftest import GRAFANA_DIR, require_tool
 
 DASHBOARD_DIR = GRAFANA_DIR / "dashboards"
-
-# Series prefix -> why a Prometheus that only scrapes the services cannot have it.
-COLLECTOR_ONLY_SERIES: dict[str, str] = {
-    "traces_spanmetrics_": "derived from spans by the Collector's spanmetrics connector "
-    "(stack/cluster mode only)",
-    "traces_service_graph_": "derived from spans by the Collector's servicegraph connector "
-    "(stack/cluster mode only)",
-    "http_server_request_duration_seconds": (
-        "the SDKs' OTel metric, pushed over OTLP through the Collector into Prometheus' "
-        "OTLP receiver (embedded mode sends OTLP to the console)"
-    ),
-}
-# Series that exist only in particular states of the system.
-CONDITIONAL_SERIES: dict[str, str] = {
-    "ALERTS": "exists only while an alert fires, and needs deploy/prometheus/rules loaded",
-}
 
 # Values for Grafana's variables when a query runs outside Grafana.
 VARIABLE_VALUES = {
@@ -84,14 +69,6 @@ def prometheus_panel_queries() -> list[tuple[str, str, str]]:
                 if datasource.get("type") == "prometheus" and target.get("expr"):
                     out.append((name, panel["title"], target["expr"]))
     return out
-
-
-def dependency_reason(expr: str) -> str | None:
-    """Why this query cannot return data against a Prometheus scraping embedded mode, or None."""
-    for prefix, reason in {**COLLECTOR_ONLY_SERIES, **CONDITIONAL_SERIES}.items():
-        if re.search(rf"(?<![A-Za-z0-9_:]){re.escape(prefix)}", expr):
-            return reason
-    return None
 
 
 def collector_only_queries() -> list[tuple[str, str, str, str]]:

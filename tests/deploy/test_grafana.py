@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from otel_lab.console.dashboards import COLLECTOR_ONLY_SERIES
+
 from .conftest import (
     COLLECTOR_CONFIG,
     COMPOSE_FILE,
@@ -19,7 +21,7 @@ from .conftest import (
     collector_metric_names,
     load_yaml,
 )
-from .test_dashboard_queries import COLLECTOR_ONLY_SERIES, prometheus_panel_queries
+from .test_dashboard_queries import prometheus_panel_queries
 from .test_prometheus import KNOWN_METRICS, _metric_names
 
 DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))

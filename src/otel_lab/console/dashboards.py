@@ -27,6 +27,38 @@ MAX_POINTS = 120
 ALL = ".+"  # the `service` variable's "All" value (allValue in build_dashboards.py)
 INSTANT_PANELS = ("stat", "table", "gauge", "bargauge")  # one value per series, at the end
 
+# Series prefix -> why a Prometheus (or the console) that only scrapes the services cannot
+# have it. The console shows the reason on a panel that stays empty; tests/deploy uses the
+# lists to tell these panels from those that must return data.
+COLLECTOR_ONLY_SERIES: dict[str, str] = {
+    "traces_spanmetrics_": "derived from spans by the Collector's spanmetrics connector "
+    "(stack/cluster mode only)",
+    "traces_service_graph_": "derived from spans by the Collector's servicegraph connector "
+    "(stack/cluster mode only)",
+    "http_server_request_duration_seconds": (
+        "the SDKs' OTel metric, pushed over OTLP through the Collector into Prometheus' "
+        "OTLP receiver (embedded mode sends OTLP to the console)"
+    ),
+}
+# Series that exist only in particular states of the system.
+CONDITIONAL_SERIES: dict[str, str] = {
+    "ALERTS": "exists only while an alert fires, and needs deploy/prometheus/rules loaded",
+}
+
+
+def dependency_reason(expr: str) -> str | None:
+    """Why this query cannot return data from a scrape of the embedded system, or None."""
+    for prefix, reason in {**COLLECTOR_ONLY_SERIES, **CONDITIONAL_SERIES}.items():
+        if re.search(rf"(?<![A-Za-z0-9_:]){re.escape(prefix)}", expr):
+            return f"{prefix}… is {reason}"
+    return None
+
+
+def why_empty(exprs: list[str]) -> str | None:
+    """What an empty panel says when no time range would fill it in embedded mode."""
+    reason = next((r for e in exprs if (r := dependency_reason(e))), None)
+    return f"No data in embedded mode: {reason}." if reason else None
+
 
 @dataclass
 class Dashboard:
@@ -237,6 +269,8 @@ class Renderer:
             for s in series_out
         )
         out: dict[str, Any] = {"queries": exprs, "series": series_out, "empty": empty}
+        if empty and (note := why_empty(exprs)):
+            out["note"] = note
         if instant and kind == "stat":
             values = [s["value"] for s in series_out if isinstance(s["value"], float)]
             out["value"] = values[0] if len(values) == 1 else None

@@ -89,7 +89,7 @@
       const w = panel.gridPos ? Math.max(4, panel.gridPos.w) : 12;
       box.append(h("section", { class: "dash-panel" + (panel.empty ? " empty" : ""), style: { gridColumn: `span ${w}` }, dataset: { title: panel.title } },
         h("h3", { title: panel.description || "" }, panel.title),
-        panel.empty && !panel.error ? h("p", { class: "muted" }, "No data in this time range.") : body(panel),
+        panel.empty && !panel.error ? h("p", { class: "muted note" }, panel.note || "No data in this time range.") : body(panel),
         traceLinks(panel)));
     }
   }
