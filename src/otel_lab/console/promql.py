@@ -490,6 +490,10 @@ class Evaluator:
         self._cache: dict[int, list[Series]] = {}
         # id(range function call) -> its vector at each step of the current range query
         self._steps: dict[int, dict[int, Vector]] = {}
+        # Per-label-set work that is the same at every step: aggregation group keys (per
+        # aggregation node) and histogram buckets.
+        self._group_keys: dict[int, dict[Labels, Labels]] = {}
+        self._bucket_keys: dict[Labels, tuple[Labels, float] | None] = {}
 
     def prepare(self, tree: Any, start_ms: int, end_ms: int) -> None:
         for sel in selectors(tree):
@@ -696,13 +700,17 @@ class Evaluator:
         vec = self._vector(node.expr, t, node.op)
         param = self.eval(node.param, t) if node.param is not None else None
         groups: dict[Labels, list[tuple[Labels, float]]] = {}
+        keys = self._group_keys.setdefault(id(node), {})  # the same label sets at every step
         for labels, v in vec:
-            if node.grouping is None:
-                key: Labels = ()
-            elif node.without:
-                key = _drop(labels, [NAME, *node.grouping])
-            else:
-                key = _keep(labels, node.grouping)
+            key = keys.get(labels)
+            if key is None:
+                if node.grouping is None:
+                    key = ()
+                elif node.without:
+                    key = _drop(labels, [NAME, *node.grouping])
+                else:
+                    key = _keep(labels, node.grouping)
+                keys[labels] = key
             groups.setdefault(key, []).append((labels, v))
         out: Vector = []
         for key, members in groups.items():
@@ -767,7 +775,8 @@ class Evaluator:
         q = self.eval(args[0], t)
         if not isinstance(q, float):
             raise PromQLError("histogram_quantile needs a scalar quantile")
-        return _histogram_quantile(q, self._vector(args[1], t, "histogram_quantile"))
+        buckets = self._vector(args[1], t, "histogram_quantile")
+        return _histogram_quantile(q, buckets, self._bucket_keys)
 
     def _to_vector(self, args: list[Any], t: int) -> Any:
         value = self.eval(args[0], t)
@@ -1035,19 +1044,31 @@ def _quantile(q: float, values: list[float]) -> float:
     return values[lo] * (1 - weight) + values[hi] * weight
 
 
-def _histogram_quantile(q: float, vec: Vector) -> Vector:
+def _histogram_quantile(
+    q: float, vec: Vector, keys: dict[Labels, tuple[Labels, float] | None] | None = None
+) -> Vector:
+    """``keys`` remembers each bucket series' (histogram, upper bound) across steps."""
+    keys = {} if keys is None else keys
     groups: dict[Labels, list[tuple[float, float]]] = {}
     for labels, v in vec:
-        le = dict(labels).get("le")
-        if le is None:
-            continue
-        try:
-            bound = float(le)
-        except ValueError:
-            continue
-        key = tuple(p for p in labels if p[0] not in (NAME, "le"))
-        groups.setdefault(key, []).append((bound, v))
+        if labels in keys:
+            known = keys[labels]
+        else:
+            known = keys[labels] = _bucket_of(labels)
+        if known is not None:
+            groups.setdefault(known[0], []).append((known[1], v))
     return [(key, _bucket_quantile(q, buckets)) for key, buckets in groups.items()]
+
+
+def _bucket_of(labels: Labels) -> tuple[Labels, float] | None:
+    le = dict(labels).get("le")
+    if le is None:
+        return None
+    try:
+        bound = float(le)
+    except ValueError:
+        return None
+    return tuple(p for p in labels if p[0] not in (NAME, "le")), bound
 
 
 def _bucket_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
