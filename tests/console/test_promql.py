@@ -162,3 +162,15 @@ def test_a_range_query_equals_an_instant_query_at_each_step(query: str) -> None:
         for labels, v in expected.items():
             assert got[labels] == v or (math.isnan(v) and math.isnan(got[labels])), (t, labels)
     assert ranged, "the query returned nothing: the test would not check anything"
+
+
+def test_evaluators_of_one_dashboard_share_their_range_function_results() -> None:
+    """p50 and p95 of a dashboard rate the same buckets: the second query reuses the first's
+    rates (one entry in ``shared``) and still gives what it gives on its own."""
+    src, shared = _varied_source(), {}
+    queries = [f"histogram_quantile({q}, sum by (le) (rate(lat_bucket[30s])))" for q in (0.5, 0.95)]
+    for query in queries:
+        alone = Evaluator(src).range(parse(query), 0, 150 * S, 5 * S)
+        assert Evaluator(src, shared=shared).range(parse(query), 0, 150 * S, 5 * S) == alone
+        assert alone
+    assert len(shared) == 1

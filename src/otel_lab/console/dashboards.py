@@ -150,6 +150,7 @@ class Renderer:
         ctx = _Ctx(self.end_s, range_s, step, variables)
         self._read_once = _ReadOnce(self.source, self._windows(board, ctx))
         self._exemplars_of: dict[_Key, list[dict[str, Any]]] = {}
+        self._shared_steps: dict[Any, Any] = {}
         self._job_links_of: dict[str, list[dict[str, Any]]] = {}
         panels = []
         for panel in panels_of(board.doc):
@@ -199,7 +200,7 @@ class Renderer:
                     reach = (sel.range_ms or promql.LOOKBACK_MS) + sel.offset_ms
                     lo = (end_ms if instant else start_ms) - reach
                     hi = end_ms - sel.offset_ms
-                    key = _key(sel.matchers)
+                    key = promql.matcher_key(sel.matchers)
                     old = windows.get(key, (lo, hi))
                     windows[key] = (min(old[0], lo), max(old[1], hi))
         return windows
@@ -238,7 +239,7 @@ class Renderer:
             expr = expand(target["expr"], ctx.variables)
             exprs.append(expr)
             tree = promql.parse(expr)
-            evaluator = promql.Evaluator(self._read_once)
+            evaluator = promql.Evaluator(self._read_once, shared=self._shared_steps)
             if instant:
                 value = evaluator.instant(tree, end_ms)
                 vector = [((), value)] if isinstance(value, float) else value
@@ -297,7 +298,7 @@ class Renderer:
                         base = m.value.rsplit("_", 1)[0]
                         matchers = [x for x in matchers if x is not m]
                         matchers.append(promql.Matcher(promql.NAME, "=", base + "_bucket"))
-                key = _key(matchers)
+                key = promql.matcher_key(matchers)
                 if key not in self._exemplars_of:
                     self._exemplars_of[key] = exemplars(
                         self.conn, matchers, start_ms * 1_000_000, end_ms * 1_000_000
@@ -378,10 +379,6 @@ class Renderer:
 _Key = tuple[tuple[str, str, str], ...]
 
 
-def _key(matchers: list[promql.Matcher]) -> _Key:
-    return tuple(sorted((m.name, m.op, m.value) for m in matchers))
-
-
 class _ReadOnce:
     """The dashboard's series, each selector read once per render.
 
@@ -398,7 +395,7 @@ class _ReadOnce:
     def select(
         self, matchers: Sequence[promql.Matcher], start_ms: int, end_ms: int
     ) -> list[promql.Series]:
-        key = _key(list(matchers))
+        key = promql.matcher_key(matchers)
         window = self.windows.get(key)
         if window is None or window[0] > start_ms or window[1] < end_ms:
             return self.source.select(matchers, start_ms, end_ms)

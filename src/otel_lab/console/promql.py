@@ -87,6 +87,11 @@ class Matcher:
         return f"{self.name}{self.op}{self.value!r}"
 
 
+def matcher_key(matchers: Sequence[Matcher]) -> tuple[tuple[str, str, str], ...]:
+    """Matchers as a hashable key: the same selector written twice gives the same key."""
+    return tuple(sorted((m.name, m.op, m.value) for m in matchers))
+
+
 def matches_all(labels: Labels | dict[str, str], matchers: Sequence[Matcher]) -> bool:
     d = dict(labels) if not isinstance(labels, dict) else labels
     return all(m.matches(d.get(m.name, "")) for m in matchers)
@@ -484,9 +489,17 @@ def _without_name(labels: Labels) -> Labels:
 class Evaluator:
     """Evaluates trees at instants; ``prepare`` fetches each selector's data once."""
 
-    def __init__(self, source: Source, lookback_ms: int = LOOKBACK_MS) -> None:
+    def __init__(
+        self,
+        source: Source,
+        lookback_ms: int = LOOKBACK_MS,
+        shared: dict[Any, dict[int, Vector]] | None = None,
+    ) -> None:
+        """``shared``: range-function results by selector and steps, for evaluators of one
+        source and time range (a dashboard's panels: p50 and p95 rate the same buckets)."""
         self.source = source
         self.lookback_ms = lookback_ms
+        self._shared = {} if shared is None else shared
         self._cache: dict[int, list[Series]] = {}
         # id(range function call) -> its vector at each step of the current range query
         self._steps: dict[int, dict[int, Vector]] = {}
@@ -568,8 +581,12 @@ class Evaluator:
             series = self._series(sel, steps[0]) if id(sel) in self._cache else None
             if series is None:
                 continue
-            vectors = _stepped(_RANGE_FUNCS[node.func], sel, series, steps)
-            self._steps[id(node)] = dict(zip(steps, vectors, strict=True))
+            key = (node.func, matcher_key(sel.matchers), sel.range_ms, sel.offset_ms,
+                   steps[0], steps[-1], len(steps))  # fmt: skip
+            if key not in self._shared:
+                vectors = _stepped(_RANGE_FUNCS[node.func], sel, series, steps)
+                self._shared[key] = dict(zip(steps, vectors, strict=True))
+            self._steps[id(node)] = self._shared[key]
 
     # ------------------------------------------------------------------ nodes
 
