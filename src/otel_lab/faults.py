@@ -35,6 +35,8 @@ from typing import Annotated, Any
 
 import typer
 
+from otel_lab.jsontypes import JSONObject
+
 log = logging.getLogger("otel_lab.faults")
 
 PATH_ENV = "FLAGD_OFFLINE_FLAG_SOURCE_PATH"  # the flagd provider's own variables
@@ -144,7 +146,7 @@ def flags_path() -> Path:
     return get_settings().data_dir / FILE_NAME
 
 
-def _flag(on: bool, fault: Fault) -> dict[str, Any]:
+def _flag(on: bool, fault: Fault) -> JSONObject:
     return {
         "state": "ENABLED",
         "variants": {"on": True, "off": False},

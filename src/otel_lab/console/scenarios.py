@@ -6,15 +6,14 @@ The console writes the same flagd flag file as ``otel-lab fault on|off`` (see
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 
 from otel_lab import faults
 from otel_lab.console.routes.common import ConsoleJSON
+from otel_lab.jsontypes import JSONObject
 
 
-def scenarios_json() -> dict[str, Any]:
+def scenarios_json() -> JSONObject:
     enabled = faults.read_enabled()
     return {
         "flags_file": str(faults.flags_path()),

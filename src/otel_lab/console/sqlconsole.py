@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from otel_lab.jsontypes import JSONObject
+
 DEFAULT_TIMEOUT_SECONDS = 5.0
 DEFAULT_MAX_ROWS = 1000
 MAX_ROWS_LIMIT = 10_000
@@ -98,7 +100,7 @@ def run_sql(
     *,
     max_rows: int = DEFAULT_MAX_ROWS,
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
-) -> dict[str, Any]:
+) -> JSONObject:
     """Run one read-only statement; columns, rows (BLOBs as hex), truncated, elapsed_ms."""
     sql = sql.strip()
     if not sql:
@@ -136,7 +138,7 @@ def run_sql(
     }
 
 
-def schema(path: Path) -> list[dict[str, Any]]:
+def schema(path: Path) -> list[JSONObject]:
     """Tables and their columns, for the SQL page's sidebar."""
     conn = connect_readonly(path)
     try:

@@ -29,7 +29,7 @@ async def paged(
 async def insert_once(
     connection: AsyncConnection,
     insert: Executable,
-    values: Mapping[str, Any],
+    values: Mapping[str, object],
     stored: Select[Any],
 ) -> tuple[Row[Any], bool]:
     """Run ``insert``; when its idempotency key was written before (a retry, or a concurrent

@@ -25,6 +25,7 @@ from otel_lab.console.routes.common import (
     oldest_ns,
 )
 from otel_lab.console.store import Store
+from otel_lab.jsontypes import JSONObject
 
 router = APIRouter(prefix="/api", tags=["store"])
 
@@ -201,7 +202,7 @@ def _import(store: Store, body: bytes) -> ConsoleJSON:
         if not _submit(store, batch):
             return error(503, "the write queue stayed full; try again")
     store.flush(timeout=60)
-    result: dict[str, Any] = {"imported": counts, "problems": problems[:5]}
+    result: JSONObject = {"imported": counts, "problems": problems[:5]}
     if oldest is not None and store.retention_ns and oldest < time.time_ns() - store.retention_ns:
         result["warning"] = (
             "some imported data is older than the retention "

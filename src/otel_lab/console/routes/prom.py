@@ -18,6 +18,7 @@ from otel_lab.console import promql, queries
 from otel_lab.console.promapi import source
 from otel_lab.console.routes.common import ConsoleJSON, PromDep, StoreDep, Text
 from otel_lab.console.scrape import exemplars
+from otel_lab.jsontypes import JSONObject
 
 router = APIRouter(prefix="/api/prom", tags=["prometheus"])
 
@@ -141,7 +142,7 @@ def prom_exemplars(
         tree = promql.parse(query)
     except promql.PromQLError as exc:
         return _bad(exc)
-    found: list[dict[str, Any]] = []
+    found: list[JSONObject] = []
     for sel in promql.selectors(tree):
         found += exemplars(store.reader(), sel.matchers, int(s * 1e9), int(e * 1e9))
     return ConsoleJSON({"status": "success", "data": found})

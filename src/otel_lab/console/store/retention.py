@@ -11,9 +11,9 @@ import logging
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from otel_lab.console.store.summaries import MINUTE_NS
+from otel_lab.jsontypes import JSONObject
 
 log = logging.getLogger("otel_lab.console.store")
 
@@ -42,7 +42,7 @@ class EvictionStats:
     last_cutoff_ns: int | None = None  # everything older than this was removed
     cleared_at: float | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JSONObject:
         return {
             "spans": self.spans,
             "traces": self.traces,

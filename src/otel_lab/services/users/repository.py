@@ -11,7 +11,7 @@ that writes a todo only if its user exists, ``DELETE ... RETURNING``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, cast
@@ -128,7 +128,7 @@ class UserRepository(_Repository):
     """Users as SQLAlchemy Core statements on one autocommit connection (each statement
     its own transaction, no BEGIN/COMMIT round trips); rows, not ORM objects."""
 
-    async def _one(self, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
+    async def _one(self, statement: Executable, params: Mapping[str, object]) -> Row[Any] | None:
         return (await self.connection.execute(statement, params)).first()
 
     async def get(self, user_id: int) -> Row[Any] | None:
@@ -166,7 +166,7 @@ class UserRepository(_Repository):
                 span.set_attribute("user.id", user.id)
             return user
 
-    async def update(self, user_id: int, changes: dict[str, Any]) -> Row[Any] | None:
+    async def update(self, user_id: int, changes: Mapping[str, object]) -> Row[Any] | None:
         """Set ``changes`` (and ``updated_at``); None when the user is gone. A taken email
         raises IntegrityError."""
         with self._span("update_user", **{"user.id": user_id}):
@@ -205,7 +205,7 @@ class TodoRepository(_Repository):
         self, *, user_id: int | None, completed: bool | None, limit: int, offset: int
     ) -> tuple[list[Row[Any]], int]:
         attributes: dict[str, int | bool] = {"db.limit": limit, "db.offset": offset}
-        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        params: dict[str, int | bool] = {"limit": limit, "offset": offset}
         if user_id is not None:
             attributes["user.id"] = params["user_id"] = user_id
         if completed is not None:
@@ -217,7 +217,7 @@ class TodoRepository(_Repository):
             span.set_attribute("db.rows", len(todos))
             return todos, int(total or 0)
 
-    async def add(self, user_id: int, values: dict[str, Any]) -> Row[Any] | None:
+    async def add(self, user_id: int, values: Mapping[str, object]) -> Row[Any] | None:
         """Insert a todo for ``user_id``; None when there is no such user."""
         with self._span("insert_todo", **{"user.id": user_id}) as span:
             result = await self.connection.execute(_INSERT_TODO, {"user_id": user_id, **values})
@@ -226,7 +226,7 @@ class TodoRepository(_Repository):
                 span.set_attribute("todo.id", todo.id)
             return todo
 
-    async def update(self, todo: Row[Any], changes: dict[str, Any]) -> Row[Any] | None:
+    async def update(self, todo: Row[Any], changes: Mapping[str, object]) -> Row[Any] | None:
         """Set ``changes`` (and ``updated_at``) on the todo; None when it is gone."""
         with self._span("update_todo", **{"todo.id": todo.id, "user.id": todo.user_id}):
             statement = (

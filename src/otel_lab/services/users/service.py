@@ -10,7 +10,7 @@ fail.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -193,7 +193,7 @@ class UserService:
             return todo
         return await self._updated(todo, {"completed": True, "completed_at": datetime.now(UTC)})
 
-    async def _updated(self, todo: Row[Any], changes: dict[str, Any]) -> Row[Any]:
+    async def _updated(self, todo: Row[Any], changes: Mapping[str, object]) -> Row[Any]:
         updated = await self.todos.update(todo, changes)
         if updated is None:  # deleted meanwhile
             raise NotFoundError("todo", todo.id)
