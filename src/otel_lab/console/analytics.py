@@ -13,7 +13,10 @@ import math
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict  # pydantic reads it on Python < 3.12
 
 from otel_lab.console.model import AggregationTemporality, SpanKind, SQLValue, StatusCode
 from otel_lab.console.queries import AttrFilter, _attr_sql
@@ -50,7 +53,101 @@ def window(since_ns: int | None, until_ns: int | None, default_seconds: float = 
 # --------------------------------------------------------------------------- service map
 
 
-def service_map(conn: sqlite3.Connection, w: Window, max_traces: int = 5000) -> JSONObject:
+NodeKind = Literal["service", "database"]
+EdgeKind = Literal["http", "messaging", "database"]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class ServiceMapNode(TypedDict):
+    """A service, or a database system its client spans name."""
+
+    id: str
+    name: str
+    kind: NodeKind
+    spans: int
+    errors: int
+    server_spans: int
+    server_errors: int
+    error_rate: float
+
+
+@with_config(ConfigDict(extra="forbid"))
+class ServiceMapEdge(TypedDict):
+    source: str
+    target: str
+    kind: EdgeKind
+    errors: int
+    calls: int
+    rate_per_second: float
+    error_rate: float
+    avg_duration_ms: float
+
+
+@with_config(ConfigDict(extra="forbid"))
+class ServiceMap(TypedDict):
+    """``GET /api/service-map``; these TypedDicts are also its OpenAPI models."""
+
+    since_unix_nano: int
+    until_unix_nano: int
+    traces_scanned: int
+    truncated: bool
+    seconds: float
+    nodes: list[ServiceMapNode]
+    edges: list[ServiceMapEdge]
+
+
+@dataclass
+class _Node:
+    id: str
+    name: str
+    kind: NodeKind
+    spans: int = 0
+    errors: int = 0
+    server_spans: int = 0
+    server_errors: int = 0
+
+    def out(self) -> ServiceMapNode:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "spans": self.spans,
+            "errors": self.errors,
+            "server_spans": self.server_spans,
+            "server_errors": self.server_errors,
+            "error_rate": self.errors / self.spans if self.spans else 0.0,
+        }
+
+
+@dataclass
+class _Edge:
+    source: str
+    target: str
+    kind: EdgeKind
+    calls: int = 0
+    errors: int = 0
+    duration_ns: int = 0
+
+    def add(self, calls: int, errors: int, duration_ns: int) -> None:
+        self.calls += calls
+        self.errors += errors
+        self.duration_ns += duration_ns
+
+    def out(self, seconds: float) -> ServiceMapEdge:
+        calls = self.calls
+        return {
+            "source": self.source,
+            "target": self.target,
+            "kind": self.kind,
+            "errors": self.errors,
+            "calls": calls,
+            "rate_per_second": calls / seconds,
+            "error_rate": self.errors / calls if calls else 0.0,
+            "avg_duration_ms": self.duration_ns / calls / 1e6 if calls else 0.0,
+        }
+
+
+def service_map(conn: sqlite3.Connection, w: Window, max_traces: int = 5000) -> ServiceMap:
     """Nodes (services, databases) and edges (calls between them) from the spans of the
     most recent ``max_traces`` traces that start in the window.
 
@@ -89,74 +186,54 @@ def service_map(conn: sqlite3.Connection, w: Window, max_traces: int = 5000) -> 
         """,
         (w.since_ns, w.until_ns, max_traces),
     ).fetchall()
-    nodes: dict[str, dict[str, Any]] = {}
-    edges: dict[tuple[str, str], dict[str, Any]] = {}
+    nodes: dict[str, _Node] = {}
+    edges: dict[tuple[str, str], _Edge] = {}
 
-    def node(name: str, kind: str) -> dict[str, Any]:
+    def node(name: str, kind: NodeKind) -> _Node:
         n = nodes.get(name)
         if n is None:
-            n = nodes[name] = {"id": name, "name": name, "kind": kind, "spans": 0, "errors": 0,
-                               "server_spans": 0, "server_errors": 0}  # fmt: skip
+            n = nodes[name] = _Node(name, name, kind)
         return n
 
-    def edge(source: str, target: str, kind: str) -> dict[str, Any]:
+    def edge(source: str, target: str, kind: EdgeKind) -> _Edge:
         e = edges.get((source, target))
         if e is None:
-            e = edges[(source, target)] = {"source": source, "target": target, "kind": kind,
-                                           "calls": 0, "errors": 0, "duration_ns": 0}  # fmt: skip
+            e = edges[(source, target)] = _Edge(source, target, kind)
         return e
 
     for service, parent, db, kind, calls, errors, duration in rows:
         n = node(service, "service")
-        n["spans"] += calls
-        n["errors"] += errors
+        n.spans += calls
+        n.errors += errors
         if kind in (SpanKind.SERVER, SpanKind.CONSUMER):
-            n["server_spans"] += calls
-            n["server_errors"] += errors
+            n.server_spans += calls
+            n.server_errors += errors
         if parent:
             parent_service, _, parent_kind = parent.rpartition("\x1f")
             if parent_service != service:
                 node(parent_service, "service")
                 messaging = kind == SpanKind.CONSUMER or parent_kind == str(int(SpanKind.PRODUCER))
-                how = "messaging" if messaging else "http"
-                e = edge(parent_service, service, how)
-                e["calls"] += calls
-                e["errors"] += errors
-                e["duration_ns"] += duration
+                e = edge(parent_service, service, "messaging" if messaging else "http")
+                e.add(calls, errors, duration)
         if db is not None:
             system = str(db)
             target = node(DB_NODE_PREFIX + system, "database")
-            target["name"] = system
-            target["spans"] += calls
-            target["errors"] += errors
-            e = edge(service, target["id"], "database")
-            e["calls"] += calls
-            e["errors"] += errors
-            e["duration_ns"] += duration
-    out_edges = []
-    for e in edges.values():
-        calls = e.pop("calls")
-        duration = e.pop("duration_ns")
-        out_edges.append(
-            {
-                **e,
-                "calls": calls,
-                "rate_per_second": calls / covered,
-                "error_rate": e["errors"] / calls if calls else 0.0,
-                "avg_duration_ms": duration / calls / 1e6 if calls else 0.0,
-            }
-        )
-    out_edges.sort(key=lambda e: (e["source"], e["target"]))
-    for n in nodes.values():
-        n["error_rate"] = n["errors"] / n["spans"] if n["spans"] else 0.0
+            target.name = system
+            target.spans += calls
+            target.errors += errors
+            edge(service, target.id, "database").add(calls, errors, duration)
     return {
         "since_unix_nano": w.since_ns,
         "until_unix_nano": w.until_ns,
         "traces_scanned": traces,
         "truncated": truncated,
         "seconds": covered,
-        "nodes": sorted(nodes.values(), key=lambda n: (n["kind"] != "service", n["id"])),
-        "edges": out_edges,
+        "nodes": [
+            n.out() for n in sorted(nodes.values(), key=lambda n: (n.kind != "service", n.id))
+        ],
+        "edges": [
+            e.out(covered) for e in sorted(edges.values(), key=lambda e: (e.source, e.target))
+        ],
     }
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from otel_lab.console import analytics
 from otel_lab.console.queries import TraceSummary
 
 SpanKindName = Literal["INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"]
@@ -174,36 +175,8 @@ class AttributeValuesOut(_Strict):
     values: list[AttributeValue]
 
 
-class ServiceMapNode(_Strict):
-    id: str
-    name: str
-    kind: Literal["service", "database"]
-    spans: int
-    errors: int
-    server_spans: int
-    server_errors: int
-    error_rate: float
-
-
-class ServiceMapEdge(_Strict):
-    source: str
-    target: str
-    kind: Literal["http", "messaging", "database"]
-    errors: int
-    calls: int
-    rate_per_second: float
-    error_rate: float
-    avg_duration_ms: float
-
-
-class ServiceMapOut(_Strict):
-    since_unix_nano: int
-    until_unix_nano: int
-    traces_scanned: int
-    truncated: bool
-    seconds: float
-    nodes: list[ServiceMapNode]
-    edges: list[ServiceMapEdge]
+# Built as TypedDicts by the query itself (analytics.ServiceMap), which are its models too.
+ServiceMapOut = analytics.ServiceMap
 
 
 class RedSummary(_Strict):
