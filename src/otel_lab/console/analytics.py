@@ -13,7 +13,7 @@ import math
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired
 
 from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict  # pydantic reads it on Python < 3.12
@@ -258,6 +258,58 @@ def hist_quantile(hist: dict[int, int], total: int, q: float, lo: float, hi: flo
     return hi
 
 
+@with_config(ConfigDict(extra="forbid"))
+class RedSummary(TypedDict):
+    """Rate, errors and duration over a window or a bucket; the ids link to traces."""
+
+    count: int
+    errors: int
+    rate_per_second: float
+    error_rate: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    avg_ms: float | None
+    max_ms: float | None
+    slow_trace_id: str | None
+    error_trace_id: str | None
+
+
+@with_config(ConfigDict(extra="forbid"))
+class RedPoint(RedSummary):
+    start_unix_nano: int
+    end_unix_nano: int
+
+
+@with_config(ConfigDict(extra="forbid"))
+class RedTotals(RedSummary):
+    series: list[RedPoint]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class RedGroup(RedTotals):
+    name: str
+
+
+@with_config(ConfigDict(extra="forbid"))
+class RedRoute(RedTotals):
+    route: str
+    search: dict[str, str | list[str]] | None  # the trace search that finds its spans
+
+
+@with_config(ConfigDict(extra="forbid"))
+class Red(TypedDict):
+    """``GET /api/red``: per service (``services``), or one service's total and its
+    routes; these TypedDicts are also its OpenAPI models."""
+
+    since_unix_nano: int
+    until_unix_nano: int
+    bucket_seconds: float
+    services: NotRequired[list[RedGroup]]
+    service: NotRequired[RedGroup]
+    routes: NotRequired[list[RedRoute]]
+
+
 @dataclass
 class _Agg:
     count: int = 0
@@ -284,7 +336,7 @@ class _Agg:
             b = int(bucket)
             self.hist[b] = self.hist.get(b, 0) + n
 
-    def summary(self, seconds: float) -> JSONObject:
+    def summary(self, seconds: float) -> RedSummary:
         def q(p: float) -> float | None:
             v = hist_quantile(self.hist, self.count, p, self.min_ns, self.max_ns)
             return None if math.isnan(v) else v / 1e6
@@ -310,7 +362,7 @@ def red(
     service: str | None = None,
     route: str | None = None,
     buckets: int = 60,
-) -> JSONObject:
+) -> Red:
     """Rate, errors and duration percentiles over time from SERVER and CONSUMER spans.
 
     Without ``service``: one group per service. With it: the service's total and one group
@@ -362,8 +414,8 @@ def red(
         end = min(start + bucket_ns, w.until_ns)
         return max((end - max(start, w.since_ns)) / SECOND, 1.0)
 
-    def render(total: _Agg, series: dict[int, _Agg]) -> dict[str, Any]:
-        points = []
+    def render(total: _Agg, series: dict[int, _Agg]) -> RedTotals:
+        points: list[RedPoint] = []
         for i in range(n_buckets):
             agg = series.get(i, _Agg())
             start = (first + i * minutes_per_bucket) * MINUTE_NS
@@ -373,24 +425,28 @@ def red(
             )  # fmt: skip
         return {**total.summary(w.seconds), "series": points}
 
-    out: dict[str, Any] = {
+    out: Red = {
         "since_unix_nano": w.since_ns,
         "until_unix_nano": w.until_ns,
         "bucket_seconds": bucket_ns / SECOND,
     }
-    rendered = [
-        {"name": key, **render(total, series)} for key, (total, series) in sorted(groups.items())
-    ]
     if service is None:
-        out["services"] = rendered
+        out["services"] = [
+            {"name": key, **render(total, series)}
+            for key, (total, series) in sorted(groups.items())
+        ]
     else:
         out["service"] = {"name": service, **render(*service_total)}
-        for r in rendered:
-            r["route"] = r.pop("name")
-            search = searches.get(r["route"])
-            r["search"] = json.loads(search) if search else None
-        out["routes"] = rendered
+        out["routes"] = [
+            {**render(total, series), "route": key, "search": _search_of(searches.get(key))}
+            for key, (total, series) in sorted(groups.items())
+        ]
     return out
+
+
+def _search_of(search: str | None) -> dict[str, str | list[str]] | None:
+    found: dict[str, str | list[str]] | None = json.loads(search) if search else None
+    return found
 
 
 # --------------------------------------------------------------------------- metrics

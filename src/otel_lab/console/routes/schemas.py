@@ -175,51 +175,9 @@ class AttributeValuesOut(_Strict):
     values: list[AttributeValue]
 
 
-# Built as TypedDicts by the query itself (analytics.ServiceMap), which are its models too.
+# Built as TypedDicts by the queries themselves, which are their models too.
 ServiceMapOut = analytics.ServiceMap
-
-
-class RedSummary(_Strict):
-    """Rate, errors and duration over a window or a bucket; the ids link to traces."""
-
-    count: int
-    errors: int
-    rate_per_second: float
-    error_rate: float
-    p50_ms: float | None
-    p95_ms: float | None
-    p99_ms: float | None
-    avg_ms: float | None
-    max_ms: float | None
-    slow_trace_id: str | None
-    error_trace_id: str | None
-
-
-class RedPoint(RedSummary):
-    start_unix_nano: int
-    end_unix_nano: int
-
-
-class RedGroup(RedSummary):
-    name: str
-    series: list[RedPoint]
-
-
-class RedRoute(RedSummary):
-    route: str
-    series: list[RedPoint]
-    search: dict[str, Any] | None  # the trace search that finds the route's spans
-
-
-class RedOut(_Strict):
-    """Per service (``services``), or one service's total and its routes."""
-
-    since_unix_nano: int
-    until_unix_nano: int
-    bucket_seconds: float
-    services: list[RedGroup] | None = None
-    service: RedGroup | None = None
-    routes: list[RedRoute] | None = None
+RedOut = analytics.Red
 
 
 class MetricSeriesPoint(BaseModel):
