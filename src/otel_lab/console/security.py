@@ -20,17 +20,11 @@ import hmac
 import ipaddress
 import json
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from starlette.exceptions import HTTPException
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 COOKIE = "otel_lab_console"
 PUBLIC_PREFIXES = ("/static/", "/login", "/api/health", "/favicon.ico")
@@ -176,7 +170,7 @@ class UiGuard:
                 return
             receive = limited
 
-        async def send_with_headers(message: MutableMapping[str, Any]) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 elapsed = (time.perf_counter() - started) * 1000
@@ -203,7 +197,7 @@ async def _body_limited(scope: Scope, receive: Receive, send: Send, path: str) -
 
     async def drain() -> None:
         nonlocal received
-        message: MutableMapping[str, Any] = {"more_body": True}
+        message: Message = {"more_body": True}
         while message.get("more_body") and received <= _DRAIN_BYTES:
             message = await receive()
             received += len(message.get("body", b""))
@@ -214,7 +208,7 @@ async def _body_limited(scope: Scope, receive: Receive, send: Send, path: str) -
         await _reject(send, 413, detail, path)
         return None
 
-    async def limited() -> MutableMapping[str, Any]:
+    async def limited() -> Message:
         nonlocal received
         message = await receive()
         received += len(message.get("body", b""))

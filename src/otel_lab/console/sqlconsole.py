@@ -16,10 +16,10 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
-from otel_lab.jsontypes import JSONObject
+from otel_lab.console.model import SQLValue
+from otel_lab.jsontypes import JSONObject, JSONScalar
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
 DEFAULT_MAX_ROWS = 1000
@@ -65,7 +65,7 @@ class SqlError(ValueError):
     """The statement was refused, failed or ran too long; the message says which."""
 
 
-def _authorizer(action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
+def _authorizer(action: int, arg1: str | None, arg2: str | None, *_: object) -> int:
     if action == sqlite3.SQLITE_PRAGMA:
         name = (arg1 or "").lower()
         allowed = name in _INTROSPECTION_PRAGMAS or (name in _COUNTER_PRAGMAS and arg2 is None)
@@ -86,7 +86,7 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _cell(value: Any) -> Any:
+def _cell(value: SQLValue) -> JSONScalar:
     if isinstance(value, bytes):
         return value.hex()  # ids are BLOBs; show them as the API does
     if isinstance(value, float) and value != value:
