@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
+from contextlib import AsyncExitStack
 from typing import Any
 
 import psycopg
@@ -41,6 +43,8 @@ from sqlalchemy import Engine, MetaData, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Connection, Dialect, ExceptionContext
 from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -55,6 +59,8 @@ from otel_lab.settings import Settings
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.database import instrument_engine
 from otel_lab.telemetry.setup import Telemetry
+
+logger = logging.getLogger(__name__)
 
 # Constraint names that Alembic can rely on across PostgreSQL versions.
 NAMING_CONVENTION = {
@@ -326,6 +332,46 @@ def create_blocking_engine(
     _discard_only_the_cut_connection(engine)
     _observe(engine, telemetry)
     return engine
+
+
+# Connections a service opens before it reports ready: the background traffic and a first
+# user come one or two at a time; more connect on demand.
+WARM_CONNECTIONS = 2
+# How long a starting service waits for PostgreSQL to accept them (`otel-lab up` starts
+# PostgreSQL side by side with the services); past it, the service starts cold.
+WARM_UP_SECONDS = 15.0
+_WARM_RETRY_SECONDS = 0.1
+
+
+async def warm_up(
+    engine: AsyncEngine, connections: int = WARM_CONNECTIONS, within: float = WARM_UP_SECONDS
+) -> bool:
+    """Open ``connections`` pooled connections and keep them in the pool (no statement: no
+    span, nothing in the metrics);
+    False if PostgreSQL did not take them within ``within`` s (the service starts cold).
+
+    A service's first requests otherwise paid for the connect (a server process forked,
+    authentication, SQLAlchemy's first-connect queries of the server's settings) inside
+    their 1.8 s deadline, on each hop of the chain: on a loaded host the first chains after
+    start-up answered 504. Called before the app serves, so "ready" means "can serve within
+    its budget" (docs/reliability.md)."""
+    started = time.monotonic()
+    give_up = started + within
+    while True:
+        try:
+            async with AsyncExitStack() as held:
+                for _ in range(connections):  # checked out: connected, not traced
+                    await held.enter_async_context(engine.connect())
+            elapsed_ms = round((time.monotonic() - started) * 1000)
+            logger.info(
+                "database_warmed", extra={"connections": connections, "elapsed_ms": elapsed_ms}
+            )
+            return True
+        except (DBAPIError, PoolTimeoutError, OSError) as exc:
+            if time.monotonic() >= give_up:
+                logger.warning("database_warm_up_failed", extra={"error": str(exc)[:200]})
+                return False
+            await asyncio.sleep(_WARM_RETRY_SECONDS)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from otel_lab.db import create_blocking_engine, create_engine
+from otel_lab.db import WARM_CONNECTIONS, create_blocking_engine, create_engine, warm_up
 from otel_lab.runtime.embedded import EmbeddedPostgres
 from otel_lab.services import deadline as request_deadline
 from otel_lab.settings import Settings
@@ -234,3 +234,24 @@ def test_a_cut_wait_drops_its_connection_not_the_pool(postgres: EmbeddedPostgres
         assert len(before_sync & after_sync) == 2, (before_sync, after_sync)
     finally:
         blocking.dispose()
+
+
+def test_warm_up_fills_the_pool_and_gives_up_on_a_hung_server(
+    settings: Settings, postgres: EmbeddedPostgres
+) -> None:
+    """A starting service opens its pool's first connections before it serves; with the
+    server hung it gives up after its bound (and starts cold) instead of never serving."""
+    assert postgres.pid is not None
+
+    async def scenario() -> None:
+        engine = create_engine(settings)
+        try:
+            with frozen(postgres.pid):
+                assert await warm_up(engine, within=0.5) is False
+            assert engine.pool.checkedin() == 0
+            assert await warm_up(engine) is True
+            assert engine.pool.checkedin() == WARM_CONNECTIONS
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())

@@ -11,12 +11,14 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 import psycopg
 import redis
 
-from otel_lab.registry import SERVICES
+from otel_lab.db import WARM_CONNECTIONS
+from otel_lab.registry import API, AUDIT, ORDERS, SERVICES, USERS
 from otel_lab.runtime.harness import running_system
 from otel_lab.runtime.plan import setting_name
 from otel_lab.runtime.procs import free_port
@@ -43,6 +45,17 @@ def test_up_gets_ready_and_sigterm_leaves_no_process(up_env: dict[str, str]) -> 
         for name in ("postgres", "valkey", *(s.name for s in services)):
             assert name in system.children, output
             assert f"logs/{name}.log" in output  # the table shows each log file
+
+        # Ready means warm: before any request, each service that uses PostgreSQL holds its
+        # pool's first connections (a first chain used to pay a connect on every hop).
+        pg_port = urlsplit(system.database_url).port
+        for service in (API, USERS, ORDERS, AUDIT):
+            held = [
+                c
+                for c in psutil.Process(system.pid(service.name)).net_connections("tcp")
+                if c.raddr and c.raddr.port == pg_port and c.status == psutil.CONN_ESTABLISHED
+            ]
+            assert len(held) >= WARM_CONNECTIONS, (service.name, held)
 
         # The datastores are real and the application database exists.
         with psycopg.connect(system.database_url.replace("+psycopg", "")) as conn:

@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_lab import __version__, registry
-from otel_lab.db import create_engine, session_factory
+from otel_lab.db import create_engine, session_factory, warm_up
 from otel_lab.services import deadline
 from otel_lab.services.chaos import ChaosMiddleware
 from otel_lab.services.downstream import (
@@ -189,6 +189,7 @@ async def database(settings: Settings, telemetry: Telemetry) -> AsyncIterator[di
     autocommit = create_engine(settings, telemetry, autocommit=True)
     engine = autocommit.execution_options(isolation_level="READ COMMITTED")
     try:
+        await warm_up(autocommit)  # before the app serves: ready means warm
         yield {"engine": engine, "autocommit": autocommit, "sessions": session_factory(engine)}
     finally:
         await autocommit.dispose()
