@@ -6,9 +6,11 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
 from otel_lab.console.store import Store
+from otel_lab.console.store.readers import Readers
 
 
 def _burst(store: Store, size: int) -> list[sqlite3.Connection]:
@@ -54,3 +56,42 @@ def test_a_threads_read_connection_closes_when_the_thread_ends(tmp_path: Path) -
     finally:
         store.close()
     assert store.read_connections == 0
+
+
+def test_the_api_threads_page_caches_are_bounded_together(tmp_path: Path) -> None:
+    """Each API thread has a read connection, and each connection a page cache of its own;
+    40 threads (anyio's pool) with 16 MB each could hold 640 MB. Eight threads that each
+    read a 24 MB store through to the end, all holding their connections at once, add about
+    their share of the bound (2 MB each) to the process, not 8 x 16 MB."""
+    path = tmp_path / "big.db"
+    with sqlite3.connect(path) as db:  # 24 MB of pages that a full scan reads
+        db.execute("CREATE TABLE pad (x BLOB)")
+        db.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 24000) "
+            "INSERT INTO pad SELECT randomblob(1000) FROM n"
+        )
+    readers = Readers(path)
+    threads = 8
+    ready, done = threading.Barrier(threads + 1), threading.Event()
+
+    def request() -> None:
+        readers.reader().execute("SELECT count(*) FROM pad WHERE x > x'00'").fetchone()
+        ready.wait()
+        done.wait()
+
+    process = psutil.Process()
+    before = process.memory_full_info().uss
+    workers = [threading.Thread(target=request) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        ready.wait()  # every thread has read the whole store and holds its cache now
+        grown = process.memory_full_info().uss - before
+    finally:
+        done.set()
+        for worker in workers:
+            worker.join()
+        readers.close()
+    # Eight full 16 MB caches would be 122 MiB; the bound is 2 MB each, 15 MiB together,
+    # plus the threads' stacks and SQLite's per-connection state.
+    assert grown < 32 * 2**20, f"{grown / 2**20:.0f} MiB for {threads} readers"

@@ -18,6 +18,10 @@ from pathlib import Path
 
 from otel_lab.console.store.schema import connect
 
+# SQLite's page cache of each API thread's connection. There are up to 40 such threads
+# (anyio's pool), so the caches together may hold 40 times this.
+READER_CACHE_KIB = 2000
+
 
 class _Held:
     """A thread's connection, in its thread-local storage: freed with the thread."""
@@ -47,6 +51,7 @@ class Readers:
         held: _Held | None = getattr(self._local, "held", None)
         if held is None:
             conn = self.open()
+            conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
             held = self._local.held = _Held(conn)
             with self._lock:
                 self._open.add(conn)
