@@ -26,7 +26,7 @@ from otel_lab.services.api.showcase_service import (
     Showcase,
     SimulationOut,
 )
-from otel_lab.services.deps import EngineDep, SessionFactoryDep, SettingsDep, lifespan_state
+from otel_lab.services.deps import EngineDep, SettingsDep, lifespan_state
 from otel_lab.services.params import MAX_ID
 
 router = APIRouter(tags=["showcase"])
@@ -72,15 +72,13 @@ async def error_simulation(
 
 
 @router.get("/db-operation")
-async def db_operation(
-    showcase: ShowcaseDep, engine: EngineDep, sessions: SessionFactoryDep, rows: Rows = 1
-) -> DbOperationOut:
+async def db_operation(showcase: ShowcaseDep, engine: EngineDep, rows: Rows = 1) -> DbOperationOut:
     """Insert, read, update and delete scratch rows in one transaction, each step a span.
 
     The rows live in the ``items`` table for the length of the transaction only, with a
     status no other code path uses, so the endpoint leaves no data behind.
     """
-    return await showcase.db_operation(sessions, engine.url.database or "", rows)
+    return await showcase.db_operation(engine, rows)
 
 
 @router.get("/complex-operation")

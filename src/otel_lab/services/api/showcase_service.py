@@ -19,7 +19,7 @@ from typing import Any
 
 from opentelemetry import trace
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from otel_lab.services.api import showcase_repository
 from otel_lab.services.errors import ServiceError
@@ -132,30 +132,28 @@ class Showcase:
             )
         )
 
-    async def db_operation(
-        self, sessions: async_sessionmaker[AsyncSession], database_name: str, rows: int
-    ) -> DbOperationOut:
+    async def db_operation(self, engine: AsyncEngine, rows: int) -> DbOperationOut:
         """Insert, read, update and delete scratch rows in one transaction, each step a span.
 
         The rows live in the ``items`` table for the length of the transaction only, with a
         status no other code path uses, so the operation leaves no data behind.
         """
-        db = {"database.system": "postgresql", "database.name": database_name}
+        db = {"database.system": "postgresql", "database.name": engine.url.database or ""}
         steps: list[DbStep] = []
         with self.tracer.start_as_current_span(
             "db_operation", attributes={**self._common("db-operation", "database"), **db}
         ) as span:
-            async with sessions() as session, session.begin():
+            async with engine.begin() as connection:
                 with self._db_step("insert", db, steps, rows) as step:
-                    ids = await showcase_repository.add(session, rows)
+                    ids = await showcase_repository.add(connection, rows)
                     step.set_attribute("item.ids", ids)
                 with self._db_step("select", db, steps, rows) as step:
-                    count = await showcase_repository.count(session, ids)
+                    count = await showcase_repository.count(connection, ids)
                     step.set_attribute("db.response.returned_rows", count)
                 with self._db_step("update", db, steps, rows):
-                    await showcase_repository.touch(session, ids)
+                    await showcase_repository.touch(connection, ids)
                 with self._db_step("delete", db, steps, rows):
-                    await showcase_repository.remove(session, ids)
+                    await showcase_repository.remove(connection, ids)
             span.set_attribute("item.ids", ids)
         database = {"system": db["database.system"], "name": db["database.name"]}
         return DbOperationOut(database=database, item_ids=ids, operations=steps)
