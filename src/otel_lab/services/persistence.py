@@ -33,11 +33,13 @@ async def insert_once(
     stored: Select[Any],
 ) -> tuple[Row[Any], bool]:
     """Run ``insert``; when its idempotency key was written before (a retry, or a concurrent
-    attempt that won), the row ``stored`` reads instead. Returns (row, replayed)."""
+    attempt that won), the row ``stored`` reads instead (built once, its parameter the
+    values' ``idempotency_key``). Returns (row, replayed)."""
     created = (await connection.execute(insert, values)).first()
     if created is not None:
         return created, False
-    existing = (await connection.execute(stored)).first()
+    key = {"idempotency_key": values["idempotency_key"]}
+    existing = (await connection.execute(stored, key)).first()
     if existing is None:
         raise RuntimeError("a row whose idempotency key conflicted has vanished")
     return existing, True

@@ -28,14 +28,16 @@ _INSERT_LOG = (
     .bindparams(bindparam("details", type_=JSONB))
     .columns(id=Integer, created_at=DateTime(timezone=True))
 )
+_STORED_LOG = select(_audit_logs).where(
+    _audit_logs.c.idempotency_key == bindparam("idempotency_key")
+)
 
 
 async def insert_log(autocommit: AsyncEngine, log: dict[str, Any]) -> tuple[Row[Any], bool]:
     """Write ``log`` (one statement, autocommit); returns (row, replayed). A new row has only
     ``id`` and ``created_at``; a replayed one (the key was written before) is the whole row."""
-    stored = select(_audit_logs).where(_audit_logs.c.idempotency_key == log["idempotency_key"])
     async with autocommit.connect() as connection:
-        return await insert_once(connection, _INSERT_LOG, log, stored)
+        return await insert_once(connection, _INSERT_LOG, log, _STORED_LOG)
 
 
 async def list_logs(

@@ -71,8 +71,7 @@ async def items_of(
     return by_order
 
 
-def _by_key(key: str) -> Any:
-    return select(_orders).where(_orders.c.idempotency_key == key)
+_BY_KEY = select(_orders).where(_orders.c.idempotency_key == bindparam("idempotency_key"))
 
 
 async def _with_items(connection: AsyncConnection, found: Row[Any]) -> OrderRow:
@@ -81,7 +80,7 @@ async def _with_items(connection: AsyncConnection, found: Row[Any]) -> OrderRow:
 
 async def stored_order(connection: AsyncConnection, key: str) -> OrderRow | None:
     """The order (and lines) an earlier attempt with ``key`` wrote, if any."""
-    found = (await connection.execute(_by_key(key))).first()
+    found = (await connection.execute(_BY_KEY, {"idempotency_key": key})).first()
     return None if found is None else await _with_items(connection, found)
 
 
@@ -102,9 +101,8 @@ async def insert_order(
     ``created_at`` and None, or, when the key already has an order (a retry, or a concurrent
     attempt won), that order and its lines."""
     row, replayed = await insert_once(
-        connection, _INSERT_ORDER, {**order, **_line_arrays(lines)},
-        _by_key(order["idempotency_key"]),
-    )  # fmt: skip
+        connection, _INSERT_ORDER, {**order, **_line_arrays(lines)}, _BY_KEY
+    )
     return row, (await _with_items(connection, row)) if replayed else None
 
 
