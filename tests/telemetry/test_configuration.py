@@ -71,6 +71,7 @@ def test_defaults_export_everything_over_otlp_http() -> None:
         "otel_lab.telemetry.exporters.OTLPSpanExporter"
     ]
     assert found["spans"][0]["max_queue_size"] == 4096
+    assert found["spans"][0]["max_export_batch_size"] == 2048
     assert found["spans"][0]["timeout"] == 2.0
     assert found["readers"] == [
         {"exporter": "OTLPMetricExporter", "interval": 10_000, "timeout": 2000}
