@@ -11,6 +11,13 @@ rounds) for decoding (``receiver._decode``) and for writing (``Writer.write``, o
 transaction per request, into a fresh SQLite store).
 
     .venv/bin/python scripts/bench_ingest.py
+    .venv/bin/python scripts/bench_ingest.py --grow 8 --per-transaction 4
+
+``--grow N`` writes the same requests N times over (with fresh trace ids) into one store
+and prints the writer's user and system CPU per span as the store grows: on a store of
+some size each commit writes a page per span to each random-keyed B-tree (the span and
+trace ids), which a fresh store hides; ``--per-transaction`` commits that many requests
+at once.
 """
 
 from __future__ import annotations
@@ -93,6 +100,36 @@ def measure(bodies: list[bytes], per_request: int, db_path: Path) -> tuple[float
     return (decoded - started) / spans * 1e6, (written - opened) / spans * 1e6
 
 
+def grow(bodies: list[bytes], per_request: int, rounds: int, per_transaction: int) -> None:
+    """The writer's CPU per span, round by round, as one store grows."""
+    import os
+    import resource
+
+    from otel_lab.console.receiver import _decode
+    from otel_lab.console.store.schema import open_writer
+    from otel_lab.console.store.writer import StoreStats, Writer
+
+    with tempfile.TemporaryDirectory(prefix="otel-lab-ingest-") as tmp:
+        path = Path(tmp) / "store.db"
+        writer = Writer(open_writer(path), StoreStats())
+        for n in range(rounds):
+            batches = [_decode("traces", body, "", "proto") for body in bodies]
+            for batch in batches:  # new traces each round
+                batch.spans[:] = [s._replace(trace_id=os.urandom(16)) for s in batch.spans]
+                batch.red_attributes.clear()
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            for i in range(0, len(batches), per_transaction):
+                writer.write(batches[i : i + per_transaction])
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            spans = len(batches) * per_request
+            user = (after.ru_utime - before.ru_utime) / spans * 1e6
+            system = (after.ru_stime - before.ru_stime) / spans * 1e6
+            print(
+                f"  round {n + 1}: store {path.stat().st_size / 2**20:4.0f} MB, write user"
+                f" {user:5.1f} + system {system:5.1f} = {user + system:5.1f} us per span"
+            )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -100,8 +137,17 @@ def main() -> int:
     parser.add_argument(
         "--spans", type=int, default=512, help="spans per request (OTEL_BSP_MAX_EXPORT_BATCH_SIZE)"
     )
+    parser.add_argument("--grow", type=int, default=0, help="rounds into one growing store")
+    parser.add_argument("--per-transaction", type=int, default=1, help="requests per commit")
     args = parser.parse_args()
     bodies = export_bodies(args.requests, args.spans)
+    if args.grow:
+        print(
+            f"{args.grow} rounds of {args.requests} requests x {args.spans} server spans into"
+            f" one store, {args.per_transaction} request(s) per transaction:"
+        )
+        grow(bodies, args.spans, args.grow, args.per_transaction)
+        return 0
     size = sum(map(len, bodies)) / len(bodies) / args.spans
     decode, write = [], []
     with tempfile.TemporaryDirectory(prefix="otel-lab-ingest-") as tmp:
