@@ -12,7 +12,7 @@ import redis
 import redis.asyncio
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 
-from otel_lab.settings import Settings, get_settings
+from otel_lab.settings import Settings
 from otel_lab.telemetry.setup import Telemetry
 
 # Each call's own bound; within a request, what is left of its deadline when that is less
@@ -30,8 +30,8 @@ class CacheNotConfiguredError(RuntimeError):
     pass
 
 
-def redis_url(settings: Settings | None = None) -> str:
-    url = (settings or get_settings()).redis_url
+def redis_url(settings: Settings) -> str:
+    url = settings.redis_url
     if not url:
         raise CacheNotConfiguredError(
             "REDIS_URL is not set; start the system with `otel-lab up`, "

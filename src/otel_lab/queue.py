@@ -86,9 +86,7 @@ def _instrument_celery() -> None:
         instrumentor.instrument()
 
 
-def create_celery_app(
-    *, include: list[str] | None = None, settings: Settings | None = None
-) -> Celery:
+def create_celery_app(settings: Settings, *, include: list[str] | None = None) -> Celery:
     _instrument_celery()
     propagate_request_ids()
     broker = redis_url(settings)

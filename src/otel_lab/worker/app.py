@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 # The process's settings: the entry point is the one place that reads them.
 settings: Settings = get_settings()
-app = create_celery_app(include=["otel_lab.worker.tasks"], settings=settings)
+app = create_celery_app(settings, include=["otel_lab.worker.tasks"])
 
 TASKS = Counter("celery_tasks", "Celery tasks run, by outcome.", ["task", "state"])
 TASK_DURATION = Histogram(

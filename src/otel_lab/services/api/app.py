@@ -32,7 +32,7 @@ async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[di
             yield {
                 **db,
                 "redis": redis,
-                "celery": create_celery_app(settings=settings),
+                "celery": create_celery_app(settings),
                 "weather": weather_client,
                 "showcase": Showcase(telemetry, SERVICE_NAME),
                 "analysis": WorkerService(telemetry),
