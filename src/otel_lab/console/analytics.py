@@ -554,6 +554,40 @@ class _Point:
     exemplars: str | None
 
 
+@dataclass
+class _Bucket:
+    """What one series accumulates in one time bucket, by the metric's type."""
+
+    delta: float | None = None  # monotonic sum: the increase (None: nothing to diff yet)
+    last: dict[str, float] = field(default_factory=dict)  # other sum: each raw series' last
+    sum: float = 0  # gauge: sum and number of the values
+    n: int = 0
+    hist: _Hist | None = None  # histograms
+    count: float = 0  # summary: the count and the latest quantiles
+    quantiles: dict[str, float] = field(default_factory=dict)
+
+    def add_delta(self, increase: float) -> None:
+        self.delta = (self.delta or 0) + increase
+
+
+@dataclass
+class _Previous:
+    """A raw series' previous point, to difference cumulative points."""
+
+    start: int | None
+    value: float = 0  # monotonic sum
+    count: float = 0  # histograms
+    sum: float = 0
+    counts: list[float] | None = None  # explicit-bucket histogram
+    bounds: list[float] | None = None
+
+
+@dataclass
+class _Series:
+    labels: dict[str, Any]
+    buckets: dict[int, _Bucket] = field(default_factory=dict)
+
+
 class _SeriesBuilder:
     """Accumulates a metric's points into per-series time buckets (see metric_series)."""
 
@@ -568,11 +602,11 @@ class _SeriesBuilder:
         self.group = group_by
         self.cumulative = meta.temporality == AggregationTemporality.CUMULATIVE
         self.dimensions: dict[str, dict[str, int]] = {"service.name": {}}
-        self.exemplars: list[dict[str, Any]] = []
+        self.exemplars: list[JSONObject] = []
         # Per raw series (service + full attributes): the previous point, for deltas.
-        self.previous: dict[str, dict[str, Any]] = {}
-        # Per output series: bucket -> accumulator
-        self.out: dict[str, dict[str, Any]] = {}
+        self.previous: dict[str, _Previous] = {}
+        # Per output series: its labels and buckets.
+        self.out: dict[str, _Series] = {}
 
     def _count_dimensions(self, service_name: str, attributes: dict[str, Any]) -> None:
         services = self.dimensions["service.name"]
@@ -589,109 +623,107 @@ class _SeriesBuilder:
         point = {"service_name": p.service_name, "attributes": attributes, "start": p.start_ns}
         raw_key = p.service_name + "\x1f" + (p.attrs_json or "")
         key, labels = _series_key(point, self.group)
-        series = self.out.setdefault(key, {"labels": labels, "buckets": {}})
+        series = self.out.setdefault(key, _Series(labels))
         b = min((p.time_ns - self.w.since_ns) // self.bucket_ns, self.n - 1)
-        acc = series["buckets"].setdefault(b, {})
+        acc = series.buckets.setdefault(b, _Bucket())
         fields = json.loads(p.data) if p.data else {}
         kind = self.kind
         if kind == "sum" and self.meta.monotonic:
             self._add_counter(acc, raw_key, p)
         elif kind == "sum":
-            acc.setdefault("last", {})[raw_key] = p.value
+            acc.last[raw_key] = p.value
         elif kind == "gauge":
-            acc["sum"] = acc.get("sum", 0) + p.value
-            acc["n"] = acc.get("n", 0) + 1
+            acc.sum += p.value
+            acc.n += 1
         elif kind in ("histogram", "exponential_histogram"):
             self._add_histogram(acc, raw_key, p.start_ns, fields)
         elif kind == "summary":
-            acc["count"] = acc.get("count", 0) + fields.get("count", 0)
-            acc["quantiles"] = {
+            acc.count += fields.get("count", 0)
+            acc.quantiles = {
                 str(q["quantile"]): q["value"] for q in fields.get("quantile_values", [])
             }
         for ex in json.loads(p.exemplars) if p.exemplars else []:
             if len(self.exemplars) < 500:
                 self.exemplars.append({**ex, "series": labels})
 
-    def _add_counter(self, acc: dict[str, Any], raw_key: str, p: _Point) -> None:
+    def _add_counter(self, acc: _Bucket, raw_key: str, p: _Point) -> None:
         """A monotonic sum: the increase in the bucket (cumulative points differenced)."""
         value = p.value
         prev = self.previous.get(raw_key)
         if not self.cumulative:
-            acc["delta"] = acc.get("delta", 0) + value
+            acc.add_delta(value)
         elif prev is not None:
-            restarted = prev["start"] != p.start_ns
-            if not restarted and value >= prev["value"]:
-                acc["delta"] = acc.get("delta", 0) + (value - prev["value"])
+            restarted = prev.start != p.start_ns
+            if not restarted and value >= prev.value:
+                acc.add_delta(value - prev.value)
             else:
-                acc["delta"] = acc.get("delta", 0) + value  # reset: count from zero
-        self.previous[raw_key] = {"value": value, "start": p.start_ns}
+                acc.add_delta(value)  # reset: count from zero
+        self.previous[raw_key] = _Previous(p.start_ns, value=value)
 
     def _add_histogram(
-        self, acc: dict[str, Any], raw_key: str, start_ns: int | None, fields: dict[str, Any]
+        self, acc: _Bucket, raw_key: str, start_ns: int | None, fields: dict[str, Any]
     ) -> None:
-        hist = acc.setdefault("hist", _Hist())
+        hist = acc.hist = acc.hist or _Hist()
         prev = self.previous.get(raw_key)
-        restarted = prev is not None and prev["start"] != start_ns
+        restarted = prev is not None and prev.start != start_ns
         count, total = fields.get("count", 0), fields.get("sum") or 0
         if self.kind == "histogram":
             counts = fields.get("bucket_counts", [])
             bounds = fields.get("explicit_bounds", [])
             delta = counts if not self.cumulative else (
-                None if prev is None or restarted or prev.get("bounds") != bounds
-                else _delta_counts(counts, prev.get("counts"))
+                None if prev is None or restarted or prev.bounds != bounds
+                else _delta_counts(counts, prev.counts)
             )  # fmt: skip
             if delta is not None:
                 hist.ranges += _explicit_ranges(delta, bounds, fields.get("min"), fields.get("max"))
-            self.previous[raw_key] = {
-                "counts": counts, "bounds": bounds, "start": start_ns, "count": count, "sum": total,
-            }  # fmt: skip
+            self.previous[raw_key] = _Previous(
+                start_ns, count=count, sum=total, counts=counts, bounds=bounds
+            )
         else:
             if not self.cumulative:
                 hist.ranges += _exponential_ranges(fields)
-            self.previous[raw_key] = {"count": count, "sum": total, "start": start_ns}
+            self.previous[raw_key] = _Previous(start_ns, count=count, sum=total)
         if not self.cumulative:
             hist.count += count
             hist.sum += total
-        elif prev is not None and not restarted and count >= prev.get("count", 0):
-            hist.count += count - prev.get("count", 0)
-            hist.sum += total - prev.get("sum", 0)
+        elif prev is not None and not restarted and count >= prev.count:
+            hist.count += count - prev.count
+            hist.sum += total - prev.sum
         # An exponential histogram with cumulative temporality: percentiles need the
         # per-bucket deltas, which scale changes make unreliable; the rate and mean stay.
 
-    def _value(self, acc: dict[str, Any], p: dict[str, Any]) -> None:
+    def _value(self, acc: _Bucket, p: JSONObject) -> None:
         kind = self.kind
         if kind == "sum" and self.meta.monotonic:
-            if "delta" in acc:
-                p["rate_per_second"] = acc["delta"] / self.bucket_seconds
+            if acc.delta is not None:
+                p["rate_per_second"] = acc.delta / self.bucket_seconds
         elif kind == "sum":
-            p["value"] = sum(acc["last"].values())
+            p["value"] = sum(acc.last.values())
         elif kind == "gauge":
-            p["value"] = acc["sum"] / acc["n"]
-        elif "hist" in acc:
-            h: _Hist = acc["hist"]
+            p["value"] = acc.sum / acc.n
+        elif acc.hist is not None:
+            h = acc.hist
             p["count"] = h.count
             p["rate_per_second"] = h.count / self.bucket_seconds
             p["avg"] = h.sum / h.count if h.count else None
             for q, label in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
                 p[label] = h.quantile(q)
         elif kind == "summary":
-            p["count"] = acc["count"]
-            p["quantiles"] = acc["quantiles"]
+            p["count"] = acc.count
+            p["quantiles"] = acc.quantiles
 
-    def points(self, series: dict[str, Any]) -> list[dict[str, Any]]:
+    def points(self, series: _Series) -> list[JSONObject]:
         points = []
         for b in range(self.n):
-            acc = series["buckets"].get(b)
-            p: dict[str, Any] = {"start_unix_nano": self.w.since_ns + b * self.bucket_ns}
+            acc = series.buckets.get(b)
+            p: JSONObject = {"start_unix_nano": self.w.since_ns + b * self.bucket_ns}
             if acc is not None:
                 self._value(acc, p)
             points.append(p)
         return points
 
-    def series(self) -> list[dict[str, Any]]:
-        return [
-            {"labels": s["labels"], "points": self.points(s)} for _, s in sorted(self.out.items())
-        ]
+    def series(self) -> list[JSONObject]:
+        return [{"labels": s.labels, "points": self.points(s)} for _, s in sorted(self.out.items())]
 
 
 def metric_series(
