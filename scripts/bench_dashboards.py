@@ -4,7 +4,9 @@ Two ways to get data:
 
 - ``--url http://127.0.0.1:16686``: a running console (``otel-lab up``, with ``otel-lab load``
   for a few minutes to fill it); each dashboard is fetched over HTTP with
-  ``GET /api/dashboards/{uid}``, which is what the Dashboards page does.
+  ``GET /api/dashboards/{uid}``, which is what the Dashboards page does. For a console
+  serving a copy of a store (``python -m otel_lab.console --db COPY --scrape-interval 0``)
+  give ``--end`` (the copy's last scrape), so that every run sees the same time range.
 - ``--db PATH``: a copy of a console store (``.otel-lab/console/telemetry.db``; copied with
   SQLite's backup API first, so a live store can be given). The dashboards are rendered in this
   process with the code of this checkout (no HTTP, no rules engine, so no recorded series),
@@ -40,14 +42,16 @@ from otel_lab.console.config import checkout_deploy_dir
 from otel_lab.console.scrape import StoreSource
 
 
-def over_http(url: str, repeat: int) -> None:
+def over_http(url: str, repeat: int, end: float | None) -> None:
+    params = {"end": end} if end is not None else {}
     with httpx.Client(base_url=url, timeout=60) as client:
         boards = client.get("/api/dashboards").raise_for_status().json()["dashboards"]
         for board in boards:
             times = []
             for _ in range(repeat):
                 t0 = time.perf_counter()
-                body = client.get(f"/api/dashboards/{board['uid']}").raise_for_status().json()
+                response = client.get(f"/api/dashboards/{board['uid']}", params=params)
+                body = response.raise_for_status().json()
                 times.append(time.perf_counter() - t0)
             report(board["uid"], times, body)
 
@@ -101,10 +105,12 @@ def main() -> None:
     where.add_argument("--db", type=Path, help="a console store to copy and render from")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile one render (--db)")
-    parser.add_argument("--end", type=float, help="end of the time range, unix seconds (--db)")
+    parser.add_argument(
+        "--end", type=float, help="end of the time range, unix seconds (--db: the last scrape)"
+    )
     args = parser.parse_args()
     if args.url:
-        over_http(args.url, args.repeat)
+        over_http(args.url, args.repeat, args.end)
     else:
         in_process(args.db, args.repeat, args.profile, args.end)
 
