@@ -164,6 +164,16 @@ def read_enabled(path: Path | None = None) -> set[str]:
     return {name for name, flag in flags.items() if flag.get("defaultVariant") == "on"}
 
 
+def left_on_notice(path: Path) -> str | None:
+    """What ``otel-lab up`` says when faults are still on from an earlier run: the flag file
+    outlives the processes, so a fault nobody switched off slows the next run unannounced."""
+    enabled = read_enabled(path)
+    if not enabled:
+        return None
+    names = ", ".join(name for name in FAULTS if name in enabled)
+    return f"Fault scenarios still switched on from before: {names} (otel-lab fault off NAME)"
+
+
 def write(enabled: set[str], path: Path | None = None) -> Path:
     """Write the flag file with these faults on (atomically: readers never see half)."""
     path = path or flags_path()

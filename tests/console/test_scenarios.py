@@ -89,6 +89,22 @@ def test_a_process_follows_only_the_flags_it_is_given(tmp_path: Path) -> None:
     assert probe(**{faults.PATH_ENV: str(tmp_path / ".otel-lab" / faults.FILE_NAME)}) == "True"
 
 
+def test_up_names_the_faults_left_on(tmp_path: Path) -> None:
+    """The flag file outlives the processes: `otel-lab up` says which faults are still on
+    from an earlier run, instead of starting a slow system unannounced."""
+    from otel_lab import faults
+
+    path = tmp_path / faults.FILE_NAME
+    assert faults.left_on_notice(path) is None  # no flag file yet
+    faults.write(set(), path)
+    assert faults.left_on_notice(path) is None
+    faults.write({"cache-outage", "slow-database"}, path)
+    assert faults.left_on_notice(path) == (
+        "Fault scenarios still switched on from before: slow-database, cache-outage"
+        " (otel-lab fault off NAME)"
+    )
+
+
 def favour(pid: int, nice: int = -10) -> None:
     """More CPU for a process (and its session) than for the rest of a busy host.
 

@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from otel_lab import faults
 from otel_lab.console.cli import console
 from otel_lab.faults import cli as fault_commands
 from otel_lab.loadgen.cli import load
@@ -204,6 +205,8 @@ def _print_table(supervisor: Supervisor, settings: Settings, data_dir: Path) -> 
         ui = f"http://{connect_host(settings)}:{settings.console_ui_port}"
         out.print(f"Telemetry console: [bold]{ui}[/]")
     out.print(f"Data and logs: {data_dir}")
+    if notice := faults.left_on_notice(data_dir / faults.FILE_NAME):
+        out.print(f"[bold yellow]{notice}[/]")
     out.print(f"[bold green]{READY_LINE}[/]; press Ctrl-C to stop everything.")
 
 
