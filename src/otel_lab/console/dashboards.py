@@ -46,18 +46,28 @@ CONDITIONAL_SERIES: dict[str, str] = {
 }
 
 
-def dependency_reason(expr: str) -> str | None:
-    """Why this query cannot return data from a scrape of the embedded system, or None."""
-    for prefix, reason in {**COLLECTOR_ONLY_SERIES, **CONDITIONAL_SERIES}.items():
+def _needs(expr: str, table: dict[str, str]) -> tuple[str, str] | None:
+    for prefix, reason in table.items():
         if re.search(rf"(?<![A-Za-z0-9_:]){re.escape(prefix)}", expr):
-            return f"{prefix}… is {reason}"
+            return prefix, reason
     return None
 
 
+def dependency_reason(expr: str) -> str | None:
+    """Why this query cannot return data from a scrape of the embedded system, or None."""
+    found = _needs(expr, COLLECTOR_ONLY_SERIES) or _needs(expr, CONDITIONAL_SERIES)
+    return found[1] if found else None
+
+
 def why_empty(exprs: list[str]) -> str | None:
-    """What an empty panel says when no time range would fill it in embedded mode."""
-    reason = next((r for e in exprs if (r := dependency_reason(e))), None)
-    return f"No data in embedded mode: {reason}." if reason else None
+    """What an empty panel says when its series cannot be there, rather than 'no data in
+    this time range'."""
+    for expr in exprs:
+        if found := _needs(expr, COLLECTOR_ONLY_SERIES):
+            return f"No data in embedded mode: {found[0]}… is {found[1]}."
+        if found := _needs(expr, CONDITIONAL_SERIES):
+            return f"No data now: {found[0]} {found[1]}."
+    return None
 
 
 @dataclass
