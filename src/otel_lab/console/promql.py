@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -859,6 +859,16 @@ class _Range:
 RangeFn = Callable[[Series, Sequence[int], int], list[float | None]]
 
 
+def _windows(ts: Sequence[int], times: Sequence[int], range_ms: int) -> Iterator[tuple[int, int]]:
+    """The samples ``ts[lo:hi]`` in ``(end - range_ms, end]`` for each step ``end``, in order:
+    both bounds only move forward, so a range query costs one pass over the samples."""
+    lo = hi = 0
+    for end in times:
+        lo = bisect_left(ts, end - range_ms, lo)
+        hi = bisect_right(ts, end, max(lo, hi))
+        yield lo, hi
+
+
 def _extrapolated(is_counter: bool, is_rate: bool) -> RangeFn:
     """Prometheus 2.x ``extrapolatedRate``: rate, increase and delta."""
 
@@ -866,11 +876,8 @@ def _extrapolated(is_counter: bool, is_rate: bool) -> RangeFn:
         ts, vals = s.ts, s.vals
         resets = s.resets() if is_counter else None
         out: list[float | None] = []
-        lo = hi = 0
-        for end in times:
+        for end, (lo, hi) in zip(times, _windows(ts, times, range_ms), strict=True):
             start = end - range_ms
-            lo = bisect_left(ts, start, lo)
-            hi = bisect_right(ts, end, max(lo, hi))
             n = hi - lo
             if n < 2:
                 out.append(None)
@@ -907,10 +914,7 @@ def _instant_delta(is_rate: bool) -> RangeFn:
     def run(s: Series, times: Sequence[int], range_ms: int) -> list[float | None]:
         ts, vals = s.ts, s.vals
         out: list[float | None] = []
-        lo = hi = 0
-        for end in times:
-            lo = bisect_left(ts, end - range_ms, lo)
-            hi = bisect_right(ts, end, max(lo, hi))
+        for lo, hi in _windows(ts, times, range_ms):
             if hi - lo < 2:
                 out.append(None)
                 continue
@@ -927,13 +931,7 @@ def _instant_delta(is_rate: bool) -> RangeFn:
 def _over_time(fn: Callable[[list[float]], float]) -> RangeFn:
     def run(s: Series, times: Sequence[int], range_ms: int) -> list[float | None]:
         ts, vals = s.ts, s.vals
-        out: list[float | None] = []
-        lo = hi = 0
-        for end in times:
-            lo = bisect_left(ts, end - range_ms, lo)
-            hi = bisect_right(ts, end, max(lo, hi))
-            out.append(fn(vals[lo:hi]) if hi > lo else None)
-        return out
+        return [fn(vals[lo:hi]) if hi > lo else None for lo, hi in _windows(ts, times, range_ms)]
 
     return run
 
