@@ -82,16 +82,23 @@ def _app(recorded: Recorded, budget: float) -> FastAPI:
     return app
 
 
-Answer = tuple[int, dict[str, Any]]
+Answer = tuple[int, dict[str, Any], float]  # status, body, seconds the request took
 
 
 def _get(app: FastAPI, headers: dict[str, str] | list[tuple[bytes, bytes]]) -> Answer:
     async def go() -> Answer:
         async with served(app) as client:
+            began = time.monotonic()
             response = await client.get("/left", headers=headers)
-            return response.status_code, response.json()
+            return response.status_code, response.json(), time.monotonic() - began
 
     return run(go())
+
+
+def _whole_budget_less_the_request(budget_s: float, left_s: float, took_s: float) -> bool:
+    """The handler saw the budget less no more than the request took: the budget starts with
+    the request (bounded by the client's clock, so a loaded machine cannot fail it)."""
+    return budget_s - took_s <= left_s <= budget_s
 
 
 @pytest.mark.parametrize(
@@ -101,9 +108,9 @@ def _get(app: FastAPI, headers: dict[str, str] | list[tuple[bytes, bytes]]) -> A
 def test_the_middleware_starts_the_budget(
     recorded: Recorded, header: str | None, budget_ms: int
 ) -> None:
-    status, body = _get(_app(recorded, 1.0), {deadline.HEADER: header} if header else {})
+    status, body, took = _get(_app(recorded, 1.0), {deadline.HEADER: header} if header else {})
     assert status == 200
-    assert budget_ms / 1000 - 0.2 < body["left"] <= budget_ms / 1000
+    assert _whole_budget_less_the_request(budget_ms / 1000, body["left"], took), (body, took)
     attributes = recorded.server_span().attributes or {}
     assert attributes["deadline.budget_ms"] == budget_ms
     assert "deadline.header_ignored" not in attributes
@@ -111,16 +118,16 @@ def test_the_middleware_starts_the_budget(
 
 @pytest.mark.parametrize("value", [b"abc", b"-1", b"1.5", b"123456789", b"\xff", b""])
 def test_a_malformed_header_is_ignored_not_an_error(recorded: Recorded, value: bytes) -> None:
-    status, body = _get(_app(recorded, 1.0), [(deadline.HEADER.encode(), value)])
+    status, body, took = _get(_app(recorded, 1.0), [(deadline.HEADER.encode(), value)])
     assert status == 200, body
-    assert 0.8 < body["left"] <= 1.0
+    assert _whole_budget_less_the_request(1.0, body["left"], took), (body, took)
     attributes = recorded.server_span().attributes or {}
     assert attributes["deadline.budget_ms"] == 1000
     assert attributes["deadline.header_ignored"] is True
 
 
 def test_no_budget_left_on_arrival_is_a_json_504(recorded: Recorded) -> None:
-    status, body = _get(_app(recorded, 1.0), {deadline.HEADER: "0", "X-Request-ID": "late-1"})
+    status, body, _ = _get(_app(recorded, 1.0), {deadline.HEADER: "0", "X-Request-ID": "late-1"})
     assert status == 504
     assert body["error_type"] == "deadline_exceeded"
     assert body["request_id"] == "late-1"
