@@ -260,10 +260,12 @@ def scenario(
     check_span: Callable[[dict[str, Any]], Any],
     timeout: float = 90,
     on: threading.Event | None = None,
+    while_on: Callable[[], Any] | None = None,
 ) -> None:
     """Switch ``name`` on (traffic is running): a marked span that ``check_span`` accepts,
-    the panel moved, the alert firing; then off: the alert resolves. ``on`` is set while
-    the fault is on (for traffic that changes with it)."""
+    the panel moved, the alert firing, then ``while_on()`` (more checks with the fault
+    still on); then off: the alert resolves. ``on`` is set while the fault is on (for
+    traffic that changes with it)."""
     scenarios = {s["name"]: s for s in ui.get("/api/scenarios").json()["scenarios"]}
     assert scenarios[name]["alert"] == alert_name
     resolved_before = len(alert(ui, alert_name, labels)["resolved"])
@@ -285,6 +287,8 @@ def scenario(
             timeout=timeout,
         )
         assert firing["fired_at"] >= firing["active_since"]
+        if while_on is not None:
+            while_on()
     finally:
         switch(ui, name, False)
         if on is not None:
@@ -327,23 +331,67 @@ def test_scenarios_are_listed_and_bad_input_is_a_4xx(ui: httpx.Client) -> None:
     assert ui.post("/api/scenarios/slow-database", json={"enabled": "yes"}).status_code == 400
 
 
+def slow_queries(spans: list[dict[str, Any]], at_least_ms: float = 600) -> list[dict[str, Any]]:
+    """The slow-database fault's ``pg_sleep`` query spans among ``spans`` that took at least
+    the fault's shortest delay (0.6 s)."""
+    return [
+        s for s in spans
+        if "pg_sleep" in str(s["attributes"].get("db.statement", ""))
+        or "pg_sleep" in str(s["attributes"].get("db.query.text", ""))
+        if s["duration_ms"] >= at_least_ms
+    ]  # fmt: skip
+
+
 def test_slow_database(ui: httpx.Client, faulty: RunningSystem) -> None:
     def slow_query(span: dict[str, Any]) -> bool:
-        sleeps = [
-            s for s in span["trace"]
-            if "pg_sleep" in str(s["attributes"].get("db.statement", ""))
-            or "pg_sleep" in str(s["attributes"].get("db.query.text", ""))
-        ]  # fmt: skip
-        return span["name"] == "order_creation" and any(s["duration_ms"] >= 600 for s in sleeps)
+        return span["name"] == "order_creation" and bool(slow_queries(span["trace"]))
 
-    p95 = lambda: (latest(  # noqa: E731
-        panel(ui, "otel-lab-overview", "Request latency p50 / p95"), job="order-service"
-    ) or 0) > 0.5  # fmt: skip
+    def latency_panel() -> dict[str, Any]:
+        return panel(ui, "otel-lab-overview", "Request latency p50 / p95")
+
+    def slow_span_behind(link: dict[str, Any]) -> dict[str, Any] | None:
+        """The slow query in the link's trace, if the link's request waited for it and it
+        ran under the span marked slow-database."""
+        trace = ui.get(f"/api/traces/{link['trace_id']}")
+        if trace.status_code != 200:
+            return None
+        spans = trace.json()["spans"]
+        by_id = {s["span_id"]: s for s in spans}
+        for query in slow_queries(spans):
+            parent = by_id.get(query["parent_span_id"])
+            if (
+                parent is not None
+                and parent["name"] == "order_creation"
+                and parent["attributes"].get("otel_lab.fault") == "slow-database"
+                and any(e["name"] == "fault" for e in parent["events"])
+                and link["value"] * 1000 >= query["duration_ms"]
+            ):
+                return query
+        return None
+
+    def follow_the_panel_to_the_slow_span() -> None:
+        """The walkthrough's last hop: among the latency panel's trace links (the latency
+        histogram's exemplars, slowest first) is one whose trace has a pg_sleep query of
+        the fault's delay, under the order_creation span that the fault marked."""
+        links: list[dict[str, Any]] = []
+
+        def followed() -> dict[str, Any] | None:
+            links[:] = latency_panel()["links"]
+            # Exemplars, not the slowest traces the console finds for a panel without them.
+            slow = [link for link in links if "kind" not in link and link["value"] >= 0.6]
+            return next((query for link in slow if (query := slow_span_behind(link))), None)
+
+        try:
+            wait(followed, "a latency-panel exemplar leading to the slow pg_sleep span")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the panel's links: {links}") from None
+
+    p95 = lambda: (latest(latency_panel(), job="order-service") or 0) > 0.5  # noqa: E731
     with load(faulty.url("gateway"), chain, threads=3):
         scenario(
             ui, "slow-database", alert_name="SLOLatencyBurnRateFast",
             labels={"path": "/api/v1/process", "slo": "latency"}, moved=p95,
-            check_span=slow_query,
+            check_span=slow_query, while_on=follow_the_panel_to_the_slow_span,
         )  # fmt: skip
 
 
