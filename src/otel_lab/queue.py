@@ -10,11 +10,9 @@ from typing import Any
 
 from celery import Celery
 from kombu.transport import redis as kombu_redis
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
 from otel_lab.cache import redis_url
 from otel_lab.settings import Settings
-from otel_lab.telemetry import telemetry_enabled
 from otel_lab.telemetry.celery import propagate_request_ids
 
 DEFAULT_QUEUE = "celery"
@@ -78,16 +76,9 @@ class BrokerTransport(kombu_redis.Transport):
     Channel = _Channel
 
 
-def _instrument_celery() -> None:
-    """Both sides are instrumented: publishers inject the trace context into the message
-    headers, and the worker continues the trace from them."""
-    instrumentor = CeleryInstrumentor()
-    if telemetry_enabled() and not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument()
-
-
 def create_celery_app(settings: Settings, *, include: list[str] | None = None) -> Celery:
-    _instrument_celery()
+    """The app both sides use. Its tracing is the caller's: ``instrument_celery(telemetry)``
+    with the providers of the service's (or the worker's) telemetry."""
     propagate_request_ids()
     broker = redis_url(settings)
     app = Celery("otel_lab", broker=broker, include=include or [])

@@ -55,14 +55,19 @@ class Recorded:
         return server
 
 
-@pytest.fixture
-def recorded() -> Recorded:
+def recording() -> Recorded:
+    """Fresh in-memory exporters and the telemetry that reports to them."""
     spans = InMemorySpanExporter()
     tracer_provider = TracerProvider(resource=Resource.create({"service.name": "in-process"}))
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     reader = InMemoryMetricReader()
     telemetry = Telemetry(tracer_provider, MeterProvider(metric_readers=[reader]))
     return Recorded(spans, reader, telemetry)
+
+
+@pytest.fixture
+def recorded() -> Recorded:
+    return recording()
 
 
 def errors_total(error_type: str) -> float:

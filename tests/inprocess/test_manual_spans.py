@@ -4,22 +4,32 @@ repository, chain steps, showcase, weather) must be there, under the request's s
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 import pytest
+import redis
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
+from otel_lab.queue import DEFAULT_QUEUE
 from otel_lab.services.api.app import create_app as create_api
 from otel_lab.services.audit.app import create_app as create_audit
 from otel_lab.services.orders.app import create_app as create_orders
 from otel_lab.services.users.app import create_app as create_users
 from otel_lab.services.weather_upstream.app import create_app as create_weather_upstream
-from tests.inprocess.conftest import Recorded, closed_url, run, served, settings_for
+from tests.inprocess.conftest import (
+    Recorded,
+    closed_url,
+    recording,
+    run,
+    served,
+    settings_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -233,3 +243,55 @@ def test_weather_lookup_span(recorded: Recorded) -> None:
     assert lookup.attributes is not None
     assert lookup.attributes["weather.city"] == "Paris"
     assert lookup.attributes["weather.conditions"] == response.json()["conditions"]
+
+
+def test_celery_and_redis_spans_go_to_the_apps_providers(
+    recorded: Recorded, database_url: str, redis_url: str
+) -> None:
+    """The contrib instrumentations report to the providers the app was given: the publish
+    (apply_async/item_enrichment, a PRODUCER under the request) and the cache's commands.
+    Celery's instrumentation is one per process, so a second app with providers of its own
+    takes it over: its publish is in its memory, not in the first app's."""
+    broker_url = redis_url.rsplit("/", 1)[0] + "/3"  # a database of its own: no worker reads it
+    settings = settings_for(DATABASE_URL=database_url, REDIS_URL=broker_url)
+    broker = redis.Redis.from_url(broker_url)
+    broker.flushdb()
+    try:
+        (created,) = _calls(
+            create_api(settings, recorded.telemetry),
+            ("POST", "/items", {"json": {"name": "Traced", "description": "to memory"}}),
+        )
+        assert created.status_code == 201, created.text
+        spans = recorded.spans.get_finished_spans()
+        publish = _named(spans, "apply_async/item_enrichment")
+        assert publish.kind is SpanKind.PRODUCER
+        assert _scope(publish) == "opentelemetry.instrumentation.celery"
+        assert _parent(spans, publish) is recorded.server_span()
+        # The message carries this span's context, for the worker to continue the trace.
+        (message,) = [json.loads(raw) for raw in broker.lrange(DEFAULT_QUEUE, 0, -1)]
+        _, trace_id, span_id, _ = message["headers"]["traceparent"].split("-")
+        assert (trace_id, span_id) == (
+            f"{publish.context.trace_id:032x}",
+            f"{publish.context.span_id:016x}",
+        )
+
+        item_id = created.json()["id"]
+        (read,) = _calls(create_api(settings, recorded.telemetry), ("GET", f"/items/{item_id}", {}))
+        assert read.status_code == 200, read.text
+        commands = [
+            s
+            for s in recorded.spans.get_finished_spans()
+            if _scope(s) == "opentelemetry.instrumentation.redis"
+        ]
+        assert commands and all(s.kind is SpanKind.CLIENT for s in commands), commands
+
+        other = recording()
+        (again,) = _calls(
+            create_api(settings, other.telemetry),
+            ("POST", "/items", {"json": {"name": "Traced", "description": "elsewhere"}}),
+        )
+        assert again.status_code == 201, again.text
+        _named(other.spans.get_finished_spans(), "apply_async/item_enrichment")
+        _named(recorded.spans.get_finished_spans(), "apply_async/item_enrichment")  # still one
+    finally:
+        broker.flushdb()

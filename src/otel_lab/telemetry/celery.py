@@ -1,7 +1,9 @@
-"""The request ID crosses the broker: publishers put it in the task's message headers and
-the worker sets it for the task's run, so the worker's log lines carry the ``request_id``
-of the HTTP request that queued the work (the trace context travels beside it, injected
-by the Celery instrumentation)."""
+"""Celery's side of telemetry: the contrib instrumentation, given the providers to report
+to, and the request ID across the broker.
+
+Publishers put the request ID in the task's message headers and the worker sets it for the
+task's run, so the worker's log lines carry the ``request_id`` of the HTTP request that
+queued the work (the trace context travels beside it, injected by the instrumentation)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,43 @@ from contextvars import Token
 
 from celery import Task
 from celery.signals import before_task_publish, task_postrun, task_prerun
+from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
 from otel_lab.telemetry.context import request_id_var, sanitize_request_id
+from otel_lab.telemetry.setup import Telemetry
 
 REQUEST_ID_HEADER = "request_id"
 _tokens: dict[str, Token[str | None]] = {}
+# The providers the instrumentation reports to, as this module last set them.
+_instrumented: dict[str, tuple[trace.TracerProvider | None, metrics.MeterProvider | None]] = {}
+
+
+def instrument_celery(telemetry: Telemetry) -> None:
+    """Trace publishing and running tasks to ``telemetry``'s providers (none when it is off).
+
+    Both sides call it: publishers inject the trace context into the message headers and
+    the worker continues the trace from them. Celery's signals belong to the process, so
+    the instrumentation is one per process: called again with other providers (a test's
+    app after another's), it moves to them. One that ``opentelemetry-instrument`` made
+    (global providers) is kept when the global providers are what is asked for.
+    """
+    instrumentor = CeleryInstrumentor()  # a singleton
+    wanted = (telemetry.tracer_provider, telemetry.meter_provider) if telemetry.enabled else None
+    current = (
+        _instrumented.get("providers", (None, None))
+        if instrumentor.is_instrumented_by_opentelemetry
+        else None
+    )
+    if current == wanted:
+        return
+    if current is not None:
+        instrumentor.uninstrument()
+    _instrumented.pop("providers", None)
+    if wanted is not None:
+        tracer_provider, meter_provider = wanted
+        instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        _instrumented["providers"] = wanted
 
 
 def _add_request_id(headers: MutableMapping[str, object] | None = None, **_: object) -> None:

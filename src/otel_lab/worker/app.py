@@ -27,6 +27,7 @@ from prometheus_client import Counter, Histogram, start_http_server
 from otel_lab.queue import create_celery_app
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import setup_telemetry, shutdown_telemetry
+from otel_lab.telemetry.celery import instrument_celery
 from otel_lab.telemetry.metrics import LATENCY_BUCKETS
 from otel_lab.worker import tasks
 
@@ -49,6 +50,7 @@ _task_started: dict[str, float] = {}
 @worker_process_init.connect
 def _start_telemetry(**_: object) -> None:
     telemetry = setup_telemetry(SERVICE_NAME, **settings.telemetry_defaults())
+    instrument_celery(telemetry)  # the run/... spans, and the sweep's publishes
     tasks.configure(settings, telemetry)
 
 

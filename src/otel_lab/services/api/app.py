@@ -18,6 +18,7 @@ from otel_lab.services.api.showcase_service import Showcase
 from otel_lab.services.base import create_service, database, database_ready
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import Telemetry
+from otel_lab.telemetry.celery import instrument_celery
 
 SERVICE_NAME = API.name
 
@@ -27,6 +28,7 @@ async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[di
     redis = create_async_redis(settings, telemetry=telemetry)
     register_queue_depth(create_redis(settings, traced=False))
     weather_client = weather.WeatherClient.from_settings(settings, telemetry)
+    instrument_celery(telemetry)  # the publish spans (apply_async/...) go where the app's go
     try:
         async with database(settings, telemetry) as db:
             yield {
