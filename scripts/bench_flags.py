@@ -76,7 +76,7 @@ def main() -> None:
     from otel_lab.services.chaos import ChaosMiddleware
     from otel_lab.settings import get_settings
 
-    faults.write({"slow-database"})
+    faults.write({"slow-database"}, faults.flags_path(get_settings()))
     faults.active("slow-database")  # starts the watcher
     deadline = time.monotonic() + 10
     while not faults.active("slow-database"):

@@ -36,6 +36,7 @@ from typing import Annotated, Any
 import typer
 
 from otel_lab.jsontypes import JSONObject
+from otel_lab.settings import Settings, get_settings
 
 log = logging.getLogger("otel_lab.faults")
 
@@ -137,13 +138,11 @@ FAULTS: dict[str, Fault] = {
 }
 
 
-def flags_path() -> Path:
+def flags_path(settings: Settings) -> Path:
+    """The flag file to switch: the one flagd's ``FLAGD_OFFLINE_FLAG_SOURCE_PATH`` names
+    (read from the environment, as the flagd provider reads it), else the data dir's."""
     explicit = os.environ.get(PATH_ENV)
-    if explicit:
-        return Path(explicit)
-    from otel_lab.settings import get_settings
-
-    return get_settings().data_dir / FILE_NAME
+    return Path(explicit) if explicit else settings.data_dir / FILE_NAME
 
 
 def _flag(on: bool, fault: Fault) -> JSONObject:
@@ -155,10 +154,10 @@ def _flag(on: bool, fault: Fault) -> JSONObject:
     }
 
 
-def read_enabled(path: Path | None = None) -> set[str]:
+def read_enabled(path: Path) -> set[str]:
     """The faults switched on in the flag file (none when it does not exist)."""
     try:
-        flags = json.loads((path or flags_path()).read_text()).get("flags", {})
+        flags = json.loads(path.read_text()).get("flags", {})
     except (OSError, ValueError):
         return set()
     return {name for name, flag in flags.items() if flag.get("defaultVariant") == "on"}
@@ -174,9 +173,8 @@ def left_on_notice(path: Path) -> str | None:
     return f"Fault scenarios still switched on from before: {names} (otel-lab fault off NAME)"
 
 
-def write(enabled: set[str], path: Path | None = None) -> Path:
+def write(enabled: set[str], path: Path) -> Path:
     """Write the flag file with these faults on (atomically: readers never see half)."""
-    path = path or flags_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "$schema": "https://flagd.dev/schema/v0/flags.json",
@@ -188,7 +186,7 @@ def write(enabled: set[str], path: Path | None = None) -> Path:
     return path
 
 
-def switch(name: str, on: bool, path: Path | None = None) -> set[str]:
+def switch(name: str, on: bool, path: Path) -> set[str]:
     if name not in FAULTS:
         raise KeyError(name)
     enabled = read_enabled(path)
@@ -281,9 +279,12 @@ File = Annotated[
 
 
 def _path(data_dir: Path | None, file: Path | None = None) -> Path:
+    """The options' file, else the settings' (read here: the command is an entry point)."""
     if file:
         return file
-    return data_dir.expanduser().resolve() / FILE_NAME if data_dir else flags_path()
+    if data_dir:
+        return data_dir.expanduser().resolve() / FILE_NAME
+    return flags_path(get_settings())
 
 
 @cli.command("list")

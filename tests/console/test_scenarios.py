@@ -13,6 +13,7 @@ agrees). The dashboards are the shipped ones too (their windows follow the 1 s s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -103,6 +104,44 @@ def test_up_names_the_faults_left_on(tmp_path: Path) -> None:
         "Fault scenarios still switched on from before: slow-database, cache-outage"
         " (otel-lab fault off NAME)"
     )
+
+
+def test_the_console_switches_the_flag_file_it_was_given(tmp_path: Path) -> None:
+    """The Scenarios API reads and writes the flag file of the console's options (its
+    settings': the data dir's, or FLAGD_OFFLINE_FLAG_SOURCE_PATH's); a console given none
+    says so instead of guessing."""
+    from otel_lab import faults
+    from otel_lab.console.api import ApiOptions, create_app
+    from otel_lab.console.store import Store
+
+    path = tmp_path / "flags" / faults.FILE_NAME
+
+    def client(options: ApiOptions) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=create_app(store, options=options))
+        return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
+
+    async def calls() -> list[httpx.Response]:
+        async with client(ApiOptions(flags_file=path)) as ui, client(ApiOptions()) as bare:
+            return [
+                await ui.get("/api/scenarios"),
+                await ui.post("/api/scenarios/n-plus-one", json={"enabled": True}),
+                await bare.get("/api/scenarios"),
+                await bare.post("/api/scenarios/n-plus-one", json={"enabled": False}),
+            ]
+
+    store = Store(tmp_path / "console.db")
+    try:
+        listed, switched, *refused = asyncio.run(calls())
+    finally:
+        store.close()
+    assert listed.json()["flags_file"] == str(path)
+    assert {s["name"] for s in listed.json()["scenarios"] if s["enabled"]} == set()
+    assert switched.status_code == 200, switched.text
+    assert {s["name"] for s in switched.json()["scenarios"] if s["enabled"]} == {"n-plus-one"}
+    assert faults.read_enabled(path) == {"n-plus-one"}  # the refused POST left it as it was
+    for response in refused:
+        assert response.status_code == 404
+        assert response.json() == {"detail": "this console switches no fault flags"}
 
 
 def favour(pid: int, nice: int = -10) -> None:

@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from otel_lab import __version__
+from otel_lab import __version__, faults
 from otel_lab.runtime.harness import running_system
 
 
@@ -29,6 +29,38 @@ def test_version(up_env: dict[str, str]) -> None:
     done = otel_lab("--version", env=up_env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"otel-lab {__version__}"
+
+
+def test_fault_on_off_switch_the_flag_file_the_settings_name(
+    up_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`otel-lab fault`: the data dir's flag file (OTEL_LAB_DATA_DIR), or the one
+    FLAGD_OFFLINE_FLAG_SOURCE_PATH names (as `otel-lab up` gives its children), or --file."""
+    env = {k: v for k, v in up_env.items() if k != faults.PATH_ENV}
+    in_data_dir = Path(env["OTEL_LAB_DATA_DIR"]) / faults.FILE_NAME
+    done = otel_lab("fault", "on", "slow-database", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "slow-database on; active: slow-database"
+    assert faults.read_enabled(in_data_dir) == {"slow-database"}
+    listed = otel_lab("fault", "list", env=env).stdout.splitlines()
+    assert [line.split()[:2] for line in listed if line.startswith("ON")] == [
+        ["ON", "slow-database"]
+    ]
+
+    named = tmp_path / "named.flagd.json"
+    done = otel_lab("fault", "on", "cache-outage", env={**env, faults.PATH_ENV: str(named)})
+    assert done.returncode == 0, done.stderr
+    assert faults.read_enabled(named) == {"cache-outage"}
+    assert faults.read_enabled(in_data_dir) == {"slow-database"}  # untouched
+
+    done = otel_lab("fault", "off", "slow-database", env=env)
+    assert done.stdout.strip() == "slow-database off; active: none"
+    assert faults.read_enabled(in_data_dir) == set()
+    done = otel_lab("fault", "off", "cache-outage", "--file", str(named), env=env)
+    assert done.returncode == 0, done.stderr
+    assert faults.read_enabled(named) == set()
+    done = otel_lab("fault", "on", "nosuch", env=env)
+    assert done.returncode == 2 and "unknown fault 'nosuch'" in done.stderr
 
 
 def _follow_until(proc: subprocess.Popen[str], needle: str, deadline: float) -> list[str]:

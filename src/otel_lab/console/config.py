@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import otel_lab
+from otel_lab import faults
 from otel_lab.console.queries import QueryError, parse_duration_seconds
 from otel_lab.settings import Settings
 
@@ -43,6 +44,7 @@ class ConsoleConfig:
     otlp_port: int
     ui_port: int
     db_path: Path
+    flags_file: Path  # the fault flags the Scenarios page switches (otel_lab.faults)
     max_pending_rows: int = 100_000
     retention_seconds: float | None = None
     max_db_bytes: int | None = None
@@ -63,6 +65,7 @@ class ConsoleConfig:
             otlp_port=s.console_otlp_port,
             ui_port=s.console_ui_port,
             db_path=s.console_db or s.data_dir / "console" / "telemetry.db",
+            flags_file=faults.flags_path(s),
             max_pending_rows=s.console_max_pending_rows,
             retention_seconds=retention_seconds(s.console_retention),
             max_db_bytes=int(mb * 1024 * 1024) if mb > 0 else None,

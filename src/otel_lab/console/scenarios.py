@@ -6,17 +6,29 @@ The console writes the same flagd flag file as ``otel-lab fault on|off`` (see
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from otel_lab import faults
-from otel_lab.console.routes.common import ConsoleJSON
+from otel_lab.console.routes.common import ConsoleJSON, OptionsDep
 from otel_lab.jsontypes import JSONObject
 
 
-def scenarios_json() -> JSONObject:
-    enabled = faults.read_enabled()
+async def _flags_file(options: OptionsDep) -> Path:
+    if options.flags_file is None:
+        raise HTTPException(404, "this console switches no fault flags")
+    return options.flags_file
+
+
+FlagsFile = Annotated[Path, Depends(_flags_file)]
+
+
+def scenarios_json(path: Path) -> JSONObject:
+    enabled = faults.read_enabled(path)
     return {
-        "flags_file": str(faults.flags_path()),
+        "flags_file": str(path),
         "scenarios": [
             {
                 "name": f.name,
@@ -36,12 +48,12 @@ router = APIRouter(tags=["scenarios"])
 
 
 @router.get("/api/scenarios")
-def scenarios() -> ConsoleJSON:
-    return ConsoleJSON(scenarios_json())
+def scenarios(path: FlagsFile) -> ConsoleJSON:
+    return ConsoleJSON(scenarios_json(path))
 
 
 @router.post("/api/scenarios/{name}")
-async def switch(name: str, request: Request) -> ConsoleJSON:
+async def switch(name: str, request: Request, path: FlagsFile) -> ConsoleJSON:
     """Body ``{"enabled": true|false}``."""
     if name not in faults.FAULTS:
         return ConsoleJSON({"detail": f"unknown scenario {name[:64]!r}"}, status_code=404)
@@ -51,5 +63,5 @@ async def switch(name: str, request: Request) -> ConsoleJSON:
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
         return ConsoleJSON({"detail": 'body must be {"enabled": true|false}'}, status_code=400)
-    faults.switch(name, body["enabled"])
-    return ConsoleJSON(scenarios_json())
+    faults.switch(name, body["enabled"], path)
+    return ConsoleJSON(scenarios_json(path))

@@ -65,6 +65,7 @@ async def serve(
         security=Security(token=config.token, bind_host=config.host),
         sql_timeout=config.sql_timeout,
         prom=prom,
+        flags_file=config.flags_file,
     )
     try:
         common: dict[str, Any] = {

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import annotated_types
@@ -54,6 +55,7 @@ class ApiOptions:
     sql_timeout: float = sqlconsole.DEFAULT_TIMEOUT_SECONDS
     sql_max_rows: int = sqlconsole.DEFAULT_MAX_ROWS
     prom: PromState | None = None  # the scraper and the alert rules, when running
+    flags_file: Path | None = None  # the fault flags the Scenarios page switches (None: none)
 
 
 # --------------------------------------------------------------------------- dependencies
