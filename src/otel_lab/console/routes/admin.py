@@ -53,6 +53,11 @@ def health(store: StoreDep) -> ConsoleJSON:
 @router.get("/stats")
 def stats(store: StoreDep, options: OptionsDep) -> ConsoleJSON:
     """Ingest counters, storage use, retention settings and what eviction removed."""
+    # The eviction counters are published after their slice's commit, so reading them
+    # before the rows keeps the answer consistent: the counts below already miss every row
+    # the counters say was evicted (read the other way round, a slice could commit between
+    # the two reads and the answer show rows as both evicted and stored).
+    evicted = store.evictions.as_dict()
     s = store.stats
     conn = store.reader()
     disk = store.disk_bytes()
@@ -83,7 +88,7 @@ def stats(store: StoreDep, options: OptionsDep) -> ConsoleJSON:
             "retention_seconds": store.retention_ns / 1e9 if store.retention_ns else None,
             "max_db_bytes": store.max_db_bytes,
             "oldest_unix_nano": min(present) if present else None,
-            "evicted": store.evictions.as_dict(),
+            "evicted": evicted,
             "token_required": options.security.token is not None,
         }
     )
