@@ -125,7 +125,7 @@ class _Budget:
 
     def _limit(self, timeout: float | None) -> float:
         left = self.deadline if self.budget is None else max(0.0, self.budget)
-        left = max(0.0, min(left, request_deadline.remaining()))
+        left = request_deadline.capped(left)
         return left if timeout is None else min(timeout, left)
 
     def _spend(self, started: float) -> None:
@@ -191,7 +191,7 @@ class _DeadlinePool(AsyncAdaptedQueuePool):
 
     @property
     def _timeout(self) -> float:
-        return max(0.0, min(self._configured_timeout, request_deadline.remaining()))
+        return request_deadline.capped(self._configured_timeout)
 
     @_timeout.setter
     def _timeout(self, value: float) -> None:
