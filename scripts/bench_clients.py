@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from otel_lab.runtime.harness import free_ports
 from otel_lab.services.downstream import create_client
 from otel_lab.settings import get_settings
+from otel_lab.telemetry import Telemetry
 
 BODY = b'{"user_id": 1001, "action": "bench"}'
 CONCURRENCY = 8
@@ -42,8 +43,8 @@ async def run(name: str, url: str, calls: int) -> float:
 
         close = client.aclose
     else:
-        # the services' own client: traced when telemetry is enabled
-        session = create_client(get_settings())
+        # the services' own client, traced to the global provider or not at all
+        session = create_client(get_settings(), Telemetry(enabled=traced))
 
         async def one() -> None:
             async with session.post(url, data=BODY) as response:

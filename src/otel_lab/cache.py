@@ -40,24 +40,19 @@ def redis_url(settings: Settings) -> str:
     return url
 
 
-def _traced(client: ClientT, traced: bool, telemetry: Telemetry | None = None) -> ClientT:
-    telemetry = telemetry or Telemetry.from_environment()
-    if traced and telemetry.enabled:
+def _traced(client: ClientT, telemetry: Telemetry) -> ClientT:
+    if telemetry.enabled:
         RedisInstrumentor.instrument_client(client, tracer_provider=telemetry.tracer_provider)
     return client
 
 
-def create_async_redis(
-    settings: Settings, *, traced: bool = True, telemetry: Telemetry | None = None
-) -> redis.asyncio.Redis:
-    """A traced async client (to ``telemetry``'s provider; None: the global one)."""
+def create_async_redis(settings: Settings, telemetry: Telemetry) -> redis.asyncio.Redis:
+    """An async client traced to ``telemetry``'s provider (untraced when it is disabled)."""
     client = redis.asyncio.Redis.from_url(redis_url(settings), **_CLIENT_OPTIONS)
-    return _traced(client, traced, telemetry)
+    return _traced(client, telemetry)
 
 
-def create_redis(
-    settings: Settings, *, traced: bool = True, telemetry: Telemetry | None = None
-) -> redis.Redis:
-    """A traced blocking client (the worker's), as :func:`create_async_redis`."""
+def create_redis(settings: Settings, telemetry: Telemetry) -> redis.Redis:
+    """A blocking client (the worker's), as :func:`create_async_redis`."""
     client = redis.Redis.from_url(redis_url(settings), **_CLIENT_OPTIONS)
-    return _traced(client, traced, telemetry)
+    return _traced(client, telemetry)

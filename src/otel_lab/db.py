@@ -243,8 +243,7 @@ def _connect_args(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _observe(sync_engine: Engine, telemetry: Telemetry | None = None) -> None:
-    telemetry = telemetry or Telemetry.from_environment()
+def _observe(sync_engine: Engine, telemetry: Telemetry) -> None:
     if telemetry.enabled:
         instrument_engine(
             sync_engine,
@@ -269,12 +268,11 @@ def _isolation(autocommit: bool) -> dict[str, str]:
 
 def create_engine(
     settings: Settings,
-    telemetry: Telemetry | None = None,
+    telemetry: Telemetry,
     *,
     autocommit: bool = False,
 ) -> AsyncEngine:
-    """The async engine the HTTP services use, traced to ``telemetry``'s providers (None:
-    the global ones).
+    """The async engine the HTTP services use, traced to ``telemetry``'s providers.
 
     ``autocommit``: its connections are made autocommit once, when they connect. An engine
     that only gets the option per use (``execution_options(isolation_level=...)``) sets it
@@ -303,9 +301,9 @@ def create_engine(
 
 def create_blocking_engine(
     settings: Settings,
+    telemetry: Telemetry,
     *,
     autocommit: bool = False,
-    telemetry: Telemetry | None = None,
 ) -> Engine:
     """The synchronous engine the Celery worker uses (its tasks are plain functions);
     ``autocommit`` and ``telemetry`` as for :func:`create_engine`."""

@@ -18,6 +18,7 @@ from otel_lab.runtime.embedded import embedded_valkey
 from otel_lab.services import deadline
 from otel_lab.services.api import item_service
 from otel_lab.settings import Settings
+from otel_lab.telemetry import Telemetry
 from tests.faults.lab import frozen
 
 BUDGET = 0.1  # what the request has left: a fifth of the cache's own timeout
@@ -30,7 +31,7 @@ def test_a_cache_call_gets_no_more_than_the_request_has_left(tmp_path: Path) -> 
         breaker = item_service.cache_breaker
 
         async def scenario() -> None:
-            client = create_async_redis(settings, traced=False)
+            client = create_async_redis(settings, Telemetry(enabled=False))
             try:
                 assert await client.set("k", "v") and await client.get("k") == "v"
                 failures = breaker._failures

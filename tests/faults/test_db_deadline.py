@@ -26,10 +26,12 @@ from otel_lab.db import WARM_CONNECTIONS, create_blocking_engine, create_engine,
 from otel_lab.runtime.embedded import EmbeddedPostgres
 from otel_lab.services import deadline as request_deadline
 from otel_lab.settings import Settings
+from otel_lab.telemetry import Telemetry
 from tests.faults.lab import frozen
 
 DEADLINE = 1.0  # the server's statement_timeout is 80 % of it: 0.8 s
 SLOW = "SELECT 1 FROM pg_sleep(0.6)"  # well within one deadline; two are not
+UNTRACED = Telemetry(enabled=False)  # the deadlines are under test, not the spans
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def test_one_budget_for_a_checkouts_round_trips(settings: Settings) -> None:
     new connection, has a budget of its own. The same for the worker's blocking engine."""
 
     async def scenario() -> None:
-        engine = create_engine(settings)
+        engine = create_engine(settings, UNTRACED)
         try:
             async with engine.connect() as conn:
                 await conn.execute(text(SLOW))
@@ -64,7 +66,7 @@ def test_one_budget_for_a_checkouts_round_trips(settings: Settings) -> None:
 
     asyncio.run(scenario())
 
-    engine = create_blocking_engine(settings)
+    engine = create_blocking_engine(settings, UNTRACED)
     try:
         with engine.connect() as conn:
             conn.execute(text(SLOW))
@@ -87,7 +89,7 @@ def test_a_slow_connect_leaves_less_for_the_first_statement(
     hung = 0.7
 
     async def scenario() -> None:
-        engine = create_engine(settings)
+        engine = create_engine(settings, UNTRACED)
         loop = asyncio.get_running_loop()
         try:
             with frozen(postgres.pid):  # the server and its backends
@@ -113,7 +115,7 @@ def test_the_request_deadline_cuts_every_wait_shorter(postgres: EmbeddedPostgres
     )
 
     async def scenario() -> None:
-        engine = create_engine(settings)
+        engine = create_engine(settings, UNTRACED)
         try:
             with request_deadline.within(budget):
                 started = time.monotonic()
@@ -134,7 +136,7 @@ def test_the_request_deadline_cuts_every_wait_shorter(postgres: EmbeddedPostgres
         finally:
             await engine.dispose()
 
-        fresh = create_engine(settings)
+        fresh = create_engine(settings, UNTRACED)
         try:
             with frozen(postgres.pid), request_deadline.within(budget):  # a hung server
                 started = time.monotonic()
@@ -158,7 +160,7 @@ def test_a_statement_whose_client_gave_up_stops_on_the_server(postgres: Embedded
     marker = f"orphan-{time.monotonic_ns()}"
 
     async def scenario() -> None:
-        engine = create_engine(settings)
+        engine = create_engine(settings, UNTRACED)
         try:
             with (
                 request_deadline.within(0.3),
@@ -196,7 +198,7 @@ def test_a_cut_wait_drops_its_connection_not_the_pool(postgres: EmbeddedPostgres
             return {(await conn.execute(pid)).scalar_one() for conn in conns}
 
     async def scenario() -> None:
-        engine = create_engine(settings)
+        engine = create_engine(settings, UNTRACED)
         try:
             before = await backends(engine, 3)
             assert engine.pool.checkedin() == 3
@@ -215,7 +217,7 @@ def test_a_cut_wait_drops_its_connection_not_the_pool(postgres: EmbeddedPostgres
 
     asyncio.run(scenario())
 
-    blocking = create_blocking_engine(settings)
+    blocking = create_blocking_engine(settings, UNTRACED)
     try:
         conns = [blocking.connect() for _ in range(3)]
         before_sync = {c.execute(pid).scalar_one() for c in conns}
@@ -244,7 +246,7 @@ def test_warm_up_fills_the_pool_and_gives_up_on_a_hung_server(
     assert postgres.pid is not None
 
     async def scenario() -> None:
-        engine = create_engine(settings)
+        engine = create_engine(settings, UNTRACED)
         try:
             with frozen(postgres.pid):
                 assert await warm_up(engine, within=0.5) is False

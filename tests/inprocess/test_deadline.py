@@ -175,8 +175,11 @@ def _with_downstream(
 ) -> None:
     async def go() -> None:
         values = settings_for(**settings)
-        async with create_client(values, Telemetry(enabled=False)) as client:
-            await test(Downstream("slow", url, client, settings=values, retry=_RETRY))
+        untraced = Telemetry(enabled=False)
+        async with create_client(values, untraced) as client:
+            await test(
+                Downstream("slow", url, client, settings=values, retry=_RETRY, telemetry=untraced)
+            )
 
     run(go())
 

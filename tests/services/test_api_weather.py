@@ -277,6 +277,7 @@ def test_unreachable_upstream_is_502() -> None:
             backoff_seconds=0.01,
             deadline_seconds=3.0,
             settings=Settings(),
+            telemetry=Telemetry(enabled=False),
         )
         try:
             with pytest.raises(UpstreamFailure) as failure:

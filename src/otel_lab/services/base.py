@@ -350,6 +350,7 @@ def create_chain_service(
     async def lifespan(
         settings: Settings, telemetry: Telemetry
     ) -> AsyncIterator[dict[str, object]]:
+        install_baggage_span_attributes(settings, telemetry)
         async with AsyncExitStack() as stack:
             state = await stack.enter_async_context(database(settings, telemetry))
             if next_hop is not None:
@@ -370,7 +371,6 @@ def create_chain_service(
         readiness_checks={"database": database_ready},
         telemetry=telemetry,
     )
-    install_baggage_span_attributes(settings, telemetry)
     for router in routers:
         app.include_router(router)
     return app

@@ -347,9 +347,9 @@ def _middlewares(telemetry: Telemetry) -> tuple[aiohttp.ClientMiddlewareType, ..
     return (client_middleware(telemetry.tracer_provider, telemetry.meter_provider),)
 
 
-def create_client(settings: Settings, telemetry: Telemetry | None = None) -> aiohttp.ClientSession:
-    """The process's shared client: a keep-alive pool, short connect timeout, traced (to
-    ``telemetry``'s providers; None: the global ones).
+def create_client(settings: Settings, telemetry: Telemetry) -> aiohttp.ClientSession:
+    """The process's shared client: a keep-alive pool, short connect timeout, traced to
+    ``telemetry``'s providers.
 
     Create it inside the running event loop (a lifespan) and close it there.
     """
@@ -359,7 +359,7 @@ def create_client(settings: Settings, telemetry: Telemetry | None = None) -> aio
             total=settings.downstream_timeout_seconds,
             sock_connect=settings.downstream_connect_timeout_seconds,
         ),
-        middlewares=_middlewares(telemetry or Telemetry.from_environment()),
+        middlewares=_middlewares(telemetry),
         auto_decompress=True,
     )
 
@@ -432,10 +432,10 @@ class Downstream:
         count_http_errors: bool = True,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
-        telemetry: Telemetry | None = None,
+        telemetry: Telemetry,
     ) -> None:
         self.settings = settings
-        self.tracer = (telemetry or Telemetry.from_environment()).tracer(SCOPE)
+        self.tracer = telemetry.tracer(SCOPE)
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.client = client
@@ -722,14 +722,13 @@ def baggage_keys(settings: Settings) -> tuple[str, ...]:
 _baggage_processor_installed: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
 
 
-def install_baggage_span_attributes(settings: Settings, telemetry: Telemetry | None = None) -> None:
-    """Copy the chain's baggage entries onto every span the provider starts (once each):
-    the provider of ``telemetry``, or the global one.
+def install_baggage_span_attributes(settings: Settings, telemetry: Telemetry) -> None:
+    """Copy the chain's baggage entries onto every span ``telemetry``'s provider (None:
+    the global one) starts, once per provider.
 
     An allow-list, not every entry: baggage is caller-controlled data, and only the keys
     the chain itself sets are worth (and safe) recording.
     """
-    telemetry = telemetry or Telemetry.from_environment()
     if not telemetry.enabled:
         return
     provider = telemetry.tracer_provider or trace.get_tracer_provider()

@@ -42,11 +42,11 @@ class TaskResources:
     @cached_property
     def engine(self) -> Engine:
         """The worker's engine without BEGIN/COMMIT: each of its statements stands alone."""
-        return create_blocking_engine(self.settings, autocommit=True, telemetry=self.telemetry)
+        return create_blocking_engine(self.settings, self.telemetry, autocommit=True)
 
     @cached_property
     def cache(self) -> redis.Redis:
-        return create_redis(self.settings, telemetry=self.telemetry)
+        return create_redis(self.settings, self.telemetry)
 
 
 _resources: TaskResources | None = None

@@ -25,8 +25,9 @@ SERVICE_NAME = API.name
 
 @asynccontextmanager
 async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[dict[str, object]]:
-    redis = create_async_redis(settings, telemetry=telemetry)
-    register_queue_depth(create_redis(settings, traced=False))
+    redis = create_async_redis(settings, telemetry)
+    # Untraced: a span per scrape-time LLEN would be noise in every trace view.
+    register_queue_depth(create_redis(settings, Telemetry(enabled=False)))
     weather_client = weather.WeatherClient.from_settings(settings, telemetry)
     instrument_celery(telemetry)  # the publish spans (apply_async/...) go where the app's go
     try:

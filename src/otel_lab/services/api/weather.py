@@ -93,9 +93,8 @@ class WeatherClient:
         backoff_seconds: float,
         deadline_seconds: float,
         settings: Settings,
-        telemetry: Telemetry | None = None,
+        telemetry: Telemetry,
     ) -> None:
-        telemetry = telemetry or Telemetry.from_environment()
         self._tracer = telemetry.tracer(SCOPE)
         self._client = create_client(settings, telemetry)
         # Only an upstream that cannot be reached or does not answer opens the breaker: a 5xx
@@ -119,7 +118,7 @@ class WeatherClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, telemetry: Telemetry | None = None) -> WeatherClient:
+    def from_settings(cls, settings: Settings, telemetry: Telemetry) -> WeatherClient:
         return cls(
             settings.base_url(WEATHER_UPSTREAM),
             timeout_seconds=settings.weather_timeout_seconds,

@@ -179,7 +179,7 @@ async def current(
         return observation
 
 
-def _zero_code_app(settings: Settings) -> FastAPI:
+def _zero_code_app(settings: Settings, telemetry: Telemetry) -> FastAPI:
     """The app as ``opentelemetry-instrument`` expects it: plain FastAPI, no SDK set-up here.
 
     The distro has installed the tracer, meter and logger providers and patched
@@ -202,8 +202,7 @@ def _zero_code_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Telemetry]]:
-        # No providers given: manual spans go to the global ones, which are the agent's.
-        yield {"telemetry": Telemetry.from_environment()}
+        yield {"telemetry": telemetry}
 
     app = FastAPI(title=TITLE, description=DESCRIPTION, version=__version__, lifespan=lifespan)
     app.add_exception_handler(ServiceError, handle_service_error)
@@ -223,11 +222,13 @@ def _sdk_installed() -> bool:
 
 
 def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastAPI:
-    """The upstream, instrumented the way ``INSTRUMENTATION_MODE`` says (``telemetry`` None
-    sets up the process's own in manual mode, see ``create_service``)."""
+    """The upstream, instrumented the way ``INSTRUMENTATION_MODE`` says. ``telemetry`` None
+    means the process's entry point: in manual mode it sets up the process's own (see
+    ``create_service``); in zero-code mode the manual spans go to the global providers,
+    which are the agent's."""
     settings = settings or get_settings()
     if settings.instrumentation_mode == "zero-code":
-        app = _zero_code_app(settings)
+        app = _zero_code_app(settings, telemetry or Telemetry.from_environment())
     else:
         app = create_service(
             SERVICE_NAME, settings, title=TITLE, description=DESCRIPTION, telemetry=telemetry
