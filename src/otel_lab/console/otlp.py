@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -37,7 +37,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    Exemplar,
+    ExponentialHistogramDataPoint,
+    HistogramDataPoint,
+    NumberDataPoint,
+    SummaryDataPoint,
+)
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otel_lab.console.model import (
     LogRow,
@@ -48,6 +56,7 @@ from otel_lab.console.model import (
     SpanKind,
     SpanRow,
 )
+from otel_lab.jsontypes import JSONArray, JSONObject, JSONValue
 
 Signal = Literal["traces", "metrics", "logs"]
 Format = Literal["proto", "json"]
@@ -85,7 +94,7 @@ class BodyTooLarge(ValueError):
 # --------------------------------------------------------------------------- JSON values
 
 
-def _sanitize(value: Any) -> Any:
+def _sanitize(value: object) -> object:
     """Replace NaN/Infinity, which JSON (and SQLite's JSON functions) cannot hold."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
@@ -100,15 +109,16 @@ _json_string: Callable[[str], str] = json.encoder.encode_basestring
 _encode_strict = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON; the fast path never pays for the NaN check unless it fails."""
+def dumps(value: object) -> str:
+    """Compact JSON (of what ``json`` encodes: JSON values, TypedDicts, tuples); the fast
+    path never pays for the NaN check unless it fails."""
     try:
         return _encode_strict(value)
     except ValueError:
         return _encode_strict(_sanitize(value))
 
 
-def any_value(v: AnyValue) -> Any:
+def any_value(v: AnyValue) -> JSONValue:
     """AnyValue -> native Python (bytes become base64 text, as in OTLP JSON)."""
     kind = v.WhichOneof("value")
     if kind == "string_value":
@@ -128,9 +138,9 @@ def any_value(v: AnyValue) -> Any:
     return None
 
 
-def attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
+def attributes(kvs: Iterable[KeyValue]) -> JSONObject:
     """KeyValue list -> dict; strings and ints (most attributes) skip the generic path."""
-    out: dict[str, Any] = {}
+    out: JSONObject = {}
     for kv in kvs:
         value = kv.value
         kind = value.WhichOneof("value")
@@ -143,7 +153,7 @@ def attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
     return out
 
 
-def attributes_json(kvs: Any) -> str | None:
+def attributes_json(kvs: Iterable[KeyValue]) -> str | None:
     """Attributes as compact JSON, or None (NULL costs no bytes) when there are none."""
     if not kvs:
         return None
@@ -176,7 +186,7 @@ class Batch:
     points: list[PointRow] = field(default_factory=list)
     # The decoded attributes of the SERVER and CONSUMER spans, by (trace_id, span_id): the
     # writer's RED summary reads their route from here instead of parsing the JSON again.
-    red_attributes: dict[tuple[bytes, bytes], dict[str, Any]] = field(default_factory=dict)
+    red_attributes: dict[tuple[bytes, bytes], JSONObject] = field(default_factory=dict)
     rejected: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -211,7 +221,7 @@ class Batch:
         return sid
 
 
-def _events_json(events: Any) -> str | None:
+def _events_json(events: Iterable[Span.Event]) -> str | None:
     if not events:
         return None
     return dumps(
@@ -226,12 +236,12 @@ def _events_json(events: Any) -> str | None:
     )
 
 
-def _links_json(links: Any) -> str | None:
+def _links_json(links: Iterable[Span.Link]) -> str | None:
     if not links:
         return None
-    out = []
+    out: JSONArray = []
     for link in links:
-        item: dict[str, Any] = {
+        item: JSONObject = {
             "trace_id": link.trace_id.hex(),
             "span_id": link.span_id.hex(),
             "attributes": attributes(link.attributes),
@@ -301,7 +311,9 @@ def decode_traces(req: ExportTraceServiceRequest) -> Batch:
     return batch
 
 
-def _access_log_row(sp: Any, attrs: dict[str, Any], service: str, rid: int, sid: int) -> LogRow:
+def _access_log_row(
+    sp: Span, attrs: Mapping[str, JSONValue], service: str, rid: int, sid: int
+) -> LogRow:
     """The ``request_completed`` line of a request, rebuilt from its server span.
 
     The services write that line to stderr but do not export it over OTLP, because the
@@ -328,7 +340,7 @@ def _access_log_row(sp: Any, attrs: dict[str, Any], service: str, rid: int, sid:
 _access_prefixes: dict[tuple[str, str], str] = {}
 
 
-def access_log_body(attrs: dict[str, Any], elapsed_ms: float) -> str:
+def access_log_body(attrs: Mapping[str, JSONValue], elapsed_ms: float) -> str:
     """The access line's JSON fields. Every server span makes one, so the usual shape
     (string method, route and request ID, integer status) is written from a prefix
     encoded once per (method, route); anything else goes through :func:`dumps`. Both give
@@ -409,10 +421,10 @@ def decode_logs(req: ExportLogsServiceRequest) -> Batch:
     return batch
 
 
-def _exemplars_json(exemplars: Any) -> str | None:
+def _exemplars_json(exemplars: Iterable[Exemplar] | None) -> str | None:
     if not exemplars:
         return None
-    out = []
+    out: JSONArray = []
     for ex in exemplars:
         value = ex.as_double if ex.WhichOneof("value") == "as_double" else ex.as_int
         out.append(
@@ -427,13 +439,13 @@ def _exemplars_json(exemplars: Any) -> str | None:
     return dumps(out)
 
 
-def _number(dp: Any) -> int | float:
+def _number(dp: NumberDataPoint) -> int | float:
     value: int | float = dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int
     return value
 
 
-def _histogram(dp: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
+def _histogram(dp: HistogramDataPoint) -> JSONObject:
+    data: JSONObject = {
         "count": dp.count,
         "sum": dp.sum if dp.HasField("sum") else None,
         "bucket_counts": list(dp.bucket_counts),
@@ -446,8 +458,8 @@ def _histogram(dp: Any) -> dict[str, Any]:
     return data
 
 
-def _exponential_histogram(dp: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
+def _exponential_histogram(dp: ExponentialHistogramDataPoint) -> JSONObject:
+    data: JSONObject = {
         "count": dp.count,
         "sum": dp.sum if dp.HasField("sum") else None,
         "scale": dp.scale,
@@ -469,7 +481,7 @@ def _exponential_histogram(dp: Any) -> dict[str, Any]:
     return data
 
 
-def _summary(dp: Any) -> dict[str, Any]:
+def _summary(dp: SummaryDataPoint) -> JSONObject:
     return {
         "count": dp.count,
         "sum": dp.sum,
@@ -477,8 +489,9 @@ def _summary(dp: Any) -> dict[str, Any]:
     }
 
 
-# Metric type name -> how to turn one data point into (value, data-JSON-dict).
-_POINT_DECODERS: dict[str, Callable[[Any], tuple[int | float | None, dict[str, Any] | None]]] = {
+# Metric type name -> how to turn one data point into (value, data-JSON-dict). The point
+# comes from ``getattr(metric, kind)``, whose type depends on ``kind``.
+_POINT_DECODERS: dict[str, Callable[[Any], tuple[int | float | None, JSONObject | None]]] = {
     "gauge": lambda dp: (_number(dp), None),
     "sum": lambda dp: (_number(dp), None),
     "histogram": lambda dp: (None, _histogram(dp)),
@@ -604,7 +617,7 @@ def parse_request(signal: Signal, body: bytes, fmt: Format) -> Message:
 
 # OTLP JSON encodes trace and span ids as hex; protobuf's JSON mapping expects base64.
 # These are the places ids occur, in both spellings json_format accepts.
-def _items(obj: Any, *names: str) -> list[Any]:
+def _items(obj: object, *names: str) -> list[object]:
     if not isinstance(obj, dict):
         return []
     for name in names:
@@ -614,7 +627,7 @@ def _items(obj: Any, *names: str) -> list[Any]:
     return []
 
 
-def _fix_ids(obj: Any, where: str) -> None:
+def _fix_ids(obj: object, where: str) -> None:
     if not isinstance(obj, dict):
         return
     for camel, snake in (
@@ -640,7 +653,7 @@ def _fix_ids(obj: Any, where: str) -> None:
 _POINT_KINDS = ("gauge", "sum", "histogram", "exponentialHistogram", "exponential_histogram")
 
 
-def _hex_ids_to_base64(signal: Signal, doc: dict[str, Any]) -> None:
+def _hex_ids_to_base64(signal: Signal, doc: dict[str, object]) -> None:
     if signal == "traces":
         _span_ids(doc)
     elif signal == "logs":
@@ -652,7 +665,7 @@ def _hex_ids_to_base64(signal: Signal, doc: dict[str, Any]) -> None:
         _exemplar_ids(doc)
 
 
-def _span_ids(doc: dict[str, Any]) -> None:
+def _span_ids(doc: dict[str, object]) -> None:
     for rs in _items(doc, "resourceSpans", "resource_spans"):
         for ss in _items(rs, "scopeSpans", "scope_spans"):
             for span in _items(ss, "spans"):
@@ -661,7 +674,7 @@ def _span_ids(doc: dict[str, Any]) -> None:
                     _fix_ids(link, "span.link")
 
 
-def _exemplar_ids(doc: dict[str, Any]) -> None:
+def _exemplar_ids(doc: dict[str, object]) -> None:
     for rm in _items(doc, "resourceMetrics", "resource_metrics"):
         for sm in _items(rm, "scopeMetrics", "scope_metrics"):
             for metric in _items(sm, "metrics"):

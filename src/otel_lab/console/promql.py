@@ -26,7 +26,7 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol, TypeAlias, TypedDict
 
 LOOKBACK_MS = 5 * 60 * 1000
 NAME = "__name__"
@@ -147,23 +147,23 @@ class Selector:
 @dataclass
 class Call:
     func: str
-    args: list[Any]
+    args: list[Node]
 
 
 @dataclass
 class Agg:
     op: str
-    expr: Any
+    expr: Node
     grouping: list[str] | None  # None: no clause; labels for by/without
     without: bool = False
-    param: Any = None
+    param: Node | None = None
 
 
 @dataclass
 class Binary:
     op: str
-    lhs: Any
-    rhs: Any
+    lhs: Node
+    rhs: Node
     bool_: bool = False
     on: list[str] | None = None  # on(...) labels, or None
     ignoring: list[str] = field(default_factory=list)
@@ -174,7 +174,20 @@ class Binary:
 @dataclass
 class Unary:
     op: str
-    expr: Any
+    expr: Node
+
+
+Node: TypeAlias = Num | Str | Selector | Call | Agg | Binary | Unary
+
+
+class _Matching(TypedDict, total=False):
+    """A binary operator's modifiers, read before its right-hand side."""
+
+    bool_: bool
+    on: list[str]
+    ignoring: list[str]
+    group: str
+    include: list[str]
 
 
 # ============================================================================ parser
@@ -259,14 +272,14 @@ class _Parser:
             return True
         return False
 
-    def parse(self) -> Any:
+    def parse(self) -> Node:
         expr = self.expr(0)
         if self.peek()[0] != "eof":
             _kind, text, pos = self.peek()
             raise PromQLError(f"unexpected {text!r} at {pos}")
         return expr
 
-    def expr(self, level: int) -> Any:
+    def expr(self, level: int) -> Node:
         if level == len(_LEVELS):
             return self.power()
         lhs = self.expr(level + 1)
@@ -275,40 +288,35 @@ class _Parser:
             if text not in _LEVELS[level] or kind not in ("op", "ident"):
                 return lhs
             self.next()
-            node = Binary(text, lhs, None)
-            self.modifiers(node)
-            node.rhs = self.expr(level + 1)
-            lhs = node
+            matching = self.modifiers(text)
+            lhs = Binary(text, lhs, self.expr(level + 1), **matching)
 
-    def modifiers(self, node: Binary) -> None:
+    def modifiers(self, op: str) -> _Matching:
+        matching: _Matching = {}
         if self.accept("bool"):
-            if node.op not in COMPARISONS:
+            if op not in COMPARISONS:
                 raise PromQLError("bool is only for comparisons")
-            node.bool_ = True
+            matching["bool_"] = True
         if self.accept("on"):
-            node.on = self.label_list()
+            matching["on"] = self.label_list()
         elif self.accept("ignoring"):
-            node.ignoring = self.label_list()
+            matching["ignoring"] = self.label_list()
         for side in ("left", "right"):
             if self.accept(f"group_{side}"):
-                node.group = side
+                matching["group"] = side
                 if self.peek()[1] == "(":
-                    node.include = self.label_list()
+                    matching["include"] = self.label_list()
+        return matching
 
-    def power(self) -> Any:
+    def power(self) -> Node:
         base = self.unary()
         if self.peek()[1] == "^":
             self.next()
-            node = Binary("^", base, None)
-            self.modifiers(node)
-            node.rhs = self.power_rhs()
-            return node
+            matching = self.modifiers("^")
+            return Binary("^", base, self.power(), **matching)  # right-associative
         return base
 
-    def power_rhs(self) -> Any:
-        return self.power()  # right-associative
-
-    def unary(self) -> Any:
+    def unary(self) -> Node:
         kind, text, _ = self.peek()
         if kind == "op" and text in ("-", "+"):
             self.next()
@@ -320,7 +328,7 @@ class _Parser:
             return inner
         return self.postfix(self.atom())
 
-    def postfix(self, node: Any) -> Any:
+    def postfix(self, node: Node) -> Node:
         while True:
             kind, text, pos = self.peek()
             if text == "[":
@@ -356,7 +364,7 @@ class _Parser:
         self.expect(")")
         return names
 
-    def atom(self) -> Any:
+    def atom(self) -> Node:
         kind, text, pos = self.next()
         if kind == "number":
             return Num(float(int(text, 16)) if text.lower().startswith("0x") else float(text))
@@ -375,7 +383,7 @@ class _Parser:
                 return self.aggregation(text)
             if self.peek()[1] == "(" and text not in KEYWORDS:
                 self.next()
-                args: list[Any] = []
+                args: list[Node] = []
                 while self.peek()[1] != ")":
                     args.append(self.expr(0))
                     if not self.accept(","):
@@ -426,10 +434,10 @@ class _Parser:
         return Agg(op, inner, grouping, without, param)
 
 
-_PARSED: dict[str, Any] = {}
+_PARSED: dict[str, Node] = {}
 
 
-def parse(text: str) -> Any:
+def parse(text: str) -> Node:
     """The syntax tree of ``text`` (cached: dashboards and rules repeat their queries)."""
     tree = _PARSED.get(text)
     if tree is None:
@@ -445,7 +453,7 @@ def parse(text: str) -> Any:
     return tree
 
 
-def nodes(tree: Any) -> Iterable[Any]:
+def nodes(tree: Node) -> Iterable[Node]:
     """Every node of the tree, parents first."""
     yield tree
     if isinstance(tree, Call):
@@ -462,7 +470,7 @@ def nodes(tree: Any) -> Iterable[Any]:
         yield from nodes(tree.expr)
 
 
-def selectors(tree: Any) -> Iterable[Selector]:
+def selectors(tree: Node) -> Iterable[Selector]:
     """Every selector in the tree (to fetch their data once for a range of steps)."""
     return (node for node in nodes(tree) if isinstance(node, Selector))
 
@@ -470,6 +478,11 @@ def selectors(tree: Any) -> Iterable[Selector]:
 # ============================================================================ evaluation
 
 Vector = list[tuple[Labels, float]]
+# What a node evaluates to at one instant (a range vector only as a function's argument).
+Value: TypeAlias = "float | str | Vector | _Range"
+# A range function's vectors at every step, shared by a dashboard's panels: the function,
+# the selector (matchers, range, offset) and the steps (first, last, how many).
+StepKey = tuple[str, tuple[tuple[str, str, str], ...], int | None, int, int, int, int]
 
 
 def _drop(labels: Labels, names: Iterable[str]) -> Labels:
@@ -493,7 +506,7 @@ class Evaluator:
         self,
         source: Source,
         lookback_ms: int = LOOKBACK_MS,
-        shared: dict[Any, dict[int, Vector]] | None = None,
+        shared: dict[StepKey, dict[int, Vector]] | None = None,
     ) -> None:
         """``shared``: range-function results by selector and steps, for evaluators of one
         source and time range (a dashboard's panels: p50 and p95 rate the same buckets)."""
@@ -508,7 +521,7 @@ class Evaluator:
         self._group_keys: dict[int, dict[Labels, Labels]] = {}
         self._bucket_keys: dict[Labels, tuple[Labels, float] | None] = {}
 
-    def prepare(self, tree: Any, start_ms: int, end_ms: int) -> None:
+    def prepare(self, tree: Node, start_ms: int, end_ms: int) -> None:
         for sel in selectors(tree):
             reach = (sel.range_ms or self.lookback_ms) + sel.offset_ms
             self._cache[id(sel)] = self.source.select(
@@ -524,7 +537,7 @@ class Evaluator:
 
     # ------------------------------------------------------------------ entry points
 
-    def instant(self, tree: Any, t_ms: int) -> float | Vector:
+    def instant(self, tree: Node, t_ms: int) -> float | Vector:
         """A scalar, or a vector of (labels, value)."""
         try:
             value = self.eval(tree, t_ms)
@@ -538,11 +551,10 @@ class Evaluator:
             raise PromQLError("a query cannot return a string")
         if isinstance(value, _Range):
             raise PromQLError("a range vector cannot be shown; apply rate() or similar")
-        result: float | Vector = value
-        return result
+        return value
 
     def range(
-        self, tree: Any, start_ms: int, end_ms: int, step_ms: int
+        self, tree: Node, start_ms: int, end_ms: int, step_ms: int
     ) -> dict[Labels, list[tuple[int, float]]]:
         """Series of (t, value) for every step; a scalar result has the empty label set."""
         if step_ms <= 0:
@@ -565,7 +577,7 @@ class Evaluator:
             self._steps.clear()
         return out
 
-    def _prepare_steps(self, tree: Any, steps: list[int]) -> None:
+    def _prepare_steps(self, tree: Node, steps: list[int]) -> None:
         """``rate(x[5m])`` and the other range functions of a selector, at every step at
         once: the per-step evaluation then only aggregates and combines their vectors."""
         for node in nodes(tree):
@@ -581,7 +593,7 @@ class Evaluator:
             series = self._series(sel, steps[0]) if id(sel) in self._cache else None
             if series is None:
                 continue
-            key = (node.func, matcher_key(sel.matchers), sel.range_ms, sel.offset_ms,
+            key: StepKey = (node.func, matcher_key(sel.matchers), sel.range_ms, sel.offset_ms,
                    steps[0], steps[-1], len(steps))  # fmt: skip
             if key not in self._shared:
                 vectors = _stepped(_RANGE_FUNCS[node.func], sel, series, steps)
@@ -590,7 +602,7 @@ class Evaluator:
 
     # ------------------------------------------------------------------ nodes
 
-    def eval(self, node: Any, t: int) -> Any:
+    def eval(self, node: Node, t: int) -> Value:
         if isinstance(node, Num):
             return node.value
         if isinstance(node, Str):
@@ -603,14 +615,14 @@ class Evaluator:
             value = self.eval(node.expr, t)
             if isinstance(value, float):
                 return -value
+            if not isinstance(value, list):
+                raise PromQLError("unary minus needs a scalar or an instant vector")
             return [(_without_name(lb), -v) for lb, v in value]
         if isinstance(node, Binary):
             return self._binary(node, t)
         if isinstance(node, Agg):
             return self._aggregate(node, t)
-        if isinstance(node, Call):
-            return self._call(node, t)
-        raise PromQLError(f"cannot evaluate {type(node).__name__}")
+        return self._call(node, t)
 
     def _instant_vector(self, sel: Selector, t: int) -> Vector:
         at = t - sel.offset_ms
@@ -626,42 +638,58 @@ class Evaluator:
             out.append((s.labels, s.vals[i]))
         return out
 
-    def _vector(self, node: Any, t: int, what: str) -> Vector:
+    def _vector(self, node: Node, t: int, what: str) -> Vector:
         value = self.eval(node, t)
         if not isinstance(value, list):
             raise PromQLError(f"{what} needs an instant vector")
         return value
 
+    def _scalar(self, node: Node, t: int, what: str) -> float:
+        value = self.eval(node, t)
+        if not isinstance(value, float):
+            raise PromQLError(f"{what} needs a scalar")
+        return value
+
+    def _string(self, node: Node, t: int, what: str) -> str:
+        value = self.eval(node, t)
+        if not isinstance(value, str):
+            raise PromQLError(f"{what} needs a string")
+        return value
+
     # ------------------------------------------------------------------ binary operators
 
-    def _binary(self, node: Binary, t: int) -> Any:
+    def _binary(self, node: Binary, t: int) -> float | Vector:
         lhs, rhs = self.eval(node.lhs, t), self.eval(node.rhs, t)
         op = node.op
-        if isinstance(lhs, _Range) or isinstance(rhs, _Range):
+        if isinstance(lhs, str | _Range) or isinstance(rhs, str | _Range):
             raise PromQLError(f"operator {op} needs instant vectors or scalars")
         if op in SET_OPS:
             if not isinstance(lhs, list) or not isinstance(rhs, list):
                 raise PromQLError(f"{op} needs vectors on both sides")
             return self._set_op(node, lhs, rhs)
-        if isinstance(lhs, float) and isinstance(rhs, float):
-            if op in COMPARISONS and not node.bool_:
-                raise PromQLError("comparisons between scalars need bool")
-            return _apply(op, lhs, rhs, node.bool_)[1]
-        if isinstance(lhs, float) or isinstance(rhs, float):
-            out: Vector = []
-            scalar_left = isinstance(lhs, float)
-            vec = rhs if scalar_left else lhs
-            for labels, v in vec:
-                a, b = (lhs, v) if scalar_left else (v, rhs)
-                keep, value = _apply(op, a, b, node.bool_)
-                if not keep:
-                    continue
+        if isinstance(lhs, float):
+            if isinstance(rhs, float):
                 if op in COMPARISONS and not node.bool_:
-                    value = v  # a filter keeps the vector's own value
-                drop = op not in COMPARISONS or node.bool_
-                out.append((_without_name(labels) if drop else labels, value))
-            return out
+                    raise PromQLError("comparisons between scalars need bool")
+                return _apply(op, lhs, rhs, node.bool_)[1]
+            return self._scalar_op(node, rhs, lhs, scalar_left=True)
+        if isinstance(rhs, float):
+            return self._scalar_op(node, lhs, rhs, scalar_left=False)
         return self._vector_op(node, lhs, rhs)
+
+    def _scalar_op(self, node: Binary, vec: Vector, scalar: float, *, scalar_left: bool) -> Vector:
+        op = node.op
+        out: Vector = []
+        for labels, v in vec:
+            a, b = (scalar, v) if scalar_left else (v, scalar)
+            keep, value = _apply(op, a, b, node.bool_)
+            if not keep:
+                continue
+            if op in COMPARISONS and not node.bool_:
+                value = v  # a filter keeps the vector's own value
+            drop = op not in COMPARISONS or node.bool_
+            out.append((_without_name(labels) if drop else labels, value))
+        return out
 
     def _signature(self, node: Binary, labels: Labels) -> Labels:
         if node.on is not None:
@@ -715,7 +743,7 @@ class Evaluator:
 
     def _aggregate(self, node: Agg, t: int) -> Vector:
         vec = self._vector(node.expr, t, node.op)
-        param = self.eval(node.param, t) if node.param is not None else None
+        param = self._scalar(node.param, t, node.op) if node.param is not None else None
         groups: dict[Labels, list[tuple[Labels, float]]] = {}
         keys = self._group_keys.setdefault(id(node), {})  # the same label sets at every step
         for labels, v in vec:
@@ -755,7 +783,7 @@ class Evaluator:
                 var = math.fsum((x - mean) ** 2 for x in values) / len(values)
                 value = math.sqrt(var) if op == "stddev" else var
             elif op == "quantile":
-                value = _quantile(float(param), sorted(values))  # type: ignore[arg-type]
+                value = _quantile(math.nan if param is None else param, sorted(values))
             else:  # pragma: no cover - the parser knows the list
                 raise PromQLError(f"unknown aggregation {op}")
             out.append((key, value))
@@ -763,7 +791,7 @@ class Evaluator:
 
     # ------------------------------------------------------------------ functions
 
-    def _call(self, node: Call, t: int) -> Any:
+    def _call(self, node: Call, t: int) -> Value:
         name, args = node.func, node.args
         handler = _RANGE_FUNCS.get(name)
         if handler is not None:
@@ -786,7 +814,7 @@ class Evaluator:
             return [(_without_name(lb), simple(v, *extra)) for lb, v in vec]
         raise PromQLError(f"function {name}() is not in the console's PromQL subset")
 
-    def _histogram_quantile(self, args: list[Any], t: int) -> Any:
+    def _histogram_quantile(self, args: list[Node], t: int) -> Value:
         if len(args) != 2:
             raise PromQLError("histogram_quantile(q, buckets)")
         q = self.eval(args[0], t)
@@ -795,20 +823,17 @@ class Evaluator:
         buckets = self._vector(args[1], t, "histogram_quantile")
         return _histogram_quantile(q, buckets, self._bucket_keys)
 
-    def _to_vector(self, args: list[Any], t: int) -> Any:
-        value = self.eval(args[0], t)
-        if not isinstance(value, float):
-            raise PromQLError("vector() needs a scalar")
-        return [((), value)]
+    def _to_vector(self, args: list[Node], t: int) -> Value:
+        return [((), self._scalar(args[0], t, "vector()"))]
 
-    def _to_scalar(self, args: list[Any], t: int) -> Any:
+    def _to_scalar(self, args: list[Node], t: int) -> Value:
         vec = self._vector(args[0], t, "scalar")
         return vec[0][1] if len(vec) == 1 else math.nan
 
-    def _time(self, args: list[Any], t: int) -> Any:
+    def _time(self, args: list[Node], t: int) -> Value:
         return t / 1000.0
 
-    def _absent(self, args: list[Any], t: int) -> Any:
+    def _absent(self, args: list[Node], t: int) -> Value:
         if self._vector(args[0], t, "absent"):
             return []
         sel = args[0] if isinstance(args[0], Selector) else None
@@ -816,9 +841,9 @@ class Evaluator:
                               if m.op == "=" and m.name != NAME))  # fmt: skip
         return [(labels, 1.0)]
 
-    def _label_replace(self, args: list[Any], t: int) -> Any:
+    def _label_replace(self, args: list[Node], t: int) -> Value:
         vec = self._vector(args[0], t, "label_replace")
-        dst, repl, src, regex = (self.eval(a, t) for a in args[1:5])
+        dst, repl, src, regex = (self._string(a, t, "label_replace") for a in args[1:5])
         pattern = re.compile(f"^(?:{regex})$")
         out: Vector = []
         for labels, v in vec:
@@ -835,7 +860,7 @@ class Evaluator:
 
 
 # Functions that are neither range functions nor applied value by value.
-_SPECIAL_FUNCS: dict[str, Callable[[Evaluator, list[Any], int], Any]] = {
+_SPECIAL_FUNCS: dict[str, Callable[[Evaluator, list[Node], int], Value]] = {
     "histogram_quantile": Evaluator._histogram_quantile,
     "vector": Evaluator._to_vector,
     "scalar": Evaluator._to_scalar,

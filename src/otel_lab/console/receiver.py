@@ -12,19 +12,23 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
 from google.rpc import status_pb2
+from starlette.types import Receive, Scope, Send
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from otel_lab.console import otlp
 from otel_lab.console.security import bearer_ok
 from otel_lab.console.store import Store
+from otel_lab.jsontypes import JSONObject
 
 log = logging.getLogger("otel_lab.console.receiver")
 
@@ -50,8 +54,6 @@ UNIMPLEMENTED = 12
 UNAVAILABLE = 14
 UNAUTHENTICATED = 16
 
-Scope = dict[str, Any]
-
 
 def grpc_hint(server: tuple[str, int | None] | None) -> str:
     """What a gRPC client is told: this port speaks OTLP/HTTP, and how to configure for it."""
@@ -68,7 +70,7 @@ def grpc_hint(server: tuple[str, int | None] | None) -> str:
 
 
 async def _send(
-    send: Any,
+    send: Send,
     status: int,
     body: bytes,
     content_type: str,
@@ -89,7 +91,7 @@ def _json_error(status_code: int, message: str) -> bytes:
 
 
 async def _send_status(
-    send: Any,
+    send: Send,
     http_status: int,
     rpc_code: int,
     message: str,
@@ -112,7 +114,7 @@ class _Disconnected(Exception):
     pass
 
 
-async def _read_body(receive: Any) -> bytes:
+async def _read_body(receive: Receive) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -147,7 +149,7 @@ class _Head:
         return self.content_type.split(";", 1)[0].strip().lower()
 
     @classmethod
-    def of(cls, headers: Any) -> _Head:
+    def of(cls, headers: Iterable[tuple[bytes, bytes]]) -> _Head:
         head = cls()
         for name, value in headers:
             if name == b"authorization":
@@ -169,7 +171,7 @@ class OtlpReceiver:
         self.ui_url = ui_url
         self.token = token
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
@@ -208,7 +210,7 @@ class OtlpReceiver:
         response = otlp.build_response(signal, batch)
         await _send(send, 200, otlp.serialize(response, fmt), head.media_type)
 
-    async def _admit(self, scope: Scope, send: Any, head: _Head) -> otlp.Format | None:
+    async def _admit(self, scope: Scope, send: Send, head: _Head) -> otlp.Format | None:
         """The request's format, or None after answering why it is refused."""
         media_type = head.media_type
         if self.token is not None and not bearer_ok(head.authorization, self.token):
@@ -261,7 +263,7 @@ class OtlpReceiver:
         return fmt
 
     async def _receive(
-        self, receive: Any, send: Any, signal: otlp.Signal, head: _Head, fmt: otlp.Format
+        self, receive: Receive, send: Send, signal: otlp.Signal, head: _Head, fmt: otlp.Format
     ) -> otlp.Batch | None:
         """The body, decoded; or None after answering why it cannot be."""
         media_type, encoding = head.media_type, head.encoding
@@ -286,7 +288,7 @@ class OtlpReceiver:
             await self._too_large(send, media_type)
         return None
 
-    async def _too_large(self, send: Any, media_type: str) -> None:
+    async def _too_large(self, send: Send, media_type: str) -> None:
         await _send_status(
             send,
             413,
@@ -295,8 +297,8 @@ class OtlpReceiver:
             media_type,
         )
 
-    async def _not_found(self, scope: Scope, send: Any) -> None:
-        info: dict[str, Any] = {
+    async def _not_found(self, scope: Scope, send: Send) -> None:
+        info: JSONObject = {
             "service": "otel-lab console: OTLP/HTTP receiver",
             "endpoints": {f"POST {p}": s for p, s in ROUTES.items()},
             "content_types": ["application/x-protobuf", "application/json"],
@@ -318,7 +320,7 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 class _GrpcHintConnection:
     """Speaks just enough HTTP/2 to fail every gRPC call with UNIMPLEMENTED and the hint."""
 
-    def __init__(self, transport: Any, server: tuple[str, int | None] | None) -> None:
+    def __init__(self, transport: asyncio.Transport, server: tuple[str, int | None] | None) -> None:
         self.transport = transport
         self.hint = grpc_hint(server)
         self.conn = h2.connection.H2Connection(
@@ -402,8 +404,14 @@ class OtlpHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus: a connection that opens with the HTTP/2 preface
     (a gRPC exporter) is answered over HTTP/2 with the hint instead of a bare 400."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, object],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
         self._sniffing = True
         self._sniffed = b""
         self._grpc: _GrpcHintConnection | None = None
