@@ -17,11 +17,10 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header
 from opentelemetry import context, trace
-from sqlalchemy import Row
 
 from otel_lab.jsontypes import JSONObject
 from otel_lab.registry import CHAIN
@@ -35,7 +34,7 @@ from otel_lab.services.downstream import (
     idempotency_key,
 )
 from otel_lab.services.errors import NotFoundError
-from otel_lab.services.users.repository import UserRepository
+from otel_lab.services.users.repository import UserRepository, UserRow
 from otel_lab.services.users.schemas import ChainProfile, ChainResponse, ProcessRequest
 
 logger = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ OrderServiceDep = Annotated[Downstream, Depends(lifespan_state("orders"))]
 
 async def _validate_user(
     tracer: trace.Tracer, users: UserRepository, body: ProcessRequest, record_pii: bool
-) -> Row[Any]:
+) -> UserRow:
     """Find the user by id (404 if unknown), or by email (created on first sight)."""
     with tracer.start_as_current_span(
         "user_validation", attributes={"operation.type": "validation"}
@@ -77,7 +76,7 @@ async def _validate_user(
         return user
 
 
-async def _create_on_first_sight(users: UserRepository, body: ProcessRequest) -> Row[Any]:
+async def _create_on_first_sight(users: UserRepository, body: ProcessRequest) -> UserRow:
     assert body.user_email is not None
     name = body.user_name or body.user_email.split("@", 1)[0]
     user = await users.add(name, body.user_email)
@@ -89,7 +88,7 @@ async def _create_on_first_sight(users: UserRepository, body: ProcessRequest) ->
 
 
 async def _enrich_profile(
-    tracer: trace.Tracer, users: UserRepository, user: Row[Any]
+    tracer: trace.Tracer, users: UserRepository, user: UserRow
 ) -> ChainProfile:
     """What the chain knows about the user beyond the row: todo counts, membership age."""
     with tracer.start_as_current_span(

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from functools import lru_cache
-from typing import Any, cast
+from typing import TypeAlias, cast
 
 from opentelemetry import trace
 from sqlalchemy import (
@@ -37,6 +38,12 @@ from otel_lab.services.users.models import DEFAULT_TIER, Todo, User
 from otel_lab.telemetry import Telemetry
 
 SCOPE = "otel_lab.users.repository"
+
+# A whole row of each table, in column order: what every statement below returns (but
+# ``_DELETE_*``). Its statements select the Table's columns, which SQLAlchemy cannot type.
+UserRow: TypeAlias = Row[tuple[int, str, str, str, datetime, datetime]]
+TodoColumns: TypeAlias = tuple[int, int, str, str | None, bool, datetime, datetime, datetime | None]
+TodoRow: TypeAlias = Row[TodoColumns]
 
 
 # Declarative tables are typed FromClause; the statements below want the Table they are.
@@ -87,7 +94,9 @@ _DELETE_TODO = (
 
 
 @lru_cache
-def _todo_queries(by_user: bool, by_completed: bool) -> tuple[Select[Any], Select[Any]]:
+def _todo_queries(
+    by_user: bool, by_completed: bool
+) -> tuple[Select[tuple[int]], Select[TodoColumns]]:
     """(count, page) of the todos, filtered by user and/or completion: four pairs, each
     built once."""
     count, page = select(func.count()).select_from(_todos), select(_todos)
@@ -128,16 +137,17 @@ class UserRepository(_Repository):
     """Users as SQLAlchemy Core statements on one autocommit connection (each statement
     its own transaction, no BEGIN/COMMIT round trips); rows, not ORM objects."""
 
-    async def _one(self, statement: Executable, params: Mapping[str, object]) -> Row[Any] | None:
+    async def _one(self, statement: Executable, params: Mapping[str, object]) -> UserRow | None:
+        """The user row ``statement`` returns (each one given here returns whole rows)."""
         return (await self.connection.execute(statement, params)).first()
 
-    async def get(self, user_id: int) -> Row[Any] | None:
+    async def get(self, user_id: int) -> UserRow | None:
         with self._span("get_user", **{"user.id": user_id}) as span:
             user = await self._one(_GET_USER, {"user_id": user_id})
             span.set_attribute("db.found", user is not None)
             return user
 
-    async def get_by_email(self, email: str) -> Row[Any] | None:
+    async def get_by_email(self, email: str) -> UserRow | None:
         with self._span("get_user_by_email") as span:  # the email itself stays out of the span
             user = await self._one(_GET_USER_BY_EMAIL, {"email": email})
             span.set_attribute("db.found", user is not None)
@@ -145,7 +155,7 @@ class UserRepository(_Repository):
                 span.set_attribute("user.id", user.id)
             return user
 
-    async def page(self, limit: int, offset: int) -> tuple[list[Row[Any]], int]:
+    async def page(self, limit: int, offset: int) -> tuple[list[UserRow], int]:
         with self._span("list_users", **{"db.limit": limit, "db.offset": offset}) as span:
             total = await self.connection.scalar(_COUNT_USERS)
             result = await self.connection.execute(_PAGE_USERS, {"limit": limit, "offset": offset})
@@ -157,7 +167,7 @@ class UserRepository(_Repository):
                     await self.connection.scalar(_COUNT_TODOS_OF, {"user_id": user.id})
             return users, int(total or 0)
 
-    async def add(self, name: str, email: str, tier: str = DEFAULT_TIER) -> Row[Any] | None:
+    async def add(self, name: str, email: str, tier: str = DEFAULT_TIER) -> UserRow | None:
         """Insert a user; None when the email is taken (checked first, or a concurrent
         request created it meanwhile)."""
         with self._span("insert_user") as span:
@@ -166,7 +176,7 @@ class UserRepository(_Repository):
                 span.set_attribute("user.id", user.id)
             return user
 
-    async def update(self, user_id: int, changes: Mapping[str, object]) -> Row[Any] | None:
+    async def update(self, user_id: int, changes: Mapping[str, object]) -> UserRow | None:
         """Set ``changes`` (and ``updated_at``); None when the user is gone. A taken email
         raises IntegrityError."""
         with self._span("update_user", **{"user.id": user_id}):
@@ -178,7 +188,8 @@ class UserRepository(_Repository):
     async def delete(self, user_id: int) -> bool:
         """Delete the user (their todos go with it: ON DELETE CASCADE); False if unknown."""
         with self._span("delete_user", **{"user.id": user_id}) as span:
-            found = await self._one(_DELETE_USER, {"user_id": user_id}) is not None
+            deleted = await self.connection.execute(_DELETE_USER, {"user_id": user_id})
+            found = deleted.first() is not None
             span.set_attribute("db.found", found)
             return found
 
@@ -193,7 +204,7 @@ class UserRepository(_Repository):
 class TodoRepository(_Repository):
     """Todos as Core statements on one autocommit connection, like :class:`UserRepository`."""
 
-    async def get(self, todo_id: int) -> Row[Any] | None:
+    async def get(self, todo_id: int) -> TodoRow | None:
         with self._span("get_todo", **{"todo.id": todo_id}) as span:
             todo = (await self.connection.execute(_GET_TODO, {"todo_id": todo_id})).first()
             span.set_attribute("db.found", todo is not None)
@@ -203,7 +214,7 @@ class TodoRepository(_Repository):
 
     async def page(
         self, *, user_id: int | None, completed: bool | None, limit: int, offset: int
-    ) -> tuple[list[Row[Any]], int]:
+    ) -> tuple[list[TodoRow], int]:
         attributes: dict[str, int | bool] = {"db.limit": limit, "db.offset": offset}
         params: dict[str, int | bool] = {"limit": limit, "offset": offset}
         if user_id is not None:
@@ -217,7 +228,7 @@ class TodoRepository(_Repository):
             span.set_attribute("db.rows", len(todos))
             return todos, int(total or 0)
 
-    async def add(self, user_id: int, values: Mapping[str, object]) -> Row[Any] | None:
+    async def add(self, user_id: int, values: Mapping[str, object]) -> TodoRow | None:
         """Insert a todo for ``user_id``; None when there is no such user."""
         with self._span("insert_todo", **{"user.id": user_id}) as span:
             result = await self.connection.execute(_INSERT_TODO, {"user_id": user_id, **values})
@@ -226,7 +237,7 @@ class TodoRepository(_Repository):
                 span.set_attribute("todo.id", todo.id)
             return todo
 
-    async def update(self, todo: Row[Any], changes: Mapping[str, object]) -> Row[Any] | None:
+    async def update(self, todo: TodoRow, changes: Mapping[str, object]) -> TodoRow | None:
         """Set ``changes`` (and ``updated_at``) on the todo; None when it is gone."""
         with self._span("update_todo", **{"todo.id": todo.id, "user.id": todo.user_id}):
             statement = (
@@ -234,7 +245,7 @@ class TodoRepository(_Repository):
             )
             return (await self.connection.execute(statement)).first()
 
-    async def delete(self, todo_id: int) -> Row[Any] | None:
+    async def delete(self, todo_id: int) -> Row[tuple[int, int]] | None:
         """Delete the todo; its (id, user_id), or None when there was none."""
         with self._span("delete_todo", **{"todo.id": todo_id}) as span:
             deleted = (await self.connection.execute(_DELETE_TODO, {"todo_id": todo_id})).first()

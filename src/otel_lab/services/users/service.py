@@ -12,15 +12,19 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 from opentelemetry import trace
-from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from otel_lab.services import errors
-from otel_lab.services.users.repository import TodoRepository, UserRepository
+from otel_lab.services.users.repository import (
+    TodoRepository,
+    TodoRow,
+    UserRepository,
+    UserRow,
+)
 from otel_lab.services.users.schemas import TodoCreate, TodoUpdate, UserCreate, UserUpdate
 from otel_lab.telemetry import Telemetry
 
@@ -89,7 +93,7 @@ class UserService:
 
     # -- users ------------------------------------------------------------------------------
 
-    async def _user(self, user_id: int) -> Row[Any]:
+    async def _user(self, user_id: int) -> UserRow:
         trace.get_current_span().set_attribute("user.id", user_id)
         user = await self.users.get(user_id)
         if user is None:
@@ -97,7 +101,7 @@ class UserService:
         return user
 
     @operation("create_user")
-    async def create_user(self, data: UserCreate) -> Row[Any]:
+    async def create_user(self, data: UserCreate) -> UserRow:
         if await self.users.get_by_email(data.email) is not None:
             raise ConflictError(EMAIL_TAKEN)
         user = await self.users.add(data.name, data.email, data.tier)
@@ -107,15 +111,15 @@ class UserService:
         return user
 
     @operation("get_user")
-    async def get_user(self, user_id: int) -> Row[Any]:
+    async def get_user(self, user_id: int) -> UserRow:
         return await self._user(user_id)
 
     @operation("list_users")
-    async def list_users(self, limit: int, offset: int) -> tuple[list[Row[Any]], int]:
+    async def list_users(self, limit: int, offset: int) -> tuple[list[UserRow], int]:
         return await self.users.page(limit, offset)
 
     @operation("update_user")
-    async def update_user(self, user_id: int, data: UserUpdate) -> Row[Any]:
+    async def update_user(self, user_id: int, data: UserUpdate) -> UserRow:
         user = await self._user(user_id)
         changes = data.model_dump(exclude_unset=True)
         if "email" in changes and changes["email"] != user.email:
@@ -139,7 +143,7 @@ class UserService:
 
     # -- todos ------------------------------------------------------------------------------
 
-    async def _todo(self, todo_id: int) -> Row[Any]:
+    async def _todo(self, todo_id: int) -> TodoRow:
         trace.get_current_span().set_attribute("todo.id", todo_id)
         todo = await self.todos.get(todo_id)
         if todo is None:
@@ -147,7 +151,7 @@ class UserService:
         return todo
 
     @operation("create_todo")
-    async def create_todo(self, user_id: int, data: TodoCreate) -> Row[Any]:
+    async def create_todo(self, user_id: int, data: TodoCreate) -> TodoRow:
         trace.get_current_span().set_attribute("user.id", user_id)
         values = data.model_dump()
         values["completed_at"] = datetime.now(UTC) if data.completed else None
@@ -161,13 +165,13 @@ class UserService:
         return todo
 
     @operation("get_todo")
-    async def get_todo(self, todo_id: int) -> Row[Any]:
+    async def get_todo(self, todo_id: int) -> TodoRow:
         return await self._todo(todo_id)
 
     @operation("list_todos")
     async def list_todos(
         self, *, user_id: int | None, completed: bool | None, limit: int, offset: int
-    ) -> tuple[list[Row[Any]], int]:
+    ) -> tuple[list[TodoRow], int]:
         if user_id is not None:
             await self._user(user_id)
         return await self.todos.page(
@@ -175,7 +179,7 @@ class UserService:
         )
 
     @operation("update_todo")
-    async def update_todo(self, todo_id: int, data: TodoUpdate) -> Row[Any]:
+    async def update_todo(self, todo_id: int, data: TodoUpdate) -> TodoRow:
         todo = await self._todo(todo_id)
         changes = data.model_dump(exclude_unset=True)
         if "completed" in changes and changes["completed"] != todo.completed:
@@ -186,14 +190,14 @@ class UserService:
         return await self._updated(todo, changes)
 
     @operation("complete_todo")
-    async def complete_todo(self, todo_id: int) -> Row[Any]:
+    async def complete_todo(self, todo_id: int) -> TodoRow:
         todo = await self._todo(todo_id)
         if todo.completed:
             trace.get_current_span().add_event("todo.already_completed")
             return todo
         return await self._updated(todo, {"completed": True, "completed_at": datetime.now(UTC)})
 
-    async def _updated(self, todo: Row[Any], changes: Mapping[str, object]) -> Row[Any]:
+    async def _updated(self, todo: TodoRow, changes: Mapping[str, object]) -> TodoRow:
         updated = await self.todos.update(todo, changes)
         if updated is None:  # deleted meanwhile
             raise NotFoundError("todo", todo.id)
