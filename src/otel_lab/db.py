@@ -39,6 +39,8 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.abc import RV, PQGen
+from psycopg.rows import TupleRow
 from sqlalchemy import Engine, MetaData, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Connection, Dialect, ExceptionContext
@@ -103,7 +105,7 @@ class DeadlineMissedError(psycopg.OperationalError):
     connection is lost, not the server (see :func:`_discard_only_the_cut_connection`)."""
 
 
-def _missed(conn: psycopg.BaseConnection[Any], deadline: float) -> DeadlineMissedError:
+def _missed(conn: psycopg.BaseConnection[TupleRow], deadline: float) -> DeadlineMissedError:
     """Close a connection whose server missed the deadline (a statement may still be in
     flight on it) and say so; SQLAlchemy sees a closed connection and discards it."""
     conn.pgconn.finish()
@@ -135,11 +137,11 @@ class _Budget:
 
 
 @functools.cache
-def _async_connection_class(deadline: float) -> type[psycopg.AsyncConnection[Any]]:
-    class DeadlineAsyncConnection(_Budget, psycopg.AsyncConnection[Any]):
+def _async_connection_class(deadline: float) -> type[psycopg.AsyncConnection[TupleRow]]:
+    class DeadlineAsyncConnection(_Budget, psycopg.AsyncConnection[TupleRow]):
         async def wait(
-            self, gen: Any, interval: float = _WAIT_INTERVAL, timeout: float | None = None
-        ) -> Any:
+            self, gen: PQGen[RV], interval: float = _WAIT_INTERVAL, timeout: float | None = None
+        ) -> RV:
             started = time.monotonic()
             try:
                 return await super().wait(gen, interval, self._limit(timeout))
@@ -168,11 +170,11 @@ def _async_connection_class(deadline: float) -> type[psycopg.AsyncConnection[Any
 
 
 @functools.cache
-def _connection_class(deadline: float) -> type[psycopg.Connection[Any]]:
-    class DeadlineConnection(_Budget, psycopg.Connection[Any]):
+def _connection_class(deadline: float) -> type[psycopg.Connection[TupleRow]]:
+    class DeadlineConnection(_Budget, psycopg.Connection[TupleRow]):
         def wait(
-            self, gen: Any, interval: float = _WAIT_INTERVAL, timeout: float | None = None
-        ) -> Any:
+            self, gen: PQGen[RV], interval: float = _WAIT_INTERVAL, timeout: float | None = None
+        ) -> RV:
             started = time.monotonic()
             try:
                 return super().wait(gen, interval, self._limit(timeout))
@@ -230,7 +232,7 @@ def _discard_only_the_cut_connection(sync_engine: Engine) -> None:
             context.invalidate_pool_on_disconnect = False
 
 
-def _connect_args(settings: Settings) -> dict[str, Any]:
+def _connect_args(settings: Settings) -> dict[str, str | int]:
     deadline = settings.dependency_timeout_seconds
     statement_ms = max(100, int(deadline * 800))  # the server cancels first, cleanly
     return {
@@ -323,7 +325,7 @@ def create_blocking_engine(
         conn_rec: ConnectionPoolEntry,
         cargs: list[str],
         cparams: dict[str, Any],
-    ) -> psycopg.Connection[Any]:
+    ) -> psycopg.Connection[TupleRow]:
         return _connection_class(deadline).connect(*cargs, **cparams)
 
     _budget_per_checkout(engine)

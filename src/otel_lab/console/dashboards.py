@@ -10,7 +10,6 @@ of the series behind it in the time range, slowest first.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import sqlite3
@@ -18,9 +17,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from pydantic import TypeAdapter
+from typing_extensions import TypedDict  # pydantic reads it on Python < 3.12
 
 from otel_lab.console import analytics, promql, queries
+from otel_lab.console.analytics import ServiceMap
+from otel_lab.console.queries import TraceSummary
+from otel_lab.console.scrape import StoredExemplar
+from otel_lab.jsontypes import JSONObject, JSONValue
 
 DEFAULT_SCRAPE_SECONDS = 10.0
 MAX_POINTS = 120
@@ -70,26 +75,130 @@ def why_empty(exprs: list[str]) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------- the Grafana JSON read here
+
+
+class Datasource(TypedDict, total=False):
+    type: str
+    uid: str
+
+
+class Target(TypedDict, total=False):
+    """One query of a panel: PromQL (``expr``), TraceQL (``query``) or LogQL (``expr``)."""
+
+    expr: str
+    refId: str
+    legendFormat: str
+    datasource: Datasource
+    queryType: str
+    query: str
+
+
+class FieldDefaults(TypedDict, total=False):
+    unit: str
+
+
+class FieldConfig(TypedDict, total=False):
+    defaults: FieldDefaults
+
+
+class Panel(TypedDict, total=False):
+    type: str
+    title: str
+    description: str
+    datasource: Datasource
+    targets: list[Target]
+    panels: list[Panel]  # a row's panels
+    gridPos: dict[str, int]
+    fieldConfig: FieldConfig
+
+
+TimeRange = TypedDict("TimeRange", {"from": str, "to": str}, total=False)
+
+
+class GrafanaDashboard(TypedDict, total=False):
+    uid: str
+    title: str
+    time: TimeRange
+    panels: list[Panel]
+
+
+# Checks a file's JSON against the part read here (the keys above; others are dropped).
+_DASHBOARD = TypeAdapter(GrafanaDashboard)
+
+
+# ---------------------------------------------------------------- what a page is filled with
+
+
+class SeriesOut(TypedDict, total=False):
+    ref: str | None
+    labels: dict[str, str]
+    name: str
+    value: float | str | None  # instant panels
+    points: list[list[float | str | None]]  # range panels: [unix seconds, value]
+
+
+class Link(TypedDict, total=False):
+    """A trace behind a panel: an exemplar, or the slowest or a failed trace of a job."""
+
+    trace_id: str | None
+    value: float
+    time: float
+    series: dict[str, str]
+    kind: str
+
+
+class PanelOut(TypedDict, total=False):
+    title: str
+    type: str | None
+    description: str | None
+    unit: str | None
+    gridPos: dict[str, int] | None
+    empty: bool
+    error: str
+    note: str
+    queries: list[str]  # metric panels
+    series: list[SeriesOut]
+    value: float | str | None
+    table: JSONObject
+    links: list[Link]
+    query: str  # trace and log panels
+    traces: list[TraceSummary]
+    logs: list[JSONObject]
+    graph: ServiceMap  # the node graph
+
+
+class RenderedDashboard(TypedDict):
+    uid: str
+    title: str
+    range_seconds: float
+    end: float
+    step_seconds: float
+    variables: dict[str, str]
+    panels: list[PanelOut]
+
+
 @dataclass
 class Dashboard:
     uid: str
     title: str
     path: Path
-    doc: dict[str, Any]
+    doc: GrafanaDashboard
 
 
 def load(directory: Path) -> dict[str, Dashboard]:
     boards: dict[str, Dashboard] = {}
     for path in sorted(directory.glob("*.json")):
-        doc = json.loads(path.read_text())
-        boards[doc["uid"]] = Dashboard(doc["uid"], doc.get("title", doc["uid"]), path, doc)
+        doc = _DASHBOARD.validate_json(path.read_bytes())
+        uid = doc["uid"]
+        boards[uid] = Dashboard(uid, doc.get("title", uid), path, doc)
     return boards
 
 
-def panels_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def panels_of(doc: GrafanaDashboard) -> list[Panel]:
+    out: list[Panel] = []
 
-    def walk(panels: list[dict[str, Any]]) -> None:
+    def walk(panels: list[Panel]) -> None:
         for p in panels:
             out.append(p)
             walk(p.get("panels", []))
@@ -148,7 +257,7 @@ class Renderer:
         self.service = service
         self.scrape_s = scrape_s
 
-    def render(self, board: Dashboard) -> dict[str, Any]:
+    def render(self, board: Dashboard) -> RenderedDashboard:
         range_s = self.range_s or _seconds(board.doc.get("time", {}).get("from", "now-1h")[4:])
         step = max(self.scrape_s, math.ceil(range_s / MAX_POINTS))
         variables = {
@@ -159,14 +268,15 @@ class Renderer:
         }
         ctx = _Ctx(self.end_s, range_s, step, variables)
         self._read_once = _ReadOnce(self.source, self._windows(board, ctx))
-        self._exemplars_of: dict[_Key, list[dict[str, Any]]] = {}
-        self._shared_steps: dict[Any, Any] = {}
-        self._job_links_of: dict[str, list[dict[str, Any]]] = {}
-        panels = []
+        self._exemplars_of: dict[_Key, list[StoredExemplar]] = {}
+        self._shared_steps: dict[promql.StepKey, dict[int, promql.Vector]] = {}
+        self._job_links_of: dict[str, list[Link]] = {}
+        panels: list[PanelOut] = []
         for panel in panels_of(board.doc):
             if panel.get("type") == "row":
                 panels.append({"title": panel.get("title", ""), "type": "row", "empty": False})
                 continue
+            body: PanelOut
             try:
                 body = self._panel(panel, ctx)
             except (promql.PromQLError, queries.QueryError) as exc:
@@ -217,10 +327,11 @@ class Renderer:
 
     # ------------------------------------------------------------------ one panel
 
-    def _panel(self, panel: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
+    def _panel(self, panel: Panel, ctx: _Ctx) -> PanelOut:
         targets = panel.get("targets", [])
         kinds = {
-            ((t.get("datasource") or panel.get("datasource") or {}).get("type")) for t in targets
+            (t.get("datasource") or panel.get("datasource") or Datasource()).get("type")
+            for t in targets
         }
         if kinds == {"prometheus"}:
             return self._prometheus(panel, targets, ctx)
@@ -236,14 +347,12 @@ class Renderer:
             "error": f"no data source the console knows: {sorted(map(str, kinds))}",
         }
 
-    def _prometheus(
-        self, panel: dict[str, Any], targets: list[dict[str, Any]], ctx: _Ctx
-    ) -> dict[str, Any]:
+    def _prometheus(self, panel: Panel, targets: list[Target], ctx: _Ctx) -> PanelOut:
         kind = panel.get("type")
         end_ms = int(ctx.end_s * 1000)
         start_ms = end_ms - int(ctx.range_s * 1000)
         instant = kind in INSTANT_PANELS
-        series_out: list[dict[str, Any]] = []
+        series_out: list[SeriesOut] = []
         exprs = []
         for target in targets:
             expr = expand(target["expr"], ctx.variables)
@@ -279,7 +388,7 @@ class Renderer:
             (s.get("value") is not None) if instant else any(v is not None for _, v in s["points"])
             for s in series_out
         )
-        out: dict[str, Any] = {"queries": exprs, "series": series_out, "empty": empty}
+        out: PanelOut = {"queries": exprs, "series": series_out, "empty": empty}
         if empty and (note := why_empty(exprs)):
             out["note"] = note
         if instant and kind == "stat":
@@ -292,10 +401,10 @@ class Renderer:
         )
         return out
 
-    def _exemplar_links(self, exprs: list[str], start_ms: int, end_ms: int) -> list[dict[str, Any]]:
+    def _exemplar_links(self, exprs: list[str], start_ms: int, end_ms: int) -> list[Link]:
         from otel_lab.console.scrape import exemplars
 
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, StoredExemplar] = {}
         for expr in exprs:
             for sel in promql.selectors(promql.parse(expr)):
                 matchers = list(sel.matchers)
@@ -327,12 +436,10 @@ class Renderer:
             for e in ranked[:10]
         ]
 
-    def _job_links(
-        self, series: list[dict[str, Any]], start_ms: int, end_ms: int
-    ) -> list[dict[str, Any]]:
+    def _job_links(self, series: list[SeriesOut], start_ms: int, end_ms: int) -> list[Link]:
         """Without exemplars (counters, gauges): the slowest and a failed trace of each
         service the panel shows, in its time range."""
-        links: list[dict[str, Any]] = []
+        links: list[Link] = []
         jobs = sorted({s["labels"]["job"] for s in series if s["labels"].get("job")})
         for job in jobs[:5]:
             if job not in self._job_links_of:  # panels of one dashboard share their jobs
@@ -340,8 +447,8 @@ class Renderer:
             links += self._job_links_of[job]
         return links
 
-    def _find_job_links(self, job: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
-        links: list[dict[str, Any]] = []
+    def _find_job_links(self, job: str, start_ms: int, end_ms: int) -> list[Link]:
+        links: list[Link] = []
         for extra in ({"order": "duration"}, {"status": 2}):
             f = queries.TraceFilter(
                 service=job, since_ns=start_ms * 1_000_000, until_ns=end_ms * 1_000_000,
@@ -359,7 +466,7 @@ class Renderer:
                 )
         return links
 
-    def _traces(self, traceql: str, ctx: _Ctx, title: str) -> dict[str, Any]:
+    def _traces(self, traceql: str, ctx: _Ctx, title: str) -> PanelOut:
         f = traceql_filter(traceql)
         f.since_ns = int((ctx.end_s - ctx.range_s) * 1e9)
         f.until_ns = int(ctx.end_s * 1e9)
@@ -369,7 +476,7 @@ class Renderer:
         traces = queries.find_traces(self.conn, f)
         return {"query": traceql, "traces": traces, "empty": not traces}
 
-    def _logs(self, logql: str, ctx: _Ctx) -> dict[str, Any]:
+    def _logs(self, logql: str, ctx: _Ctx) -> PanelOut:
         m = re.search(r'service_name\s*=\s*"([^"]+)"', logql)
         f = queries.LogFilter(
             service=m[1] if m else None,
@@ -380,7 +487,7 @@ class Renderer:
         logs = queries.find_logs(self.conn, f)
         return {"query": logql, "logs": logs, "empty": not logs}
 
-    def _service_map(self, ctx: _Ctx) -> dict[str, Any]:
+    def _service_map(self, ctx: _Ctx) -> PanelOut:
         w = analytics.Window(int((ctx.end_s - ctx.range_s) * 1e9), int(ctx.end_s * 1e9))
         graph = analytics.service_map(self.conn, w, 5000)
         return {"graph": graph, "empty": not graph.get("edges")}
@@ -423,11 +530,11 @@ class _Ctx:
     variables: dict[str, str]
 
 
-def _table(series: list[dict[str, Any]], targets: list[dict[str, Any]]) -> dict[str, Any]:
+def _table(series: list[SeriesOut], targets: list[Target]) -> JSONObject:
     """One row per label set, one value column per query (Grafana's 'merge' transform)."""
     label_names = sorted({k for s in series for k in s["labels"] if k != promql.NAME})
     refs = [t.get("refId") for t in targets]
-    rows: dict[tuple[str, ...], dict[str, Any]] = {}
+    rows: dict[tuple[str, ...], dict[str, JSONValue]] = {}
     for s in series:
         key = tuple(s["labels"].get(k, "") for k in label_names)
         row = rows.setdefault(key, dict(zip(label_names, key, strict=True)))

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 import httpx
 
@@ -303,9 +303,20 @@ class Exemplar:
     timestamp: float | None
 
 
+class StoredExemplar(TypedDict):
+    """An exemplar as the API answers it: the series it belongs to, its trace."""
+
+    series: dict[str, str]
+    time_unix_nano: int
+    value: float
+    trace_id: str | None
+    span_id: str | None
+    labels: dict[str, str]
+
+
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="([^"\\]*)"')
 _SERIES_CACHE: dict[tuple[str, str], tuple[tuple[str, str], dict[str, str]]] = {}
-Sample = tuple[tuple[str, str], dict[str, str], float, Any]  # (series key, labels, value, ex.)
+Sample = tuple[tuple[str, str], dict[str, str], float, Exemplar | None]  # key, labels, value
 
 
 def _labels_of(text: str) -> dict[str, str]:
@@ -366,7 +377,7 @@ def _library_parse(text: str, target: Target) -> list[Sample]:
         from prometheus_client.parser import (
             text_string_to_metric_families,
         )
-    out = []
+    out: list[Sample] = []
     base = {"job": target.job, "instance": target.instance}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -481,7 +492,7 @@ def _expand(
 def exemplars(
     conn: sqlite3.Connection, matchers: Sequence[Matcher], start_ns: int, end_ns: int,
     limit: int = 500,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[StoredExemplar]:  # fmt: skip
     """Exemplars of the series matching ``matchers`` in the window, newest first."""
     names = [m.value for m in matchers if m.name == NAME and m.op == "="]
     sql = "SELECT id, name, labels FROM prom_series"
@@ -492,7 +503,7 @@ def exemplars(
         labels[NAME] = name
         if matches_all(labels, matchers):
             wanted[series_id] = labels
-    out: list[dict[str, Any]] = []
+    out: list[StoredExemplar] = []
     ids = list(wanted)
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]

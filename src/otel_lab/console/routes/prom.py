@@ -17,8 +17,7 @@ from pydantic import BeforeValidator, WithJsonSchema
 from otel_lab.console import promql, queries
 from otel_lab.console.promapi import source
 from otel_lab.console.routes.common import ConsoleJSON, PromDep, StoreDep, Text
-from otel_lab.console.scrape import exemplars
-from otel_lab.jsontypes import JSONObject
+from otel_lab.console.scrape import StoredExemplar, exemplars
 
 router = APIRouter(prefix="/api/prom", tags=["prometheus"])
 
@@ -142,7 +141,7 @@ def prom_exemplars(
         tree = promql.parse(query)
     except promql.PromQLError as exc:
         return _bad(exc)
-    found: list[JSONObject] = []
+    found: list[StoredExemplar] = []
     for sel in promql.selectors(tree):
         found += exemplars(store.reader(), sel.matchers, int(s * 1e9), int(e * 1e9))
     return ConsoleJSON({"status": "success", "data": found})
