@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_lab.console.dashboards import COLLECTOR_ONLY_SERIES
+from otel_lab.console.dashboards import DERIVED_SERIES
 
 from .conftest import (
     COLLECTOR_CONFIG,
@@ -145,7 +145,7 @@ def test_layout_fits_the_grid(path: Path) -> None:
 def test_prometheus_queries_use_known_series() -> None:
     for dashboard, title, expr in prometheus_panel_queries():
         for name in _metric_names(expr):
-            known = name in KNOWN_METRICS or any(name.startswith(p) for p in COLLECTOR_ONLY_SERIES)
+            known = name in KNOWN_METRICS or any(name.startswith(p) for p in DERIVED_SERIES)
             assert known, f"{dashboard} / {title}: unknown series {name}"
 
 

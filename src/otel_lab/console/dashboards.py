@@ -32,19 +32,24 @@ MAX_POINTS = 120
 ALL = ".+"  # the `service` variable's "All" value (allValue in build_dashboards.py)
 INSTANT_PANELS = ("stat", "table", "gauge", "bargauge")  # one value per series, at the end
 
-# Series prefix -> why a Prometheus (or the console) that only scrapes the services cannot
-# have it. The console shows the reason on a panel that stays empty; tests/deploy uses the
-# lists to tell these panels from those that must return data.
-COLLECTOR_ONLY_SERIES: dict[str, str] = {
+# Series prefix -> where it comes from. No Prometheus that only scrapes the services has these:
+# in stack mode the Collector makes them (its spanmetrics and servicegraph connectors, and the
+# SDKs' OTLP metrics pushed into Prometheus' OTLP receiver); in embedded mode the console makes
+# them the same way from the spans and metric points it stores (console.derived). tests/deploy
+# uses the table to tell these panels from those a scrape-only Prometheus must fill.
+DERIVED_SERIES: dict[str, str] = {
     "traces_spanmetrics_": "derived from spans by the Collector's spanmetrics connector "
-    "(stack/cluster mode only)",
+    "(in embedded mode by the console)",
     "traces_service_graph_": "derived from spans by the Collector's servicegraph connector "
-    "(stack/cluster mode only)",
+    "(in embedded mode by the console)",
     "http_server_request_duration_seconds": (
         "the SDKs' OTel metric, pushed over OTLP through the Collector into Prometheus' "
-        "OTLP receiver (embedded mode sends OTLP to the console)"
+        "OTLP receiver (in embedded mode the console translates the points it receives)"
     ),
 }
+# Series prefix -> why embedded mode cannot have it; the console shows the reason on a panel
+# that stays empty. None left: the console derives what the Collector makes (above).
+COLLECTOR_ONLY_SERIES: dict[str, str] = {}
 # Series that exist only in particular states of the system.
 CONDITIONAL_SERIES: dict[str, str] = {
     "ALERTS": "exists only while an alert fires, and needs deploy/prometheus/rules loaded",
@@ -59,8 +64,12 @@ def _needs(expr: str, table: dict[str, str]) -> tuple[str, str] | None:
 
 
 def dependency_reason(expr: str) -> str | None:
-    """Why this query cannot return data from a scrape of the embedded system, or None."""
-    found = _needs(expr, COLLECTOR_ONLY_SERIES) or _needs(expr, CONDITIONAL_SERIES)
+    """Why this query cannot return data from a Prometheus scraping the services, or None."""
+    found = (
+        _needs(expr, COLLECTOR_ONLY_SERIES)
+        or _needs(expr, DERIVED_SERIES)
+        or _needs(expr, CONDITIONAL_SERIES)
+    )
     return found[1] if found else None
 
 

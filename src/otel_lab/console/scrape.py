@@ -30,6 +30,7 @@ from typing import TypedDict
 
 import httpx
 
+from otel_lab.console import derived
 from otel_lab.console.config import Target
 from otel_lab.console.promql import NAME, Labels, Matcher, Series, matches_all
 from otel_lab.console.store import Store
@@ -80,9 +81,16 @@ class Scraper:
     """Scrapes every target each ``interval`` seconds in a background thread."""
 
     def __init__(
-        self, store: Store, targets: Sequence[Target], interval: float = DEFAULT_INTERVAL
+        self,
+        store: Store,
+        targets: Sequence[Target],
+        interval: float = DEFAULT_INTERVAL,
+        *,
+        derive: bool = True,
     ) -> None:
         self.store = store
+        # The series the Collector makes in stack mode, one more job of each round.
+        self.derived = derived.Derived(store.open_reader) if derive else None
         self.targets = list(targets)
         self.interval = interval
         self.timeout = min(max(interval * 0.8, 0.5), 2.0)  # a hung target costs 2 s at most
@@ -110,6 +118,8 @@ class Scraper:
             self._thread.join(timeout=3)
         if self._thread is None or not self._thread.is_alive():
             self._client.close()
+            if self.derived is not None:
+                self.derived.close()
 
     def _run(self) -> None:
         next_at = time.monotonic()
@@ -143,6 +153,8 @@ class Scraper:
         results = list(self._pool.map(self._fetch, self.targets))
         cpu0 = time.thread_time()
         if self._generation != self.store.clear_generation:
+            if self._generation >= 0 and self.derived is not None:
+                self.derived.reset()  # cleared: count again from the first span stored
             self._memory = self._load_memory()
         rows = _Rows()
         for target, (started, duration, text, error) in zip(self.targets, results, strict=True):
@@ -163,9 +175,22 @@ class Scraper:
             else:
                 self._mark_stale(memory, memory.present, started, rows)
                 memory.present = set()
+        if self.derived is not None:
+            self._derive(rows)
         self.cpu_seconds += time.thread_time() - cpu0
         self.store.call(rows.write)
         self.scrapes += 1
+
+    def _derive(self, rows: _Rows) -> None:
+        assert self.derived is not None
+        now = time.time_ns()
+        memory = self._memory.setdefault(derived.JOB, _JobMemory())
+        samples: list[Sample] = [
+            (_series_key(name, labels), labels, value, None)
+            for name, labels, value in self.derived.collect(now)
+        ]
+        rows.scrapes.append((derived.JOB, now, 1, derived.INSTANCE))
+        self._diff(memory, samples, now, rows, job=derived.JOB)
 
     def _diff(
         self,
@@ -173,6 +198,7 @@ class Scraper:
         samples: list[Sample],
         now: int,
         rows: _Rows,
+        job: str | None = None,
     ) -> None:
         present: set[tuple[str, str]] = set()
         for key, labels, value, exemplar in samples:
@@ -180,7 +206,7 @@ class Scraper:
             known = memory.known.get(key)
             if known is None:
                 known = memory.known[key] = _Known(key, -1, None, 0)
-                rows.new_series.append((labels["job"], known))
+                rows.new_series.append((job or labels["job"], known))
             if (
                 known.value is None
                 or known.value != value
@@ -452,8 +478,8 @@ class StoreSource:
         by_target: dict[tuple[str, str], Series] = {}
         for job, instance, t, up in self.conn.execute(
             "SELECT job, instance, time_ns, up FROM prom_scrapes WHERE time_ns BETWEEN ? AND ?"
-            " ORDER BY time_ns",
-            (start_ns, end_ns),
+            " AND job != ? ORDER BY time_ns",  # derived series have no target, so no `up`
+            (start_ns, end_ns, derived.JOB),
         ):
             series = by_target.get((job, instance))
             if series is None:

@@ -1,0 +1,198 @@
+"""Embedded mode: the series the Collector makes in stack mode exist in the console (issue 11).
+
+Span metrics (``traces_spanmetrics_*``), the service graph (``traces_service_graph_*``) and
+the SDKs' OTLP histogram ``http_server_request_duration_seconds_*`` are derived by the console
+from the spans and metric points it stores (``otel_lab.console.derived``). The whole system
+runs (the session fixture ``system``, shared with test_scraped.py); requests go through the
+gateway; the counts are checked against the requests sent and against the services' own
+``requests_total`` scraped from ``/metrics``, and the dashboard panels that read these series
+(empty in embedded mode before) are read back through ``/api/dashboards``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import httpx
+import pytest
+
+from otel_lab.runtime.harness import RunningSystem
+
+ROUTE = "/items/{item_id}"
+N = 12  # GET /items/{id} requests counted
+M = 6  # chain requests (gateway -> user-service -> order-service -> audit-service)
+CHAIN = [("gateway", "user-service"), ("user-service", "order-service"),
+         ("order-service", "audit-service")]  # fmt: skip
+# The same requests' rate, from spans and from the service's own counter: the derived
+# series lag the scraped one by up to a scrape round plus the span export delay (~1-2 s),
+# so over the panel's ~31 s window they agree within this share.
+RATE_TOLERANCE = 0.3
+
+
+@pytest.fixture(scope="module")
+def ui(system: RunningSystem) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=system.url("console"), timeout=30.0) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def item(gateway: httpx.Client) -> int:
+    created = gateway.post("/items", json={"name": "derived", "description": "d"})
+    assert created.status_code == 201, created.text
+    item_id: int = created.json()["id"]
+    return item_id
+
+
+def value(ui: httpx.Client, expr: str) -> float:
+    body = ui.get("/api/prom/query", params={"query": expr}).json()
+    assert body["status"] == "success", body
+    return sum(float(r["value"][1]) for r in body["data"]["result"])
+
+
+def settled(read: Callable[[], dict[str, float]], timeout: float = 30.0) -> dict[str, float]:
+    """``read()`` once it returns the same values three times 1.2 s apart (the console
+    scrapes and derives once a second): everything already sent is counted."""
+    deadline = time.monotonic() + timeout
+    seen = [read()]
+    while time.monotonic() < deadline:
+        time.sleep(1.2)
+        seen.append(read())
+        if len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]:
+            return seen[-1]
+    raise AssertionError(f"counters still moving after {timeout} s: {seen[-3:]}")
+
+
+def wait_for(read: Callable[[], dict[str, float]], want: dict[str, float], timeout: float = 45.0
+             ) -> dict[str, float]:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    got = read()
+    while time.monotonic() < deadline and any(got[k] < want[k] for k in want):
+        time.sleep(0.5)
+        got = read()
+    return got
+
+
+def test_counts_agree_with_the_requests_sent(
+    ui: httpx.Client, gateway: httpx.Client, item: int
+) -> None:
+    """Each GET /items/{id} is one api SERVER span (span metrics), one point of the OTel
+    histogram and one increment of the scraped ``requests_total``; each chain request is one
+    edge per hop. Deltas over the test, exact: no other traffic reaches these series."""
+    queries = {
+        "spanmetrics": 'sum(traces_spanmetrics_calls_total{service_name="api",'
+        f'span_kind="SPAN_KIND_SERVER",http_route="{ROUTE}"}})',
+        "spanmetrics_hist": 'sum(traces_spanmetrics_duration_seconds_count{service_name="api",'
+        f'span_kind="SPAN_KIND_SERVER",http_route="{ROUTE}"}})',
+        "otlp": "sum(http_server_request_duration_seconds_count"
+        f'{{job="api",http_route="{ROUTE}"}})',
+        "otlp_inf": "sum(http_server_request_duration_seconds_bucket"
+        f'{{job="api",http_route="{ROUTE}",le="+Inf"}})',
+        "scraped": f'sum(requests_total{{job="api",path="{ROUTE}"}})',
+        **{
+            f"{c}->{s}": f'sum(traces_service_graph_request_total{{client="{c}",server="{s}"}})'
+            for c, s in CHAIN
+        },
+    }
+
+    def read() -> dict[str, float]:
+        return {k: value(ui, q) for k, q in queries.items()}
+
+    before = settled(read)
+    for _ in range(N):
+        assert gateway.get(f"/items/{item}").status_code == 200
+    for i in range(M):
+        response = gateway.post("/api/v1/process", json={"user_id": 1001 + i, "action": "derived"})
+        assert response.status_code == 200, response.text
+    want = {k: before[k] + (N if "->" not in k else M) for k in queries}
+    wait_for(read, want)
+    after = settled(read)
+    delta = {k: after[k] - before[k] for k in queries}
+    assert delta == {k: float(N if "->" not in k else M) for k in queries}, (before, after)
+
+
+@contextmanager
+def steady_traffic(base_url: str, item: int, pause: float = 0.2) -> Iterator[None]:
+    """Item reads and chain requests in the background while the block runs."""
+    stop = threading.Event()
+
+    def run() -> None:
+        with httpx.Client(base_url=base_url, timeout=15.0) as client:
+            i = 0
+            while not stop.wait(pause):
+                i += 1
+                with suppress(httpx.HTTPError):
+                    client.get(f"/items/{item}")
+                    if i % 3 == 0:
+                        client.post("/api/v1/process", json={"user_id": 1001, "action": "bg"})
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=20)
+
+
+def _panels(ui: httpx.Client, uid: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    board = ui.get(f"/api/dashboards/{uid}", params={"window": "1h"}).json()
+    return board, {p["title"]: p for p in board["panels"]}
+
+
+def test_collector_panels_fill_in_embedded_mode(
+    ui: httpx.Client, gateway: httpx.Client, item: int
+) -> None:
+    """The panels that said "No data in embedded mode" show data, and the span-metrics
+    rate of a route agrees with the service's scraped request rate."""
+    seen: dict[str, Any] = {}
+
+    def filled() -> tuple[dict[str, Any], dict[str, Any], float] | None:
+        board, tracing = _panels(ui, "otel-lab-enhanced-tracing")
+        _, services = _panels(ui, "otel-lab-services")
+        latency = tracing["Latency p95 by route, OpenTelemetry metric"]
+        red = tracing["Span RED by operation (span metrics)"]
+        edges = services["Calls per edge"]
+        seen.update(empty={"latency": latency["empty"], "red": red["empty"],
+                           "edges": edges["empty"]}, note=latency.get("note"))  # fmt: skip
+        if latency["empty"] or red["empty"] or edges["empty"]:
+            return None
+        window = board["variables"]["$__rate_interval"]
+        scraped = value(ui, f'sum(rate(requests_total{{job="api",path="{ROUTE}"}}[{window}]))')
+        return latency, {"red": red, "edges": edges}, scraped
+
+    with steady_traffic(str(gateway.base_url), item):
+        # The panels' rate window (31 s for a 1 h board at a 1 s scrape) filled with the
+        # steady traffic only, so both rates measure the same requests.
+        time.sleep(35)
+        deadline = time.monotonic() + 30
+        got = filled()
+        while got is None and time.monotonic() < deadline:
+            time.sleep(1)
+            got = filled()
+        assert got is not None, f"panels still empty: {seen}"
+    latency, tables, scraped = got
+    for panel in (latency, *tables.values()):
+        assert "note" not in panel, panel
+
+    routes = {s["labels"].get("http_route") for s in latency["series"]}
+    assert ROUTE in routes, routes
+    p95 = [v for s in latency["series"] if s["labels"].get("http_route") == ROUTE
+           for _, v in s["points"] if v is not None]  # fmt: skip
+    assert p95 and all(0 < v < 10 for v in p95), p95
+
+    red = tables["red"]["table"]
+    rows = {(r[0], r[1]): r for r in red["rows"]}
+    assert red["columns"][:2] == ["service_name", "span_name"], red["columns"]
+    calls = rows[("api", f"GET {ROUTE}")][2]
+    assert scraped > 0 and abs(calls - scraped) <= RATE_TOLERANCE * scraped, (calls, scraped)
+
+    edges = tables["edges"]["table"]
+    rates = {(r[0], r[1]): r[2] for r in edges["rows"]}
+    assert edges["columns"][:2] == ["client", "server"], edges["columns"]
+    for hop in CHAIN:
+        assert rates.get(hop, 0) > 0, rates
+    assert rates.get(("gateway", "api"), 0) > 0, rates  # the item reads' proxy hop
