@@ -12,13 +12,20 @@ import json
 import math
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NotRequired
 
 from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict  # pydantic reads it on Python < 3.12
 
-from otel_lab.console.model import AggregationTemporality, SpanKind, SQLValue, StatusCode
+from otel_lab.console.model import (
+    AggregationTemporality,
+    PointData,
+    SpanKind,
+    SQLValue,
+    StatusCode,
+)
 from otel_lab.console.queries import AttrFilter, _attr_sql
 from otel_lab.console.store import MINUTE_NS, hist_bounds
 from otel_lab.jsontypes import JSONObject
@@ -310,6 +317,11 @@ class Red(TypedDict):
     routes: NotRequired[list[RedRoute]]
 
 
+# A ``red`` row's measurements: count, errors, sum_ns, min_ns, max_ns, hist (JSON),
+# slow_trace_id, error_trace_id.
+RedValues = tuple[int, int, int, int, int, str, bytes | None, bytes | None]
+
+
 @dataclass
 class _Agg:
     count: int = 0
@@ -321,7 +333,7 @@ class _Agg:
     slow_trace_id: bytes | None = None
     error_trace_id: bytes | None = None
 
-    def add(self, row: tuple[Any, ...]) -> None:
+    def add(self, row: RedValues) -> None:
         count, errors, sum_ns, min_ns, max_ns, hist, slow, error = row
         self.count += count
         self.errors += errors
@@ -390,7 +402,7 @@ def red(
     searches: dict[str, str | None] = {}
     service_total: tuple[_Agg, dict[int, _Agg]] = (_Agg(), {})
 
-    def add(key: str, bucket: int, values: tuple[Any, ...]) -> None:
+    def add(key: str, bucket: int, values: RedValues) -> None:
         total, series = groups.setdefault(key, (_Agg(), {}))
         total.add(values)
         series.setdefault(bucket, _Agg()).add(values)
@@ -476,7 +488,7 @@ class _Hist:
 
 
 def _explicit_ranges(
-    counts: list[float], bounds: list[float], lo: float | None, hi: float | None
+    counts: Sequence[float], bounds: Sequence[float], lo: float | None, hi: float | None
 ) -> list[tuple[float, float, float]]:
     """Bucket i covers (bounds[i-1], bounds[i]]; the open ends use min/max when known."""
     out = []
@@ -497,11 +509,12 @@ def _explicit_ranges(
     return out  # fmt: skip
 
 
-def _exponential_ranges(point: dict[str, Any]) -> list[tuple[float, float, float]]:
+def _exponential_ranges(point: PointData) -> list[tuple[float, float, float]]:
     base = 2 ** (2 ** -point.get("scale", 0))
-    out = []
-    for sign, side in ((1, "positive"), (-1, "negative")):
-        buckets = point.get(side) or {}
+    out: list[tuple[float, float, float]] = []
+    for sign, buckets in ((1, point.get("positive")), (-1, point.get("negative"))):
+        if not buckets:
+            continue
         offset = buckets.get("offset", 0)
         for i, count in enumerate(buckets.get("bucket_counts", [])):
             if count:
@@ -512,22 +525,24 @@ def _exponential_ranges(point: dict[str, Any]) -> list[tuple[float, float, float
     return out
 
 
-def _delta_counts(cur: list[float], prev: list[float] | None) -> list[float] | None:
+def _delta_counts(cur: Sequence[float], prev: Sequence[float] | None) -> list[float] | None:
     if prev is None or len(prev) != len(cur):
         return None
     delta = [c - p for c, p in zip(cur, prev, strict=True)]
     return None if any(d < 0 for d in delta) else delta
 
 
-def _series_key(point: dict[str, Any], group_by: list[str]) -> tuple[str, dict[str, Any]]:
-    labels: dict[str, Any] = {"service.name": point["service_name"]}
+def _series_key(
+    service_name: str, attributes: JSONObject, group_by: list[str]
+) -> tuple[str, JSONObject]:
+    labels: JSONObject = {"service.name": service_name}
     if group_by:
         for key in group_by:
             if key != "service.name":
-                labels[key] = point["attributes"].get(key)
+                labels[key] = attributes.get(key)
         labels = {k: v for k, v in labels.items() if k in group_by}
     else:
-        labels.update(point["attributes"])
+        labels.update(attributes)
     return json.dumps(labels, sort_keys=True, default=str), labels
 
 
@@ -578,13 +593,13 @@ class _Previous:
     value: float = 0  # monotonic sum
     count: float = 0  # histograms
     sum: float = 0
-    counts: list[float] | None = None  # explicit-bucket histogram
-    bounds: list[float] | None = None
+    counts: Sequence[float] | None = None  # explicit-bucket histogram
+    bounds: Sequence[float] | None = None
 
 
 @dataclass
 class _Series:
-    labels: dict[str, Any]
+    labels: JSONObject
     buckets: dict[int, _Bucket] = field(default_factory=dict)
 
 
@@ -608,7 +623,7 @@ class _SeriesBuilder:
         # Per output series: its labels and buckets.
         self.out: dict[str, _Series] = {}
 
-    def _count_dimensions(self, service_name: str, attributes: dict[str, Any]) -> None:
+    def _count_dimensions(self, service_name: str, attributes: JSONObject) -> None:
         services = self.dimensions["service.name"]
         services[service_name] = services.get(service_name, 0) + 1
         for k, v in attributes.items():
@@ -618,15 +633,14 @@ class _SeriesBuilder:
                 values[text] = values.get(text, 0) + 1
 
     def add(self, p: _Point) -> None:
-        attributes = json.loads(p.attrs_json) if p.attrs_json else {}
+        attributes: JSONObject = json.loads(p.attrs_json) if p.attrs_json else {}
         self._count_dimensions(p.service_name, attributes)
-        point = {"service_name": p.service_name, "attributes": attributes, "start": p.start_ns}
         raw_key = p.service_name + "\x1f" + (p.attrs_json or "")
-        key, labels = _series_key(point, self.group)
+        key, labels = _series_key(p.service_name, attributes, self.group)
         series = self.out.setdefault(key, _Series(labels))
         b = min((p.time_ns - self.w.since_ns) // self.bucket_ns, self.n - 1)
         acc = series.buckets.setdefault(b, _Bucket())
-        fields = json.loads(p.data) if p.data else {}
+        fields: PointData = json.loads(p.data) if p.data else {}  # as otlp.py wrote it
         kind = self.kind
         if kind == "sum" and self.meta.monotonic:
             self._add_counter(acc, raw_key, p)
@@ -661,7 +675,7 @@ class _SeriesBuilder:
         self.previous[raw_key] = _Previous(p.start_ns, value=value)
 
     def _add_histogram(
-        self, acc: _Bucket, raw_key: str, start_ns: int | None, fields: dict[str, Any]
+        self, acc: _Bucket, raw_key: str, start_ns: int | None, fields: PointData
     ) -> None:
         hist = acc.hist = acc.hist or _Hist()
         prev = self.previous.get(raw_key)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import NamedTuple, TypeAlias
+from typing import NamedTuple, TypeAlias, TypedDict
 
 # A value SQLite stores or binds as a statement's parameter.
 SQLValue: TypeAlias = str | int | float | bytes | None
@@ -97,6 +97,34 @@ class MetricRow(NamedTuple):
     description: str | None
     is_monotonic: int | None
     temporality: int | None
+
+
+class Buckets(TypedDict):
+    offset: int
+    bucket_counts: list[int]
+
+
+class Quantile(TypedDict):
+    quantile: float
+    value: float
+
+
+class PointData(TypedDict, total=False):
+    """``metric_points.data`` (JSON): the fields of a histogram, an exponential histogram or
+    a summary point, as the decoder writes them."""
+
+    count: int
+    sum: float | None
+    min: float
+    max: float
+    bucket_counts: list[int]  # histogram
+    explicit_bounds: list[float]
+    scale: int  # exponential histogram
+    zero_count: int
+    zero_threshold: float
+    positive: Buckets
+    negative: Buckets
+    quantile_values: list[Quantile]  # summary
 
 
 class PointRow(NamedTuple):

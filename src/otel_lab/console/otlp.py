@@ -50,6 +50,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from otel_lab.console.model import (
     LogRow,
     MetricRow,
+    PointData,
     PointRow,
     ResourceRow,
     ScopeRow,
@@ -444,8 +445,8 @@ def _number(dp: NumberDataPoint) -> int | float:
     return value
 
 
-def _histogram(dp: HistogramDataPoint) -> JSONObject:
-    data: JSONObject = {
+def _histogram(dp: HistogramDataPoint) -> PointData:
+    data: PointData = {
         "count": dp.count,
         "sum": dp.sum if dp.HasField("sum") else None,
         "bucket_counts": list(dp.bucket_counts),
@@ -458,8 +459,8 @@ def _histogram(dp: HistogramDataPoint) -> JSONObject:
     return data
 
 
-def _exponential_histogram(dp: ExponentialHistogramDataPoint) -> JSONObject:
-    data: JSONObject = {
+def _exponential_histogram(dp: ExponentialHistogramDataPoint) -> PointData:
+    data: PointData = {
         "count": dp.count,
         "sum": dp.sum if dp.HasField("sum") else None,
         "scale": dp.scale,
@@ -481,7 +482,7 @@ def _exponential_histogram(dp: ExponentialHistogramDataPoint) -> JSONObject:
     return data
 
 
-def _summary(dp: SummaryDataPoint) -> JSONObject:
+def _summary(dp: SummaryDataPoint) -> PointData:
     return {
         "count": dp.count,
         "sum": dp.sum,
@@ -491,7 +492,7 @@ def _summary(dp: SummaryDataPoint) -> JSONObject:
 
 # Metric type name -> how to turn one data point into (value, data-JSON-dict). The point
 # comes from ``getattr(metric, kind)``, whose type depends on ``kind``.
-_POINT_DECODERS: dict[str, Callable[[Any], tuple[int | float | None, JSONObject | None]]] = {
+_POINT_DECODERS: dict[str, Callable[[Any], tuple[int | float | None, PointData | None]]] = {
     "gauge": lambda dp: (_number(dp), None),
     "sum": lambda dp: (_number(dp), None),
     "histogram": lambda dp: (None, _histogram(dp)),

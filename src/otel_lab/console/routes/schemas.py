@@ -9,9 +9,10 @@ endpoint's real answer against its model, and the models forbid keys they do not
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+# pydantic's own JSON value (jsontypes.JSONValue is an alias pydantic cannot build models of)
+from pydantic import BaseModel, ConfigDict, JsonValue
 
 from otel_lab.console import analytics
 from otel_lab.console.queries import TraceSummary
@@ -49,10 +50,10 @@ class Span(_Strict):
     end_time_unix_nano: int
     duration_ms: float
     status: SpanStatus
-    attributes: dict[str, Any]
-    events: list[dict[str, Any]]
-    links: list[dict[str, Any]]
-    resource: dict[str, Any]
+    attributes: dict[str, JsonValue]
+    events: list[dict[str, JsonValue]]
+    links: list[dict[str, JsonValue]]
+    resource: dict[str, JsonValue]
     scope: Scope
 
 
@@ -66,13 +67,13 @@ class LogRecord(_Strict):
     observed_time_unix_nano: int | None
     severity_number: int
     severity_text: str
-    body: Any  # text, or the JSON value the record carried
-    attributes: dict[str, Any]
+    body: JsonValue  # text, or the JSON value the record carried
+    attributes: dict[str, JsonValue]
     trace_id: str | None
     span_id: str | None
     event_name: str | None
     service_name: str
-    resource: dict[str, Any]
+    resource: dict[str, JsonValue]
     scope: Scope
 
 
@@ -98,7 +99,7 @@ class WaterfallOut(_Strict):
     log_count: int
     services: list[str]
     fields: list[str]
-    spans: list[list[Any]]
+    spans: list[list[JsonValue]]
 
 
 class ServiceInfo(_Strict):
@@ -144,11 +145,11 @@ class MetricPoint(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     service_name: str
-    attributes: dict[str, Any]
+    attributes: dict[str, JsonValue]
     start_time_unix_nano: int | None
     time_unix_nano: int
-    exemplars: list[dict[str, Any]]
-    resource: dict[str, Any]
+    exemplars: list[dict[str, JsonValue]]
+    resource: dict[str, JsonValue]
 
 
 class MetricPointsOut(MetricInfo):
@@ -190,7 +191,7 @@ class MetricSeriesPoint(BaseModel):
 
 
 class MetricSeries(_Strict):
-    labels: dict[str, Any]
+    labels: dict[str, JsonValue]
     points: list[MetricSeriesPoint]
 
 
@@ -207,5 +208,5 @@ class MetricSeriesOut(_Strict):
     points_read: int
     truncated: bool
     series: list[MetricSeries]
-    exemplars: list[dict[str, Any]]
+    exemplars: list[dict[str, JsonValue]]
     dimensions: dict[str, list[str]]
