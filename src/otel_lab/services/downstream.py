@@ -351,10 +351,15 @@ def create_client(settings: Settings, telemetry: Telemetry) -> aiohttp.ClientSes
     """The process's shared client: a keep-alive pool, short connect timeout, traced to
     ``telemetry``'s providers.
 
+    No cookie jar: the client is shared by every request of the process, so a cookie one
+    upstream answer set would be sent with other users' requests (the gateway forwards the
+    caller's own ``Cookie`` header); and a jar is asked for cookies on every call.
+
     Create it inside the running event loop (a lifespan) and close it there.
     """
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=KEEPALIVE_SECONDS),
+        cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(
             total=settings.downstream_timeout_seconds,
             sock_connect=settings.downstream_connect_timeout_seconds,
