@@ -7,7 +7,13 @@ same minutes (issue 10: compare ratios within such a pair, never across runs):
 
     .venv/bin/python scripts/bench_mixed.py --label new
     (cd ../baseline && .venv/bin/python ../main/scripts/bench_mixed.py --label old)
+    .venv/bin/python scripts/bench_mixed.py --against ../baseline --pairs 3   # both, alternating
     .venv/bin/python scripts/bench_mixed.py --by-scenario     # each scenario alone
+
+``--against DIR`` runs this script under DIR's own venv (``DIR/.venv/bin/python``, so DIR's
+``otel_lab``) and under this one, one after the other, ``--pairs`` times, and prints each
+pair's ratio of CPU per request (DIR's over this checkout's): the only figure that holds on
+a host whose speed drifts from one minute to the next.
 
 It starts the whole system with ``otel-lab up`` (telemetry off, ``OTEL_SDK_DISABLED=true``,
 unless ``--telemetry on``), warms it up, measures what each process spends idle, then sends
@@ -23,6 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,14 +67,36 @@ def measure(host: str, pids: dict[str, int], idle: dict[str, float], plan: LoadP
     )
 
 
+def pairs(against: Path, count: int, common: list[str]) -> None:
+    """``count`` pairs: ``against``'s code, then this checkout's, each in a fresh system."""
+    sides = (("old", against / ".venv" / "bin" / "python"), ("new", Path(sys.executable)))
+    for _ in range(count):
+        ms = {}
+        for label, python in sides:
+            argv = [str(python), __file__, "--label", label, *common]
+            line = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True).stdout
+            print(line.strip(), flush=True)
+            found = re.search(r"([\d.]+) ms CPU/req", line)
+            ms[label] = float(found.group(1)) if found else float("nan")
+        ratio = ms["old"] / ms["new"]
+        print(f"ratio old/new {ratio:.2f}x  load {os.getloadavg()[0]:.1f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", default="this")
+    parser.add_argument("--against", type=Path, help="a checkout with its own .venv: pairs")
+    parser.add_argument("--pairs", type=int, default=3, help="with --against")
     parser.add_argument("--telemetry", choices=("off", "on"), default="off")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load")
     parser.add_argument("--concurrency", type=int, default=16, help="requests per round")
     parser.add_argument("--by-scenario", action="store_true", help="each scenario alone")
     args = parser.parse_args()
+    if args.against:
+        common = ["--telemetry", args.telemetry, "--duration", str(args.duration),
+                  "--concurrency", str(args.concurrency)]  # fmt: skip
+        pairs(args.against.resolve(), args.pairs, common)
+        return
     env = {"LOG_LEVEL": "INFO"}
     env |= {"OTEL_SDK_DISABLED": "true"} if args.telemetry == "off" else {
         "OTEL_TRACES_SAMPLER": "always_on"}  # fmt: skip
