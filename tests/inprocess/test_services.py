@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -331,11 +332,18 @@ def test_gateway_unknown_path_and_unreachable_upstream(recorded: Recorded) -> No
 
 def test_gateway_body_limit(recorded: Recorded) -> None:
     settings = settings_for(API_URL=closed_url(), GATEWAY_MAX_BODY_BYTES=8)
-    response = _call(
-        create_gateway(settings, recorded.telemetry), "POST", "/analyze", content=b"x" * 9
-    )
-    assert response.status_code == 413
-    assert response.json()["error_type"] == "payload_too_large"
+
+    async def chunks() -> AsyncIterator[bytes]:  # streamed: no Content-Length to refuse
+        yield b"x" * 5
+        yield b"x" * 4
+
+    for content in (b"x" * 9, chunks()):
+        response = _call(
+            create_gateway(settings, recorded.telemetry), "POST", "/analyze", content=content
+        )
+        assert response.status_code == 413
+        assert response.json()["error_type"] == "payload_too_large"
+        assert response.json()["detail"] == "request body larger than 8 bytes"
 
 
 # --------------------------------------------------------------------------- weather upstream

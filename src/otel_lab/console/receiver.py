@@ -20,6 +20,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 from google.rpc import status_pb2
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -29,6 +30,7 @@ from otel_lab.console import otlp
 from otel_lab.console.security import bearer_ok
 from otel_lab.console.store import Store
 from otel_lab.jsontypes import JSONObject
+from otel_lab.request_body import BodyTooLargeError, read_body
 
 log = logging.getLogger("otel_lab.console.receiver")
 
@@ -104,30 +106,6 @@ async def _send_status(
         await _send(send, http_status, body, media_type, extra)
     else:
         await _send(send, http_status, _json_error(rpc_code, message), "application/json", extra)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class _Disconnected(Exception):
-    pass
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _decode(signal: otlp.Signal, body: bytes, encoding: str, fmt: otlp.Format) -> otlp.Batch:
@@ -268,11 +246,11 @@ class OtlpReceiver:
         """The body, decoded; or None after answering why it cannot be."""
         media_type, encoding = head.media_type, head.encoding
         try:
-            body = await _read_body(receive)
-        except _BodyTooLarge:
+            body = await read_body(receive, MAX_BODY_BYTES)
+        except BodyTooLargeError:
             await self._too_large(send, media_type)
             return None
-        except _Disconnected:
+        except ClientDisconnect:
             return None
         try:
             compressed = encoding not in ("", "identity")

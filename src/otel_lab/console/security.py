@@ -23,18 +23,17 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from otel_lab.request_body import LimitedBody, declared_over, too_large
 
 COOKIE = "otel_lab_console"
 PUBLIC_PREFIXES = ("/static/", "/login", "/api/health", "/favicon.ico")
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 # Request bodies: the API's JSON and the login form are small; /api/import reads files up
-# to its own limit. A bigger body is drained (up to _DRAIN_BYTES) and answered 413, so a
-# client that sends it all before reading gets the answer rather than a connection reset.
+# to its own limit. A bigger body is drained and answered 413 (otel_lab.request_body).
 MAX_BODY_BYTES = 1_048_576
 OWN_BODY_LIMIT = ("/api/import",)
-_DRAIN_BYTES = 64 * 1_048_576
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
@@ -192,33 +191,12 @@ async def _body_limited(scope: Scope, receive: Receive, send: Send, path: str) -
     """``receive`` limited to :data:`MAX_BODY_BYTES`, or None once a body declared bigger was
     answered 413. A streamed body that grows past the limit ends in a 413 from the app's
     HTTP error handler (an HTTPException is what FastAPI's body reading lets through)."""
-    received = 0
-    detail = f"request body larger than {MAX_BODY_BYTES} bytes"
-
-    async def drain() -> None:
-        nonlocal received
-        message: Message = {"more_body": True}
-        while message.get("more_body") and received <= _DRAIN_BYTES:
-            message = await receive()
-            received += len(message.get("body", b""))
-
-    declared = _header(scope, b"content-length") or ""
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        await drain()
-        await _reject(send, 413, detail, path)
+    body = LimitedBody(receive, MAX_BODY_BYTES)
+    if declared_over(scope, MAX_BODY_BYTES):
+        await body.drain()
+        await _reject(send, 413, too_large(MAX_BODY_BYTES), path)
         return None
-
-    async def limited() -> Message:
-        nonlocal received
-        message = await receive()
-        received += len(message.get("body", b""))
-        if received > MAX_BODY_BYTES:
-            if message.get("more_body"):
-                await drain()
-            raise HTTPException(413, detail)
-        return message
-
-    return limited
+    return body.receive
 
 
 async def _reject(

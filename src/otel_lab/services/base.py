@@ -29,10 +29,11 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otel_lab import __version__, registry
 from otel_lab.db import create_engine, session_factory, warm_up
+from otel_lab.request_body import LimitedBody, declared_over
 from otel_lab.services import deadline
 from otel_lab.services.chaos import ChaosMiddleware
 from otel_lab.services.downstream import (
@@ -106,7 +107,6 @@ async def _text_not_unicode(request: Request, exc: Exception) -> JSONResponse:
 
 
 MAX_BODY_BYTES = 1_048_576
-_DRAIN_BYTES = 64 * 1_048_576  # read (and drop) this much of an oversized body, at most
 
 
 class BodyLimitMiddleware:
@@ -123,35 +123,13 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        received = 0
-
-        async def drain() -> None:
-            nonlocal received
-            message: Message = {"more_body": True}
-            while message.get("more_body") and received <= _DRAIN_BYTES:
-                message = await receive()
-                received += len(message.get("body", b""))
-
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await drain()
+        body = LimitedBody(receive, self.max_bytes)
+        if declared_over(scope, self.max_bytes):
+            await body.drain()
             await error_json(PayloadTooLargeError(self.max_bytes))(scope, receive, send)
             return
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                if message.get("more_body"):
-                    await drain()
-                # An HTTPException, which FastAPI's body reading lets through (it turns any
-                # other exception into a 400); answered in the shared shape all the same.
-                too_large = PayloadTooLargeError(self.max_bytes)
-                raise StarletteHTTPException(413, too_large.detail)
-            return message
-
-        await self.app(scope, limited, send)
+        # A body that grows past the limit: handle_http_exception answers in the shared shape.
+        await self.app(scope, body.receive, send)
 
 
 async def _value_rejected_by_database(request: Request, exc: Exception) -> JSONResponse:

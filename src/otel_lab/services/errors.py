@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from otel_lab.jsontypes import JSONObject, JSONValue
+from otel_lab.request_body import too_large
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var
 
@@ -88,7 +89,7 @@ class PayloadTooLargeError(ServiceError):
     error_type = "payload_too_large"
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"request body larger than {limit} bytes")
+        super().__init__(too_large(limit))
 
 
 class DependencyUnavailableError(ServiceError):

@@ -32,11 +32,11 @@ from opentelemetry import baggage, context, trace
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otel_lab.registry import GATEWAY, SERVICES
+from otel_lab.request_body import BodyTooLargeError, declared_over, read_body
 from otel_lab.services.base import create_service
 from otel_lab.services.downstream import (
     IDEMPOTENT_METHODS,
@@ -120,23 +120,6 @@ def _response_from(upstream: Reply) -> Response:
     return response
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    """The whole request body (413 past ``limit``)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
 async def proxy(scope: Scope, receive: Receive, *, service: str, strip: int) -> Response:
     """Send the request to ``service`` and hand its answer back (or raise a JSON error)."""
     state = scope["state"]
@@ -144,10 +127,12 @@ async def proxy(scope: Scope, receive: Receive, *, service: str, strip: int) -> 
     span = trace.get_current_span()
     span.set_attribute("gateway.upstream", service)
     limit = settings.gateway_max_body_bytes
-    declared = next((v for n, v in scope["headers"] if n == b"content-length"), b"")
-    if declared.isdigit() and int(declared) > limit:
+    if declared_over(scope, limit):
         raise PayloadTooLargeError(limit)
-    body = await _read_body(receive, limit)
+    try:
+        body = await read_body(receive, limit)
+    except BodyTooLargeError:
+        raise PayloadTooLargeError(limit) from None
 
     raw_path = scope.get("raw_path") or scope["path"].encode()
     path = raw_path.decode("latin-1")[strip:] or "/"
