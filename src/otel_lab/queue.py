@@ -6,8 +6,7 @@ so a service never imports worker code.
 
 from __future__ import annotations
 
-from typing import Any
-
+import redis
 from celery import Celery
 from kombu.transport import redis as kombu_redis
 
@@ -34,14 +33,14 @@ class _QoS(kombu_redis.QoS):
     idempotent, so that costs one extra run.
     """
 
-    def ack(self, delivery_tag: Any) -> None:
+    def ack(self, delivery_tag: str) -> None:  # the message's uuid
         try:
             kombu_redis.QoS.ack(self, delivery_tag)
         except BaseException:
             self._quick_ack(delivery_tag)
             raise
 
-    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         try:
             kombu_redis.QoS.reject(self, delivery_tag, requeue=requeue)
         except BaseException:
@@ -51,9 +50,9 @@ class _QoS(kombu_redis.QoS):
 
 class _Channel(kombu_redis.Channel):
     QoS = _QoS
-    _sync_client: Any = None
+    _sync_client: redis.Redis | None = None
 
-    def _create_client(self, asynchronous: bool = False) -> Any:
+    def _create_client(self, asynchronous: bool = False) -> redis.Redis:
         """One client over the channel's pool, kept for the channel's life.
 
         kombu built a new ``redis.Redis`` for every command it sent (a publish, an ack),
@@ -62,7 +61,8 @@ class _Channel(kombu_redis.Channel):
         the socket timeouts), so keeping it changes nothing else.
         """
         if asynchronous:
-            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
+            fresh: redis.Redis = super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
+            return fresh
         client = self._sync_client
         if client is None or client.connection_pool is not self.pool:  # a new pool
             client = self._sync_client = super()._create_client()  # type: ignore[no-untyped-call]

@@ -38,9 +38,9 @@ import math
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -284,14 +284,16 @@ class RetryPolicy:
     deadline_seconds: float | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, **changes: Any) -> RetryPolicy:
-        """The ``DOWNSTREAM_RETRY_*`` policy, with ``changes`` (e.g. ``statuses=frozenset()``)."""
-        policy = cls(
+    def from_settings(
+        cls, settings: Settings, *, statuses: frozenset[int] = RETRY_STATUSES
+    ) -> RetryPolicy:
+        """The ``DOWNSTREAM_RETRY_*`` policy, retrying the answers in ``statuses``."""
+        return cls(
             attempts=settings.downstream_retry_attempts,
             backoff_seconds=settings.downstream_retry_backoff_seconds,
             max_backoff_seconds=settings.downstream_retry_max_backoff_seconds,
+            statuses=statuses,
         )
-        return replace(policy, **changes)
 
 
 class _RetryableError(Exception):
@@ -410,6 +412,15 @@ def _detail_of(response: Reply) -> str:
     if isinstance(body, dict) and isinstance(detail := body.get("detail"), str):
         return detail[:300]
     return response.reason_phrase or f"HTTP {response.status_code}"
+
+
+class _RequestOptions(TypedDict, total=False):
+    """What :meth:`Downstream.send` hands on to ``aiohttp.ClientSession.request``."""
+
+    params: Mapping[str, str] | None
+    headers: Mapping[str, str] | None
+    json: JSONValue
+    data: bytes
 
 
 class Downstream:
@@ -534,7 +545,7 @@ class Downstream:
         method = method.upper()
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
-        request_kwargs: dict[str, Any] = {"params": params, "headers": headers}
+        request_kwargs: _RequestOptions = {"params": params, "headers": headers}
         if json is not None:
             request_kwargs["json"] = json
         elif content:  # no body, no Content-Type (aiohttp would add octet-stream)
@@ -554,7 +565,7 @@ class Downstream:
         step: str,
         operation: str,
         idempotent: bool,
-        request_kwargs: dict[str, Any],
+        request_kwargs: _RequestOptions,
     ) -> tuple[Reply, int]:
         policy = self.retry
         began = time.monotonic()
@@ -633,7 +644,7 @@ class Downstream:
         url: URL,
         step: str,
         idempotent: bool,
-        kwargs: dict[str, Any],
+        kwargs: _RequestOptions,
         until: float = math.inf,
     ) -> Reply:
         if deadline.expired():
