@@ -1148,8 +1148,10 @@ def render_docs() -> str:
         "do not edit by hand. Grafana: http://localhost:3000 (admin/admin), folder *Otel Lab*.",
         "Every panel shows the same text under its (i) icon.",
         "",
-        "Panels marked *(collector)* read series that only exist when the OpenTelemetry Collector",
-        "runs (stack and cluster modes): span metrics, the service graph, and OTLP-pushed metrics.",
+        "Panels marked *(collector)* read series the OpenTelemetry Collector makes in stack",
+        "and cluster modes (span metrics, the service graph, OTLP-pushed metrics); in embedded",
+        "mode the console derives the same series from the spans and metrics it receives",
+        "(see console-dashboards.md).",
         "",
     ]
     collector_only = (
