@@ -81,7 +81,8 @@ def test_counts_agree_with_the_requests_sent(
 ) -> None:
     """Each GET /items/{id} is one api SERVER span (span metrics), one point of the OTel
     histogram and one increment of the scraped ``requests_total``; each chain request is one
-    edge per hop. Deltas over the test, exact: no other traffic reaches these series."""
+    edge per hop; a 500 is a failed edge and an error span; a Celery task is a messaging edge.
+    Deltas over the test, exact: no other traffic reaches these series."""
     queries = {
         "spanmetrics": 'sum(traces_spanmetrics_calls_total{service_name="api",'
         f'span_kind="SPAN_KIND_SERVER",http_route="{ROUTE}"}})',
@@ -97,6 +98,21 @@ def test_counts_agree_with_the_requests_sent(
             for c, s in CHAIN
         },
     }
+    # One failing request (a 500 of api) and one item created (its enrichment task: a Celery
+    # PRODUCER span in api, the CONSUMER span in the worker).
+    once = {
+        "failed gateway->api": "sum(traces_service_graph_request_failed_total"
+        '{client="gateway",server="api"})',
+        "error spans": 'sum(traces_spanmetrics_calls_total{service_name="api",'
+        'span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_ERROR",'
+        'http_route="/error-simulation"})',
+        "scraped 5xx": 'sum(requests_total{job="api",path="/error-simulation",status=~"5.."})',
+        "api->worker": "sum(traces_service_graph_request_total"
+        '{client="api",server="worker",connection_type="messaging_system"})',
+    }
+    sent = {**dict.fromkeys(queries, N), **{k: M for k in queries if "->" in k},
+            **dict.fromkeys(once, 1)}  # fmt: skip
+    queries |= once
 
     def read() -> dict[str, float]:
         return {k: value(ui, q) for k, q in queries.items()}
@@ -107,11 +123,13 @@ def test_counts_agree_with_the_requests_sent(
     for i in range(M):
         response = gateway.post("/api/v1/process", json={"user_id": 1001 + i, "action": "derived"})
         assert response.status_code == 200, response.text
-    want = {k: before[k] + (N if "->" not in k else M) for k in queries}
-    wait_for(read, want)
+    assert gateway.get("/error-simulation", params={"probability": 1}).status_code == 500
+    created = gateway.post("/items", json={"name": "derived 2", "description": "d"})
+    assert created.status_code == 201, created.text
+    wait_for(read, {k: before[k] + sent[k] for k in queries})
     after = settled(read)
     delta = {k: after[k] - before[k] for k in queries}
-    assert delta == {k: float(N if "->" not in k else M) for k in queries}, (before, after)
+    assert delta == {k: float(n) for k, n in sent.items()}, (before, after)
 
 
 @contextmanager
