@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict  # pydantic reads it on Python < 3.12
@@ -179,8 +179,14 @@ def _attr_sql(filters: list[AttrFilter], params: list[SQLValue]) -> list[str]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _json(text: str | None, default: JSONValue) -> Any:
+def _json(text: str | None, default: JSONValue) -> JSONValue:
     return json.loads(text) if text else default
+
+
+def json_object(text: str | None) -> JSONObject:
+    """A stored attribute set (a JSON object, or NULL for none)."""
+    value = json.loads(text) if text else None
+    return value if isinstance(value, dict) else {}
 
 
 def _hex(raw: bytes | None) -> str | None:
@@ -203,7 +209,7 @@ class _Lookups:
                 f"SELECT id, attributes FROM resources WHERE id IN ({marks})", missing
             )
             for rid, attrs in rows:
-                self.resources[rid] = _json(attrs, {})
+                self.resources[rid] = json_object(attrs)
         missing = [i for i in scope_ids if i not in self.scopes]
         if missing:
             marks = ",".join("?" * len(missing))
@@ -241,6 +247,8 @@ _TRACE_COLUMNS = (
     "trace_id, start_ns, end_ns, duration_ns, span_count, error_count,"
     " root_name, root_service, has_root, services"
 )
+# A row of _TRACE_COLUMNS.
+_TraceRow = tuple[bytes, int, int, int, int, int, str | None, str | None, int, str]
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -260,7 +268,7 @@ class TraceSummary(TypedDict):
     services: list[str]
 
 
-def _trace_summary(row: tuple[Any, ...]) -> TraceSummary:
+def _trace_summary(row: _TraceRow) -> TraceSummary:
     tid, start, end, duration, spans, errors, root_name, root_service, has_root, services = row
     return {
         "trace_id": tid.hex(),

@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
 
 from otel_lab.console import otlp
 from otel_lab.console.model import MetricRow, PointRow
 from otel_lab.console.otlp import Batch
+from otel_lab.console.queries import json_object
 from otel_lab.jsontypes import JSONArray, JSONObject, JSONValue
 
 TRACE_CHUNK = 200  # traces per exported line
@@ -58,20 +58,16 @@ def key_values(attrs: Mapping[str, object] | None) -> JSONArray:
     return [{"key": k, "value": any_value(v)} for k, v in (attrs or {}).items()]
 
 
-def _loads(text: str | None, default: JSONValue) -> Any:
-    return json.loads(text) if text else default
-
-
 class _Catalogue:
     """Resources and scopes by id, loaded once per export."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.resources = {
-            rid: _loads(attrs, {})
+            rid: json_object(attrs)
             for rid, attrs in conn.execute("SELECT id, attributes FROM resources")
         }
         self.scopes = {
-            sid: (name, version, _loads(attrs, {}))
+            sid: (name, version, json_object(attrs))
             for sid, name, version, attrs in conn.execute(
                 "SELECT id, name, version, attributes FROM scopes"
             )
@@ -114,9 +110,14 @@ _SPAN_SQL = (
     "SELECT trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, status_code,"
     " status_message, attributes, events, links, resource_id, scope_id FROM spans"
 )
+# A row of _SPAN_SQL.
+_SpanExport = tuple[
+    bytes, bytes, bytes | None, str, int, int, int, int,
+    str | None, str | None, str | None, str | None, int, int,
+]  # fmt: skip
 
 
-def _span(row: tuple[Any, ...]) -> tuple[int, int, JSONObject]:
+def _span(row: _SpanExport) -> tuple[int, int, JSONObject]:
     tid, sid, parent, name, kind, start, end, code, message, attrs, events, links, rid, scid = row
     span: JSONObject = {
         "traceId": tid.hex(),
@@ -153,7 +154,7 @@ def _span(row: tuple[Any, ...]) -> tuple[int, int, JSONObject]:
     return rid, scid, span
 
 
-def _spans_line(rows: list[tuple[Any, ...]], cat: _Catalogue) -> str:
+def _spans_line(rows: list[_SpanExport], cat: _Catalogue) -> str:
     doc = {"resourceSpans": _group([_span(r) for r in rows], cat, "spans", "scopeSpans")}
     return json.dumps(doc, separators=(",", ":")) + "\n"
 
@@ -164,9 +165,14 @@ _LOG_SQL = (
     "SELECT time_ns, observed_ns, severity_number, severity_text, body, body_is_json,"
     " attributes, trace_id, span_id, event_name, resource_id, scope_id FROM logs"
 )
+# A row of _LOG_SQL.
+_LogExport = tuple[
+    int, int | None, int, str | None, str | None, int,
+    str | None, bytes | None, bytes | None, str | None, int, int,
+]  # fmt: skip
 
 
-def _log(row: Sequence[Any]) -> tuple[int, int, JSONObject]:
+def _log(row: _LogExport) -> tuple[int, int, JSONObject]:
     ts, observed, number, text, body, is_json, attrs, tid, sid, event, rid, scid = row
     record: JSONObject = {"timeUnixNano": str(ts), "severityNumber": number}
     if observed:
@@ -186,7 +192,7 @@ def _log(row: Sequence[Any]) -> tuple[int, int, JSONObject]:
     return rid, scid, record
 
 
-def _logs_line(rows: Sequence[Sequence[Any]], cat: _Catalogue) -> str:
+def _logs_line(rows: Sequence[_LogExport], cat: _Catalogue) -> str:
     doc = {"resourceLogs": _group([_log(r) for r in rows], cat, "logRecords", "scopeLogs")}
     return json.dumps(doc, separators=(",", ":")) + "\n"
 
