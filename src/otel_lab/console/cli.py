@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
+from typer.models import OptionInfo
 
 from otel_lab.console.config import ConfigError, ConsoleConfig
 from otel_lab.console.net import PortUnavailable, bind
@@ -22,8 +23,9 @@ from otel_lab.settings import Settings
 log = logging.getLogger("otel_lab.console")
 
 
-def _opt(setting: str, help: str, *flags: str) -> Any:
-    return typer.Option(*flags, help=f"{help}; setting {setting}", show_default=False)
+def _opt(setting: str, help: str, *flags: str) -> OptionInfo:
+    info: OptionInfo = typer.Option(*flags, help=f"{help}; setting {setting}", show_default=False)
+    return info
 
 
 def console(
@@ -73,7 +75,7 @@ def console(
     log_level: Annotated[str | None, _opt("LOG_LEVEL", "log level (INFO)")] = None,
 ) -> None:
     """Run the telemetry console: OTLP/HTTP receiver, UI and JSON API (docs/console.md)."""
-    overrides: dict[str, Any] = {
+    overrides: dict[str, Any] = {  # Settings(**values) takes any
         "CONSOLE_OTLP_PORT": otlp_port,
         "CONSOLE_UI_PORT": ui_port,
         "OTEL_LAB_HOST": host,

@@ -25,7 +25,13 @@ from otel_lab.console.cli import console
 from otel_lab.faults import cli as fault_commands
 from otel_lab.loadgen.cli import load
 from otel_lab.runtime import commands
-from otel_lab.runtime.commands import RUN_FILE, DataDirOption, show_version
+from otel_lab.runtime.commands import (
+    RUN_FILE,
+    ChildRow,
+    DataDirOption,
+    RunState,
+    show_version,
+)
 from otel_lab.runtime.forkserver import ForkServer
 from otel_lab.runtime.plan import child_env, connect_host, migrations_spec, plan_children
 from otel_lab.runtime.procs import (
@@ -150,9 +156,10 @@ def _up(supervisor: Supervisor, settings: Settings, data_dir: Path, *, traffic: 
         say("[green]ready[/] schema at the newest migration: nothing to migrate")
     supervisor.wait_ready(starting)
 
-    urls = {"database_url": database_url, "redis_url": redis_url}
-    _write_run_file(supervisor, data_dir, **urls)
-    supervisor.on_restart = lambda _entry: _write_run_file(supervisor, data_dir, **urls)
+    _write_run_file(supervisor, data_dir, database_url, redis_url)
+    supervisor.on_restart = lambda _entry: _write_run_file(
+        supervisor, data_dir, database_url, redis_url
+    )
     _print_table(supervisor, settings, data_dir)
     # After the table: the OTLP exporters it imports are no part of getting ready.
     report_restarts(supervisor, log_dir, env)
@@ -167,7 +174,7 @@ def _shown(path: str, data_dir: Path) -> str:
         return path
 
 
-def _rows(supervisor: Supervisor) -> list[dict[str, str]]:
+def _rows(supervisor: Supervisor) -> list[ChildRow]:
     return [
         {
             "name": entry.name,
@@ -180,13 +187,16 @@ def _rows(supervisor: Supervisor) -> list[dict[str, str]]:
     ]
 
 
-def _write_run_file(supervisor: Supervisor, data_dir: Path, **urls: str) -> None:
+def _write_run_file(
+    supervisor: Supervisor, data_dir: Path, database_url: str, redis_url: str
+) -> None:
     """``<data_dir>/run.json``: what runs where, for `otel-lab status` and the test harness."""
-    state = {
+    state: RunState = {
         "pid": os.getpid(),
         "started": time.time(),
         "data_dir": str(data_dir),
-        **urls,
+        "database_url": database_url,
+        "redis_url": redis_url,
         "children": _rows(supervisor),
     }
     tmp = data_dir / f"{RUN_FILE}.tmp"  # readers never see half a file
@@ -215,7 +225,7 @@ def status(data_dir: DataDirOption = None) -> None:
     """Show what a running `otel-lab up` started (exit 1 if none is running)."""
     directory = _data_dir(data_dir, get_settings())
     try:
-        state = json.loads((directory / RUN_FILE).read_text())
+        state: RunState = json.loads((directory / RUN_FILE).read_text())
     except (OSError, ValueError):
         err.print(f"no `otel-lab up` is running for {directory}")
         raise typer.Exit(1) from None

@@ -15,7 +15,7 @@ import time
 import webbrowser
 from collections import deque
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, TypedDict
 
 import psutil
 import typer
@@ -26,6 +26,29 @@ from otel_lab.runtime.plan import connect_host
 from otel_lab.settings import get_settings
 
 RUN_FILE = "run.json"
+
+
+class ChildRow(TypedDict):
+    """A child of `otel-lab up` in its run file (strings, as the status table shows them)."""
+
+    name: str
+    url: str  # "" when it serves none
+    pid: str  # "" while it is not running
+    log: str
+    restarts: str
+
+
+class RunState(TypedDict):
+    """The run file: what `otel-lab up` runs where (`status`, `stop`, `open`, the tests)."""
+
+    pid: int
+    started: float
+    data_dir: str
+    database_url: str
+    redis_url: str
+    children: list[ChildRow]
+
+
 LOG_DIR = "logs"
 STOP_TIMEOUT_SECONDS = 30.0
 
@@ -47,10 +70,10 @@ def data_dir_of(option: Path | None) -> Path:
     return (option or get_settings().data_dir).expanduser().resolve()
 
 
-def running_state(directory: Path) -> dict[str, Any] | None:
+def running_state(directory: Path) -> RunState | None:
     """What the `otel-lab up` on ``directory`` wrote to its run file, if it still runs."""
     try:
-        state: dict[str, Any] = json.loads((directory / RUN_FILE).read_text())
+        state: RunState = json.loads((directory / RUN_FILE).read_text())  # written by cli.py
     except (OSError, ValueError):
         return None
     return state if _alive(int(state["pid"])) else None

@@ -41,7 +41,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 # What the services, the worker and the console import; each must do nothing at import
 # but define things (no settings read, no threads, no sockets), since every child shares it.
@@ -86,7 +86,18 @@ _STARTUP_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONSAFEP
 # -- the fork server ------------------------------------------------------------------------
 
 
-def _send(message: Mapping[str, Any]) -> None:
+class SpawnRequest(TypedDict):
+    """Supervisor -> server: run ``python -m module args`` (a JSON line, see above)."""
+
+    module: str
+    args: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    log: str
+    death_signal: int | None
+
+
+def _send(message: Mapping[str, object]) -> None:
     os.write(1, (json.dumps(message) + "\n").encode())
 
 
@@ -106,7 +117,7 @@ def _show_command_line(argv: Sequence[str]) -> None:
             memory.write(text.ljust(end - start, b"\0"))
 
 
-def _run_child(request: Mapping[str, Any], server_pid: int) -> None:
+def _run_child(request: SpawnRequest, server_pid: int) -> None:
     """In the forked child: become ``python -m module args`` and never return."""
     code: int = 1
     try:
@@ -125,8 +136,8 @@ def _run_child(request: Mapping[str, Any], server_pid: int) -> None:
         os.dup2(log, 2)
         os.close(log)
         os.close(null)
-        if request.get("cwd"):
-            os.chdir(request["cwd"])
+        if cwd := request.get("cwd"):
+            os.chdir(cwd)
         os.environ.clear()
         os.environ.update(request["env"])
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
@@ -187,7 +198,7 @@ def _serve(preload: Sequence[str]) -> None:
             buffer += data
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
-                request = json.loads(line)
+                request: SpawnRequest = json.loads(line)  # ForkServer.spawn wrote it
                 try:
                     pid = os.fork()
                 except OSError as exc:
@@ -299,7 +310,7 @@ class ForkServer:
     ) -> ForkedProcess:
         """Ask the server to fork ``argv`` (see :meth:`can_fork`); returns at once, also
         while the server is still preloading."""
-        request = {
+        request: SpawnRequest = {
             "module": argv[2],
             "args": list(argv[3:]),
             "env": dict(self.environment if env is None else env),

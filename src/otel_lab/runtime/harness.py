@@ -22,12 +22,11 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from otel_lab.runtime.cli import READY_LINE
-from otel_lab.runtime.commands import RUN_FILE
+from otel_lab.runtime.commands import RUN_FILE, ChildRow, RunState
 from otel_lab.runtime.procs import free_ports
 from otel_lab.settings import Settings
 
@@ -62,7 +61,7 @@ class RunningSystem:
     output_path: Path
     database_url: str = ""
     redis_url: str = ""
-    children: dict[str, dict[str, Any]] = field(default_factory=dict)
+    children: dict[str, ChildRow] = field(default_factory=dict)
 
     @property
     def urls(self) -> dict[str, str]:
@@ -85,7 +84,7 @@ class RunningSystem:
 
     def refresh(self) -> None:
         """Read the run file again: the supervisor rewrites it when it restarts a child."""
-        state = json.loads((self.data_dir / RUN_FILE).read_text())
+        state: RunState = json.loads((self.data_dir / RUN_FILE).read_text())
         self.children = {child["name"]: child for child in state["children"]}
         self.database_url = state["database_url"]
         self.redis_url = state["redis_url"]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
@@ -111,7 +112,7 @@ def export(
             return error(404, f"trace {tid.hex()} not found")
         filename = f"trace-{tid.hex()}.jsonl"
 
-        def produce(conn: Any) -> Iterator[str]:
+        def produce(conn: sqlite3.Connection) -> Iterator[str]:
             return transfer.export_trace(conn, tid)
 
     else:
@@ -119,7 +120,7 @@ def export(
         until_ns = until or queries.INT64_MAX
         filename = "otel-lab-export.jsonl"
 
-        def produce(conn: Any) -> Iterator[str]:
+        def produce(conn: sqlite3.Connection) -> Iterator[str]:
             return transfer.export_range(conn, since_ns, until_ns, chosen)
 
     def lines() -> Iterator[bytes]:
