@@ -6,7 +6,7 @@ broker's polling would otherwise fill the trace store with meaningless root span
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TypedDict, TypeVar
 
 import redis
 import redis.asyncio
@@ -18,7 +18,15 @@ from otel_lab.telemetry.setup import Telemetry
 # Each call's own bound; within a request, what is left of its deadline when that is less
 # (the caller caps it: ``services.deadline.capped``).
 CACHE_TIMEOUT_SECONDS = 0.5
-_CLIENT_OPTIONS: dict[str, Any] = {
+
+
+class _ClientOptions(TypedDict):
+    socket_timeout: float
+    socket_connect_timeout: float
+    decode_responses: bool
+
+
+_CLIENT_OPTIONS: _ClientOptions = {
     "socket_timeout": CACHE_TIMEOUT_SECONDS,
     "socket_connect_timeout": CACHE_TIMEOUT_SECONDS,
     "decode_responses": True,

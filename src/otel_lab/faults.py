@@ -31,12 +31,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from otel_lab.jsontypes import JSONObject
 from otel_lab.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("otel_lab.faults")
 
@@ -262,7 +265,7 @@ def active(name: str) -> bool:
     return name in _watcher.active
 
 
-def mark(span: Any, name: str) -> None:
+def mark(span: Span, name: str) -> None:
     """Say on the span that a fault touched it."""
     span.set_attribute(ATTRIBUTE, name)
     span.add_event("fault", {ATTRIBUTE: name, "fault.description": FAULTS[name].description})

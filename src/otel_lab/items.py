@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import DateTime, Integer, String, Table, Text, func
@@ -45,7 +45,7 @@ class Item(Base):
 items = cast(Table, Item.__table__)
 
 
-def enrichment(name: str, description: str | None) -> dict[str, Any]:
+def enrichment(name: str, description: str | None) -> dict[str, object]:
     """What the worker sets on an item: its slug and word count, and that it is enriched."""
     return {
         "slug": slugify(name),

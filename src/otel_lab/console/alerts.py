@@ -46,7 +46,7 @@ class Rule:
     kind: str  # "alert" or "record"
     name: str
     expr: str
-    tree: Any
+    tree: promql.Node
     for_ms: int = 0
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)

@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TypedDict
 
 import uvicorn
 
@@ -28,6 +28,14 @@ from otel_lab.console.security import Security
 from otel_lab.console.store import Store
 
 log = logging.getLogger("otel_lab.console")
+
+
+class _ServerOptions(TypedDict):
+    """What both of the console's uvicorn servers are configured with."""
+
+    log_config: None
+    server_header: bool
+    timeout_graceful_shutdown: int
 
 
 class _Server(uvicorn.Server):
@@ -68,7 +76,7 @@ async def serve(
         flags_file=config.flags_file,
     )
     try:
-        common: dict[str, Any] = {
+        common: _ServerOptions = {
             "log_config": None,
             "server_header": False,
             "timeout_graceful_shutdown": 5,

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, FastAPI, Request
@@ -70,7 +69,11 @@ router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
 
 
 def render(
-    template: str, page: str, title: str, data: dict[str, Any] | None = None, status: int = 200
+    template: str,
+    page: str,
+    title: str,
+    data: Mapping[str, object] | None = None,
+    status: int = 200,
 ) -> HTMLResponse:
     html = _env.get_template(template).render(
         page=page, title=title, nav=NAV, version=_version, data=data or {}

@@ -9,11 +9,12 @@ data (:class:`Request` lists), so ``otel-lab load`` and the Locust file send the
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
+
+from otel_lab.jsontypes import JSONValue
 
 CITIES = ("london", "paris", "tokyo", "new-york", "sydney", "berlin", "lagos", "lima")
 
@@ -25,7 +26,7 @@ class Request:
 
     method: str
     path: str
-    json: dict[str, Any] | None = None
+    json: Mapping[str, JSONValue] | None = None
     keep_id_in: str | None = None  # the Memory list that keeps the id of a 201 answer
 
 
@@ -41,7 +42,7 @@ class Memory:
             bucket.append(value)
             del bucket[:-200]
 
-    def record(self, request: Request, status: int, body: Callable[[], Any]) -> None:
+    def record(self, request: Request, status: int, body: Callable[[], object]) -> None:
         """Keep the id a 201 answer to ``request`` created (``body`` reads the JSON)."""
         if request.keep_id_in and status == 201:
             created = body()

@@ -6,9 +6,9 @@ the database. Lists take ``limit``/``offset`` and answer the total in ``X-Total-
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Path, Query, Response
+from fastapi import Path, Query, Response, params
 from pydantic import Field
 
 MAX_ID = 2**31 - 1  # PostgreSQL integer
@@ -21,9 +21,10 @@ Limit = Annotated[int, Query(ge=1, le=100, description="Page size (1-100)")]
 Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Rows to skip")]
 
 
-def path_id(description: str) -> Any:
+def path_id(description: str) -> params.Path:
     """A path parameter that is a row id, e.g. ``Annotated[int, path_id("The user's id")]``."""
-    return Path(ge=1, le=MAX_ID, description=description)
+    parameter: params.Path = Path(ge=1, le=MAX_ID, description=description)
+    return parameter
 
 
 def set_total(response: Response, total: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time as clock
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter
 from pydantic import BeforeValidator, WithJsonSchema
@@ -27,7 +27,7 @@ MAX_SECONDS = queries.INT64_MAX // 1_000_000_000
 MAX_POINTS = 11_000
 
 
-def parse_seconds(value: Any) -> float | None:
+def parse_seconds(value: str | None) -> float | None:
     """Unix seconds (float) or RFC 3339, as Prometheus accepts."""
     if value is None or value == "":
         return None
