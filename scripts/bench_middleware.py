@@ -14,12 +14,16 @@ the parts one by one. Exports go to an in-process sink that encodes each batch e
 the exporter would (the official protobuf encoder before, the direct one now) and drops it.
 
     .venv/bin/python scripts/bench_middleware.py            # about a minute
+    .venv/bin/python scripts/bench_middleware.py --ablate   # each piece's cost in the loop
+    .venv/bin/python scripts/bench_middleware.py --against main --rounds 6  # a change's saving
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import importlib
 import logging
 import os
 import statistics
@@ -32,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 BEFORE_COMMIT = "834d2a0"
+QUEUE = 1 << 17
+GC_YOUNG_THRESHOLD = 10_000  # services/base.py's
 VARIANTS = ("none", "before", "after")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,22 +45,28 @@ ROOT = Path(__file__).resolve().parent.parent
 # --------------------------------------------------------------------------- one variant
 
 
-def _extract_before(directory: Path) -> None:
-    """The telemetry package of BEFORE_COMMIT as ``otel_lab_before.telemetry``."""
-    package = directory / "otel_lab_before"
+def _extract(commit: str, directory: Path, name: str) -> None:
+    """The telemetry package of ``commit`` as ``<name>.telemetry`` (``otel_lab`` otherwise)."""
+    package = directory / name
     (package / "telemetry").mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    for name in ("__init__", "context", "logs", "metrics", "middleware", "setup"):
+    files = subprocess.run(
+        ["git", "ls-tree", "--name-only", commit, "src/otel_lab/telemetry/"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    for path in files:
+        if not path.endswith(".py"):
+            continue
         source = subprocess.run(
-            ["git", "show", f"{BEFORE_COMMIT}:src/otel_lab/telemetry/{name}.py"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
+            ["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True, text=True,
+            check=True,
         ).stdout  # fmt: skip
-        source = source.replace("otel_lab.telemetry", "otel_lab_before.telemetry")
-        if name == "metrics":  # one Prometheus registry per process: reuse today's metrics
+        source = source.replace("otel_lab.telemetry", f"{name}.telemetry")
+        if path.endswith("/metrics.py"):  # one Prometheus registry per process: reuse
             source = "from otel_lab.telemetry.metrics import *  # noqa\n" + (
                 "from otel_lab.telemetry.metrics import exemplar_for, LATENCY_BUCKETS\n"
             )
-        (package / "telemetry" / f"{name}.py").write_text(source)
+        (package / "telemetry" / Path(path).name).write_text(source)
 
 
 def _providers(encode_spans: Callable[[Any], Any], encode_logs: Callable[[Any], Any]) -> Any:
@@ -92,12 +104,16 @@ def _providers(encode_spans: Callable[[Any], Any], encode_logs: Callable[[Any], 
 
     resource = build_resource("bench")
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(SpanSink(), max_queue_size=4096))
+    # A queue that holds a whole run: a tight loop outpaces the export thread, and a full
+    # queue would drop spans (and their encoding) from the figure.
+    tracer_provider.add_span_processor(
+        BatchSpanProcessor(SpanSink(), max_queue_size=QUEUE, max_export_batch_size=2048)
+    )
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
     logger_provider = LoggerProvider(resource=resource)
     logger_provider.add_log_record_processor(
-        BatchLogRecordProcessor(LogSink(), max_queue_size=4096)
+        BatchLogRecordProcessor(LogSink(), max_queue_size=QUEUE)
     )
     set_logger_provider(logger_provider)
     return tracer_provider, logger_provider
@@ -118,7 +134,7 @@ def _middleware(variant: str, tmp: Path) -> tuple[Any, Callable[[], None]]:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
         from opentelemetry.instrumentation.logging.handler import LoggingHandler
 
-        _extract_before(tmp)
+        _extract(BEFORE_COMMIT, tmp, "otel_lab_before")
         sys.path.insert(0, str(tmp))
         from otel_lab_before.telemetry.logs import configure_logging  # type: ignore[import-not-found]
         from otel_lab_before.telemetry.middleware import (  # type: ignore[import-not-found]
@@ -131,14 +147,21 @@ def _middleware(variant: str, tmp: Path) -> tuple[Any, Callable[[], None]]:
         )
         configure_logging("bench", "INFO", LoggingHandler(logger_provider=logger_provider))
         middleware = Before(app)
-    else:
-        from otel_lab.telemetry._wire import LogEncoder, SpanEncoder
-        from otel_lab.telemetry.logs import OTLPHandler, configure_logging
-        from otel_lab.telemetry.middleware import TelemetryMiddleware
-
-        tracer_provider, logger_provider = _providers(SpanEncoder().encode, LogEncoder().encode)
-        configure_logging("bench", "INFO", OTLPHandler(logger_provider=logger_provider))
-        middleware = TelemetryMiddleware(app)
+    else:  # "after", or "against": the package at the commit given with --against
+        package = "otel_lab"
+        if variant == "against":
+            _extract(os.environ["BENCH_AGAINST"], tmp, "otel_lab_against")
+            sys.path.insert(0, str(tmp))
+            package = "otel_lab_against"
+        wire = importlib.import_module(f"{package}.telemetry._wire")
+        logs = importlib.import_module(f"{package}.telemetry.logs")
+        tracer_provider, logger_provider = _providers(
+            wire.SpanEncoder().encode, wire.LogEncoder().encode
+        )
+        logs.configure_logging("bench", "INFO", logs.OTLPHandler(logger_provider=logger_provider))
+        middleware = importlib.import_module(f"{package}.telemetry.middleware").TelemetryMiddleware(
+            app
+        )
 
     def flush() -> None:
         tracer_provider.force_flush()
@@ -168,13 +191,62 @@ def _scope() -> dict[str, Any]:
     }
 
 
-def run_variant(variant: str, requests: int) -> float:
+# The pieces of a traced request that --ablate switches off one at a time, inside the
+# request loop (the services' figure), where a piece costs more than timed on its own:
+# between two calls the rest of the request pushes its code and data out of the caches.
+ABLATIONS = {
+    "as shipped": (),
+    "without the server span (no-op tracer: no span, export, exemplar, traceresponse)": (
+        "span",
+    ),
+    "without the OTel http.server.request.duration record": ("histogram",),
+    "without the Prometheus series (requests_total, request_latency_seconds)": ("prometheus",),
+    "without the access line": ("access",),
+    "the middleware's own work (all of the above off)": (
+        "span", "histogram", "prometheus", "access",
+    ),
+}  # fmt: skip
+
+
+def _ablate(middleware: Any, pieces: tuple[str, ...]) -> None:
+    """Switch ``pieces`` of the middleware off (after it is built: the rest is unchanged)."""
+    from opentelemetry import trace
+
+    def nothing(*args: object, **kwargs: object) -> None:
+        return None
+
+    class Nothing:
+        inc = dec = observe = staticmethod(nothing)
+
+    if "span" in pieces:
+        middleware.tracer = trace.NoOpTracer()
+    if "histogram" in pieces:
+        middleware.duration = Nothing
+        middleware.duration.record = nothing
+    if "prometheus" in pieces:
+        middleware._series = lambda *args: (Nothing, Nothing)
+    if "access" in pieces:
+        middleware.access_log.write = nothing
+
+
+def _settle_garbage_collector() -> None:
+    """What every service does once it is up (services/base.py), so the figures match."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
+def run_variant(variant: str, requests: int, ablate: tuple[str, ...] = ()) -> float:
     """CPU microseconds per request of ``variant`` (all threads of this process)."""
     os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "1000"
     os.environ["OTEL_BLRP_SCHEDULE_DELAY"] = "1000"
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the JSON lines go nowhere
     with tempfile.TemporaryDirectory() as tmp:
         target, flush = _middleware(variant, Path(tmp))
+        if ablate:
+            _ablate(target, ablate)
+        _settle_garbage_collector()
 
         async def drive(count: int) -> None:
             async def receive() -> dict[str, Any]:
@@ -298,7 +370,8 @@ def parts() -> list[tuple[str, float]]:
          _time(lambda: log_encoder.encode(records), 40) / len(records)),
         ("access line: AccessLog.write (stderr only)",
          _time(lambda: lean.write(method="GET", path="/items/{item_id}", status_code=200,
-                                  elapsed_ms=1.2, request_id="r" * 32, trace_id=1, span_id=1))),
+                                  elapsed_ms=1.2, request_id="r" * 32, trace_id="a" * 32,
+                                  span_id="b" * 16))),
         ("OTel histogram record, 3 attributes",
          _time(lambda: duration.record(0.01, duration_attributes))),
         ("Prometheus counter inc + histogram observe with exemplar (labels() each time)",
@@ -310,29 +383,89 @@ def parts() -> list[tuple[str, float]]:
 # --------------------------------------------------------------------------- driver
 
 
+def _run(variant: str, requests: int, pieces: tuple[str, ...] = ()) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--variant", variant, "--requests", str(requests),
+         "--without", ",".join(pieces)],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    ).stdout  # fmt: skip
+    return float(out.strip().splitlines()[-1])
+
+
+def against(commit: str, rounds: int, requests: int) -> int:
+    """The package as it is against the package at ``commit``, alternated, medians."""
+    os.environ["BENCH_AGAINST"] = commit
+    figures: dict[str, list[float]] = {"against": [], "after": []}
+    for round_number in range(rounds):
+        order = ("against", "after") if round_number % 2 == 0 else ("after", "against")
+        for variant in order:
+            figures[variant].append(_run(variant, requests))
+    print(f"CPU per request, median of {rounds} rounds of {requests} requests:")
+    for variant, label in (("against", commit), ("after", "as it is")):
+        print(
+            f"  {statistics.median(figures[variant]):8.1f} us  {label}"
+            f"   rounds {' '.join(f'{f:.1f}' for f in figures[variant])}"
+        )
+    return 0
+
+
+def ablation(rounds: int, requests: int) -> int:
+    """Each piece's cost inside the request loop: the package as it is against the same
+    with that piece switched off, fresh interpreters in alternation, medians."""
+    figures: dict[str, list[float]] = {name: [] for name in ABLATIONS}
+    bare: list[float] = []
+    for _ in range(rounds):
+        bare.append(_run("none", requests))
+        for name, pieces in ABLATIONS.items():
+            figures[name].append(_run("after", requests, pieces))
+    shipped = statistics.median(figures["as shipped"])
+    print(f"CPU per request, median of {rounds} rounds of {requests} requests:")
+    print(f"  {statistics.median(bare):8.1f} us  no telemetry (bare ASGI app)")
+    for name in ABLATIONS:
+        cost = statistics.median(figures[name])
+        print(
+            f"  {cost:8.1f} us  {name}  (saves {shipped - cost:5.1f} us)"
+            f"   rounds {' '.join(f'{f:.1f}' for f in figures[name])}"
+        )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=(*VARIANTS, "against"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--against",
+        metavar="COMMIT",
+        help="instead: the package as it is against the package at COMMIT (read from git), "
+        "in alternation",
+    )
     parser.add_argument("--parts", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--ablate",
+        action="store_true",
+        help="instead: the package as it is with each piece switched off in turn",
+    )
+    parser.add_argument("--without", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
-        print(f"{run_variant(args.variant, args.requests):.2f}")
+        pieces = tuple(p for p in args.without.split(",") if p)
+        print(f"{run_variant(args.variant, args.requests, pieces):.2f}")
         return 0
     if args.parts:
         for name, cost in parts():
             print(f"  {cost:8.1f} us  {name}")
         return 0
+    if args.ablate:
+        return ablation(args.rounds, args.requests)
+    if args.against:
+        return against(args.against, args.rounds, args.requests)
 
     figures: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
         for variant in VARIANTS:
-            out = subprocess.run(
-                [sys.executable, __file__, "--variant", variant, "--requests", str(args.requests)],
-                capture_output=True, text=True, check=True, cwd=ROOT,
-            ).stdout  # fmt: skip
-            figures[variant].append(float(out.strip().splitlines()[-1]))
+            figures[variant].append(_run(variant, args.requests))
     none = statistics.median(figures["none"])
     print(f"CPU per request, median of {args.rounds} rounds of {args.requests} requests:")
     for variant in VARIANTS:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import Iterator
 
 import httpx
@@ -17,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
+from prometheus_client.registry import REGISTRY
 
 from otel_lab.telemetry import TelemetryMiddleware
 
@@ -33,6 +36,10 @@ class Probe:
         @app.get("/items/{item_id}")
         async def item(item_id: int) -> dict[str, int]:
             return {"id": item_id}
+
+        @app.get("/in-flight")
+        async def in_flight() -> dict[str, float | None]:
+            return {"concurrent_requests": REGISTRY.get_sample_value("concurrent_requests")}
 
         @app.get("/boom")
         async def boom() -> None:
@@ -165,3 +172,38 @@ def test_an_incoming_traceparent_is_the_parent(probe: Probe) -> None:
     assert f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
     assert span.parent is not None and span.parent.is_remote
     assert f"{span.parent.span_id:016x}" == "b7ad6b7169203331"
+
+
+def test_the_access_line_and_the_exemplar_point_at_the_span(
+    probe: Probe, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="otel_lab.request")  # the services' level
+    capfd.readouterr()
+    probe.request("GET", "/items/41", headers={"x-request-id": "access-line-41"})
+    span = probe.only_span()
+    trace_id, span_id = f"{span.context.trace_id:032x}", f"{span.context.span_id:016x}"
+    (line,) = (
+        json.loads(text)
+        for text in capfd.readouterr().err.splitlines()
+        if "access-line-41" in text and "request_completed" in text
+    )
+    assert (line["trace_id"], line["span_id"]) == (trace_id, span_id)
+    assert (line["method"], line["path"], line["status_code"]) == ("GET", "/items/{item_id}", 200)
+    exemplars = [
+        sample.exemplar.labels["trace_id"]
+        for metric in REGISTRY.collect()
+        if metric.name == "request_latency_seconds"
+        for sample in metric.samples
+        if sample.labels.get("path") == "/items/{item_id}" and sample.exemplar is not None
+    ]
+    assert trace_id in exemplars
+
+
+def test_concurrent_requests_counts_the_request_being_served(probe: Probe) -> None:
+    before = REGISTRY.get_sample_value("concurrent_requests")
+    assert before is not None
+    during = probe.request("GET", "/in-flight").json()["concurrent_requests"]
+    assert during == before + 1
+    assert REGISTRY.get_sample_value("concurrent_requests") == before
+    assert probe.request("GET", "/boom").status_code == 500  # a failure is counted out too
+    assert REGISTRY.get_sample_value("concurrent_requests") == before

@@ -22,6 +22,7 @@ conventions define no such span; connection waits show as the parent span's time
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import TypeAlias
@@ -52,6 +53,7 @@ _SPAN_KEY = "_otel_lab_span"  # on SQLAlchemy's execution context, from before t
 _LEADING_COMMENTS = re.compile(r"\A(?:\s*(?:/\*.*?\*/|--[^\n]*\n))*\s*", re.DOTALL)
 
 
+@functools.lru_cache(maxsize=1024)  # a service runs the same few statements over and over
 def operation_name(statement: str) -> str | None:
     """The statement's first keyword as written (``SELECT``, ``with``), as the contrib has it."""
     words = _LEADING_COMMENTS.sub("", statement, count=1).split(None, 1)

@@ -97,9 +97,10 @@ class AccessLog:
         status_code: int,
         elapsed_ms: float,
         request_id: str,
-        trace_id: int,
-        span_id: int,
+        trace_id: str | None,
+        span_id: str | None,
     ) -> None:
+        """``trace_id`` and ``span_id`` in hex, as the ``traceresponse`` header has them."""
         if not self._logger.isEnabledFor(logging.INFO):
             return
         line = (
@@ -109,7 +110,7 @@ class AccessLog:
             f'"service": {self._service}, "request_id": "{request_id}", '
         )
         if trace_id:
-            line += f'"trace_id": "{trace_id:032x}", "span_id": "{span_id:016x}", '
+            line += f'"trace_id": "{trace_id}", "span_id": "{span_id}", '
         line += f'"timestamp": "{datetime.now(UTC).isoformat()}"}}\n'
         handler = _stderr_handler
         if handler is None:

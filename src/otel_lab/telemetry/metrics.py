@@ -7,6 +7,9 @@ route template, never a raw path.
 
 from __future__ import annotations
 
+import weakref
+from typing import Protocol
+
 from opentelemetry.trace import SpanContext
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -28,6 +31,24 @@ REQUEST_LATENCY = Histogram(
 )
 ERRORS = Counter("errors", "Application errors by type.", ["error_type"])
 CONCURRENT_REQUESTS = Gauge("concurrent_requests", "HTTP requests being served right now.")
+
+
+class _InFlight(Protocol):
+    in_flight: int
+
+
+# What serves requests in this process (the telemetry middlewares). Each counts its requests
+# in a plain int, changed only by the event loop that serves it, and ``concurrent_requests``
+# adds them up when it is scraped: a Gauge's inc() and dec() take its lock twice a request.
+_serving: weakref.WeakSet[_InFlight] = weakref.WeakSet()
+CONCURRENT_REQUESTS.set_function(lambda: sum(server.in_flight for server in list(_serving)))
+
+
+def count_in_flight(server: _InFlight) -> None:
+    """Add ``server.in_flight`` to ``concurrent_requests``."""
+    _serving.add(server)
+
+
 DB_OPERATION = Histogram(
     "db_operation_seconds", "Database operation time.", ["operation"], buckets=LATENCY_BUCKETS
 )

@@ -157,6 +157,8 @@ class TelemetryMiddleware:
         self.access_log = AccessLog(
             service_name or _service_name(tracer_provider or trace.get_tracer_provider())
         )
+        self.in_flight = 0  # requests being served: ``concurrent_requests``
+        prom.count_in_flight(self)
 
     def _series(self, method: str, path: str, status_code: int) -> tuple[Any, Any]:
         """The Prometheus children of one (method, route, status): ``labels()`` validates
@@ -222,12 +224,18 @@ class TelemetryMiddleware:
         context_token = context.attach(trace.set_span_in_context(span, parent))
         request_id_token = request_id_var.set(request_id)
         extra_headers = [(b"x-request-id", request_id.encode())]
+        # The ids in hex once, for the traceresponse header, the exemplar and the access line.
+        trace_hex = span_hex = None
+        exemplar = None
         if span_context.is_valid:
-            traceresponse = (
-                f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-                f"{span_context.trace_flags:02x}"
+            trace_hex = f"{span_context.trace_id:032x}"
+            span_hex = f"{span_context.span_id:016x}"
+            flags = span_context.trace_flags
+            extra_headers.append(
+                (b"traceresponse", f"00-{trace_hex}-{span_hex}-{flags:02x}".encode())
             )
-            extra_headers.append((b"traceresponse", traceresponse.encode()))
+            if flags.sampled:
+                exemplar = {"trace_id": trace_hex}
         status_code = 500
         response_started = False
         error_type: str | None = None
@@ -240,7 +248,7 @@ class TelemetryMiddleware:
                 message["headers"] = [*message.get("headers", ()), *extra_headers]
             await send(message)
 
-        prom.CONCURRENT_REQUESTS.inc()
+        self.in_flight += 1
         try:
             await self.app(scope, receive, send_with_headers)
         except Exception as exc:
@@ -256,7 +264,7 @@ class TelemetryMiddleware:
             await send_with_headers(_internal_error_start())
             await send({"type": "http.response.body", "body": _internal_error_body(request_id)})
         finally:
-            prom.CONCURRENT_REQUESTS.dec()
+            self.in_flight -= 1
             elapsed = time.perf_counter() - start
             route_obj = scope.get("route")
             route: str | None = getattr(route_obj, "path", None)
@@ -279,7 +287,7 @@ class TelemetryMiddleware:
             path_label = route or UNMATCHED_ROUTE
             counter, latency = self._series(known_method, path_label, status_code)
             counter.inc()
-            latency.observe(elapsed, exemplar=prom.exemplar_for(span_context))
+            latency.observe(elapsed, exemplar=exemplar)
             self.duration.record(elapsed, duration_attributes)
             self.access_log.write(
                 method=method,
@@ -287,8 +295,8 @@ class TelemetryMiddleware:
                 status_code=status_code,
                 elapsed_ms=round(elapsed * 1000, 2),
                 request_id=request_id,
-                trace_id=span_context.trace_id,
-                span_id=span_context.span_id,
+                trace_id=trace_hex,
+                span_id=span_hex,
             )
             request_id_var.reset(request_id_token)
             context.detach(context_token)
