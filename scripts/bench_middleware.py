@@ -62,10 +62,16 @@ def _extract(commit: str, directory: Path, name: str) -> None:
             check=True,
         ).stdout  # fmt: skip
         source = source.replace("otel_lab.telemetry", f"{name}.telemetry")
-        if path.endswith("/metrics.py"):  # one Prometheus registry per process: reuse
-            source = "from otel_lab.telemetry.metrics import *  # noqa\n" + (
-                "from otel_lab.telemetry.metrics import exemplar_for, LATENCY_BUCKETS\n"
-            )
+        if path.endswith("/metrics.py"):  # its metrics unregistered: the names are taken
+            source = source.replace(
+                "from prometheus_client import Counter, Gauge, Histogram,",
+                "from functools import partial\n"
+                "import prometheus_client as pc\n"
+                "Counter, Gauge, Histogram = (partial(m, registry=None) for m in (\n"
+                "    pc.Counter, pc.Gauge, pc.Histogram\n"
+                "))\n"
+                "from prometheus_client import CollectorRegistry,",
+            ).replace("REGISTRY.register(", "CollectorRegistry().register(")
         (package / "telemetry" / Path(path).name).write_text(source)
 
 
@@ -224,7 +230,7 @@ def _ablate(middleware: Any, pieces: tuple[str, ...]) -> None:
         middleware.duration = Nothing
         middleware.duration.record = nothing
     if "prometheus" in pieces:
-        middleware._series = lambda *args: (Nothing, Nothing)
+        middleware._series = lambda *args: ([0], Nothing)
     if "access" in pieces:
         middleware.access_log.write = nothing
 

@@ -7,28 +7,104 @@ route template, never a raw path.
 
 from __future__ import annotations
 
+import math
+import time
 import weakref
-from typing import Protocol
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from opentelemetry.trace import SpanContext
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import REGISTRY
+from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
 
 # `_created` series double the exposition size and no dashboard here uses them.
 disable_created_metrics()
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-REQUESTS = Counter(
-    "requests", "Total number of HTTP requests processed.", ["method", "path", "status"]
-)
-REQUEST_LATENCY = Histogram(
-    "request_latency_seconds",
-    "Request latency in seconds.",
-    ["method", "path"],
-    buckets=LATENCY_BUCKETS,
-)
+_LE = tuple(floatToGoString(bound) for bound in (*LATENCY_BUCKETS, math.inf))
+
+
+class Latency:
+    """One ``request_latency_seconds`` series: per-bucket counts, the sum, and the last
+    exemplar (trace ID, value, time) of each bucket, as prometheus_client keeps them."""
+
+    __slots__ = ("counts", "exemplars", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(_LE)
+        self.exemplars: list[tuple[str, float, float] | None] = [None] * len(_LE)
+        self.sum = 0.0
+
+    def observe(self, seconds: float, trace_id: str | None) -> None:
+        index = bisect_left(LATENCY_BUCKETS, seconds)  # the first bound >= seconds, or +Inf
+        self.counts[index] += 1
+        self.sum += seconds
+        if trace_id is not None:
+            self.exemplars[index] = (trace_id, seconds, time.time())
+
+
+class RequestSeries:
+    """``requests_total`` and ``request_latency_seconds`` of the HTTP middleware, kept in
+    plain numbers and turned into metric families when scraped.
+
+    prometheus_client's Counter and Histogram take a lock for each value they change and
+    build and validate an exemplar per observation: 13 us of a request inside the request
+    loop (``scripts/bench_middleware.py --ablate``). Only the event loop serving the
+    requests changes these numbers; a scrape reads them as they are, like the client's own
+    histogram, whose buckets are not read atomically either.
+    """
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[str, str, str], list[int]] = {}
+        self._latency: dict[tuple[str, str], Latency] = {}
+
+    def series(self, method: str, path: str, status: str) -> tuple[list[int], Latency]:
+        """The request count (a one-element list) and the latency of (method, path, status)."""
+        count = self._requests.setdefault((method, path, status), [0])
+        latency = self._latency.get((method, path))
+        if latency is None:
+            latency = self._latency[(method, path)] = Latency()
+        return count, latency
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "requests", "Total number of HTTP requests processed.", labels=_REQUEST_LABELS
+        )
+        for labels, count in list(self._requests.items()):
+            requests.add_metric(labels, float(count[0]))
+        yield requests
+        latency = HistogramMetricFamily(
+            "request_latency_seconds", "Request latency in seconds.", labels=_REQUEST_LABELS[:2]
+        )
+        for labels, series in list(self._latency.items()):
+            buckets: list[Any] = []
+            cumulative = 0
+            for le, count, exemplar in zip(_LE, series.counts, series.exemplars, strict=True):
+                cumulative += count
+                if exemplar is None:
+                    buckets.append((le, float(cumulative)))
+                else:
+                    trace_id, value, at = exemplar
+                    buckets.append(
+                        (le, float(cumulative), Exemplar({"trace_id": trace_id}, value, at))
+                    )
+            latency.add_metric(labels, buckets, series.sum)
+        yield latency
+
+    def describe(self) -> Iterator[Metric]:
+        yield from ()
+
+
+_REQUEST_LABELS = ["method", "path", "status"]
+REQUEST_SERIES = RequestSeries()
+REGISTRY.register(REQUEST_SERIES)
+
 ERRORS = Counter("errors", "Application errors by type.", ["error_type"])
 CONCURRENT_REQUESTS = Gauge("concurrent_requests", "HTTP requests being served right now.")
 

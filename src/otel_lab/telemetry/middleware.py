@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import time
-from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from opentelemetry import context, metrics, propagate, trace
@@ -149,7 +148,7 @@ class TelemetryMiddleware:
             description="Duration of HTTP server requests.",
             explicit_bucket_boundaries_advisory=list(prom.LATENCY_BUCKETS),
         )
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[list[int], prom.Latency]] = {}
         self.known_methods = known_methods()
         self._propagator_headers = frozenset(propagate.get_global_textmap().fields)
         self._wanted_headers = _OWN_HEADERS | {h.encode() for h in self._propagator_headers}
@@ -160,17 +159,15 @@ class TelemetryMiddleware:
         self.in_flight = 0  # requests being served: ``concurrent_requests``
         prom.count_in_flight(self)
 
-    def _series(self, method: str, path: str, status_code: int) -> tuple[Any, Any]:
-        """The Prometheus children of one (method, route, status): ``labels()`` validates
-        and hashes its arguments on every call, a dict lookup does not."""
+    def _series(self, method: str, path: str, status_code: int) -> tuple[list[int], prom.Latency]:
+        """The Prometheus series of one (method, route, status), looked up by one key."""
         key = (method, path, status_code)
         series = self._children.get(key)
         if series is None:
             if len(self._children) > 4096:
                 self._children.clear()
-            series = self._children[key] = (
-                prom.REQUESTS.labels(method, path, str(status_code)),
-                prom.REQUEST_LATENCY.labels(method, path),
+            series = self._children[key] = prom.REQUEST_SERIES.series(
+                method, path, str(status_code)
             )
         return series
 
@@ -225,8 +222,7 @@ class TelemetryMiddleware:
         request_id_token = request_id_var.set(request_id)
         extra_headers = [(b"x-request-id", request_id.encode())]
         # The ids in hex once, for the traceresponse header, the exemplar and the access line.
-        trace_hex = span_hex = None
-        exemplar = None
+        trace_hex = span_hex = exemplar_trace_id = None
         if span_context.is_valid:
             trace_hex = f"{span_context.trace_id:032x}"
             span_hex = f"{span_context.span_id:016x}"
@@ -234,8 +230,8 @@ class TelemetryMiddleware:
             extra_headers.append(
                 (b"traceresponse", f"00-{trace_hex}-{span_hex}-{flags:02x}".encode())
             )
-            if flags.sampled:
-                exemplar = {"trace_id": trace_hex}
+            if flags.sampled:  # exemplars point only at traces that were kept
+                exemplar_trace_id = trace_hex
         status_code = 500
         response_started = False
         error_type: str | None = None
@@ -285,9 +281,9 @@ class TelemetryMiddleware:
             span.end()
 
             path_label = route or UNMATCHED_ROUTE
-            counter, latency = self._series(known_method, path_label, status_code)
-            counter.inc()
-            latency.observe(elapsed, exemplar=exemplar)
+            count, latency = self._series(known_method, path_label, status_code)
+            count[0] += 1
+            latency.observe(elapsed, exemplar_trace_id)
             self.duration.record(elapsed, duration_attributes)
             self.access_log.write(
                 method=method,

@@ -1,0 +1,56 @@
+"""The middleware's Prometheus series, kept in plain numbers, against prometheus_client's own
+Counter and Histogram fed the same observations: the same OpenMetrics text."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.openmetrics.exposition import generate_latest
+
+from otel_lab.telemetry.metrics import LATENCY_BUCKETS, RequestSeries
+
+# (method, path, status, seconds, trace ID or None): bucket edges, +Inf, no exemplar.
+OBSERVATIONS = [
+    ("GET", "/health", "200", 0.0004, "a" * 32),
+    ("GET", "/health", "200", 0.005, "b" * 32),  # on a bound: counted in that bucket
+    ("GET", "/health", "200", 0.0051, None),
+    ("GET", "/health", "503", 0.3, "c" * 32),
+    ("GET", "/items/{item_id}", "200", 12.5, "d" * 32),  # above the last bound: +Inf
+    ("POST", "/items", "201", 0.02, None),
+]
+
+
+def test_the_exposition_is_prometheus_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.25)  # the exemplars' timestamps
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    series = RequestSeries()
+    ours.register(series)
+    requests = Counter(
+        "requests",
+        "Total number of HTTP requests processed.",
+        ["method", "path", "status"],
+        registry=theirs,
+    )
+    latency = Histogram(
+        "request_latency_seconds",
+        "Request latency in seconds.",
+        ["method", "path"],
+        buckets=LATENCY_BUCKETS,
+        registry=theirs,
+    )
+    for method, path, status, seconds, trace_id in OBSERVATIONS:
+        count, observed = series.series(method, path, status)
+        count[0] += 1
+        observed.observe(seconds, trace_id)
+        requests.labels(method, path, status).inc()
+        exemplar = {"trace_id": trace_id} if trace_id else None
+        latency.labels(method, path).observe(seconds, exemplar=exemplar)
+
+    text = generate_latest(ours).decode()
+    assert (
+        'request_latency_seconds_bucket{le="+Inf",method="GET",path="/items/{item_id}"} 1.0 # {trace_id="dddd'
+        in text
+    )
+    assert text == generate_latest(theirs).decode()
