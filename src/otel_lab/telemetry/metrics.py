@@ -12,7 +12,7 @@ import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 from opentelemetry.trace import SpanContext
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
@@ -76,17 +76,17 @@ class RequestSeries:
         requests = CounterMetricFamily(
             "requests", "Total number of HTTP requests processed.", labels=_REQUEST_LABELS
         )
-        for labels, count in list(self._requests.items()):
-            requests.add_metric(labels, float(count[0]))
+        for labels, seen in list(self._requests.items()):
+            requests.add_metric(labels, float(seen[0]))
         yield requests
         latency = HistogramMetricFamily(
             "request_latency_seconds", "Request latency in seconds.", labels=_REQUEST_LABELS[:2]
         )
-        for labels, series in list(self._latency.items()):
-            buckets: list[Any] = []
+        for method_path, series in list(self._latency.items()):
+            buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
             cumulative = 0
-            for le, count, exemplar in zip(_LE, series.counts, series.exemplars, strict=True):
-                cumulative += count
+            for le, in_bucket, exemplar in zip(_LE, series.counts, series.exemplars, strict=True):
+                cumulative += in_bucket
                 if exemplar is None:
                     buckets.append((le, float(cumulative)))
                 else:
@@ -94,7 +94,7 @@ class RequestSeries:
                     buckets.append(
                         (le, float(cumulative), Exemplar({"trace_id": trace_id}, value, at))
                     )
-            latency.add_metric(labels, buckets, series.sum)
+            latency.add_metric(method_path, buckets, series.sum)
         yield latency
 
     def describe(self) -> Iterator[Metric]:

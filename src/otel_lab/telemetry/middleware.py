@@ -227,9 +227,8 @@ class TelemetryMiddleware:
             trace_hex = f"{span_context.trace_id:032x}"
             span_hex = f"{span_context.span_id:016x}"
             flags = span_context.trace_flags
-            extra_headers.append(
-                (b"traceresponse", f"00-{trace_hex}-{span_hex}-{flags:02x}".encode())
-            )
+            traceresponse = f"00-{trace_hex}-{span_hex}-{flags:02x}"
+            extra_headers.append((b"traceresponse", traceresponse.encode()))
             if flags.sampled:  # exemplars point only at traces that were kept
                 exemplar_trace_id = trace_hex
         status_code = 500
