@@ -99,6 +99,19 @@ class MetricRow(NamedTuple):
     temporality: int | None
 
 
+# The summary tables' rows, in column order (store/schema.py).
+# services: name, first_seen_ns, last_seen_ns, span_count, log_count, metric_point_count
+ServiceSummaryRow: TypeAlias = tuple[str, int, int, int, int, int]
+# traces: trace_id, start_ns, end_ns, duration_ns, span_count, error_count, root_name,
+# root_service, has_root, services (a JSON array)
+TraceSummaryRow: TypeAlias = tuple[bytes, int, int, int, int, int, str | None, str | None, int, str]
+# red: service_name, route, minute, count, errors, sum_ns, min_ns, max_ns, hist (JSON),
+# slow_trace_id, error_trace_id, search (JSON)
+RedRow: TypeAlias = tuple[
+    str, str, int, int, int, int, int, int, str, bytes | None, bytes | None, str | None
+]
+
+
 class Buckets(TypedDict):
     offset: int
     bucket_counts: list[int]

@@ -25,6 +25,7 @@ from otel_lab.console.model import (
     SpanRow,
     SQLValue,
     StatusCode,
+    TraceSummaryRow,
 )
 from otel_lab.jsontypes import JSONArray, JSONObject, JSONValue
 
@@ -247,8 +248,6 @@ _TRACE_COLUMNS = (
     "trace_id, start_ns, end_ns, duration_ns, span_count, error_count,"
     " root_name, root_service, has_root, services"
 )
-# A row of _TRACE_COLUMNS.
-_TraceRow = tuple[bytes, int, int, int, int, int, str | None, str | None, int, str]
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -268,7 +267,7 @@ class TraceSummary(TypedDict):
     services: list[str]
 
 
-def _trace_summary(row: _TraceRow) -> TraceSummary:
+def _trace_summary(row: TraceSummaryRow) -> TraceSummary:
     tid, start, end, duration, spans, errors, root_name, root_service, has_root, services = row
     return {
         "trace_id": tid.hex(),

@@ -11,11 +11,20 @@ import functools
 import json
 import math
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from otel_lab.console.model import LogRow, PointRow, SpanKind, SpanRow, StatusCode
+from otel_lab.console.model import (
+    LogRow,
+    PointRow,
+    RedRow,
+    ServiceSummaryRow,
+    SpanKind,
+    SpanRow,
+    StatusCode,
+    TraceSummaryRow,
+)
+from otel_lab.jsontypes import JSONObject, JSONValue
 
 MINUTE_NS = 60_000_000_000
 # Latency histogram buckets: 8 per power of two (about 9% wide), as in HDR-style sketches.
@@ -79,7 +88,7 @@ class _Trace:
             self.root_name, self.root_service, self.has_root = s.name, s.service_name, 1
         self.services.add(s.service_name)
 
-    def row(self, trace_id: bytes) -> tuple[Any, ...]:
+    def row(self, trace_id: bytes) -> TraceSummaryRow:
         """The ``traces`` table's columns."""
         services = _services_json(tuple(sorted(self.services)))
         duration = self.end_ns - self.start_ns
@@ -97,9 +106,9 @@ def _services_json(services: tuple[str, ...]) -> str:
 class Summaries:
     """Rows for the services, operations and traces tables."""
 
-    services: list[tuple[Any, ...]]
+    services: list[ServiceSummaryRow]
     operations: set[tuple[str, str, int]]
-    traces: list[tuple[Any, ...]]
+    traces: list[TraceSummaryRow]
 
 
 def summarise(spans: list[SpanRow], logs: list[LogRow], points: list[PointRow]) -> Summaries:
@@ -183,7 +192,9 @@ class _Red:
         self.hist[bucket] = self.hist.get(bucket, 0) + 1
 
 
-def route_of(s: SpanRow, attrs: dict[str, Any] | None = None) -> tuple[str, list[str] | None]:
+def route_of(
+    s: SpanRow, attrs: Mapping[str, JSONValue] | None = None
+) -> tuple[str, list[str] | None]:
     """``METHOD http.route`` when the span has ``http.route`` (a template, so
     low-cardinality), otherwise the span name; with the trace-search filters that find the
     spans of this route, for the jump to example traces. ``attrs`` are the span's decoded
@@ -233,8 +244,8 @@ class RedRoutes:
         self,
         db: sqlite3.Connection,
         spans: list[SpanRow],
-        decoded: dict[tuple[bytes, bytes], dict[str, Any]] | None = None,
-    ) -> list[tuple[Any, ...]]:
+        decoded: dict[tuple[bytes, bytes], JSONObject] | None = None,
+    ) -> list[RedRow]:
         """Per (service, route, minute) aggregates of SERVER and CONSUMER spans, as the
         ``red`` table's columns. ``decoded``: the spans' attributes as the decoder kept
         them, by (trace_id, span_id)."""

@@ -7,12 +7,12 @@ import logging
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from otel_lab.console.model import LogRow, MetricRow, PointRow, ResourceRow, ScopeRow, SpanRow
 from otel_lab.console.otlp import Batch
 from otel_lab.console.store import schema
 from otel_lab.console.store.summaries import RedRoutes, summarise
+from otel_lab.jsontypes import JSONObject
 
 log = logging.getLogger("otel_lab.console.store")
 
@@ -45,7 +45,7 @@ class _Merged:
     spans: list[SpanRow] = field(default_factory=list)
     logs: list[LogRow] = field(default_factory=list)
     points: list[PointRow] = field(default_factory=list)
-    red_attributes: dict[tuple[bytes, bytes], dict[str, Any]] = field(default_factory=dict)
+    red_attributes: dict[tuple[bytes, bytes], JSONObject] = field(default_factory=dict)
 
     @classmethod
     def of(cls, batches: list[Batch]) -> _Merged:

@@ -4,7 +4,8 @@ and no BEGIN/COMMIT round trips (docs/performance.md)."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import TypeAlias
 
 from sqlalchemy import Row, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,9 +18,13 @@ _INSERT_ITEM = (
     .returning(*items.c)
 )
 _GET_ITEM = select(items).where(items.c.id == bindparam("item_id"))
+# A whole ``items`` row, in column order: what both statements return.
+ItemRow: TypeAlias = Row[
+    tuple[int, str, str | None, str, str | None, int | None, datetime, datetime | None]
+]
 
 
-async def add(autocommit: AsyncEngine, body: ItemCreate) -> Row[Any]:
+async def add(autocommit: AsyncEngine, body: ItemCreate) -> ItemRow:
     """Insert the item; it comes back with its id and server defaults (RETURNING)."""
     async with autocommit.connect() as connection:
         result = await connection.execute(
@@ -28,7 +33,7 @@ async def add(autocommit: AsyncEngine, body: ItemCreate) -> Row[Any]:
         return result.one()
 
 
-async def get(autocommit: AsyncEngine, item_id: int) -> Row[Any] | None:
+async def get(autocommit: AsyncEngine, item_id: int) -> ItemRow | None:
     """One item (read only on a cache miss)."""
     async with autocommit.connect() as connection:
         return (await connection.execute(_GET_ITEM, {"item_id": item_id})).first()
