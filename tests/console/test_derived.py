@@ -196,6 +196,14 @@ def test_collector_panels_fill_in_embedded_mode(
     for panel in (latency, *tables.values()):
         assert "note" not in panel, panel
 
+    # Links to the traces behind each panel: the OTLP histogram's exemplars (stored traces),
+    # and for the tables the slowest and failed traces of the services they show.
+    assert latency["links"] and "kind" not in latency["links"][0], latency["links"]
+    linked = latency["links"][0]["trace_id"]
+    assert ui.get(f"/api/traces/{linked}").status_code == 200
+    for table in tables.values():
+        assert {link.get("kind") for link in table["links"]} >= {"slowest"}, table["links"]
+
     routes = {s["labels"].get("http_route") for s in latency["series"]}
     assert ROUTE in routes, routes
     p95 = [v for s in latency["series"] if s["labels"].get("http_route") == ROUTE

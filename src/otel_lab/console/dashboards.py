@@ -449,7 +449,10 @@ class Renderer:
         """Without exemplars (counters, gauges): the slowest and a failed trace of each
         service the panel shows, in its time range."""
         links: list[Link] = []
-        jobs = sorted({s["labels"]["job"] for s in series if s["labels"].get("job")})
+        # The service: its job, or in span metrics service_name, in the service graph server.
+        names = ("job", "service_name", "server")
+        found = (next((s["labels"][k] for k in names if s["labels"].get(k)), "") for s in series)
+        jobs = sorted({job for job in found if job})
         for job in jobs[:5]:
             if job not in self._job_links_of:  # panels of one dashboard share their jobs
                 self._job_links_of[job] = self._find_job_links(job, start_ms, end_ms)

@@ -27,7 +27,7 @@ Differences from the stack, on purpose or by necessity:
   not edges (the connector's virtual peer nodes need ``peer.service``/``db.name``/
   ``db.system``, which the services' stable-semconv spans do not carry).
 - No ``otelcol_instance`` label (there is no Collector instance) and no exemplars on the
-  derived histograms (the panels link to traces through their ``job`` instead).
+  span-derived histograms; the OTLP histogram keeps the exemplars its points carry.
 """
 
 from __future__ import annotations
@@ -59,7 +59,18 @@ _KIND = {k: f"SPAN_KIND_{k.name}" for k in SpanKind}
 _STATUS = {s: f"STATUS_CODE_{s.name}" for s in StatusCode}
 _UNITS = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "1": ""}
 
-Sample = tuple[str, dict[str, str], float]  # (name, labels with job/instance, value)
+
+@dataclass(frozen=True)
+class Exemplar:
+    """An OTLP exemplar of a histogram point, on the bucket its value falls in."""
+
+    trace_id: str
+    span_id: str | None
+    value: float
+    time_ns: int
+
+
+Sample = tuple[str, dict[str, str], float, Exemplar | None]  # name, labels, value, exemplar
 
 
 def prom_name(name: str, unit: str | None, suffix: str = "") -> str:
@@ -101,9 +112,9 @@ class _Histogram:
         running = 0
         for bound, count in zip((*BUCKETS, float("inf")), self.buckets, strict=True):
             running += count
-            out.append((name + "_bucket", {**labels, "le": le(bound)}, float(running)))
-        out.append((name + "_sum", labels, self.total))
-        out.append((name + "_count", labels, float(running)))
+            out.append((name + "_bucket", {**labels, "le": le(bound)}, float(running), None))
+        out.append((name + "_sum", labels, self.total, None))
+        out.append((name + "_count", labels, float(running), None))
         return out
 
 
@@ -294,8 +305,8 @@ class Derived:
         }
         if metrics:
             ids = ",".join(str(int(i)) for i in metrics)
-            for metric_id, service, attrs, time_ns, data, resource_id in conn.execute(
-                "SELECT metric_id, service_name, attributes, time_ns, data, resource_id"
+            for metric_id, service, attrs, time_ns, data, exemplars, resource_id in conn.execute(
+                "SELECT metric_id, service_name, attributes, time_ns, data, exemplars, resource_id"
                 f" FROM metric_points WHERE rowid > ? AND rowid <= ? AND metric_id IN ({ids})"
                 " ORDER BY rowid",
                 (last, top),
@@ -305,7 +316,7 @@ class Derived:
                     continue
                 self._histogram_point(
                     conn, prom_name(name, unit), service, attrs, time_ns, json.loads(data),
-                    resource_id, temporality == AggregationTemporality.DELTA,
+                    _exemplars(exemplars), resource_id, temporality == AggregationTemporality.DELTA,
                 )  # fmt: skip
         self._point_rowid = top
 
@@ -317,6 +328,7 @@ class Derived:
         attrs: str | None,
         time_ns: int,
         data: dict[str, Any],
+        exemplars: list[Exemplar],
         resource_id: int,
         delta: bool,
     ) -> None:
@@ -333,13 +345,16 @@ class Derived:
         labels = {label_name(k): str(v) for k, v in json.loads(attrs or "{}").items()}
         labels.update(job=service, instance=instance)
         bounds = [*data.get("explicit_bounds", []), float("inf")]
+        # The last exemplar of each bucket (Prometheus keeps one per bucket and scrape too).
+        on_bucket = {next(i for i, b in enumerate(bounds) if ex.value <= b): ex for ex in exemplars}
         samples: list[Sample] = []
         running = 0.0
-        for bound, count in zip(bounds, counts, strict=False):
+        for i, (bound, count) in enumerate(zip(bounds, counts, strict=False)):
             running += count
-            samples.append((name + "_bucket", {**labels, "le": le(bound)}, running))
-        samples.append((name + "_sum", labels, total))
-        samples.append((name + "_count", labels, running))
+            bucket = {**labels, "le": le(bound)}
+            samples.append((name + "_bucket", bucket, running, on_bucket.get(i)))
+        samples.append((name + "_sum", labels, total, None))
+        samples.append((name + "_count", labels, running, None))
         self._otlp[key] = _Latest(time_ns, samples, counts, total)
 
     # ------------------------------------------------------------------ output
@@ -347,14 +362,15 @@ class Derived:
     def _samples(self, now_ns: int) -> list[Sample]:
         out: list[Sample] = []
         for labels, calls, hist in self._calls.values():
-            out.append(("traces_spanmetrics_calls_total", labels, float(calls)))
+            out.append(("traces_spanmetrics_calls_total", labels, float(calls), None))
             out += hist.samples("traces_spanmetrics_duration_seconds", labels)
         for (client, server, kind, failed), edge in self._edges.items():
             # No job: the connector's metrics have an empty resource.
             labels = {"client": client, "server": server, "connection_type": kind,
                       "failed": "true" if failed else "false"}  # fmt: skip
-            out.append(("traces_service_graph_request_total", labels, float(edge.total)))
-            out.append(("traces_service_graph_request_failed_total", labels, float(edge.failed)))
+            out.append(("traces_service_graph_request_total", labels, float(edge.total), None))
+            failed_total = float(edge.failed)
+            out.append(("traces_service_graph_request_failed_total", labels, failed_total, None))
             out += edge.server.samples("traces_service_graph_request_server_seconds", labels)
             out += edge.client.samples("traces_service_graph_request_client_seconds", labels)
         for key, latest in list(self._otlp.items()):
@@ -363,3 +379,15 @@ class Derived:
                 continue
             out += latest.samples
         return out
+
+
+def _exemplars(text: str | None) -> list[Exemplar]:
+    """The stored exemplars of a point that name a trace (otlp._exemplars_json)."""
+    out = []
+    for ex in json.loads(text) if text else []:
+        if ex.get("trace_id") and isinstance(ex.get("value"), int | float):
+            out.append(
+                Exemplar(ex["trace_id"], ex.get("span_id"), float(ex["value"]),
+                         int(ex.get("time_unix_nano") or 0))
+            )  # fmt: skip
+    return out

@@ -186,8 +186,8 @@ class Scraper:
         now = time.time_ns()
         memory = self._memory.setdefault(derived.JOB, _JobMemory())
         samples: list[Sample] = [
-            (_series_key(name, labels), labels, value, None)
-            for name, labels, value in self.derived.collect(now)
+            (_series_key(name, labels), labels, value, _exemplar(ex))
+            for name, labels, value, ex in self.derived.collect(now)
         ]
         rows.scrapes.append((derived.JOB, now, 1, derived.INSTANCE))
         self._diff(memory, samples, now, rows, job=derived.JOB)
@@ -256,6 +256,13 @@ class Scraper:
             if value is not None and t >= cutoff:
                 mem.present.add(key)
         return memory
+
+
+def _exemplar(ex: derived.Exemplar | None) -> Exemplar | None:
+    if ex is None:
+        return None
+    labels = {"trace_id": ex.trace_id, **({"span_id": ex.span_id} if ex.span_id else {})}
+    return Exemplar(labels, ex.value, ex.time_ns / 1e9 if ex.time_ns else None)
 
 
 class _Rows:
