@@ -63,10 +63,12 @@ def pct(values: list[float], q: float) -> float:
 class ConsoleProcess:
     """``python -m otel_lab.console`` on free ports; stopped with SIGTERM by its own pid."""
 
-    def __init__(self, db: Path, *extra: str) -> None:
+    def __init__(
+        self, db: Path, *extra: str, run: tuple[str, ...] = ("-m", "otel_lab.console")
+    ) -> None:
         self.log = db.with_suffix(".log").open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "otel_lab.console", "--otlp-port", "0", "--ui-port", "0",
+            [sys.executable, *run, "--otlp-port", "0", "--ui-port", "0",
              "--db", str(db), "--retention", "0", "--max-db-mb", "0", *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True,
         )  # fmt: skip

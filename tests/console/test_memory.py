@@ -95,3 +95,45 @@ def test_the_api_threads_page_caches_are_bounded_together(tmp_path: Path) -> Non
     # Eight full 16 MB caches would be 122 MiB; the bound is 2 MB each, 15 MiB together,
     # plus the threads' stacks and SQLite's per-connection state.
     assert grown < 32 * 2**20, f"{grown / 2**20:.0f} MiB for {threads} readers"
+
+
+def test_a_backlog_waits_packed_and_every_row_is_written(tmp_path: Path) -> None:
+    """A burst deeper than PACK_ABOVE_ROWS (a hung console resuming) waits as pickled bytes,
+    not as a Python object per field of every row, and the writer unpacks a few thousand
+    rows per transaction; every acknowledged row is stored all the same."""
+    import time
+
+    from otel_lab.console.otlp import decode_traces
+    from otel_lab.console.store import ingest
+    from tests.console.synthetic import Generator
+
+    store = Store(tmp_path / "backlog.db")
+    queue = store._ingest
+    hold, holding = threading.Event(), threading.Event()
+
+    def block(_db: sqlite3.Connection) -> None:
+        holding.set()
+        hold.wait(30)
+
+    blocker = threading.Thread(target=store.call, args=(block,))
+    blocker.start()
+    try:
+        assert holding.wait(10)  # the writer is busy: what follows queues up
+        generator = Generator(seed=9)
+        spans = 0
+        while spans <= 3 * ingest.PACK_ABOVE_ROWS:
+            out = generator.batch(100, time.time_ns())
+            assert store.submit(decode_traces(out.traces_request()))
+            spans += out.span_count
+        # All but the first PACK_ABOVE_ROWS rows wait packed.
+        assert queue.packed_rows >= spans - ingest.PACK_ABOVE_ROWS - 2500
+        assert queue.backlog
+    finally:
+        hold.set()
+        blocker.join()
+    assert store.flush(30)
+    assert not queue.backlog  # drained: memory given back (malloc_trim on glibc)
+    with sqlite3.connect(tmp_path / "backlog.db") as db:
+        assert db.execute("SELECT count(*) FROM spans").fetchone()[0] == spans
+    assert store.stats.transactions >= 3  # a few thousand rows each, not 20,000 at once
+    store.close()

@@ -11,7 +11,10 @@ eviction, and commands such as clear-all, queued behind the batches already acce
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import os
+import pickle
 import queue
 import sqlite3
 import threading
@@ -27,6 +30,8 @@ from otel_lab.console.store.writer import StoreStats, Writer
 log = logging.getLogger("otel_lab.console.store")
 
 OPTIMIZE_EVERY_SECONDS = 300
+# Past this many rows queued, batches wait packed and the writer unpacks a few at a time.
+PACK_ABOVE_ROWS = 4096
 
 
 class Command:
@@ -51,7 +56,42 @@ class Command:
         self.done.set()
 
 
+def _glibc_malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``; None where the C library is not glibc (nothing to do).
+
+    Once a burst has drained, glibc keeps the memory its packed batches and decoded rows
+    took in its arenas; ``malloc_trim(0)`` hands the free pages of every arena back. It
+    costs a few ms, so it runs once per burst.
+    """
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (ValueError, OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+_malloc_trim = _glibc_malloc_trim()
 _STOP = object()
+
+
+@dataclass
+class _Packed:
+    """A batch waiting in a backlog, pickled: one bytes object instead of a Python object
+    per field of every row. A burst (a hung console resuming, the services' exporters
+    sending what they held) queues tens of thousands of rows; decoded, they fill pymalloc
+    arenas that a few survivors then pin for the process's life, so it stayed at the
+    burst's high-water mark (docs/reliability.md, scripts/bench_console_memory.py
+    --ingest-burst). Pickling costs about a third of decoding, paid only in a backlog."""
+
+    rows: int
+    data: bytes
+
+    def unpack(self) -> Batch:
+        batch: Batch = pickle.loads(self.data)
+        return batch
 
 
 @dataclass
@@ -63,9 +103,14 @@ class _Take:
     rows: int = 0
     stop: bool = False
 
-    def add(self, batch: Batch) -> None:
-        self.batches.append(batch)
-        self.rows += batch.rows
+    packed: bool = False
+
+    def add(self, item: Batch | _Packed) -> None:
+        if isinstance(item, _Packed):
+            self.packed = True
+            item = item.unpack()
+        self.batches.append(item)
+        self.rows += item.rows
 
 
 class IngestQueue:
@@ -88,6 +133,8 @@ class IngestQueue:
         self.max_pending_rows = max_pending_rows
         self.max_rows_per_transaction = max_rows_per_transaction
         self.pending = 0
+        self.backlog = False  # batches were packed since memory was last given back
+        self.packed_rows = 0
         self.closed = False
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -110,7 +157,13 @@ class IngestQueue:
                 self.stats.rows_refused += rows
                 return False
             self.pending += rows
-        self._queue.put(batch)
+            backlog = self.pending > PACK_ABOVE_ROWS
+            self.backlog |= backlog
+        if backlog:
+            self.packed_rows += rows  # (a statistic: read without the lock)
+            self._queue.put(_Packed(rows, pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)))
+        else:
+            self._queue.put(batch)
         return True
 
     def flush(self, timeout: float) -> bool:
@@ -157,7 +210,15 @@ class IngestQueue:
                 command.run(self.db)
             if take.stop:
                 return
+            self._release_after_burst()
             self._housekeep()
+
+    def _release_after_burst(self) -> None:
+        """Once a backlog has drained, give the memory its rows took back to the system."""
+        if self.backlog and self.pending == 0:
+            self.backlog = False
+            if _malloc_trim is not None:
+                _malloc_trim()
 
     def _first(self) -> Any:
         try:
@@ -179,7 +240,8 @@ class IngestQueue:
                 take.commands.append(item)  # runs after the batches queued before it
                 break
             take.add(item)
-            if take.rows >= self.max_rows_per_transaction:
+            limit = PACK_ABOVE_ROWS if take.packed else self.max_rows_per_transaction
+            if take.rows >= limit:
                 break
             try:
                 item = self._queue.get_nowait()
