@@ -9,12 +9,13 @@ reader thread, store/schema.py) and then stay flat however many spans arrive.
     .venv/bin/python scripts/bench_console_memory.py --bursts 5
 
 ``--ingest-burst [SPANS]``: the SIGCONT flush of the soak. A console receives a steady
-trickle (the services' exports, every second) for a warm-up, then SPANS spans (default
-60,000, with their logs) in 2,048-span requests sent all at once, as the services' exporters
-do when a hung console resumes, then the trickle again. Every 2 s it prints the console's
-PSS/USS and, from a sampler thread inside it, what holds the memory: Python's objects
-(pymalloc's arenas and the blocks in use), glibc's heap (in use and free) and SQLite's
-own allocations (its page caches), and the rows pending in the ingest queue.
+trickle (the services' exports, every second) for WARM seconds (default 30), then SPANS
+spans (default 60,000, with their logs) in 2,048-span requests from EXPORTERS threads
+(default 7, one request at a time each, as the services' batch processors send what they
+held when a hung console resumes), then the trickle again for AFTER seconds (default 60).
+Every 2 s it prints the console's PSS/USS and, from a sampler thread inside it, what holds
+the memory: Python's objects (pymalloc's arenas and the blocks in use), glibc's heap (in
+use and free), SQLite's own allocations (its page caches), and the rows in the queue.
 
 ``--bursts N``: N bursts of 16 concurrent API requests, each followed by 11 s idle and one
 request (which makes anyio end the pool's threads idle for 10 s); prints how many
@@ -72,6 +73,8 @@ def _sampler(path: str, every: float) -> None:
                 os.close(saved)
             out.seek(0)
             text = out.read()
+        if "# arenas allocated current" not in text:
+            return 0, 0  # tracemalloc hooks the allocator: pymalloc's statistics are not shown
         num = lambda label: int(re.search(label + r"\s*=\s*([\d,]+)", text)[1].replace(",", ""))  # noqa: E731
         return num("# arenas allocated current") * MiB, num("# bytes in allocated blocks")
 

@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import pickle
 import queue
 import sqlite3
 import threading
@@ -30,8 +29,30 @@ from otel_lab.console.store.writer import StoreStats, Writer
 log = logging.getLogger("otel_lab.console.store")
 
 OPTIMIZE_EVERY_SECONDS = 300
-# Past this many rows queued, batches wait packed and the writer unpacks a few at a time.
-PACK_ABOVE_ROWS = 4096
+# A backlog at least this deep (rows queued at once) is a burst to give memory back after.
+TRIM_AFTER_ROWS = 10_000
+
+
+def _glibc_malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``; None where the C library is not glibc (nothing to do).
+
+    After a burst (a hung console resuming while the services' exporters send what they
+    held) glibc keeps the memory its rows took in its arenas, so the process stayed at the
+    burst's high-water mark; ``malloc_trim(0)`` hands the free pages of every arena back
+    (0.4-12 MiB after a 30,000-span burst, in 0.3-30 ms: docs/reliability.md). Run once a
+    burst has drained, not after every commit.
+    """
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (ValueError, OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+_malloc_trim = _glibc_malloc_trim()
 
 
 class Command:
@@ -56,42 +77,7 @@ class Command:
         self.done.set()
 
 
-def _glibc_malloc_trim() -> Callable[[], object] | None:
-    """glibc's ``malloc_trim(0)``; None where the C library is not glibc (nothing to do).
-
-    Once a burst has drained, glibc keeps the memory its packed batches and decoded rows
-    took in its arenas; ``malloc_trim(0)`` hands the free pages of every arena back. It
-    costs a few ms, so it runs once per burst.
-    """
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return None
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (ValueError, OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    return lambda: trim(0)
-
-
-_malloc_trim = _glibc_malloc_trim()
 _STOP = object()
-
-
-@dataclass
-class _Packed:
-    """A batch waiting in a backlog, pickled: one bytes object instead of a Python object
-    per field of every row. A burst (a hung console resuming, the services' exporters
-    sending what they held) queues tens of thousands of rows; decoded, they fill pymalloc
-    arenas that a few survivors then pin for the process's life, so it stayed at the
-    burst's high-water mark (docs/reliability.md, scripts/bench_console_memory.py
-    --ingest-burst). Pickling costs about a third of decoding, paid only in a backlog."""
-
-    rows: int
-    data: bytes
-
-    def unpack(self) -> Batch:
-        batch: Batch = pickle.loads(self.data)
-        return batch
 
 
 @dataclass
@@ -103,14 +89,9 @@ class _Take:
     rows: int = 0
     stop: bool = False
 
-    packed: bool = False
-
-    def add(self, item: Batch | _Packed) -> None:
-        if isinstance(item, _Packed):
-            self.packed = True
-            item = item.unpack()
-        self.batches.append(item)
-        self.rows += item.rows
+    def add(self, batch: Batch) -> None:
+        self.batches.append(batch)
+        self.rows += batch.rows
 
 
 class IngestQueue:
@@ -133,8 +114,7 @@ class IngestQueue:
         self.max_pending_rows = max_pending_rows
         self.max_rows_per_transaction = max_rows_per_transaction
         self.pending = 0
-        self.backlog = False  # batches were packed since memory was last given back
-        self.packed_rows = 0
+        self.backlog = 0  # the most rows queued at once since memory was last given back
         self.closed = False
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -157,13 +137,7 @@ class IngestQueue:
                 self.stats.rows_refused += rows
                 return False
             self.pending += rows
-            backlog = self.pending > PACK_ABOVE_ROWS
-            self.backlog |= backlog
-        if backlog:
-            self.packed_rows += rows  # (a statistic: read without the lock)
-            self._queue.put(_Packed(rows, pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)))
-        else:
-            self._queue.put(batch)
+        self._queue.put(batch)
         return True
 
     def flush(self, timeout: float) -> bool:
@@ -214,9 +188,9 @@ class IngestQueue:
             self._housekeep()
 
     def _release_after_burst(self) -> None:
-        """Once a backlog has drained, give the memory its rows took back to the system."""
-        if self.backlog and self.pending == 0:
-            self.backlog = False
+        """Once a burst has drained, give the memory its rows took back to the system."""
+        if self.pending == 0 and self.backlog >= TRIM_AFTER_ROWS:
+            self.backlog = 0
             if _malloc_trim is not None:
                 _malloc_trim()
 
@@ -232,6 +206,7 @@ class IngestQueue:
     def _take(self) -> _Take:
         take = _Take()
         item = self._first()
+        self.backlog = max(self.backlog, self.pending)
         while item is not None:
             if item is _STOP:
                 take.stop = True
@@ -240,8 +215,7 @@ class IngestQueue:
                 take.commands.append(item)  # runs after the batches queued before it
                 break
             take.add(item)
-            limit = PACK_ABOVE_ROWS if take.packed else self.max_rows_per_transaction
-            if take.rows >= limit:
+            if take.rows >= self.max_rows_per_transaction:
                 break
             try:
                 item = self._queue.get_nowait()
