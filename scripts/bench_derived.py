@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from otel_lab.console import derived
+from otel_lab.console.scrape import _series_key
 from otel_lab.console.store import Store
 from scripts.bench_console_cache import Feed, write
 
@@ -35,7 +36,7 @@ def main() -> None:
         batches, n = feed.batches(prefill)
         write(store, batches)
         print(f"store: {n} spans")
-        d = derived.Derived(store.open_reader)
+        d = derived.Derived(store.open_reader, _series_key)
         d.collect(time.time_ns())  # start-up: counts from the next span on
         for i in range(rounds):
             batches, n = feed.batches(round_spans)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -55,6 +55,7 @@ OTLP_LOOKBACK_NS = 300 * 1_000_000_000
 MAX_SERIES = 20_000  # a cardinality guard: new label sets beyond it are not tracked
 ROWS_PER_ROUND = 200_000  # spans read in one round at most; the rest wait for the next
 
+INF = float("inf")
 _KIND = {k: f"SPAN_KIND_{k.name}" for k in SpanKind}
 _STATUS = {s: f"STATUS_CODE_{s.name}" for s in StatusCode}
 _UNITS = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "1": ""}
@@ -70,7 +71,10 @@ class Exemplar:
     time_ns: int
 
 
-Sample = tuple[str, dict[str, str], float, Exemplar | None]  # name, labels, value, exemplar
+SeriesKey = tuple[str, str]  # (name, labels as canonical JSON): scrape._series_key
+# (series key, labels with job/instance, value, exemplar): the scraper's sample, keys made once
+Sample = tuple[SeriesKey, dict[str, str], float, Exemplar | None]
+_Slot = tuple[SeriesKey, dict[str, str]]
 
 
 def prom_name(name: str, unit: str | None, suffix: str = "") -> str:
@@ -107,14 +111,15 @@ class _Histogram:
         self.total += total_ns / 1e9
         self.buckets = [a + b for a, b in zip(self.buckets, buckets, strict=True)]
 
-    def samples(self, name: str, labels: dict[str, str]) -> list[Sample]:
+    def samples(self, slots: list[_Slot]) -> list[Sample]:
+        """``slots``: the series of the buckets, then _sum and _count (``Derived._histogram``)."""
         out: list[Sample] = []
         running = 0
-        for bound, count in zip((*BUCKETS, float("inf")), self.buckets, strict=True):
+        for slot, count in zip(slots, self.buckets, strict=False):
             running += count
-            out.append((name + "_bucket", {**labels, "le": le(bound)}, float(running), None))
-        out.append((name + "_sum", labels, self.total, None))
-        out.append((name + "_count", labels, float(running), None))
+            out.append((*slot, float(running), None))
+        out.append((*slots[-2], self.total, None))
+        out.append((*slots[-1], float(running), None))
         return out
 
 
@@ -171,6 +176,7 @@ FROM pairs GROUP BY 1, 2, 3, 4
 
 @dataclass
 class _Edge:
+    slots: list[_Slot]  # request_total, failed_total, then the two histograms' series
     total: int = 0
     failed: int = 0
     server: _Histogram = field(default_factory=_Histogram)
@@ -183,6 +189,7 @@ class _Latest:
 
     time_ns: int
     samples: list[Sample]
+    slots: list[_Slot]
     counts: list[float] = field(default_factory=list)
     total: float = 0.0
 
@@ -190,8 +197,13 @@ class _Latest:
 class Derived:
     """Keeps the derived series; :meth:`collect` is called once per scrape round."""
 
-    def __init__(self, open_reader: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(
+        self,
+        open_reader: Callable[[], sqlite3.Connection],
+        series_key: Callable[[str, dict[str, str]], SeriesKey],
+    ) -> None:
         self._open_reader = open_reader
+        self._series_key = series_key
         self._conn: sqlite3.Connection | None = None
         self.reset(from_start=False)
 
@@ -200,7 +212,7 @@ class Derived:
         from those arriving next (at start-up: what a previous run counted is not recounted)."""
         self._span_rowid: int | None = 0 if from_start else None
         self._point_rowid: int | None = 0 if from_start else None
-        self._calls: dict[tuple[Any, ...], tuple[dict[str, str], int, _Histogram]] = {}
+        self._calls: dict[tuple[Any, ...], tuple[list[_Slot], int, _Histogram]] = {}
         self._edges: dict[tuple[str, str, str, bool], _Edge] = {}
         self._otlp: dict[tuple[str, str], _Latest] = {}
         self._resources: dict[int, dict[str, Any]] = {}
@@ -257,10 +269,15 @@ class Derived:
                 for attr, value in zip(SPAN_DIMENSIONS, (method, route, code), strict=True):
                     if value is not None:
                         labels[label_name(attr)] = str(value)
-                entry = (labels, 0, _Histogram())
-            labels, calls, hist = entry
+                calls_slot = self._slot("traces_spanmetrics_calls_total", labels)
+                slots = [
+                    calls_slot,
+                    *self._histogram("traces_spanmetrics_duration_seconds", labels),
+                ]
+                entry = (slots, 0, _Histogram())
+            slots, calls, hist = entry
             hist.add(total_ns, buckets)
-            self._calls[key] = (labels, calls + count, hist)
+            self._calls[key] = (slots, calls + count, hist)
         width = len(BUCKETS) + 1
         for row in conn.execute(_PAIRS_SQL, {"last": last, "cur": cur}):
             client, server, kind, failed, count, s_ns, c_ns = row[:7]
@@ -269,7 +286,7 @@ class Derived:
             if edge is None:
                 if len(self._edges) >= MAX_SERIES:
                     continue
-                edge = self._edges[key2] = _Edge()
+                edge = self._edges[key2] = _Edge(self._edge_slots(*key2))
             edge.total += count
             edge.failed += count if failed else 0
             edge.server.add(s_ns, row[7 : 7 + width])
@@ -342,37 +359,57 @@ class Derived:
         if delta and latest is not None and len(latest.counts) == len(counts):
             counts = [a + b for a, b in zip(latest.counts, counts, strict=True)]
             total += latest.total
-        labels = {label_name(k): str(v) for k, v in json.loads(attrs or "{}").items()}
-        labels.update(job=service, instance=instance)
         bounds = [*data.get("explicit_bounds", []), float("inf")]
+        slots = latest.slots if latest is not None else []
+        if len(slots) != len(bounds) + 2:  # new, or its buckets changed
+            labels = {label_name(k): str(v) for k, v in json.loads(attrs or "{}").items()}
+            labels.update(job=service, instance=instance)
+            slots = self._histogram(name, labels, bounds)
         # The last exemplar of each bucket (Prometheus keeps one per bucket and scrape too).
         on_bucket = {next(i for i, b in enumerate(bounds) if ex.value <= b): ex for ex in exemplars}
         samples: list[Sample] = []
         running = 0.0
-        for i, (bound, count) in enumerate(zip(bounds, counts, strict=False)):
+        for i, (slot, count) in enumerate(zip(slots, counts, strict=False)):
             running += count
-            bucket = {**labels, "le": le(bound)}
-            samples.append((name + "_bucket", bucket, running, on_bucket.get(i)))
-        samples.append((name + "_sum", labels, total, None))
-        samples.append((name + "_count", labels, running, None))
-        self._otlp[key] = _Latest(time_ns, samples, counts, total)
+            samples.append((*slot, running, on_bucket.get(i)))
+        samples.append((*slots[-2], total, None))
+        samples.append((*slots[-1], running, None))
+        self._otlp[key] = _Latest(time_ns, samples, slots, counts, total)
 
     # ------------------------------------------------------------------ output
 
+    def _slot(self, name: str, labels: dict[str, str]) -> _Slot:
+        """A series' key and labels, made once (a new label set), not every round."""
+        return self._series_key(name, labels), labels
+
+    def _histogram(
+        self, name: str, labels: dict[str, str], bounds: Sequence[float] = (*BUCKETS, INF)
+    ) -> list[_Slot]:
+        buckets = [self._slot(name + "_bucket", {**labels, "le": le(b)}) for b in bounds]
+        return [*buckets, self._slot(name + "_sum", labels), self._slot(name + "_count", labels)]
+
+    def _edge_slots(self, client: str, server: str, kind: str, failed: bool) -> list[_Slot]:
+        # No job: the connector's metrics have an empty resource.
+        labels = {"client": client, "server": server, "connection_type": kind,
+                  "failed": "true" if failed else "false"}  # fmt: skip
+        return [
+            self._slot("traces_service_graph_request_total", labels),
+            self._slot("traces_service_graph_request_failed_total", labels),
+            *self._histogram("traces_service_graph_request_server_seconds", labels),
+            *self._histogram("traces_service_graph_request_client_seconds", labels),
+        ]
+
     def _samples(self, now_ns: int) -> list[Sample]:
         out: list[Sample] = []
-        for labels, calls, hist in self._calls.values():
-            out.append(("traces_spanmetrics_calls_total", labels, float(calls), None))
-            out += hist.samples("traces_spanmetrics_duration_seconds", labels)
-        for (client, server, kind, failed), edge in self._edges.items():
-            # No job: the connector's metrics have an empty resource.
-            labels = {"client": client, "server": server, "connection_type": kind,
-                      "failed": "true" if failed else "false"}  # fmt: skip
-            out.append(("traces_service_graph_request_total", labels, float(edge.total), None))
-            failed_total = float(edge.failed)
-            out.append(("traces_service_graph_request_failed_total", labels, failed_total, None))
-            out += edge.server.samples("traces_service_graph_request_server_seconds", labels)
-            out += edge.client.samples("traces_service_graph_request_client_seconds", labels)
+        for slots, calls, hist in self._calls.values():
+            out.append((*slots[0], float(calls), None))
+            out += hist.samples(slots[1:])
+        width = len(BUCKETS) + 3  # a histogram's series: buckets, _sum, _count
+        for edge in self._edges.values():
+            out.append((*edge.slots[0], float(edge.total), None))
+            out.append((*edge.slots[1], float(edge.failed), None))
+            out += edge.server.samples(edge.slots[2 : 2 + width])
+            out += edge.client.samples(edge.slots[2 + width :])
         for key, latest in list(self._otlp.items()):
             if now_ns - latest.time_ns > OTLP_LOOKBACK_NS:
                 del self._otlp[key]

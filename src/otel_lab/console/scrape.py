@@ -90,7 +90,7 @@ class Scraper:
     ) -> None:
         self.store = store
         # The series the Collector makes in stack mode, one more job of each round.
-        self.derived = derived.Derived(store.open_reader) if derive else None
+        self.derived = derived.Derived(store.open_reader, _series_key) if derive else None
         self.targets = list(targets)
         self.interval = interval
         self.timeout = min(max(interval * 0.8, 0.5), 2.0)  # a hung target costs 2 s at most
@@ -103,6 +103,7 @@ class Scraper:
         self._pool = ThreadPoolExecutor(max(1, len(self.targets)), "console-scrape")
         self.scrapes = 0
         self.cpu_seconds = 0.0  # this thread's parse + diff time, for the stats endpoint
+        self.derive_cpu_seconds = 0.0  # the part of it spent on the derived series
 
     def start(self) -> None:
         if not self.targets or self._thread is not None:
@@ -183,14 +184,16 @@ class Scraper:
 
     def _derive(self, rows: _Rows) -> None:
         assert self.derived is not None
+        cpu0 = time.thread_time()
         now = time.time_ns()
         memory = self._memory.setdefault(derived.JOB, _JobMemory())
         samples: list[Sample] = [
-            (_series_key(name, labels), labels, value, _exemplar(ex))
-            for name, labels, value, ex in self.derived.collect(now)
+            (key, labels, value, _exemplar(ex) if ex else None)
+            for key, labels, value, ex in self.derived.collect(now)
         ]
         rows.scrapes.append((derived.JOB, now, 1, derived.INSTANCE))
         self._diff(memory, samples, now, rows, job=derived.JOB)
+        self.derive_cpu_seconds += time.thread_time() - cpu0
 
     def _diff(
         self,

@@ -157,6 +157,7 @@ def prom_targets(state: PromDep) -> ConsoleJSON:
             "interval_seconds": scraper.interval,
             "scrapes": scraper.scrapes,
             "cpu_seconds": round(scraper.cpu_seconds, 3),
+            "derive_cpu_seconds": round(scraper.derive_cpu_seconds, 3),
             "targets": [vars(t) for t in scraper.states.values()],
         }
     )
