@@ -72,16 +72,19 @@ class RequestSeries:
             latency = self._latency[(method, path)] = Latency()
         return count, latency
 
-    def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily(
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, HistogramMetricFamily]:
+        return CounterMetricFamily(
             "requests", "Total number of HTTP requests processed.", labels=_REQUEST_LABELS
+        ), HistogramMetricFamily(
+            "request_latency_seconds", "Request latency in seconds.", labels=_REQUEST_LABELS[:2]
         )
+
+    def collect(self) -> Iterator[Metric]:
+        requests, latency = self._families()
         for labels, seen in list(self._requests.items()):
             requests.add_metric(labels, float(seen[0]))
         yield requests
-        latency = HistogramMetricFamily(
-            "request_latency_seconds", "Request latency in seconds.", labels=_REQUEST_LABELS[:2]
-        )
         for method_path, series in list(self._latency.items()):
             buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
             cumulative = 0
@@ -98,7 +101,8 @@ class RequestSeries:
         yield latency
 
     def describe(self) -> Iterator[Metric]:
-        yield from ()
+        """The names, so the registry refuses a second metric of the same name."""
+        yield from self._families()
 
 
 _REQUEST_LABELS = ["method", "path", "status"]
