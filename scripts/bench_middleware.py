@@ -304,6 +304,7 @@ def parts() -> list[tuple[str, float]]:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from prometheus_client import Counter, Histogram
 
     from otel_lab.telemetry import metrics as prom
     from otel_lab.telemetry._wire import LogEncoder, SpanEncoder
@@ -356,7 +357,14 @@ def parts() -> list[tuple[str, float]]:
     logging.getLogger("otel_lab.request").setLevel(logging.INFO)
     lean = AccessLog("bench")
     exemplar = {"trace_id": "a" * 32}
-    latency = prom.REQUEST_LATENCY
+    # prometheus_client's own Counter and Histogram (unregistered), as the series were kept
+    # before telemetry.metrics.RequestSeries, and the series as they are kept now.
+    client_requests = Counter("requests", "", ["method", "path", "status"], registry=None)
+    client_latency = Histogram(
+        "request_latency_seconds", "", ["method", "path"], buckets=prom.LATENCY_BUCKETS,
+        registry=None,
+    )  # fmt: skip
+    requests_seen, latency = prom.RequestSeries().series("GET", "/x", "200")
     span_encoder, log_encoder = SpanEncoder(), LogEncoder()
     per_span = len(batch)
     return [
@@ -380,9 +388,12 @@ def parts() -> list[tuple[str, float]]:
                                   span_id="b" * 16))),
         ("OTel histogram record, 3 attributes",
          _time(lambda: duration.record(0.01, duration_attributes))),
-        ("Prometheus counter inc + histogram observe with exemplar (labels() each time)",
-         _time(lambda: (prom.REQUESTS.labels("GET", "/x", "200").inc(),
-                        latency.labels("GET", "/x").observe(0.01, exemplar=exemplar)))),
+        ("Prometheus: prometheus_client counter inc + histogram observe with exemplar",
+         _time(lambda: (client_requests.labels("GET", "/x", "200").inc(),
+                        client_latency.labels("GET", "/x").observe(0.01, exemplar=exemplar)))),
+        ("Prometheus: RequestSeries count + observe with exemplar (as the middleware does)",
+         _time(lambda: (requests_seen.__setitem__(0, requests_seen[0] + 1),
+                        latency.observe(0.01, "a" * 32)))),
     ]  # fmt: skip
 
 
