@@ -29,8 +29,9 @@ CHAIN = [("gateway", "user-service"), ("user-service", "order-service"),
          ("order-service", "audit-service")]  # fmt: skip
 # The same requests' rate, from spans and from the service's own counter: the derived
 # series lag the scraped one by up to a scrape round plus the span export delay (~1-2 s),
-# so over the panel's ~31 s window they agree within this share.
-RATE_TOLERANCE = 0.3
+# which under steady traffic shifts the panel's ~31 s window but hardly its rate (measured
+# 4.068 vs 4.065 requests/s); under a busy CI host the traffic is less steady, hence 10 %.
+RATE_TOLERANCE = 0.1
 
 
 @pytest.fixture(scope="module")
