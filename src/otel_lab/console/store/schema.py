@@ -12,9 +12,8 @@ import sqlite3
 from collections.abc import Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any
 
-from otel_lab.console.model import StatusCode
+from otel_lab.console.model import SQLValue, StatusCode
 
 SCHEMA_VERSION = 2
 
@@ -270,7 +269,7 @@ class MultiInsert:
     def _build(self, rows: int) -> str:
         return f"{self.head} VALUES {','.join([self._row] * rows)} {self.tail}"
 
-    def run(self, db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+    def run(self, db: sqlite3.Connection, rows: Sequence[tuple[SQLValue, ...]]) -> int:
         """Insert all rows; returns the number of rows changed (ignored rows excluded)."""
         changed = 0
         i, n = 0, len(rows)

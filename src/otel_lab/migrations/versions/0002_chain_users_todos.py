@@ -10,7 +10,7 @@ Create Date: 2026-11-22
 """
 
 from collections.abc import Sequence
-from typing import Any
+from datetime import datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -36,7 +36,7 @@ DEMO_USERS = [
 ]
 
 
-def _timestamps() -> list[sa.Column[Any]]:
+def _timestamps() -> list[sa.Column[datetime]]:
     return [
         sa.Column(
             "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False

@@ -15,7 +15,6 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from opentelemetry import trace
 from pydantic import BaseModel
@@ -182,7 +181,7 @@ class Showcase:
                 "complex_operation.aggregation", attributes={"operation.type": "aggregation"}
             ) as aggregation:
                 values = [step.value for step in outputs]
-                result: dict[str, Any] = {
+                result: dict[str, float] = {
                     "total": round(sum(values), 2),
                     "mean": round(sum(values) / len(values), 2),
                     "max": max(values),
