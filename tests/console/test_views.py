@@ -187,6 +187,10 @@ def test_attribute_suggestions(console: Console, world: dict[str, Any]) -> None:
     logs = console.api("/api/attributes", signal="logs", service=world["users"], key="view.test")
     assert logs.json()["values"] == [{"value": world["sfx"], "count": 10}]
     assert console.api("/api/attributes", signal="nope").status_code == 400
+    for key in ('a"b', "a\\b", "\x00", "a\nb"):  # not in a JSON path: a 400, never a 500
+        refused = console.api("/api/attributes", key=key)
+        assert refused.status_code == 400, (key, refused.text)
+        assert "must not contain quotes, backslashes or controls" in refused.json()["detail"]
 
 
 # --------------------------------------------------------------------------- service map

@@ -140,13 +140,20 @@ class AttrFilter:
         return f'$."{self.key}"'
 
 
+def check_attr_key(key: str) -> str:
+    """``key`` if it can stand in a JSON path (``$."key"``); SQLite refuses quotes,
+    backslashes and control characters there."""
+    if '"' in key or "\\" in key or any(ord(c) < 32 for c in key):
+        raise QueryError(f"attr key {key[:64]!r} must not contain quotes, backslashes or controls")
+    return key
+
+
 def parse_attr(value: str) -> AttrFilter:
     key, sep, raw = value.partition("=")
     key = key.strip()
     if not sep or not key:
         raise QueryError(f"attr={value[:64]!r} must look like key=value")
-    if '"' in key or "\\" in key or any(ord(c) < 32 for c in key):
-        raise QueryError(f"attr key {key[:64]!r} must not contain quotes, backslashes or controls")
+    check_attr_key(key)
     candidates: list[str | int | float] = [raw]
     if _INT.fullmatch(raw):
         if -INT64_MAX - 1 <= int(raw) <= INT64_MAX:

@@ -43,9 +43,7 @@ def attributes(
     """Attribute keys seen recently (``key`` absent) or that key's frequent values."""
     conn = store.reader()
     if key:
-        if '"' in key or "\\" in key:
-            raise QueryError("key must not contain quotes or backslashes")
-        values = analytics.attribute_values(conn, signal, key, service)
+        values = analytics.attribute_values(conn, signal, queries.check_attr_key(key), service)
         return ConsoleJSON({"key": key, "values": values})
     return ConsoleJSON({"keys": analytics.attribute_keys(conn, signal, service)})
 
