@@ -150,6 +150,30 @@ def test_every_signal_reaches_its_backend() -> None:
     assert exporters["otlphttp/loki"]["endpoint"].rstrip("}").endswith("/otlp")
 
 
+def test_metrics_pushed_to_prometheus_keep_the_bare_service_name_as_job() -> None:
+    """Prometheus' OTLP receiver sets job to "<service.namespace>/<service.name>" when the
+    namespace is there (the SDK sets service.namespace=otel-lab); the dashboards filter
+    job=~"$service" on the bare name, as the scraped series have it. Every pipeline that
+    pushes to Prometheus must drop the namespace before the exporter."""
+    config = _load("stack/gateway")
+    processors = config["processors"]
+    pushing = {
+        name: spec
+        for name, spec in _pipelines(config).items()
+        if "otlphttp/prometheus" in spec["exporters"]
+    }
+    assert set(pushing) == {"metrics", "metrics/derived"}
+    for name, spec in pushing.items():
+        deletes = {
+            action["key"]
+            for processor in spec["processors"]
+            if processor.split("/")[0] == "resource"
+            for action in processors[processor]["attributes"]
+            if action["action"] == "delete"
+        }
+        assert "service.namespace" in deletes, name
+
+
 def test_own_metrics_on_8888() -> None:
     for name in CONFIGS:
         readers = _load(name)["service"]["telemetry"]["metrics"]["readers"]

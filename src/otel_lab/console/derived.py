@@ -18,8 +18,9 @@ and writes a sample only when a value changed (the scraper's rule).
 Differences from the stack, on purpose or by necessity:
 
 - ``job`` is the service name (``service.name``), as the dashboards' ``job=~"$service"`` and
-  ``prometheus.yml`` expect; Prometheus' OTLP receiver would make it
-  ``service.namespace/service.name``. ``instance`` is ``service.instance.id``, as there.
+  ``prometheus.yml`` expect; in the stack the Collector drops ``service.namespace`` before
+  Prometheus' OTLP receiver, which would otherwise make it ``service.namespace/service.name``.
+  ``instance`` is ``service.instance.id``, as there.
 - The service graph counts every client/server pair whose two spans both arrive; the
   Collector drops a pair whose halves arrive more than ``store.ttl`` (5 s) apart. A root
   SERVER/CONSUMER span is an edge from the virtual node ``user``, as the connector's
