@@ -262,6 +262,8 @@ def test_documented_metrics_are_exposed(api: httpx.Client) -> None:
     REQUEST_LATENCY and CONCURRENT_REQUESTS, by their names here (docs/instrumentation.md)."""
     api.get("/hello")
     api.get("/db-operation")
+    # A labelled counter has no sample (and no `errors_total` line) before its first error.
+    assert api.get("/error-simulation", params={"probability": 1}).status_code == 500
     text = api.get("/metrics").text
     for family in (
         "requests_total",
