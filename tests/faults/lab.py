@@ -184,11 +184,17 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 @contextlib.contextmanager
 def frozen(pid: int) -> Iterator[None]:
-    """SIGSTOP the process and its descendants inside the block (hung, not dead)."""
+    """SIGSTOP the process and its descendants inside the block (hung, not dead).
+
+    A descendant may end between listing and signalling (a PostgreSQL backend whose client
+    left): it is skipped, and whatever was stopped is resumed whatever happens, so a failed
+    freeze never leaves the server stopped for the tests after it.
+    """
     tree = _tree(pid)
-    for proc in tree:
-        proc.send_signal(signal.SIGSTOP)
     try:
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGSTOP)
         yield
     finally:
         for proc in tree:
