@@ -3,7 +3,6 @@ the worker, all in one trace that the console returns."""
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import time
@@ -167,9 +166,7 @@ def test_logs_are_json_lines_with_trace_and_request_ids(
 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        lines = [
-            json.loads(line) for line in system.log("api").splitlines() if line.startswith("{")
-        ]
+        lines = system.log_records("api")
         mine = [line for line in lines if line.get("request_id") == "items-log-check"]
         if mine:
             break

@@ -12,7 +12,6 @@ is in PostgreSQL and ends enriched. ``scripts/faults.py`` prints the same figure
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -70,7 +69,7 @@ def test_restarts_are_visible_in_the_output_the_log_status_and_the_console(
 
     output = system.output()
     assert output.count("restarted weather-upstream (pid") == counts["weather-upstream"]
-    records = [json.loads(line) for line in system.log("supervisor").splitlines()]
+    records = system.log_records("supervisor")
     restarted = Counter(r["child"] for r in records if r["message"] == "child_restarted")
     assert restarted == {name: n for name, n in counts.items() if n}
 

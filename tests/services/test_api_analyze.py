@@ -7,7 +7,6 @@ log events must carry the request ID, both as JSON lines on stderr and over OTLP
 
 from __future__ import annotations
 
-import json
 import time
 
 import httpx
@@ -26,25 +25,13 @@ def _connected(spans: list[Span]) -> bool:
     return all(s["parent_span_id"] is None or s["parent_span_id"] in ids for s in spans)
 
 
-def _json_lines(text: str) -> list[dict]:
-    lines = []
-    for line in text.splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            continue
-    return lines
-
-
 def _wait_for_log_lines(system: RunningSystem, service: str, request_id: str) -> list[dict]:
     """The service's stderr JSON lines for a request, once both MicroTrace events are there."""
     deadline = time.monotonic() + 10
     mine: list[dict] = []
     while time.monotonic() < deadline:
         mine = [
-            line
-            for line in _json_lines(system.log(service))
-            if line.get("request_id") == request_id
+            line for line in system.log_records(service) if line.get("request_id") == request_id
         ]
         if {"request_completed", "analyze_response"} <= {line.get("message") for line in mine}:
             return mine

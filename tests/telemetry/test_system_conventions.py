@@ -3,7 +3,6 @@ request ID carried through the broker to the worker's log lines."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,8 +20,7 @@ def _wait_for_lines(
     """The JSON lines of a child's log that ``wanted`` accepts, polled for up to 20 s."""
     deadline = time.monotonic() + 20
     while True:
-        lines = [json.loads(line) for line in system.log(name).splitlines() if line[:1] == "{"]
-        found = [line for line in lines if wanted(line)]
+        found = [line for line in system.log_records(name) if wanted(line)]
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.2)

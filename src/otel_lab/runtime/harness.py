@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 
+from otel_lab.jsontypes import JSONObject
 from otel_lab.runtime.cli import READY_LINE
 from otel_lab.runtime.commands import RUN_FILE, ChildRow, RunState
 from otel_lab.runtime.procs import free_ports
@@ -113,6 +114,13 @@ class RunningSystem:
     def log(self, name: str) -> str:
         """What a child has logged so far in this run."""
         return self.log_path(name).read_text(errors="replace")
+
+    def log_records(self, name: str) -> list[JSONObject]:
+        """The JSON records a child has logged so far. The log is still being written, so a
+        last line without its newline yet is left for the next call, not parsed half-written."""
+        text = self.log(name)
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
 
     def output(self) -> str:
         """What ``otel-lab up`` printed (progress, the table, errors)."""
