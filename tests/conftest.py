@@ -56,11 +56,20 @@ def trace_id_of(response: httpx.Response) -> str:
     return trace_id
 
 
+def session_client(base_url: str, timeout: float) -> httpx.Client:
+    """A client kept for the whole session. uvicorn closes a connection idle for 5 s and
+    httpx reuses one for 5 s, so a request sent just as the server closed its connection
+    was reset (ECONNRESET); connections idle for 2 s are not reused."""
+    return httpx.Client(
+        base_url=base_url, timeout=timeout, limits=httpx.Limits(keepalive_expiry=2.0)
+    )
+
+
 class Console:
     """Reads telemetry back the way a user would: through the console's JSON API."""
 
     def __init__(self, base_url: str) -> None:
-        self.client = httpx.Client(base_url=base_url, timeout=5.0)
+        self.client = session_client(base_url, timeout=5.0)
 
     def _poll(
         self,
@@ -212,13 +221,13 @@ def console(system: RunningSystem) -> Console:
 
 @pytest.fixture(scope="session")
 def api(system: RunningSystem) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=system.url("api"), timeout=10.0) as client:
+    with session_client(system.url("api"), timeout=10.0) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
 def gateway(system: RunningSystem) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=system.url("gateway"), timeout=15.0) as client:
+    with session_client(system.url("gateway"), timeout=15.0) as client:
         yield client
 
 
