@@ -12,8 +12,10 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -129,6 +131,32 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     assert "Traceback" not in log, log
 
 
+# ----------------------------------------------------------------------------- traffic
+@contextmanager
+def steady_traffic(
+    base_url: str, send: Callable[[httpx.Client, int], object], pause: float = 0.2
+) -> Iterator[None]:
+    """``send(client, i)`` (i = 1, 2, ...) every ``pause`` seconds in the background while the
+    block runs: rate panels need traffic spread over their window, not a burst."""
+    stop = threading.Event()
+
+    def run() -> None:
+        with httpx.Client(base_url=base_url, timeout=15.0) as client:
+            i = 0
+            while not stop.wait(pause):
+                i += 1
+                with suppress(httpx.HTTPError):
+                    send(client, i)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=20)
+
+
 # ----------------------------------------------------------------------------- Chromium
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -146,3 +174,16 @@ def browser() -> Iterator[Any]:
         instance = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield instance
         instance.close()
+
+
+@contextmanager
+def browser_page(browser: Any, base_url: str, timeout_ms: int) -> Iterator[Any]:
+    """A page in a fresh context; the block fails if the page raised a JavaScript error."""
+    context = browser.new_context(base_url=base_url, viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(timeout_ms)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield pg
+    context.close()
+    assert errors == []

@@ -32,7 +32,7 @@ from .builders import (
     span,
     traces_request,
 )
-from .conftest import Console, start_console
+from .conftest import Console, browser_page, start_console
 from .synthetic import Generator
 
 PROTOBUF = "application/x-protobuf"
@@ -48,14 +48,8 @@ STACK = (
 
 @pytest.fixture
 def page(browser: Any, console: Console) -> Iterator[Any]:
-    context = browser.new_context(base_url=console.ui_url, viewport={"width": 1400, "height": 900})
-    context.set_default_timeout(10_000)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield pg
-    context.close()
-    assert errors == []
+    with browser_page(browser, console.ui_url, 10_000) as pg:
+        yield pg
 
 
 @pytest.fixture(scope="module")

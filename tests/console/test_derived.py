@@ -11,16 +11,16 @@ gateway; the counts are checked against the requests sent and against the servic
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 from typing import Any
 
 import httpx
 import pytest
 
 from otel_lab.runtime.harness import RunningSystem
+
+from .conftest import steady_traffic
 
 ROUTE = "/items/{item_id}"
 N = 12  # GET /items/{id} requests counted
@@ -133,28 +133,15 @@ def test_counts_agree_with_the_requests_sent(
     assert delta == {k: float(n) for k, n in sent.items()}, (before, after)
 
 
-@contextmanager
-def steady_traffic(base_url: str, item: int, pause: float = 0.2) -> Iterator[None]:
-    """Item reads and chain requests in the background while the block runs."""
-    stop = threading.Event()
+def _item_reads_and_chains(item: int) -> Callable[[httpx.Client, int], None]:
+    """An item read each time, a chain request every third time."""
 
-    def run() -> None:
-        with httpx.Client(base_url=base_url, timeout=15.0) as client:
-            i = 0
-            while not stop.wait(pause):
-                i += 1
-                with suppress(httpx.HTTPError):
-                    client.get(f"/items/{item}")
-                    if i % 3 == 0:
-                        client.post("/api/v1/process", json={"user_id": 1001, "action": "bg"})
+    def send(client: httpx.Client, i: int) -> None:
+        client.get(f"/items/{item}")
+        if i % 3 == 0:
+            client.post("/api/v1/process", json={"user_id": 1001, "action": "bg"})
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=20)
+    return send
 
 
 def _panels(ui: httpx.Client, uid: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -183,7 +170,7 @@ def test_collector_panels_fill_in_embedded_mode(
         scraped = value(ui, f'sum(rate(requests_total{{job="api",path="{ROUTE}"}}[{window}]))')
         return latency, {"red": red, "edges": edges}, scraped
 
-    with steady_traffic(str(gateway.base_url), item):
+    with steady_traffic(str(gateway.base_url), _item_reads_and_chains(item)):
         # The panels' rate window (31 s for a 1 h board at a 1 s scrape) filled with the
         # steady traffic only, so both rates measure the same requests.
         time.sleep(35)

@@ -10,10 +10,8 @@ through the console's JSON API.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,8 @@ import yaml
 from otel_lab.console import dashboards
 from otel_lab.registry import metrics_jobs
 from otel_lab.runtime.harness import RunningSystem
+
+from .conftest import browser_page, steady_traffic
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
@@ -39,26 +39,6 @@ def wait(probe: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
             return last
         time.sleep(0.5)
     raise AssertionError(f"{what}: not within {timeout} s (last: {str(last)[:500]})")
-
-
-@contextmanager
-def steady_traffic(base_url: str, pause: float = 0.2) -> Iterator[None]:
-    """A request every ``pause`` seconds in the background while the block runs."""
-    stop = threading.Event()
-
-    def run() -> None:
-        with httpx.Client(base_url=base_url, timeout=15.0) as client:
-            while not stop.wait(pause):
-                with suppress(httpx.HTTPError):
-                    client.get("/items", params={"limit": 1})
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +199,7 @@ def test_dashboards_fill_from_the_running_system(
 
     # "Requests / s" is the rate of the last 4 s (four scrapes): keep traffic going while
     # the board is read (a request per read was not enough once the board took 3.5 s).
-    with steady_traffic(str(gateway.base_url)):
+    with steady_traffic(str(gateway.base_url), lambda c, _: c.get("/items", params={"limit": 1})):
         try:
             panels = wait(overview, "overview panels filled and linked, requests / s above 0")
         except AssertionError as exc:
@@ -275,17 +255,9 @@ def test_bad_promql_is_a_400(ui: httpx.Client) -> None:
 
 # ----------------------------------------------------------------------------- in a browser
 @pytest.fixture(scope="module")
-def page(system: RunningSystem, browser: Any) -> Any:
-    context = browser.new_context(
-        base_url=system.url("console"), viewport={"width": 1400, "height": 900}
-    )
-    context.set_default_timeout(15_000)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield pg
-    context.close()
-    assert errors == []
+def page(system: RunningSystem, browser: Any) -> Iterator[Any]:
+    with browser_page(browser, system.url("console"), 15_000) as pg:
+        yield pg
 
 
 def test_dashboards_page(page: Any, traffic: list[str]) -> None:
