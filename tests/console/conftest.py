@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +73,11 @@ class Console:
         return self.process.wait(timeout)
 
 
-def start_console(db_path: Path, *extra: str, timeout: float = 20.0) -> Console:
-    """Start the console and wait for its ready line (it prints its real ports).
+def start_console(
+    db_path: Path, *extra: str, timeout: float = 20.0, env: Mapping[str, str] | None = None
+) -> Console:
+    """Start the console and wait for its ready line (it prints its real ports); ``env`` adds
+    to the environment.
 
     Retention is off unless a test asks for it: most tests use fixed timestamps from 2025,
     which the default 24h retention would evict at once.
@@ -83,7 +86,7 @@ def start_console(db_path: Path, *extra: str, timeout: float = 20.0) -> Console:
         extra = ("--retention", "0", *extra)
     log_path = db_path.with_suffix(".log")
     log_file = log_path.open("w")
-    env = {**os.environ, "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
+    full_env = {**os.environ, "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen(
         [
             sys.executable,
@@ -100,7 +103,7 @@ def start_console(db_path: Path, *extra: str, timeout: float = 20.0) -> Console:
         stdout=subprocess.PIPE,
         stderr=log_file,
         text=True,
-        env=env,
+        env=full_env,
     )
     log_file.close()
     assert process.stdout is not None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -195,12 +196,41 @@ class Dashboard:
     doc: GrafanaDashboard
 
 
+# path -> ((mtime ns, size), the file as loaded then): every request lists the dashboards, and
+# parsing and validating the JSON again each time cost about 1 ms. An edited file has a new
+# modification time (or size) and is read again; one gone is dropped at the next load.
+_LOADED: dict[Path, tuple[tuple[int, int], Dashboard]] = {}
+_LOADED_LOCK = threading.Lock()  # requests run on the thread pool
+# A file modified this recently is not cached: the kernel stamps mtimes from a clock that
+# ticks every few ms, so a same-size rewrite within the tick would keep the old key (git's
+# "racily clean" entries).
+_SETTLE_NS = 1_000_000_000
+
+
+def _load_file(path: Path) -> Dashboard:
+    stat = path.stat()
+    key = (stat.st_mtime_ns, stat.st_size)
+    cached = _LOADED.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    doc = _DASHBOARD.validate_json(path.read_bytes())
+    board = Dashboard(doc["uid"], doc.get("title", doc["uid"]), path, doc)
+    if time.time_ns() - stat.st_mtime_ns > _SETTLE_NS:
+        _LOADED[path] = (key, board)
+    return board
+
+
 def load(directory: Path) -> dict[str, Dashboard]:
+    """The dashboards of ``directory`` by uid; a file unchanged since the last call is not
+    read again (the same :class:`Dashboard` object is returned)."""
+    paths = sorted(directory.glob("*.json"))
     boards: dict[str, Dashboard] = {}
-    for path in sorted(directory.glob("*.json")):
-        doc = _DASHBOARD.validate_json(path.read_bytes())
-        uid = doc["uid"]
-        boards[uid] = Dashboard(uid, doc.get("title", uid), path, doc)
+    with _LOADED_LOCK:
+        for gone in [p for p in _LOADED if p.parent == directory and p not in paths]:
+            del _LOADED[gone]
+        for path in paths:
+            board = _load_file(path)
+            boards[board.uid] = board
     return boards
 
 
