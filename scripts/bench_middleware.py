@@ -75,8 +75,13 @@ def _extract(commit: str, directory: Path, name: str) -> None:
         (package / "telemetry" / Path(path).name).write_text(source)
 
 
-def _providers(encode_spans: Callable[[Any], Any], encode_logs: Callable[[Any], Any]) -> Any:
-    """Global tracer, meter and logger providers exporting to sinks that encode and drop."""
+def _providers(
+    encode_spans: Callable[[Any], Any],
+    encode_logs: Callable[[Any], Any],
+    meter_provider_class: Any = None,
+) -> Any:
+    """Global tracer, meter and logger providers exporting to sinks that encode and drop
+    (the meter provider: the package's, if it has one, else the SDK's)."""
     from opentelemetry import metrics, trace
     from opentelemetry._logs import set_logger_provider
     from opentelemetry.sdk._logs import LoggerProvider
@@ -116,7 +121,8 @@ def _providers(encode_spans: Callable[[Any], Any], encode_logs: Callable[[Any], 
         BatchSpanProcessor(SpanSink(), max_queue_size=QUEUE, max_export_batch_size=2048)
     )
     trace.set_tracer_provider(tracer_provider)
-    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    meter_provider_class = meter_provider_class or MeterProvider
+    metrics.set_meter_provider(meter_provider_class(metric_readers=[InMemoryMetricReader()]))
     logger_provider = LoggerProvider(resource=resource)
     logger_provider.add_log_record_processor(
         BatchLogRecordProcessor(LogSink(), max_queue_size=QUEUE)
@@ -161,8 +167,12 @@ def _middleware(variant: str, tmp: Path) -> tuple[Any, Callable[[], None]]:
             package = "otel_lab_against"
         wire = importlib.import_module(f"{package}.telemetry._wire")
         logs = importlib.import_module(f"{package}.telemetry.logs")
+        try:  # the package's MeterProvider, since the duration is kept in plain numbers
+            meters = importlib.import_module(f"{package}.telemetry.duration").MeterProvider
+        except ModuleNotFoundError:
+            meters = None
         tracer_provider, logger_provider = _providers(
-            wire.SpanEncoder().encode, wire.LogEncoder().encode
+            wire.SpanEncoder().encode, wire.LogEncoder().encode, meters
         )
         logs.configure_logging("bench", "INFO", logs.OTLPHandler(logger_provider=logger_provider))
         middleware = importlib.import_module(f"{package}.telemetry.middleware").TelemetryMiddleware(
@@ -227,6 +237,7 @@ def _ablate(middleware: Any, pieces: tuple[str, ...]) -> None:
     if "span" in pieces:
         middleware.tracer = trace.NoOpTracer()
     if "histogram" in pieces:
+        middleware.durations = None  # the plain-number store, where there is one
         middleware.duration = Nothing
         middleware.duration.record = nothing
     if "prometheus" in pieces:

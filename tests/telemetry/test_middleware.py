@@ -12,8 +12,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk import metrics as sdk_metrics
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -22,10 +22,16 @@ from opentelemetry.trace import Status, StatusCode
 from prometheus_client.registry import REGISTRY
 
 from otel_lab.telemetry import TelemetryMiddleware
+from otel_lab.telemetry.duration import MeterProvider
 
 
 class Probe:
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, excluded: str = "") -> None:
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        excluded: str = "",
+        meter_provider: type[sdk_metrics.MeterProvider] = MeterProvider,
+    ) -> None:
         monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", excluded)
         self.spans = InMemorySpanExporter()
         tracer_provider = TracerProvider(resource=Resource.create({"service.name": "probe"}))
@@ -56,7 +62,7 @@ class Probe:
         app.add_middleware(
             TelemetryMiddleware,
             tracer_provider=tracer_provider,
-            meter_provider=MeterProvider(metric_readers=[self.reader]),
+            meter_provider=meter_provider(metric_readers=[self.reader]),
         )
         self.app = app
 
@@ -72,21 +78,27 @@ class Probe:
         (span,) = self.spans.get_finished_spans()
         return span
 
-    def duration_points(self) -> list[dict[str, object]]:
+    def duration_data_points(self) -> list[HistogramDataPoint]:
         data = self.reader.get_metrics_data()
         return [
-            dict(point.attributes)
+            point
             for rm in data.resource_metrics
             for sm in rm.scope_metrics
+            if sm.scope.name == "otel_lab.http"
             for metric in sm.metrics
-            if metric.name == "http.server.request.duration"
+            if metric.name == "http.server.request.duration" and metric.unit == "s"
             for point in metric.data.data_points
         ]
 
+    def duration_points(self) -> list[dict[str, object]]:
+        return [dict(point.attributes or {}) for point in self.duration_data_points()]
 
-@pytest.fixture
-def probe(monkeypatch: pytest.MonkeyPatch) -> Iterator[Probe]:
-    yield Probe(monkeypatch)
+
+# The package's MeterProvider (the middleware keeps the duration in plain numbers) and the
+# SDK's (the middleware records through the SDK's instrument, as in zero-code mode).
+@pytest.fixture(params=[MeterProvider, sdk_metrics.MeterProvider], ids=["plain", "sdk"])
+def probe(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[Probe]:
+    yield Probe(monkeypatch, meter_provider=request.param)
 
 
 def test_a_matched_route_names_the_span_and_its_attributes(probe: Probe) -> None:
@@ -197,6 +209,10 @@ def test_the_access_line_and_the_exemplar_point_at_the_span(
         if sample.labels.get("path") == "/items/{item_id}" and sample.exemplar is not None
     ]
     assert trace_id in exemplars
+    (point,) = probe.duration_data_points()
+    assert point.count == 1 and point.exemplars
+    exemplar = point.exemplars[0]
+    assert (exemplar.trace_id, exemplar.span_id) == (span.context.trace_id, span.context.span_id)
 
 
 def test_concurrent_requests_counts_the_request_being_served(probe: Probe) -> None:

@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var, sanitize_request_id
+from otel_lab.telemetry.duration import ServerDuration
 from otel_lab.telemetry.logs import AccessLog
 
 logger = logging.getLogger("otel_lab.request")
@@ -141,13 +142,18 @@ class TelemetryMiddleware:
     ) -> None:
         self.app = app
         self.tracer = trace.get_tracer("otel_lab.http", tracer_provider=tracer_provider)
-        meter = metrics.get_meter("otel_lab.http", meter_provider=meter_provider)
-        self.duration = meter.create_histogram(
-            "http.server.request.duration",
-            unit="s",
-            description="Duration of HTTP server requests.",
-            explicit_bucket_boundaries_advisory=list(prom.LATENCY_BUCKETS),
-        )
+        # http.server.request.duration: in plain numbers where this package's MeterProvider
+        # exports them (telemetry/duration.py: the SDK's record path cost 18 us a request),
+        # else through the SDK's instrument.
+        self.durations = ServerDuration.on(meter_provider, "otel_lab.http", prom.LATENCY_BUCKETS)
+        if self.durations is None:
+            meter = metrics.get_meter("otel_lab.http", meter_provider=meter_provider)
+            self.duration = meter.create_histogram(
+                ServerDuration.name,
+                unit=ServerDuration.unit,
+                description=ServerDuration.description,
+                explicit_bucket_boundaries_advisory=list(prom.LATENCY_BUCKETS),
+            )
         self._children: dict[tuple[str, str, int], tuple[list[int], prom.Latency]] = {}
         self.known_methods = known_methods()
         self._propagator_headers = frozenset(propagate.get_global_textmap().fields)
@@ -267,15 +273,11 @@ class TelemetryMiddleware:
                 marked = _mark_failed(span)
                 error_type = error_type or marked or str(status_code)
             final: dict[str, str | int] = {HTTP_RESPONSE_STATUS_CODE: status_code}
-            duration_attributes: dict[str, str | int] = {
-                HTTP_REQUEST_METHOD: known_method,
-                **final,
-            }
             if route is not None:
                 span.update_name(f"{span_method} {route}")
-                final[HTTP_ROUTE] = duration_attributes[HTTP_ROUTE] = route
+                final[HTTP_ROUTE] = route
             if error_type is not None:
-                final[ERROR_TYPE] = duration_attributes[ERROR_TYPE] = error_type
+                final[ERROR_TYPE] = error_type
             span.set_attributes(final)
             span.end()
 
@@ -283,7 +285,14 @@ class TelemetryMiddleware:
             count, latency = self._series(known_method, path_label, status_code)
             count[0] += 1
             latency.observe(elapsed, exemplar_trace_id)
-            self.duration.record(elapsed, duration_attributes)
+            if self.durations is not None:
+                self.durations.record(
+                    elapsed, known_method, status_code, route, error_type, span_context
+                )
+            else:
+                self.duration.record(
+                    elapsed, {HTTP_REQUEST_METHOD: known_method, **final}
+                )
             self.access_log.write(
                 method=method,
                 path=path_label,

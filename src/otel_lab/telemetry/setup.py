@@ -27,12 +27,12 @@ from opentelemetry._logs import set_logger_provider
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from otel_lab.telemetry.duration import MeterProvider
 from otel_lab.telemetry.exporters import DEFAULT_EXPORT_TIMEOUT_SECONDS, exporters_for
 from otel_lab.telemetry.logs import OTLPHandler, configure_logging
 
