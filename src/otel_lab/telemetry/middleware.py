@@ -290,9 +290,7 @@ class TelemetryMiddleware:
                     elapsed, known_method, status_code, route, error_type, span_context
                 )
             else:
-                self.duration.record(
-                    elapsed, {HTTP_REQUEST_METHOD: known_method, **final}
-                )
+                self.duration.record(elapsed, {HTTP_REQUEST_METHOD: known_method, **final})
             self.access_log.write(
                 method=method,
                 path=path_label,
