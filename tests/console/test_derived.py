@@ -21,6 +21,7 @@ import pytest
 from otel_lab.runtime.harness import RunningSystem
 
 from .conftest import steady_traffic
+from .test_scraped import query
 
 ROUTE = "/items/{item_id}"
 N = 12  # GET /items/{id} requests counted
@@ -49,9 +50,12 @@ def item(gateway: httpx.Client) -> int:
 
 
 def value(ui: httpx.Client, expr: str) -> float:
-    body = ui.get("/api/prom/query", params={"query": expr}).json()
-    assert body["status"] == "success", body
-    return sum(float(r["value"][1]) for r in body["data"]["result"])
+    return sum(float(r["value"][1]) for r in query(ui, expr))
+
+
+def series(ui: httpx.Client, expr: str) -> list[dict[str, str]]:
+    """The label sets of the series ``expr`` selects now."""
+    return [r["metric"] for r in query(ui, expr)]
 
 
 def settled(read: Callable[[], dict[str, float]], timeout: float = 30.0) -> dict[str, float]:
@@ -83,7 +87,9 @@ def test_counts_agree_with_the_requests_sent(
     """Each GET /items/{id} is one api SERVER span (span metrics), one point of the OTel
     histogram and one increment of the scraped ``requests_total``; each chain request is one
     edge per hop; a 500 is a failed edge and an error span; a Celery task is a messaging edge.
-    Deltas over the test, exact: no other traffic reaches these series."""
+    Deltas over the test, exact: no other traffic reaches these series. The service graph's
+    label sets are the servicegraph connector's (v0.128.0, deploy/compose): every series has
+    ``failed``, and ``..._request_failed_total`` exists only with ``failed="true"``."""
     queries = {
         "spanmetrics": 'sum(traces_spanmetrics_calls_total{service_name="api",'
         f'span_kind="SPAN_KIND_SERVER",http_route="{ROUTE}"}})',
@@ -95,7 +101,8 @@ def test_counts_agree_with_the_requests_sent(
         f'{{job="api",http_route="{ROUTE}",le="+Inf"}})',
         "scraped": f'sum(requests_total{{job="api",path="{ROUTE}"}})',
         **{
-            f"{c}->{s}": f'sum(traces_service_graph_request_total{{client="{c}",server="{s}"}})'
+            f"{c}->{s}": "sum(traces_service_graph_request_total"
+            f'{{client="{c}",server="{s}",failed="false"}})'
             for c, s in CHAIN
         },
     }
@@ -103,7 +110,9 @@ def test_counts_agree_with_the_requests_sent(
     # PRODUCER span in api, the CONSUMER span in the worker).
     once = {
         "failed gateway->api": "sum(traces_service_graph_request_failed_total"
-        '{client="gateway",server="api"})',
+        '{client="gateway",server="api",failed="true"})',
+        "all gateway->api, failed": "sum(traces_service_graph_request_total"
+        '{client="gateway",server="api",failed="true"})',
         "error spans": 'sum(traces_spanmetrics_calls_total{service_name="api",'
         'span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_ERROR",'
         'http_route="/error-simulation"})',
@@ -131,6 +140,13 @@ def test_counts_agree_with_the_requests_sent(
     after = settled(read)
     delta = {k: after[k] - before[k] for k in queries}
     assert delta == {k: float(n) for k, n in sent.items()}, (before, after)
+
+    edge_labels = {"__name__", "client", "server", "connection_type", "failed"}
+    failed = series(ui, "traces_service_graph_request_failed_total")
+    assert failed and all(m.keys() == edge_labels and m["failed"] == "true" for m in failed), failed
+    totals = series(ui, 'traces_service_graph_request_total{client="gateway",server="api"}')
+    assert sorted(m["failed"] for m in totals) == ["false", "true"], totals
+    assert all(m.keys() == edge_labels for m in totals), totals
 
 
 def _item_reads_and_chains(item: int) -> Callable[[httpx.Client, int], None]:

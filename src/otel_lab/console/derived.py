@@ -177,9 +177,16 @@ FROM pairs GROUP BY 1, 2, 3, 4
 
 @dataclass
 class _Edge:
-    slots: list[_Slot]  # request_total, failed_total, then the two histograms' series
+    """One series set of the connector: client, server, connection type and failed or not."""
+
+    total_slot: _Slot  # traces_service_graph_request_total
+    # traces_service_graph_request_failed_total, on a failed edge only: the connector keys
+    # its series by `failed` too, so every request of a failed edge failed (its failed total
+    # is its total) and an edge that never failed has no failed_total series (not a 0).
+    failed_slot: _Slot | None
+    server_slots: list[_Slot]  # the histograms' buckets, _sum and _count
+    client_slots: list[_Slot]
     total: int = 0
-    failed: int = 0
     server: _Histogram = field(default_factory=_Histogram)
     client: _Histogram = field(default_factory=_Histogram)
 
@@ -287,9 +294,8 @@ class Derived:
             if edge is None:
                 if len(self._edges) >= MAX_SERIES:
                     continue
-                edge = self._edges[key2] = _Edge(self._edge_slots(*key2))
+                edge = self._edges[key2] = self._edge(*key2)
             edge.total += count
-            edge.failed += count if failed else 0
             edge.server.add(s_ns, row[7 : 7 + width])
             edge.client.add(c_ns, row[7 + width :])
         self._span_rowid = cur
@@ -389,28 +395,28 @@ class Derived:
         buckets = [self._slot(name + "_bucket", {**labels, "le": le(b)}) for b in bounds]
         return [*buckets, self._slot(name + "_sum", labels), self._slot(name + "_count", labels)]
 
-    def _edge_slots(self, client: str, server: str, kind: str, failed: bool) -> list[_Slot]:
+    def _edge(self, client: str, server: str, kind: str, failed: bool) -> _Edge:
         # No job: the connector's metrics have an empty resource.
         labels = {"client": client, "server": server, "connection_type": kind,
                   "failed": "true" if failed else "false"}  # fmt: skip
-        return [
+        return _Edge(
             self._slot("traces_service_graph_request_total", labels),
-            self._slot("traces_service_graph_request_failed_total", labels),
-            *self._histogram("traces_service_graph_request_server_seconds", labels),
-            *self._histogram("traces_service_graph_request_client_seconds", labels),
-        ]
+            self._slot("traces_service_graph_request_failed_total", labels) if failed else None,
+            self._histogram("traces_service_graph_request_server_seconds", labels),
+            self._histogram("traces_service_graph_request_client_seconds", labels),
+        )
 
     def _samples(self, now_ns: int) -> list[Sample]:
         out: list[Sample] = []
         for slots, calls, hist in self._calls.values():
             out.append((*slots[0], float(calls), None))
             out += hist.samples(slots[1:])
-        width = len(BUCKETS) + 3  # a histogram's series: buckets, _sum, _count
         for edge in self._edges.values():
-            out.append((*edge.slots[0], float(edge.total), None))
-            out.append((*edge.slots[1], float(edge.failed), None))
-            out += edge.server.samples(edge.slots[2 : 2 + width])
-            out += edge.client.samples(edge.slots[2 + width :])
+            out.append((*edge.total_slot, float(edge.total), None))
+            if edge.failed_slot is not None:
+                out.append((*edge.failed_slot, float(edge.total), None))
+            out += edge.server.samples(edge.server_slots)
+            out += edge.client.samples(edge.client_slots)
         for key, latest in list(self._otlp.items()):
             if now_ns - latest.time_ns > OTLP_LOOKBACK_NS:
                 del self._otlp[key]
