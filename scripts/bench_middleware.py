@@ -237,7 +237,6 @@ def _ablate(middleware: Any, pieces: tuple[str, ...]) -> None:
     if "span" in pieces:
         middleware.tracer = trace.NoOpTracer()
     if "histogram" in pieces:
-        middleware.durations = None  # the plain-number store, where there is one
         middleware.duration = Nothing
         middleware.duration.record = nothing
     if "prometheus" in pieces:

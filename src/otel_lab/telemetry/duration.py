@@ -195,6 +195,48 @@ class ServerDuration:
         return self.scope, metric
 
 
+class SdkDuration:
+    """The same ``record`` through the SDK's own histogram instrument."""
+
+    def __init__(
+        self, meter_provider: metrics.MeterProvider | None, scope: str, boundaries: Sequence[float]
+    ) -> None:
+        self.histogram = metrics.get_meter(scope, meter_provider=meter_provider).create_histogram(
+            ServerDuration.name,
+            unit=ServerDuration.unit,
+            description=ServerDuration.description,
+            explicit_bucket_boundaries_advisory=list(boundaries),
+        )
+
+    def record(
+        self,
+        seconds: float,
+        method: str,
+        status_code: int,
+        route: str | None,
+        error_type: str | None,
+        span_context: SpanContext,
+    ) -> None:
+        attributes: dict[str, str | int] = {
+            "http.request.method": method,
+            "http.response.status_code": status_code,
+        }
+        if route is not None:
+            attributes["http.route"] = route
+        if error_type is not None:
+            attributes["error.type"] = error_type
+        self.histogram.record(seconds, attributes)  # the exemplar from the current context
+
+
+def server_duration(
+    meter_provider: metrics.MeterProvider | None, scope: str, boundaries: Sequence[float]
+) -> ServerDuration | SdkDuration:
+    """``http.server.request.duration`` in plain numbers where ``meter_provider`` (None:
+    the global one) exports them, else through the SDK's instrument."""
+    store = ServerDuration.on(meter_provider, scope, boundaries)
+    return store if store is not None else SdkDuration(meter_provider, scope, boundaries)
+
+
 _Producer = Callable[[MetricReader], "tuple[InstrumentationScope, Metric] | None"]
 
 _FILTERS = {

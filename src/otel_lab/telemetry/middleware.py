@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var, sanitize_request_id
-from otel_lab.telemetry.duration import ServerDuration
+from otel_lab.telemetry.duration import server_duration
 from otel_lab.telemetry.logs import AccessLog
 
 logger = logging.getLogger("otel_lab.request")
@@ -142,18 +142,9 @@ class TelemetryMiddleware:
     ) -> None:
         self.app = app
         self.tracer = trace.get_tracer("otel_lab.http", tracer_provider=tracer_provider)
-        # http.server.request.duration: in plain numbers where this package's MeterProvider
-        # exports them (telemetry/duration.py: the SDK's record path cost 18 us a request),
-        # else through the SDK's instrument.
-        self.durations = ServerDuration.on(meter_provider, "otel_lab.http", prom.LATENCY_BUCKETS)
-        if self.durations is None:
-            meter = metrics.get_meter("otel_lab.http", meter_provider=meter_provider)
-            self.duration = meter.create_histogram(
-                ServerDuration.name,
-                unit=ServerDuration.unit,
-                description=ServerDuration.description,
-                explicit_bucket_boundaries_advisory=list(prom.LATENCY_BUCKETS),
-            )
+        # In plain numbers where this package's MeterProvider exports them
+        # (telemetry/duration.py: the SDK's record path cost 18 us a request).
+        self.duration = server_duration(meter_provider, "otel_lab.http", prom.LATENCY_BUCKETS)
         self._children: dict[tuple[str, str, int], tuple[list[int], prom.Latency]] = {}
         self.known_methods = known_methods()
         self._propagator_headers = frozenset(propagate.get_global_textmap().fields)
@@ -285,12 +276,9 @@ class TelemetryMiddleware:
             count, latency = self._series(known_method, path_label, status_code)
             count[0] += 1
             latency.observe(elapsed, exemplar_trace_id)
-            if self.durations is not None:
-                self.durations.record(
-                    elapsed, known_method, status_code, route, error_type, span_context
-                )
-            else:
-                self.duration.record(elapsed, {HTTP_REQUEST_METHOD: known_method, **final})
+            self.duration.record(
+                elapsed, known_method, status_code, route, error_type, span_context
+            )
             self.access_log.write(
                 method=method,
                 path=path_label,
