@@ -20,9 +20,10 @@ from otel_lab.settings import Settings
 PROBE = r"""
 import json, logging
 from opentelemetry import metrics, trace
-from otel_lab.telemetry import setup_telemetry
+from otel_lab.telemetry import TelemetryMiddleware, setup_telemetry
 from otel_lab.telemetry.logs import OTLPHandler
 setup_telemetry("probe")
+duration = type(TelemetryMiddleware(None).duration).__name__
 tp = trace.get_tracer_provider()
 processors = tp._active_span_processor._span_processors
 def describe_span(p):
@@ -49,6 +50,7 @@ print(json.dumps({
     "readers": [{"exporter": type(r._exporter).__name__, "interval": r._export_interval_millis,
                  "timeout": r._export_timeout_millis} for r in readers],
     "logs": lp_processors,
+    "duration": duration,
 }))
 """
 
@@ -77,6 +79,7 @@ def test_defaults_export_everything_over_otlp_http() -> None:
         {"exporter": "OTLPMetricExporter", "interval": 10_000, "timeout": 2000}
     ]
     assert [p["exporter"] for p in found["logs"]] == ["OTLPLogExporter"]
+    assert found["duration"] == "ServerDuration"  # in plain numbers (telemetry/duration.py)
     assert found["resource"]["service.name"] == "probe"
     assert found["resource"]["service.namespace"] == "otel-lab"
 
@@ -125,6 +128,15 @@ def test_metric_export_variables() -> None:
     found = configured(OTEL_METRIC_EXPORT_INTERVAL="2500", OTEL_METRIC_EXPORT_TIMEOUT="900")
     assert found["readers"][0]["interval"] == 2500
     assert found["readers"][0]["timeout"] == 900
+
+
+@pytest.mark.parametrize("preference", ["delta", "lowmemory"])
+def test_delta_temporality_keeps_the_sdks_duration_instrument(preference: str) -> None:
+    """Delta points are not what ServerDuration makes: the SDK's instrument records."""
+    found = configured(OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=preference)
+    assert found["duration"] == "SdkDuration"
+    cumulative = configured(OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="cumulative")
+    assert cumulative["duration"] == "ServerDuration"
 
 
 def test_per_signal_otlp_variables() -> None:

@@ -7,20 +7,28 @@ decoded, and compared message for message (timestamps aside: each side takes its
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from google.protobuf.json_format import MessageToDict
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk import metrics as sdk_metrics
 from opentelemetry.sdk.metrics import AlwaysOnExemplarFilter
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     InMemoryMetricReader,
     MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.view import (
+    ExplicitBucketHistogramAggregation,
+    ExponentialBucketHistogramAggregation,
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -48,12 +56,19 @@ OBSERVATIONS = [
 class Pair:
     """The SDK's histogram and a ServerDuration, each on its provider and reader."""
 
-    def __init__(self, exemplar_filter: object = None, readers: int = 1) -> None:
-        options = {"resource": RESOURCE}
+    def __init__(
+        self, exemplar_filter: object = None, readers: int = 1, aggregation: object = None
+    ) -> None:
+        options: dict[str, Any] = {"resource": RESOURCE}
         if exemplar_filter is not None:
             options["exemplar_filter"] = exemplar_filter
-        self.official_readers = [InMemoryMetricReader() for _ in range(readers)]
-        self.ours_readers = [InMemoryMetricReader() for _ in range(readers)]
+        preferred = {sdk_metrics.Histogram: aggregation} if aggregation is not None else None
+        self.official_readers = [
+            InMemoryMetricReader(preferred_aggregation=preferred) for _ in range(readers)
+        ]
+        self.ours_readers = [
+            InMemoryMetricReader(preferred_aggregation=preferred) for _ in range(readers)
+        ]
         official = sdk_metrics.MeterProvider(metric_readers=self.official_readers, **options)
         ours = MeterProvider(metric_readers=self.ours_readers, **options)
         self.histogram = official.get_meter(SCOPE).create_histogram(
@@ -135,6 +150,21 @@ def test_the_points_and_exemplars_are_the_sdks(tracer: trace.Tracer) -> None:
     assert all(p["exemplars"][0]["traceId"] for p in histogram["dataPoints"])
 
 
+def test_the_otlp_exporters_histogram_aggregation_is_the_same(tracer: trace.Tracer) -> None:
+    """The OTLP metric exporters ask for ``ExplicitBucketHistogramAggregation()`` (from
+    ``OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION``), not the default."""
+    exporter = OTLPMetricExporter()
+    assert type(exporter._preferred_aggregation[sdk_metrics.Histogram]) is (
+        ExplicitBucketHistogramAggregation
+    )
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=math.inf)
+    assert ServerDuration.on(MeterProvider(metric_readers=[reader]), SCOPE, (1.0,)) is not None
+    pair = Pair(aggregation=exporter._preferred_aggregation[sdk_metrics.Histogram])
+    _record_all(pair, tracer, OBSERVATIONS)
+    official, ours = pair.collect()
+    assert ours == official
+
+
 def test_later_collections_stay_cumulative_with_only_new_exemplars(
     tracer: trace.Tracer,
 ) -> None:
@@ -185,6 +215,10 @@ def test_delta_readers_and_other_providers_keep_the_sdks_instrument() -> None:
         preferred_temporality={sdk_metrics.Histogram: AggregationTemporality.DELTA}
     )
     assert ServerDuration.on(MeterProvider(metric_readers=[delta]), SCOPE, (1.0,)) is None
+    exponential = InMemoryMetricReader(
+        preferred_aggregation={sdk_metrics.Histogram: ExponentialBucketHistogramAggregation()}
+    )
+    assert ServerDuration.on(MeterProvider(metric_readers=[exponential]), SCOPE, (1.0,)) is None
     official = sdk_metrics.MeterProvider(metric_readers=[InMemoryMetricReader()])
     assert ServerDuration.on(official, SCOPE, (1.0,)) is None
     cumulative = MeterProvider(metric_readers=[InMemoryMetricReader()])

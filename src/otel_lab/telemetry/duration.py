@@ -44,7 +44,11 @@ from opentelemetry.sdk.metrics.export import (
     ResourceMetrics,
     ScopeMetrics,
 )
-from opentelemetry.sdk.metrics.view import DefaultAggregation
+from opentelemetry.sdk.metrics.view import (
+    Aggregation,
+    DefaultAggregation,
+    ExplicitBucketHistogramAggregation,
+)
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext
 
@@ -246,6 +250,16 @@ _FILTERS = {
 }
 
 
+def _advisory_explicit_buckets(aggregation: Aggregation) -> bool:
+    if isinstance(aggregation, DefaultAggregation):
+        return True
+    return (
+        type(aggregation) is ExplicitBucketHistogramAggregation
+        and aggregation._boundaries is None
+        and aggregation._record_min_max
+    )
+
+
 class MeterProvider(sdk_metrics.MeterProvider):
     """The SDK's MeterProvider whose readers also collect the metrics of producers added to
     it (:class:`ServerDuration`), merged into the SDK's own under the same resource."""
@@ -265,10 +279,12 @@ class MeterProvider(sdk_metrics.MeterProvider):
         return _FILTERS.get(type(self._sdk_config.exemplar_filter))
 
     def readers_take_plain_histograms(self) -> bool:
-        """Every reader wants histograms cumulative, in the default aggregation, no views."""
+        """Every reader wants histograms cumulative, in explicit buckets with the
+        instrument's advisory bounds and min/max (the default aggregation, or the OTLP
+        exporters' ``ExplicitBucketHistogramAggregation()``), and there are no views."""
         return not self._sdk_config.views and all(
             reader._instrument_class_temporality[_Histogram] is AggregationTemporality.CUMULATIVE
-            and isinstance(reader._instrument_class_aggregation[_Histogram], DefaultAggregation)
+            and _advisory_explicit_buckets(reader._instrument_class_aggregation[_Histogram])
             for reader in self._metric_readers
         )
 
