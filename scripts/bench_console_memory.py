@@ -13,9 +13,15 @@ trickle (the services' exports, every second) for WARM seconds (default 30), the
 spans (default 60,000, with their logs) in 2,048-span requests from EXPORTERS threads
 (default 7, one request at a time each, as the services' batch processors send what they
 held when a hung console resumes), then the trickle again for AFTER seconds (default 60).
+It prints how long each burst request waited for its answer (p50, p95, max, and how many
+past the services' 2 s export deadline) and, at the end, the spans stored.
 Every 2 s it prints the console's PSS/USS and, from a sampler thread inside it, what holds
 the memory: Python's objects (pymalloc's arenas and the blocks in use), glibc's heap (in
 use and free), SQLite's own allocations (its page caches), and the rows in the queue.
+
+``CPU_SHARE=0.2`` (with ``--ingest-burst``) emulates a loaded host for the burst and after:
+the console is stopped (SIGSTOP) for 1 - CPU_SHARE of every 100 ms, as if it got that share
+of a CPU (the soak's load average of 13 on two cores is about 0.15), without burning CPU.
 
 ``--bursts N``: N bursts of 16 concurrent API requests, each followed by 11 s idle and one
 request (which makes anyio end the pool's threads idle for 10 s); prints how many
@@ -26,10 +32,14 @@ each. They should not add up burst after burst.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -38,6 +48,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_console import PROTOBUF, SECOND, ConsoleProcess, Generator
 
+from otel_lab.telemetry.exporters import DEFAULT_EXPORT_TIMEOUT_SECONDS as EXPORT_TIMEOUT_S
 from tests.console.synthetic import MS
 
 MiB = 2**20
@@ -103,6 +114,44 @@ def _last_sample(path: Path) -> dict[str, float]:
     return json.loads(lines[-1]) if lines else {}
 
 
+def _answered(took: float, answers: list[tuple[int, float]]) -> str:
+    """The burst's statuses and how long each request waited for its answer."""
+    codes = [c for c, _ in answers]
+    waits = sorted(w for _, w in answers)
+    late = sum(w > EXPORT_TIMEOUT_S for w in waits)
+    return (
+        f"burst answered in {took:.1f} s: {sorted(set(codes))} ({codes.count(503)} x 503); "
+        f"per request p50 {waits[len(waits) // 2]:.2f} s, p95 "
+        f"{waits[int(len(waits) * 0.95)]:.2f} s, max {waits[-1]:.2f} s, {late} of {len(waits)} "
+        f"over the services' {EXPORT_TIMEOUT_S:.0f} s export timeout"
+    )
+
+
+@contextmanager
+def throttled(pid: int, share: float, period: float = 0.1) -> Iterator[None]:
+    """The process runs ``share`` of every ``period`` and is stopped for the rest."""
+    if share >= 1:
+        yield
+        return
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(period * (1 - share))
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(period * share)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        os.kill(pid, signal.SIGCONT)
+
+
 def ingest_burst(spans: int, warm: float, after: float, extra: list[str]) -> None:
     """The soak's SIGCONT flush, reproduced on a console of its own (see the docstring)."""
     generator = Generator(seed=5)
@@ -157,15 +206,26 @@ def ingest_burst(spans: int, warm: float, after: float, extra: list[str]) -> Non
               f"and their logs, {size:.0f} MiB")  # fmt: skip
         exporters = int(os.environ.get("EXPORTERS", 7))
 
-        def export(share: list[tuple[int, bytes]]) -> list[int]:
-            """One service's exporters: one request at a time, as the SDK's batch processor."""
-            return [post("/v1/logs" if n == 0 else "/v1/traces", body) for n, body in share]
+        def export(share: list[tuple[int, bytes]]) -> list[tuple[int, float]]:
+            """One service's exporters: one request at a time, as the SDK's batch processor;
+            each request's status and the seconds until it was answered."""
+            out = []
+            for n, body in share:
+                t0 = time.monotonic()
+                code = post("/v1/logs" if n == 0 else "/v1/traces", body)
+                out.append((code, time.monotonic() - t0))
+            return out
 
-        with ThreadPoolExecutor(exporters) as pool:
-            shares = [bodies[i::exporters] for i in range(exporters)]
-            codes = [c for cs in pool.map(export, shares) for c in cs]
-        print(f"burst answered: {sorted(set(codes))}", flush=True)
-        steady(after, "after")
+        with throttled(console.proc.pid, float(os.environ.get("CPU_SHARE", 1))):
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(exporters) as pool:
+                shares = [bodies[i::exporters] for i in range(exporters)]
+                answers = [a for share in pool.map(export, shares) for a in share]
+            took = time.monotonic() - t0
+            print(_answered(took, answers), flush=True)
+            steady(after, "after")
+        stored = client.get(f"{console.ui}/api/stats").json()["stored"]["spans"]
+        print(f"spans stored {stored:,} (burst {sum(n for n, _ in bodies):,} and the trickle)")
         client.close()
         console.stop()
 
