@@ -79,7 +79,7 @@ def test_defaults_export_everything_over_otlp_http() -> None:
         {"exporter": "OTLPMetricExporter", "interval": 10_000, "timeout": 2000}
     ]
     assert [p["exporter"] for p in found["logs"]] == ["OTLPLogExporter"]
-    assert found["duration"] == "ServerDuration"  # in plain numbers (telemetry/duration.py)
+    assert found["duration"] == "PlainHistogram"  # in plain numbers (telemetry/duration.py)
     assert found["resource"]["service.name"] == "probe"
     assert found["resource"]["service.namespace"] == "otel-lab"
 
@@ -132,11 +132,11 @@ def test_metric_export_variables() -> None:
 
 @pytest.mark.parametrize("preference", ["delta", "lowmemory"])
 def test_delta_temporality_keeps_the_sdks_duration_instrument(preference: str) -> None:
-    """Delta points are not what ServerDuration makes: the SDK's instrument records."""
+    """Delta points are not what PlainHistogram makes: the SDK's instrument records."""
     found = configured(OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=preference)
-    assert found["duration"] == "SdkDuration"
+    assert found["duration"] == "SdkHistogram"
     cumulative = configured(OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="cumulative")
-    assert cumulative["duration"] == "ServerDuration"
+    assert cumulative["duration"] == "PlainHistogram"
 
 
 def test_per_signal_otlp_variables() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -35,8 +35,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from opentelemetry.trace import SpanContext
 
-from otel_lab.telemetry import metrics as prom
-from otel_lab.telemetry.duration import MeterProvider, ServerDuration
+from otel_lab.telemetry.duration import SERVER_DURATION, Instrument, MeterProvider, PlainHistogram
+from otel_lab.telemetry.http_client import CLIENT_DURATION
 
 RESOURCE = Resource.create({"service.name": "probe"})
 SCOPE = "otel_lab.http"
@@ -53,12 +53,32 @@ OBSERVATIONS = [
 ]
 
 
+def _server_attributes(method: str, status: int, route: str | None,
+                       error: str | None) -> dict[str, Any]:  # fmt: skip
+    """What the middleware gave the SDK's histogram before (written out again here)."""
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "http.response.status_code": status,
+    }
+    if route is not None:
+        attributes["http.route"] = route
+    if error is not None:
+        attributes["error.type"] = error
+    return attributes
+
+
 class Pair:
-    """The SDK's histogram and a ServerDuration, each on its provider and reader."""
+    """The SDK's histogram and a PlainHistogram, each on its provider and reader."""
 
     def __init__(
-        self, exemplar_filter: object = None, readers: int = 1, aggregation: object = None
+        self,
+        exemplar_filter: object = None,
+        readers: int = 1,
+        aggregation: object = None,
+        instrument: Instrument = SERVER_DURATION,
+        official_attributes: Callable[..., dict[str, Any]] = _server_attributes,
     ) -> None:
+        self.official_attributes = official_attributes
         options: dict[str, Any] = {"resource": RESOURCE}
         if exemplar_filter is not None:
             options["exemplar_filter"] = exemplar_filter
@@ -72,12 +92,12 @@ class Pair:
         official = sdk_metrics.MeterProvider(metric_readers=self.official_readers, **options)
         ours = MeterProvider(metric_readers=self.ours_readers, **options)
         self.histogram = official.get_meter(SCOPE).create_histogram(
-            ServerDuration.name,
-            unit=ServerDuration.unit,
-            description=ServerDuration.description,
-            explicit_bucket_boundaries_advisory=list(prom.LATENCY_BUCKETS),
+            instrument.name,
+            unit=instrument.unit,
+            description=instrument.description,
+            explicit_bucket_boundaries_advisory=list(instrument.boundaries),
         )
-        store = ServerDuration.on(ours, SCOPE, prom.LATENCY_BUCKETS)
+        store = PlainHistogram.on(ours, SCOPE, instrument)
         assert store is not None
         self.store = store
         # Something else on the same scope and another scope: the merge keeps them.
@@ -85,18 +105,9 @@ class Pair:
             provider.get_meter(SCOPE).create_counter("other").add(1)
             provider.get_meter("elsewhere").create_counter("elsewhere").add(2)
 
-    def record(self, seconds: float, method: str, status: int, route: str | None,
-               error: str | None, span_context: SpanContext) -> None:  # fmt: skip
-        attributes: dict[str, str | int] = {
-            "http.request.method": method,
-            "http.response.status_code": status,
-        }
-        if route is not None:
-            attributes["http.route"] = route
-        if error is not None:
-            attributes["error.type"] = error
-        self.histogram.record(seconds, attributes)
-        self.store.record(seconds, method, status, route, error, span_context)
+    def record(self, seconds: float, *key: Any, span_context: SpanContext) -> None:
+        self.histogram.record(seconds, self.official_attributes(*key))
+        self.store.record(seconds, key, span_context)
 
     def collect(self, index: int = 0) -> tuple[list[dict], list[dict]]:
         official = self.official_readers[index].get_metrics_data()
@@ -132,7 +143,7 @@ def tracer() -> Iterator[trace.Tracer]:
 def _record_all(pair: Pair, tracer: trace.Tracer, observations: list) -> None:
     for observation in observations:
         with tracer.start_as_current_span("request") as span:
-            pair.record(*observation, span.get_span_context())
+            pair.record(*observation, span_context=span.get_span_context())
 
 
 def test_the_points_and_exemplars_are_the_sdks(tracer: trace.Tracer) -> None:
@@ -144,7 +155,7 @@ def test_the_points_and_exemplars_are_the_sdks(tracer: trace.Tracer) -> None:
         m["histogram"]
         for s in ours[0]["scopeMetrics"]
         for m in s["metrics"]
-        if m["name"] == ServerDuration.name
+        if m["name"] == SERVER_DURATION.name
     )
     assert histogram["aggregationTemporality"] == "AGGREGATION_TEMPORALITY_CUMULATIVE"
     assert all(p["exemplars"][0]["traceId"] for p in histogram["dataPoints"])
@@ -158,7 +169,10 @@ def test_the_otlp_exporters_histogram_aggregation_is_the_same(tracer: trace.Trac
         ExplicitBucketHistogramAggregation
     )
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=math.inf)
-    assert ServerDuration.on(MeterProvider(metric_readers=[reader]), SCOPE, (1.0,)) is not None
+    assert (
+        PlainHistogram.on(MeterProvider(metric_readers=[reader]), SCOPE, SERVER_DURATION)
+        is not None
+    )
     pair = Pair(aggregation=exporter._preferred_aggregation[sdk_metrics.Histogram])
     _record_all(pair, tracer, OBSERVATIONS)
     official, ours = pair.collect()
@@ -214,12 +228,46 @@ def test_delta_readers_and_other_providers_keep_the_sdks_instrument() -> None:
     delta = InMemoryMetricReader(
         preferred_temporality={sdk_metrics.Histogram: AggregationTemporality.DELTA}
     )
-    assert ServerDuration.on(MeterProvider(metric_readers=[delta]), SCOPE, (1.0,)) is None
+    assert PlainHistogram.on(MeterProvider(metric_readers=[delta]), SCOPE, SERVER_DURATION) is None
     exponential = InMemoryMetricReader(
         preferred_aggregation={sdk_metrics.Histogram: ExponentialBucketHistogramAggregation()}
     )
-    assert ServerDuration.on(MeterProvider(metric_readers=[exponential]), SCOPE, (1.0,)) is None
+    assert (
+        PlainHistogram.on(MeterProvider(metric_readers=[exponential]), SCOPE, SERVER_DURATION)
+        is None
+    )
     official = sdk_metrics.MeterProvider(metric_readers=[InMemoryMetricReader()])
-    assert ServerDuration.on(official, SCOPE, (1.0,)) is None
+    assert PlainHistogram.on(official, SCOPE, SERVER_DURATION) is None
     cumulative = MeterProvider(metric_readers=[InMemoryMetricReader()])
-    assert ServerDuration.on(cumulative, SCOPE, (1.0,)) is not None
+    assert PlainHistogram.on(cumulative, SCOPE, SERVER_DURATION) is not None
+
+
+def _client_attributes(address: str | None, port: int | None, method: str, status: int | None,
+                       error: str | None) -> dict[str, Any]:  # fmt: skip
+    """What the HTTP client middleware gave the SDK's histogram before."""
+    attributes: dict[str, Any] = {}
+    if address is not None:
+        attributes["server.address"] = address
+    if port is not None:
+        attributes["server.port"] = port
+    attributes["http.request.method"] = method
+    if status is not None:
+        attributes["http.response.status_code"] = status
+    if error is not None:
+        attributes["error.type"] = error
+    return attributes
+
+
+def test_the_client_duration_is_the_sdks(tracer: trace.Tracer) -> None:
+    pair = Pair(instrument=CLIENT_DURATION, official_attributes=_client_attributes)
+    observations = [
+        (0.004, "user-service", 8011, "POST", 200, None),
+        (0.08, "user-service", 8011, "POST", 200, None),
+        (0.6, "order-service", 8012, "POST", 503, "503"),
+        (2.0, "order-service", 8012, "_OTHER", None, "TimeoutError"),
+        (0.01, None, None, "GET", 200, None),
+    ]
+    _record_all(pair, tracer, observations)
+    official, ours = pair.collect()
+    assert ours == official
+    assert "exemplars" in repr(ours)

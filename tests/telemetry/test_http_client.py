@@ -11,7 +11,6 @@ import pytest
 from aiohttp import web
 from opentelemetry.instrumentation._semconv import _StabilityMode
 from opentelemetry.instrumentation.aiohttp_client import create_trace_config
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -19,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from otel_lab.runtime.harness import free_ports
+from otel_lab.telemetry.duration import MeterProvider  # the SDK's, + plain histograms
 from otel_lab.telemetry.http_client import client_middleware
 
 CALLS = (

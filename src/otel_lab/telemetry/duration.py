@@ -1,19 +1,22 @@
-"""``http.server.request.duration`` kept in plain numbers, exported by the SDK's readers.
+"""Duration histograms kept in plain numbers, exported by the SDK's readers.
 
 The SDK's ``Histogram.record`` cost about 18 us of a traced request inside the request loop
 (``scripts/bench_middleware.py --ablate``): a ``Measurement`` object, the attributes copied
 and hashed, two locks, and the trace-based exemplar looked up again from the context. The
-server middleware records its one value per request into :class:`ServerDuration` instead (a
-dict lookup, a bisect, a few additions), and :class:`MeterProvider`, the SDK's with one
-addition, hands those points to each of its readers at collection time next to the SDK's
-own, as the specification's MetricProducer would (SDK 1.45 has none). The points are the
-ones the SDK's explicit-bucket histogram makes for the same measurements, exemplars
-included: ``tests/telemetry/test_duration.py`` compares the two, decoded from OTLP.
+server middleware (``http.server.request.duration``) and the HTTP client middleware
+(``http.client.request.duration``) record their one value per call into a
+:class:`PlainHistogram` instead (a dict lookup by a tuple, a bisect, a few additions), and
+:class:`MeterProvider`, the SDK's with one addition, hands those points to each of its
+readers at collection time next to the SDK's own, as the specification's MetricProducer
+would (SDK 1.45 has none). The points are the ones the SDK's explicit-bucket histogram makes
+for the same measurements, exemplars included: ``tests/telemetry/test_duration.py``
+compares the two, encoded by the official OTLP encoder and decoded.
 
 It covers what the services run: cumulative temporality (the default), the default
-aggregation, no views, a standard exemplar filter. For anything else
-:meth:`ServerDuration.on` answers None and the middleware records through the SDK's own
-instrument, as it does with providers that are not this one (zero-code mode).
+aggregation or the OTLP exporters' explicit buckets, no views, a standard exemplar filter.
+For anything else :meth:`PlainHistogram.on` answers None and :func:`duration_histogram`
+records through the SDK's own instrument, as it does with providers that are not this
+package's (zero-code mode).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -52,6 +56,8 @@ from opentelemetry.sdk.metrics.view import (
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext
 
+from otel_lab.telemetry.metrics import LATENCY_BUCKETS
+
 # Exemplar per bucket: (sequence number, value, time, span ID, trace ID).
 _Exemplar = tuple[int, float, int, int | None, int | None]
 
@@ -71,56 +77,54 @@ class _Series:
         self.max = -math.inf
 
 
-class ServerDuration:
-    """The middleware's ``http.server.request.duration``: one series per
-    (method, status, route, error type), changed only by the event loop that serves the
-    requests and read by the readers' threads as it is, like the Prometheus series."""
+Key = tuple[Any, ...]
 
-    name = "http.server.request.duration"
-    unit = "s"
-    description = "Duration of HTTP server requests."
 
-    def __init__(
-        self, scope: InstrumentationScope, boundaries: Sequence[float], exemplars: str
-    ) -> None:
+@dataclass(frozen=True)
+class Instrument:
+    """A duration histogram kept in plain numbers: its name, description, advisory bucket
+    bounds, and the attributes of a series' key (a tuple, cheaper to look up than a dict;
+    the attributes in the order the SDK would have been given them)."""
+
+    name: str
+    description: str
+    boundaries: tuple[float, ...]
+    attributes: Callable[[Key], dict[str, Any]]
+    unit: str = "s"
+
+
+class PlainHistogram:
+    """One instrument's series, changed only by the event loop that records (the services'
+    requests) and read by the readers' threads as it is, like the Prometheus series."""
+
+    def __init__(self, instrument: Instrument, scope: InstrumentationScope, exemplars: str) -> None:
+        self.instrument = instrument
         self.scope = scope
-        self.boundaries = tuple(boundaries)
+        self.boundaries = instrument.boundaries
         self._exemplars = exemplars  # "trace_based", "always_on" or "always_off"
-        self._series: dict[tuple[str, int, str | None, str | None], _Series] = {}
+        self._series: dict[Key, _Series] = {}
         self._sequence = 0
         self._collected: dict[int, int] = {}  # reader id -> sequence number at its last collect
 
     @classmethod
     def on(
-        cls,
-        meter_provider: metrics.MeterProvider | None,
-        scope: str,
-        boundaries: Sequence[float],
-    ) -> ServerDuration | None:
-        """A store whose points ``meter_provider`` (None: the global one) exports, or None
-        where it cannot give what the SDK's instrument would (then use that)."""
+        cls, meter_provider: metrics.MeterProvider | None, scope: str, instrument: Instrument
+    ) -> PlainHistogram | None:
+        """A histogram whose points ``meter_provider`` (None: the global one) exports, or
+        None where it cannot give what the SDK's instrument would (then use that)."""
         provider = meter_provider or metrics.get_meter_provider()
         if not isinstance(provider, MeterProvider) or provider.disabled:
             return None
         exemplars = provider.exemplar_filter_name()
         if exemplars is None or not provider.readers_take_plain_histograms():
             return None
-        store = cls(InstrumentationScope(scope), boundaries, exemplars)
+        store = cls(instrument, InstrumentationScope(scope), exemplars)
         provider.add_producer(store.produce)
         return store
 
-    def record(
-        self,
-        seconds: float,
-        method: str,
-        status_code: int,
-        route: str | None,
-        error_type: str | None,
-        span_context: SpanContext,
-    ) -> None:
-        """What ``Histogram.record`` with these attributes does, with ``span_context`` the
-        current span's (the exemplar's trace)."""
-        key = (method, status_code, route, error_type)
+    def record(self, seconds: float, key: Key, span_context: SpanContext) -> None:
+        """What ``Histogram.record`` with the attributes of ``key`` does, ``span_context``
+        being the current span's (the exemplar's trace)."""
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = self._new_series(key)
@@ -147,20 +151,10 @@ class ServerDuration:
             span_context.trace_id if valid else None,
         )
 
-    def _new_series(self, key: tuple[str, int, str | None, str | None]) -> _Series:
-        method, status_code, route, error_type = key
-        # The keys in the order the middleware gave them to the SDK.
-        attributes: dict[str, str | int] = {
-            "http.request.method": method,
-            "http.response.status_code": status_code,
-        }
-        if route is not None:
-            attributes["http.route"] = route
-        if error_type is not None:
-            attributes["error.type"] = error_type
+    def _new_series(self, key: Key) -> _Series:
         if len(self._series) > 4096:  # as the middleware's Prometheus children: bounded
             self._series.clear()
-        return _Series(attributes, len(self.boundaries) + 1)
+        return _Series(self.instrument.attributes(key), len(self.boundaries) + 1)
 
     def produce(self, reader: MetricReader) -> tuple[InstrumentationScope, Metric] | None:
         """The cumulative points for ``reader``, with the exemplars it has not collected yet
@@ -195,50 +189,60 @@ class ServerDuration:
         if not points:
             return None
         data = Histogram(points, aggregation_temporality=AggregationTemporality.CUMULATIVE)
-        metric = Metric(name=self.name, description=self.description, unit=self.unit, data=data)
+        instrument = self.instrument
+        metric = Metric(instrument.name, instrument.description, instrument.unit, data)
         return self.scope, metric
 
 
-class SdkDuration:
+class SdkHistogram:
     """The same ``record`` through the SDK's own histogram instrument."""
 
     def __init__(
-        self, meter_provider: metrics.MeterProvider | None, scope: str, boundaries: Sequence[float]
+        self, meter_provider: metrics.MeterProvider | None, scope: str, instrument: Instrument
     ) -> None:
+        self.attributes = instrument.attributes
         self.histogram = metrics.get_meter(scope, meter_provider=meter_provider).create_histogram(
-            ServerDuration.name,
-            unit=ServerDuration.unit,
-            description=ServerDuration.description,
-            explicit_bucket_boundaries_advisory=list(boundaries),
+            instrument.name,
+            unit=instrument.unit,
+            description=instrument.description,
+            explicit_bucket_boundaries_advisory=list(instrument.boundaries),
         )
 
-    def record(
-        self,
-        seconds: float,
-        method: str,
-        status_code: int,
-        route: str | None,
-        error_type: str | None,
-        span_context: SpanContext,
-    ) -> None:
-        attributes: dict[str, str | int] = {
-            "http.request.method": method,
-            "http.response.status_code": status_code,
-        }
-        if route is not None:
-            attributes["http.route"] = route
-        if error_type is not None:
-            attributes["error.type"] = error_type
-        self.histogram.record(seconds, attributes)  # the exemplar from the current context
+    def record(self, seconds: float, key: Key, span_context: SpanContext) -> None:
+        # The exemplar comes from the current context, as ever with the SDK.
+        self.histogram.record(seconds, self.attributes(key))
 
 
-def server_duration(
-    meter_provider: metrics.MeterProvider | None, scope: str, boundaries: Sequence[float]
-) -> ServerDuration | SdkDuration:
-    """``http.server.request.duration`` in plain numbers where ``meter_provider`` (None:
-    the global one) exports them, else through the SDK's instrument."""
-    store = ServerDuration.on(meter_provider, scope, boundaries)
-    return store if store is not None else SdkDuration(meter_provider, scope, boundaries)
+def duration_histogram(
+    meter_provider: metrics.MeterProvider | None, scope: str, instrument: Instrument
+) -> PlainHistogram | SdkHistogram:
+    """``instrument`` in plain numbers where ``meter_provider`` (None: the global one)
+    exports them, else through the SDK's instrument."""
+    store = PlainHistogram.on(meter_provider, scope, instrument)
+    return store if store is not None else SdkHistogram(meter_provider, scope, instrument)
+
+
+def _server_attributes(key: Key) -> dict[str, Any]:
+    method, status_code, route, error_type = key
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "http.response.status_code": status_code,
+    }
+    if route is not None:
+        attributes["http.route"] = route
+    if error_type is not None:
+        attributes["error.type"] = error_type
+    return attributes
+
+
+# The server middleware's, keyed by (method, status code, route or None, error type or None);
+# the Prometheus request_latency_seconds buckets.
+SERVER_DURATION = Instrument(
+    "http.server.request.duration",
+    "Duration of HTTP server requests.",
+    LATENCY_BUCKETS,
+    _server_attributes,
+)
 
 
 _Producer = Callable[[MetricReader], "tuple[InstrumentationScope, Metric] | None"]

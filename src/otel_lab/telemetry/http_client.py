@@ -33,6 +33,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.http import redact_url
 from yarl import URL
 
+from otel_lab.telemetry.duration import Instrument, Key, duration_histogram
 from otel_lab.telemetry.middleware import known_methods
 
 SCOPE = "otel_lab.http_client"
@@ -41,15 +42,40 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.
 
 
 @functools.lru_cache(maxsize=512)
-def _target(url: URL) -> tuple[str, dict[str, Any]]:
-    """``url.full`` and the server attributes of a URL (a service calls a few URLs over and
-    over, so each is worked out once)."""
+def _target(url: URL) -> tuple[str, dict[str, Any], tuple[str | None, int | None]]:
+    """``url.full``, the server attributes of a URL and the same as a key (a service calls
+    a few URLs over and over, so each is worked out once)."""
     server: dict[str, Any] = {}
     if url.host:
         server[SERVER_ADDRESS] = url.host
     if url.port:
         server[SERVER_PORT] = url.port
-    return redact_url(str(url)), server
+    return redact_url(str(url)), server, (url.host or None, url.port or None)
+
+
+def _duration_attributes(key: Key) -> dict[str, Any]:
+    address, port, method, status, error_type = key
+    attributes: dict[str, Any] = {}
+    if address is not None:
+        attributes[SERVER_ADDRESS] = address
+    if port is not None:
+        attributes[SERVER_PORT] = port
+    attributes[HTTP_REQUEST_METHOD] = method
+    if status is not None:
+        attributes[HTTP_RESPONSE_STATUS_CODE] = status
+    if error_type is not None:
+        attributes[ERROR_TYPE] = error_type
+    return attributes
+
+
+# Keyed by (server address, server port, method or _OTHER, status code, error type), each
+# None when absent; in plain numbers where the package's MeterProvider exports them.
+CLIENT_DURATION = Instrument(
+    HTTP_CLIENT_REQUEST_DURATION,
+    "Duration of HTTP client requests.",
+    DURATION_BUCKETS,
+    _duration_attributes,
+)
 
 
 def client_middleware(
@@ -58,26 +84,22 @@ def client_middleware(
 ) -> aiohttp.ClientMiddlewareType:
     """The middleware to pass to ``aiohttp.ClientSession(middlewares=[...])``."""
     tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
-    duration = metrics.get_meter(SCOPE, meter_provider=meter_provider).create_histogram(
-        HTTP_CLIENT_REQUEST_DURATION,
-        unit="s",
-        description="Duration of HTTP client requests.",
-        explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
-    )
+    duration = duration_histogram(meter_provider, SCOPE, CLIENT_DURATION)
     methods = known_methods()
 
     async def traced(
         request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
         started = time.perf_counter()
-        url_full, server = _target(request.url)
+        url_full, server, (address, port) = _target(request.url)
         method = request.method
-        measured: dict[str, Any] = {**server}
+        status: int | None = None
+        error_type: str | None = None
         if method in methods:
-            name = measured[HTTP_REQUEST_METHOD] = method
+            name = measured_method = method
             attributes = {HTTP_REQUEST_METHOD: method, URL_FULL: url_full, **server}
         else:
-            name, measured[HTTP_REQUEST_METHOD] = "HTTP", "_OTHER"
+            name, measured_method = "HTTP", "_OTHER"
             attributes = {
                 HTTP_REQUEST_METHOD: "_OTHER",
                 HTTP_REQUEST_METHOD_ORIGINAL: method,
@@ -89,22 +111,27 @@ def client_middleware(
         try:
             response = await handler(request)
         except BaseException as error:  # a timeout arrives as a cancellation
-            measured[ERROR_TYPE] = type(error).__qualname__
-            span.set_attribute(ERROR_TYPE, measured[ERROR_TYPE])
-            span.set_status(Status(StatusCode.ERROR, measured[ERROR_TYPE]))
+            error_type = type(error).__qualname__
+            span.set_attribute(ERROR_TYPE, error_type)
+            span.set_status(Status(StatusCode.ERROR, error_type))
             span.record_exception(error)
             raise
         else:
-            status = measured[HTTP_RESPONSE_STATUS_CODE] = response.status
+            status = response.status
             if status >= 400:
-                measured[ERROR_TYPE] = str(status)
-                span.set_attributes({HTTP_RESPONSE_STATUS_CODE: status, ERROR_TYPE: str(status)})
+                error_type = str(status)
+                span.set_attributes({HTTP_RESPONSE_STATUS_CODE: status, ERROR_TYPE: error_type})
                 span.set_status(Status(StatusCode.ERROR))
             else:
                 span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
             return response
         finally:
             span.end()
-            duration.record(max(time.perf_counter() - started, 0.0), measured)
+            duration.record(
+                max(time.perf_counter() - started, 0.0),
+                (address, port, measured_method, status, error_type),
+                # The exemplar's span: the current one (the caller's), as the SDK takes it.
+                trace.get_current_span().get_span_context(),
+            )
 
     return traced

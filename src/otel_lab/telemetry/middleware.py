@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var, sanitize_request_id
-from otel_lab.telemetry.duration import server_duration
+from otel_lab.telemetry.duration import SERVER_DURATION, duration_histogram
 from otel_lab.telemetry.logs import AccessLog
 
 logger = logging.getLogger("otel_lab.request")
@@ -144,7 +144,7 @@ class TelemetryMiddleware:
         self.tracer = trace.get_tracer("otel_lab.http", tracer_provider=tracer_provider)
         # In plain numbers where this package's MeterProvider exports them
         # (telemetry/duration.py: the SDK's record path cost 18 us a request).
-        self.duration = server_duration(meter_provider, "otel_lab.http", prom.LATENCY_BUCKETS)
+        self.duration = duration_histogram(meter_provider, "otel_lab.http", SERVER_DURATION)
         self._children: dict[tuple[str, str, int], tuple[list[int], prom.Latency]] = {}
         self.known_methods = known_methods()
         self._propagator_headers = frozenset(propagate.get_global_textmap().fields)
@@ -277,7 +277,7 @@ class TelemetryMiddleware:
             count[0] += 1
             latency.observe(elapsed, exemplar_trace_id)
             self.duration.record(
-                elapsed, known_method, status_code, route, error_type, span_context
+                elapsed, (known_method, status_code, route, error_type), span_context
             )
             self.access_log.write(
                 method=method,
