@@ -47,7 +47,6 @@ from opentelemetry.instrumentation._semconv import (
 from opentelemetry.instrumentation.aiohttp_client import create_trace_config
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -58,6 +57,7 @@ from otel_lab.runtime.embedded import embedded_postgres, embedded_valkey
 from otel_lab.runtime.harness import free_ports
 from otel_lab.telemetry._wire import SpanEncoder
 from otel_lab.telemetry.database import instrument_engine
+from otel_lab.telemetry.duration import MeterProvider  # the services' (plain histograms)
 from otel_lab.telemetry.http_client import client_middleware
 
 BODY = b'{"user_id": 1001, "action": "bench"}'
