@@ -34,20 +34,23 @@ import asyncio
 import functools
 import logging
 import time
+from collections import namedtuple
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, NoReturn, TypeAlias
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.abc import RV, PQGen
 from psycopg.rows import TupleRow
-from sqlalchemy import Engine, MetaData, event
+from sqlalchemy import Engine, Executable, MetaData, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Connection, Dialect, ExceptionContext
 from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -55,6 +58,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
 
 from otel_lab.services import deadline as request_deadline
 from otel_lab.settings import Settings
@@ -388,3 +392,147 @@ async def warm_up(
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# -- hot statements on the driver ---------------------------------------------------------
+
+
+@functools.cache
+def _row_class(names: tuple[str, ...]) -> type[tuple[Any, ...]]:
+    """A named tuple per result shape, with ``_mapping`` as SQLAlchemy's rows have it."""
+    base = namedtuple("Row", names, rename=True)  # type: ignore[misc]
+
+    class Row(base):
+        __slots__ = ()
+
+        @property
+        def _mapping(self) -> dict[str, Any]:
+            return dict(zip(names, self, strict=True))
+
+    return Row
+
+
+# A row of :func:`execute`: a named tuple (attribute access, ``_mapping``), typed loosely.
+Row: TypeAlias = Any
+
+
+class Rows(list[Row]):
+    """A statement's rows, with the few ``Result`` methods the repositories use."""
+
+    def first(self) -> Any:
+        return self[0] if self else None
+
+    def one(self) -> Any:
+        if len(self) != 1:
+            raise RuntimeError(f"expected one row, got {len(self)}")
+        return self[0]
+
+    def scalar(self) -> Any:
+        return self[0][0] if self else None
+
+
+class _Compiled:
+    """A statement compiled once for psycopg: its SQL, its parameters' bind processors (a
+    JSONB parameter is serialised by SQLAlchemy's) and its columns' constant defaults."""
+
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        if compiled.positional:
+            raise ValueError("only named parameters")
+        self.sql: str = str(compiled)
+        self.processors: Mapping[str, Callable[[Any], Any]] = dict(compiled._bind_processors)
+        # Columns' Python-side defaults (``default="pending"``), which SQLAlchemy's execution
+        # context would fill in: only constants here.
+        self.defaults: dict[str, Any] = {}
+        for column in (*compiled.insert_prefetch, *compiled.update_prefetch):
+            if column.default is None or not column.default.is_scalar:
+                raise ValueError(f"{column.key}: only constant defaults")
+            self.defaults[column.key] = column.default.arg
+
+    def parameters(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        bound = {**self.defaults, **params}
+        for name, process in self.processors.items():
+            if name in bound:
+                bound[name] = process(bound[name])
+        return bound
+
+
+class _Context:
+    """What SQLAlchemy's cursor and error events are given as the execution context: the
+    database span lives on it from ``before_cursor_execute`` to ``after_cursor_execute``."""
+
+    executemany = False
+
+    def handle_dbapi_exception(self, e: BaseException) -> None:
+        pass
+
+
+_compiled: dict[int, tuple[Executable, _Compiled]] = {}
+
+
+def _compile(statement: Executable, dialect: Dialect) -> _Compiled:
+    found = _compiled.get(id(statement))
+    if found is None or found[0] is not statement:
+        found = _compiled[id(statement)] = (statement, _Compiled(statement, dialect))
+    return found[1]
+
+
+async def execute(
+    connection: AsyncConnection, statement: Executable, params: Mapping[str, Any] | None = None
+) -> Rows:
+    """Run a hot statement (built once, at import) on ``connection``'s psycopg connection
+    directly, without SQLAlchemy's execution path; its rows as named tuples.
+
+    SQLAlchemy's async execution (an execution context, a greenlet switch per driver call,
+    its cursor adapter and result) cost 140-190 us of CPU per statement over psycopg's own
+    30-40 us (docs/performance.md). What the statement must keep is kept: it runs on the
+    connection SQLAlchemy checked out (the pool, the deadline budget of this checkout,
+    ``statement_timeout``), with the SQL SQLAlchemy would have sent; the engine's
+    ``before_cursor_execute``/``after_cursor_execute`` listeners run around it (the
+    database span, ``db_operation_seconds``), and a failure goes through SQLAlchemy's own
+    error handling (``handle_error`` listeners, the connection or pool invalidated on a
+    disconnect, the error raised as SQLAlchemy's ``OperationalError``, ``DataError``, ...).
+
+    Only for statements whose results need no SQLAlchemy type processing (psycopg's own
+    types: integers, text, booleans, timestamps, JSON).
+    """
+    sync = connection.sync_connection
+    if sync is None:
+        raise RuntimeError("connection not started")
+    raw = sync._dbapi_connection or await connection.get_raw_connection()
+    compiled = _compile(statement, sync.dialect)
+    sql, parameters = compiled.sql, compiled.parameters(params or {})
+    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    context = _Context()
+    cursor = driver.cursor()
+    events = sync._has_events or sync.engine._has_events
+    if events:
+        sync.dispatch.before_cursor_execute(sync, cursor, sql, parameters, context, False)
+    try:
+        await cursor.execute(sql, parameters)
+        description = cursor.description
+        if description is None:
+            rows = Rows()
+        else:
+            make = _row_class(tuple(column.name for column in description))._make  # type: ignore[attr-defined]
+            rows = Rows(map(make, await cursor.fetchall()))
+    except BaseException as exc:
+        await _failed(sync, exc, sql, parameters, context)
+    if events:
+        sync.dispatch.after_cursor_execute(sync, cursor, sql, parameters, context, False)
+    return rows
+
+
+async def _failed(
+    sync: Connection, exc: BaseException, sql: str, parameters: Any, context: _Context
+) -> NoReturn:
+    """SQLAlchemy's handling of a failed statement, as for its own: raises."""
+    await greenlet_spawn(
+        sync._handle_dbapi_exception,
+        exc,
+        sql,
+        parameters,
+        None,
+        context,
+    )
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Executable, Row, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from otel_lab import db
+
 T = TypeVar("T", bound=tuple[Any, ...])
 
 
@@ -34,12 +36,13 @@ async def insert_once(
 ) -> tuple[Row[Any], bool]:
     """Run ``insert``; when its idempotency key was written before (a retry, or a concurrent
     attempt that won), the row ``stored`` reads instead (built once, its parameter the
-    values' ``idempotency_key``). Returns (row, replayed)."""
-    created = (await connection.execute(insert, values)).first()
+    values' ``idempotency_key``), both built once and run on the driver (``db.execute``).
+    Returns (row, replayed)."""
+    created = (await db.execute(connection, insert, values)).first()
     if created is not None:
         return created, False
     key = {"idempotency_key": values["idempotency_key"]}
-    existing = (await connection.execute(stored, key)).first()
+    existing = (await db.execute(connection, stored, key)).first()
     if existing is None:
         raise RuntimeError("a row whose idempotency key conflicted has vanished")
     return existing, True

@@ -4,12 +4,12 @@ and no BEGIN/COMMIT round trips (docs/performance.md)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TypeAlias
 
-from sqlalchemy import Row, bindparam, insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from otel_lab import db
 from otel_lab.items import ItemCreate, items
 
 _INSERT_ITEM = (
@@ -19,16 +19,15 @@ _INSERT_ITEM = (
 )
 _GET_ITEM = select(items).where(items.c.id == bindparam("item_id"))
 # A whole ``items`` row, in column order: what both statements return.
-ItemRow: TypeAlias = Row[
-    tuple[int, str, str | None, str, str | None, int | None, datetime, datetime | None]
-]
+# (id, name, description, status, slug, word_count, created_at, enriched_at)
+ItemRow: TypeAlias = db.Row
 
 
 async def add(autocommit: AsyncEngine, body: ItemCreate) -> ItemRow:
     """Insert the item; it comes back with its id and server defaults (RETURNING)."""
     async with autocommit.connect() as connection:
-        result = await connection.execute(
-            _INSERT_ITEM, {"name": body.name, "description": body.description}
+        result = await db.execute(
+            connection, _INSERT_ITEM, {"name": body.name, "description": body.description}
         )
         return result.one()
 
@@ -36,4 +35,4 @@ async def add(autocommit: AsyncEngine, body: ItemCreate) -> ItemRow:
 async def get(autocommit: AsyncEngine, item_id: int) -> ItemRow | None:
     """One item (read only on a cache miss)."""
     async with autocommit.connect() as connection:
-        return (await connection.execute(_GET_ITEM, {"item_id": item_id})).first()
+        return (await db.execute(connection, _GET_ITEM, {"item_id": item_id})).first()

@@ -8,6 +8,7 @@ from typing import Any, cast
 from sqlalchemy import DateTime, Integer, Row, Table, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from otel_lab import db
 from otel_lab.services.orders.models import Order, OrderItem
 from otel_lab.services.orders.pricing import Line
 from otel_lab.services.persistence import insert_once, paged
@@ -80,7 +81,7 @@ async def _with_items(connection: AsyncConnection, found: Row[Any]) -> OrderRow:
 
 async def stored_order(connection: AsyncConnection, key: str) -> OrderRow | None:
     """The order (and lines) an earlier attempt with ``key`` wrote, if any."""
-    found = (await connection.execute(_BY_KEY, {"idempotency_key": key})).first()
+    found = (await db.execute(connection, _BY_KEY, {"idempotency_key": key})).first()
     return None if found is None else await _with_items(connection, found)
 
 
@@ -107,7 +108,7 @@ async def insert_order(
 
 
 async def set_audit_status(connection: AsyncConnection, order_id: int, status: str) -> None:
-    await connection.execute(_SET_AUDIT_STATUS, {"order_id": order_id, "new_status": status})
+    await db.execute(connection, _SET_AUDIT_STATUS, {"order_id": order_id, "new_status": status})
 
 
 async def list_orders(

@@ -20,7 +20,6 @@ from typing import TypeAlias, cast
 from opentelemetry import trace
 from sqlalchemy import (
     Executable,
-    Row,
     Select,
     Table,
     bindparam,
@@ -33,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from otel_lab import faults
+from otel_lab import db, faults
 from otel_lab.services.users.models import DEFAULT_TIER, Todo, User
 from otel_lab.telemetry import Telemetry
 
@@ -41,9 +40,11 @@ SCOPE = "otel_lab.users.repository"
 
 # A whole row of each table, in column order: what every statement below returns (but
 # ``_DELETE_*``). Its statements select the Table's columns, which SQLAlchemy cannot type.
-UserRow: TypeAlias = Row[tuple[int, str, str, str, datetime, datetime]]
+# Rows of ``db.execute`` (named tuples): users (id, name, email, tier, created_at, updated_at),
+# todos (id, user_id, title, description, completed, created_at, updated_at, completed_at).
+UserRow: TypeAlias = db.Row
 TodoColumns: TypeAlias = tuple[int, int, str, str | None, bool, datetime, datetime, datetime | None]
-TodoRow: TypeAlias = Row[TodoColumns]
+TodoRow: TypeAlias = db.Row
 
 
 # Declarative tables are typed FromClause; the statements below want the Table they are.
@@ -138,8 +139,9 @@ class UserRepository(_Repository):
     its own transaction, no BEGIN/COMMIT round trips); rows, not ORM objects."""
 
     async def _one(self, statement: Executable, params: Mapping[str, object]) -> UserRow | None:
-        """The user row ``statement`` returns (each one given here returns whole rows)."""
-        return (await self.connection.execute(statement, params)).first()
+        """The user row ``statement`` (built once) returns (each one given here returns whole
+        rows), run on the driver (``db.execute``)."""
+        return (await db.execute(self.connection, statement, params)).first()
 
     async def get(self, user_id: int) -> UserRow | None:
         with self._span("get_user", **{"user.id": user_id}) as span:
@@ -183,12 +185,12 @@ class UserRepository(_Repository):
             statement = (
                 update(_users).where(_users.c.id == user_id).values(**changes).returning(*_users.c)
             )
-            return await self._one(statement, {})
+            return (await self.connection.execute(statement)).first()
 
     async def delete(self, user_id: int) -> bool:
         """Delete the user (their todos go with it: ON DELETE CASCADE); False if unknown."""
         with self._span("delete_user", **{"user.id": user_id}) as span:
-            deleted = await self.connection.execute(_DELETE_USER, {"user_id": user_id})
+            deleted = await db.execute(self.connection, _DELETE_USER, {"user_id": user_id})
             found = deleted.first() is not None
             span.set_attribute("db.found", found)
             return found
@@ -196,7 +198,7 @@ class UserRepository(_Repository):
     async def todo_counts(self, user_id: int) -> tuple[int, int]:
         """(all todos, open todos) of a user: the profile enrichment reads these."""
         with self._span("count_todos", **{"user.id": user_id}):
-            result = await self.connection.execute(_COUNT_TODOS, {"user_id": user_id})
+            result = await db.execute(self.connection, _COUNT_TODOS, {"user_id": user_id})
             total, open_todos = result.one()
             return int(total), int(open_todos)
 
@@ -206,7 +208,7 @@ class TodoRepository(_Repository):
 
     async def get(self, todo_id: int) -> TodoRow | None:
         with self._span("get_todo", **{"todo.id": todo_id}) as span:
-            todo = (await self.connection.execute(_GET_TODO, {"todo_id": todo_id})).first()
+            todo = (await db.execute(self.connection, _GET_TODO, {"todo_id": todo_id})).first()
             span.set_attribute("db.found", todo is not None)
             if todo is not None:
                 span.set_attribute("user.id", todo.user_id)
@@ -223,15 +225,15 @@ class TodoRepository(_Repository):
             attributes["todo.completed"] = params["completed"] = completed
         count, page = _todo_queries(user_id is not None, completed is not None)
         with self._span("list_todos", **attributes) as span:
-            total = await self.connection.scalar(count, params)
-            todos = list((await self.connection.execute(page, params)).all())
+            total = (await db.execute(self.connection, count, params)).scalar()
+            todos = list(await db.execute(self.connection, page, params))
             span.set_attribute("db.rows", len(todos))
             return todos, int(total or 0)
 
     async def add(self, user_id: int, values: Mapping[str, object]) -> TodoRow | None:
         """Insert a todo for ``user_id``; None when there is no such user."""
         with self._span("insert_todo", **{"user.id": user_id}) as span:
-            result = await self.connection.execute(_INSERT_TODO, {"user_id": user_id, **values})
+            result = await db.execute(self.connection, _INSERT_TODO, {"user_id": user_id, **values})
             todo = result.first()
             if todo is not None:
                 span.set_attribute("todo.id", todo.id)
@@ -245,10 +247,12 @@ class TodoRepository(_Repository):
             )
             return (await self.connection.execute(statement)).first()
 
-    async def delete(self, todo_id: int) -> Row[tuple[int, int]] | None:
-        """Delete the todo; its (id, user_id), or None when there was none."""
+    async def delete(self, todo_id: int) -> db.Row | None:
+        """Delete the todo; its row (id, user_id), or None when there was none."""
         with self._span("delete_todo", **{"todo.id": todo_id}) as span:
-            deleted = (await self.connection.execute(_DELETE_TODO, {"todo_id": todo_id})).first()
+            deleted = (
+                await db.execute(self.connection, _DELETE_TODO, {"todo_id": todo_id})
+            ).first()
             span.set_attribute("db.found", deleted is not None)
             if deleted is not None:
                 span.set_attribute("user.id", deleted.user_id)
