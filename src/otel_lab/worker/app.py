@@ -13,6 +13,7 @@ import threading
 import time
 
 from celery import Task
+from celery.app import trace as celery_trace
 from celery.signals import (
     task_postrun,
     task_prerun,
@@ -57,6 +58,23 @@ def _start_telemetry(**_: object) -> None:
 @worker_init.connect
 def _serve_metrics(**_: object) -> None:
     start_http_server(settings.worker_metrics_port, addr=settings.host)
+
+
+def _not_a_success(record: logging.LogRecord) -> bool:
+    return record.msg is not celery_trace.LOG_SUCCESS
+
+
+@worker_init.connect
+def _quiet_celery_per_task_lines(**_: object) -> None:
+    """Celery's own INFO lines for every task ("Task ... received", "Task ... succeeded in
+    ...") only at LOG_LEVEL=DEBUG: a task's run is its span and its own ``item_enriched``
+    line (with the ``request_id``), and the two lines were about an eighth of the worker's
+    CPU under load (docs/performance.md). Retries, failures and everything else Celery logs
+    stay."""
+    if settings.log_level.upper() == "DEBUG":
+        return
+    logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)  # "received"
+    logging.getLogger(celery_trace.__name__).addFilter(_not_a_success)
 
 
 @worker_ready.connect
