@@ -37,7 +37,7 @@ from typing import Any
 
 BEFORE_COMMIT = "834d2a0"
 QUEUE = 1 << 17
-GC_YOUNG_THRESHOLD = 10_000  # services/base.py's
+GC_YOUNG_THRESHOLD = 10_000  # otel_lab.gc_tuning's
 VARIANTS = ("none", "before", "after")
 ROOT = Path(__file__).resolve().parent.parent
 

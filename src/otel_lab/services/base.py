@@ -10,7 +10,6 @@ clients) is lifespan state, reached through the typed dependencies of ``services
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otel_lab import __version__, registry
 from otel_lab.db import create_engine, session_factory, warm_up
+from otel_lab.gc_tuning import settle_garbage_collector
 from otel_lab.request_body import LimitedBody, declared_over
 from otel_lab.services import deadline
 from otel_lab.services.chaos import ChaosMiddleware
@@ -185,26 +185,6 @@ class Readiness(BaseModel):
     checks: dict[str, str]  # each dependency: "ok" or "unavailable: <error>"
 
 
-# Young-generation collections every 10,000 net allocations instead of CPython's 700.
-GC_YOUNG_THRESHOLD = 10_000
-
-
-def _settle_garbage_collector() -> None:
-    """Once the app is up: move everything alive (modules, routes, pools) out of the
-    collector's sight with ``gc.freeze()``, and collect the young generation less often.
-
-    A request allocates short-lived containers (a span, its attributes, contexts, the
-    response); with CPython's defaults the collector ran every few dozen requests and its
-    older generations walked the whole application heap. scripts/bench_middleware.py
-    measured 30-40 us of collection per traced request before, about 2 us after
-    (docs/instrumentation.md).
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
-
-
 def create_service(
     service_name: str,
     settings: Settings,
@@ -235,7 +215,7 @@ def create_service(
         try:
             async with opening as opened:
                 if owns_telemetry:
-                    _settle_garbage_collector()
+                    settle_garbage_collector()
                 yield {
                     "settings": settings,
                     "service_name": service_name,

@@ -25,6 +25,7 @@ from celery.signals import (
 )
 from prometheus_client import Counter, Histogram, start_http_server
 
+from otel_lab.gc_tuning import settle_garbage_collector
 from otel_lab.queue import create_celery_app
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import setup_telemetry, shutdown_telemetry
@@ -92,6 +93,13 @@ def _sweep_pending_items(**_: object) -> None:
             time.sleep(interval)
 
     threading.Thread(target=loop, name="pending-sweep", daemon=True).start()
+
+
+@worker_ready.connect
+def _settle_gc(**_: object) -> None:
+    """As the services do once up: the worker's heap (Celery's bootsteps, the app, the
+    engine) frozen, and young collections less often."""
+    settle_garbage_collector()
 
 
 @task_prerun.connect
