@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from otel_lab import faults
 from otel_lab.cache import create_redis
-from otel_lab.db import create_blocking_engine
+from otel_lab.db import create_blocking_engine, execute_blocking
 from otel_lab.items import ITEM_ENRICHMENT, Item, ItemOut, enrichment, items
 from otel_lab.settings import Settings
 from otel_lab.telemetry import Telemetry
@@ -64,7 +64,7 @@ def resources() -> TaskResources:
     return _resources
 
 
-# Built once (a statement object keeps its cache key): the task's two round trips.
+# Built once (db.execute_blocking compiles each once): the task's two round trips.
 _READ_ITEM = select(items.c.name, items.c.description).where(items.c.id == bindparam("item_id"))
 _ENRICHED = ("slug", "word_count", "status", "enriched_at")
 _ENRICH_ITEM = (
@@ -138,12 +138,14 @@ def item_enrichment(item_id: int) -> None:
             faults.mark(span, "worker-backlog")
             time.sleep(SLOW_ENRICHMENT_SECONDS)
         with worker.engine.connect() as connection:  # autocommit: one transaction per statement
-            found = connection.execute(_READ_ITEM, {"item_id": item_id}).first()
+            found = execute_blocking(connection, _READ_ITEM, {"item_id": item_id}).first()
             item = None
             if found is not None:
                 # Idempotent: an UPDATE that races another run of the task writes the same.
                 values = _prefixed(enrichment(found.name, found.description))
-                item = connection.execute(_ENRICH_ITEM, {"item_id": item_id, **values}).first()
+                item = execute_blocking(
+                    connection, _ENRICH_ITEM, {"item_id": item_id, **values}
+                ).first()
         if item is None:  # deleted before the task ran
             span.set_attribute("item.found", False)
             logger.warning("item_enrichment_skipped", extra={"item_id": item_id})
