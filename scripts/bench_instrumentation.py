@@ -12,8 +12,9 @@ encoding included) per request:
   starts, with no instrumentation, with ``opentelemetry-instrumentation-sqlalchemy``, and
   with ``otel_lab.telemetry.database``;
 - cache: one ``GET`` on an embedded Valkey with an asyncio client, bare, with
-  ``opentelemetry-instrumentation-redis``'s ``instrument_client`` (which the services keep),
-  and with only a span of the same attributes started and ended around the call by hand
+  ``opentelemetry-instrumentation-redis``'s ``instrument_client``, with
+  ``otel_lab.telemetry.redis_client`` (the same spans, which the services use), and with only
+  a span of the same attributes started and ended around the call by hand
   (the floor any instrumentation could reach).
 
 Each request runs under a parent span, as in a service; spans go through a batch processor
@@ -59,6 +60,7 @@ from otel_lab.telemetry._wire import SpanEncoder
 from otel_lab.telemetry.database import instrument_engine
 from otel_lab.telemetry.duration import MeterProvider  # the services' (plain histograms)
 from otel_lab.telemetry.http_client import client_middleware
+from otel_lab.telemetry.redis_client import instrument_client
 
 BODY = b'{"user_id": 1001, "action": "bench"}'
 CONCURRENCY = 4
@@ -189,9 +191,11 @@ async def caches(url: str, rounds: int) -> dict[str, float]:
     clients = {  # name: (client, the provider of its parent span)
         "bare": (redis.asyncio.Redis.from_url(url), contrib_tp),
         "contrib redis": (redis.asyncio.Redis.from_url(url), contrib_tp),
+        "telemetry.redis_client": (redis.asyncio.Redis.from_url(url), ours_tp),
         "a span by hand": (redis.asyncio.Redis.from_url(url), ours_tp),
     }
     RedisInstrumentor.instrument_client(clients["contrib redis"][0], tracer_provider=contrib_tp)
+    instrument_client(clients["telemetry.redis_client"][0], tracer_provider=ours_tp)
     await clients["bare"][0].set("bench:item", "x" * 200)
     tracer = ours_tp.get_tracer("bench")
     attributes = {
