@@ -161,7 +161,7 @@ class PlainHistogram:
         (the SDK's reservoirs are emptied by each collection of their reader)."""
         now = time.time_ns()
         since = self._collected.get(id(reader), 0)
-        self._collected[id(reader)] = self._sequence
+        until = self._collected[id(reader)] = self._sequence  # later ones: the next collection
         points = []
         for series in list(self._series.values()):
             counts = tuple(series.counts)
@@ -170,7 +170,7 @@ class PlainHistogram:
                 for sequence, value, at, span_id, trace_id in (
                     e for e in series.exemplars if e is not None
                 )
-                if sequence > since
+                if since < sequence <= until
             ]
             points.append(
                 HistogramDataPoint(
