@@ -11,13 +11,16 @@ pending sweep queues its enrichment once the broker is back (``worker.app``).
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import anyio
 import redis.asyncio
-from anyio import to_thread
 from celery import Celery
 from kombu.exceptions import KombuError
 from opentelemetry import trace
@@ -44,6 +47,12 @@ PUBLISH_DEADLINE_SECONDS = 1.5
 # trial call decides. Per process, as the failures they count are.
 cache_breaker = CircuitBreaker("cache", failure_threshold=3, reset_seconds=5.0)
 broker_breaker = CircuitBreaker("broker", failure_threshold=3, reset_seconds=5.0)
+# The publish blocks (kombu), so it runs on a thread: on an executor of its own, rather
+# than anyio's ``to_thread`` (its hand-off, a capacity limiter and a Python ``Queue`` per
+# call, cost the api about 0.1 ms of CPU more per ``POST /items``: docs/performance.md) or
+# the loop's default executor (which a hung broker would fill). Threads start on first
+# use, so a forked child starts none.
+_publisher = ThreadPoolExecutor(max_workers=8, thread_name_prefix="enrichment-publish")
 T = TypeVar("T")
 
 
@@ -59,15 +68,18 @@ async def _enqueue_enrichment(celery: Celery, item_id: int) -> None:
     """A broker outage leaves the item pending (the sweep queues it later), never fails
     or holds the write: the publish gets a deadline, and is skipped while its breaker is
     open. A publish cut off by the deadline finishes or fails on its thread (socket timeout).
-    The deadline is the request's too: what is left of it, less the time to answer in."""
+    The deadline is the request's too: what is left of it, less the time to answer in.
+    The thread runs in a copy of the request's context: the publish span and the trace
+    context the task carries are the request's."""
     try:
         broker_breaker.allow("publish")
         left = deadline.remaining()
         left -= deadline.margin(left)
+        publish = functools.partial(celery.send_task, ITEM_ENRICHMENT, args=[item_id], retry=True)
         with anyio.fail_after(max(0.0, min(PUBLISH_DEADLINE_SECONDS, left))):
-            await to_thread.run_sync(
-                lambda: celery.send_task(ITEM_ENRICHMENT, args=[item_id], retry=True),
-                abandon_on_cancel=True,
+            # Cancelled by the deadline, the wait is abandoned; the thread goes on.
+            await asyncio.get_running_loop().run_in_executor(
+                _publisher, contextvars.copy_context().run, publish
             )
     except (KombuError, RedisError, OSError, TimeoutError, CircuitOpenError) as exc:
         if not isinstance(exc, CircuitOpenError):
