@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from opentelemetry.instrumentation._semconv import _OpenTelemetrySemanticConventionStability
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -19,6 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_lab.runtime.harness import RunningSystem
 from otel_lab.telemetry.database import instrument_engine, operation_name
+from tests.telemetry.conftest import stable_semantic_conventions
 
 STATEMENTS = (
     "SELECT 1",
@@ -56,30 +56,22 @@ class Traced:
 def engines(system: RunningSystem) -> Iterator[tuple[Traced, sa.Engine, Traced, sa.Engine]]:
     url = system.database_url
     theirs, ours = Traced(), Traced()
-    # The contrib reads the opt-in once per process: make it read the stable conventions
-    # the services run with.
-    stability = _OpenTelemetrySemanticConventionStability
-    patch = pytest.MonkeyPatch()
-    patch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
-    patch.setattr(stability, "_initialized", False)
-    patch.setattr(stability, "_OTEL_SEMCONV_STABILITY_SIGNAL_MAPPING", {})
-    stability._initialize()
-    contrib_engine, our_engine = sa.create_engine(url), sa.create_engine(url)
-    instrumentor = SQLAlchemyInstrumentor()
-    instrumentor.instrument(
-        engine=contrib_engine,
-        tracer_provider=theirs.tracer_provider,
-        meter_provider=theirs.meter_provider,
-        enable_commenter=False,
-    )
-    instrument_engine(our_engine, ours.tracer_provider, ours.meter_provider)
-    try:
-        yield theirs, contrib_engine, ours, our_engine
-    finally:
-        instrumentor.uninstrument()
-        patch.undo()
-        contrib_engine.dispose()
-        our_engine.dispose()
+    with stable_semantic_conventions():
+        contrib_engine, our_engine = sa.create_engine(url), sa.create_engine(url)
+        instrumentor = SQLAlchemyInstrumentor()
+        instrumentor.instrument(
+            engine=contrib_engine,
+            tracer_provider=theirs.tracer_provider,
+            meter_provider=theirs.meter_provider,
+            enable_commenter=False,
+        )
+        instrument_engine(our_engine, ours.tracer_provider, ours.meter_provider)
+        try:
+            yield theirs, contrib_engine, ours, our_engine
+        finally:
+            instrumentor.uninstrument()
+            contrib_engine.dispose()
+            our_engine.dispose()
 
 
 @pytest.mark.parametrize("statement", STATEMENTS)

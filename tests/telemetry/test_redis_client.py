@@ -92,10 +92,8 @@ def _ours(client: Any, provider: TracerProvider) -> None:
 
 
 @pytest.mark.parametrize("run", [_run_sync, _run_async], ids=["sync", "asyncio"])
-def test_the_spans_are_the_contribs(
-    run: Callable[..., None], valkey_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")  # the services'
+@pytest.mark.usefixtures("stable_semconv")  # the services' conventions
+def test_the_spans_are_the_contribs(run: Callable[..., None], valkey_url: str) -> None:
     theirs, ours = Side(), Side()
     run(valkey_url, _contrib, theirs)
     run(valkey_url, _ours, ours)
