@@ -72,6 +72,9 @@ def test_the_api_threads_page_caches_are_bounded_together(tmp_path: Path) -> Non
     their share of the bound (2 MB each) to the process, not 8 x 16 MB."""
     path = tmp_path / "big.db"
     with sqlite3.connect(path) as db:  # 24 MB of pages that a full scan reads
+        # In WAL mode, as the console's writer leaves its store: eight readers switching a
+        # rollback-journal file to WAL at once can get "database is locked" (CI, 02:27).
+        db.execute("PRAGMA journal_mode=WAL")
         db.execute("CREATE TABLE pad (x BLOB)")
         db.execute(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 24000) "
@@ -82,7 +85,11 @@ def test_the_api_threads_page_caches_are_bounded_together(tmp_path: Path) -> Non
     ready, done = threading.Barrier(threads + 1), threading.Event()
 
     def request() -> None:
-        readers.reader().execute("SELECT count(*) FROM pad WHERE x > x'00'").fetchone()
+        try:
+            readers.reader().execute("SELECT count(*) FROM pad WHERE x > x'00'").fetchone()
+        except BaseException:
+            ready.abort()  # the test fails with the error instead of waiting for this thread
+            raise
         ready.wait()
         done.wait()
 
@@ -92,12 +99,15 @@ def test_the_api_threads_page_caches_are_bounded_together(tmp_path: Path) -> Non
     for worker in workers:
         worker.start()
     try:
-        ready.wait()  # every thread has read the whole store and holds its cache now
+        ready.wait(timeout=60)  # every thread has read the whole store and holds its cache
         grown = process.memory_full_info().uss - before
+    except BaseException:
+        ready.abort()  # releases the threads still waiting at the barrier
+        raise
     finally:
         done.set()
         for worker in workers:
-            worker.join()
+            worker.join(timeout=10)
         readers.close()
     # Eight full 16 MB caches would be 122 MiB; the bound is 2 MB each, 15 MiB together,
     # plus the threads' stacks and SQLite's per-connection state.
