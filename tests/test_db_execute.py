@@ -147,3 +147,14 @@ def test_blocking_rows_and_errors(system: RunningSystem) -> None:
             assert db.execute_blocking(connection, _COUNT, {"name": name}).scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_statements_built_per_call_do_not_pile_up_in_the_compile_cache() -> None:
+    """A statement built per call is compiled each time, and the cache keeps at most
+    ``_MAX_COMPILED`` of them alive, not every one ever passed."""
+    dialect = sa.create_engine("postgresql+psycopg://").dialect
+    built = [sa.select(items.c.id).where(items.c.id == i) for i in range(db._MAX_COMPILED + 50)]
+    for statement in built:
+        db._compile(statement, dialect)
+    assert 0 < len(db._compiled) <= db._MAX_COMPILED
+    assert db._compile(built[-1], dialect) is db._compiled[id(built[-1])][1]  # still cached

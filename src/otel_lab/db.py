@@ -468,11 +468,16 @@ class _Context:
 
 
 _compiled: dict[int, tuple[Executable, _Compiled]] = {}
+# The services pass a handful of statements built at import. One built per call would be
+# compiled each time, and would otherwise keep every such statement alive here.
+_MAX_COMPILED = 256
 
 
 def _compile(statement: Executable, dialect: Dialect) -> _Compiled:
     found = _compiled.get(id(statement))
     if found is None or found[0] is not statement:
+        if len(_compiled) >= _MAX_COMPILED:
+            _compiled.clear()
         found = _compiled[id(statement)] = (statement, _Compiled(statement, dialect))
     return found[1]
 

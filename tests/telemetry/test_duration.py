@@ -1,4 +1,4 @@
-"""``ServerDuration`` gives the points the SDK's histogram gives for the same measurements.
+"""``PlainHistogram`` gives the points the SDK's histogram gives for the same measurements.
 
 Both are fed the same values under the same spans and collected by the official
 ``InMemoryMetricReader``; the collections are encoded by the official OTLP encoder and

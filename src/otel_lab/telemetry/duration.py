@@ -266,7 +266,7 @@ def _advisory_explicit_buckets(aggregation: Aggregation) -> bool:
 
 class MeterProvider(sdk_metrics.MeterProvider):
     """The SDK's MeterProvider whose readers also collect the metrics of producers added to
-    it (:class:`ServerDuration`), merged into the SDK's own under the same resource."""
+    it (:meth:`PlainHistogram.produce`), merged into the SDK's own under the same resource."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
