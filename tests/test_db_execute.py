@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import sqlalchemy as sa
@@ -18,7 +18,7 @@ from opentelemetry.trace import StatusCode
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from otel_lab import db
-from otel_lab.items import items
+from otel_lab.items import ItemRow, items
 from otel_lab.runtime.harness import RunningSystem
 from otel_lab.settings import Settings
 from otel_lab.telemetry import metrics as prom
@@ -32,6 +32,15 @@ _INSERT = (
 _GET = sa.select(items).where(items.c.id == sa.bindparam("item_id"))
 _COUNT = sa.select(sa.func.count()).select_from(items).where(items.c.name == sa.bindparam("name"))
 _BAD_ID = sa.text("SELECT CAST(:value AS integer) AS n")
+_GET_TYPED = db.Statement(_GET, ItemRow)
+
+
+class _NotAnItem(NamedTuple):
+    id: int
+    title: str
+
+
+_GET_MISTYPED = db.Statement(_GET, _NotAnItem)
 
 
 def _attributes(span: ReadableSpan) -> dict[str, Any]:
@@ -123,11 +132,16 @@ def test_rows_spans_and_errors_are_sqlalchemys(system: RunningSystem) -> None:
         )
         try:
             async with engine.connect() as connection:
-                return (await db.execute(connection, _GET, {"item_id": our_item.id})).one()
+                return (
+                    (await db.execute(connection, _GET, {"item_id": our_item.id})).one(),
+                    (await db.execute(connection, _GET_TYPED, {"item_id": our_item.id})).one(),
+                )
         finally:
             await engine.dispose()
 
-    assert asyncio.run(read_back()) == our_item
+    untyped, typed = asyncio.run(read_back())
+    assert untyped == typed == our_item
+    assert type(typed) is ItemRow and typed.name == name  # a db.Statement's row type
 
 
 def test_blocking_rows_and_errors(system: RunningSystem) -> None:
@@ -142,9 +156,14 @@ def test_blocking_rows_and_errors(system: RunningSystem) -> None:
             ).one()
             assert item.status == "pending" and item.name == name
             assert db.execute_blocking(connection, _GET, {"item_id": item.id}).one() == item
+            typed = db.execute_blocking(connection, _GET_TYPED, {"item_id": item.id}).one()
+            assert type(typed) is ItemRow and typed == item
+            # A row type whose fields are not the statement's columns fails at the first run.
+            with pytest.raises(TypeError, match="_NotAnItem"):
+                db.execute_blocking(connection, _GET_MISTYPED, {"item_id": item.id})
             with pytest.raises(sa.exc.DataError):
                 db.execute_blocking(connection, _BAD_ID, {"value": "x"})
-            assert db.execute_blocking(connection, _COUNT, {"name": name}).scalar() == 1
+            assert db.execute_blocking(connection, _COUNT, {"name": name}).one() == (1,)
     finally:
         engine.dispose()
 

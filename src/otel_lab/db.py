@@ -37,7 +37,7 @@ import time
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, Generic, NamedTuple, NoReturn, TypeAlias, TypeVar, overload
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -398,7 +398,7 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 @functools.cache
-def _row_class(names: tuple[str, ...]) -> type[tuple[Any, ...]]:
+def _row_maker(names: tuple[str, ...]) -> Callable[[Iterable[Any]], tuple[Any, ...]]:
     """A named tuple per result shape, with ``_mapping`` as SQLAlchemy's rows have it."""
     base = namedtuple("Row", names, rename=True)  # type: ignore[misc]
 
@@ -409,33 +409,53 @@ def _row_class(names: tuple[str, ...]) -> type[tuple[Any, ...]]:
         def _mapping(self) -> dict[str, Any]:
             return dict(zip(names, self, strict=True))
 
-    return Row
+    make: Callable[[Iterable[Any]], tuple[Any, ...]] = Row._make
+    return make
 
 
-# A row of :func:`execute`: a named tuple (attribute access, ``_mapping``), typed loosely.
+# A row of an untyped statement (a bare ``Executable``): a named tuple (attribute access,
+# ``_mapping``) whose columns mypy does not know; a :class:`Statement` gives typed rows.
 Row: TypeAlias = Any
 
 
-class Rows(list[Row]):
+R = TypeVar("R", bound=NamedTuple)
+
+
+class Statement(Generic[R]):
+    """A hot statement (built once, at import) and the ``typing.NamedTuple`` its rows are
+    made as, so mypy checks the columns its callers read; at its first run the tuple's
+    fields must be the statement's columns, in order (else ``TypeError``)."""
+
+    __slots__ = ("executable", "row")
+
+    def __init__(self, executable: Executable, row: type[R]) -> None:
+        self.executable = executable
+        self.row = row
+
+
+class Rows(list[R]):
     """A statement's rows, with the few ``Result`` methods the repositories use."""
 
-    def first(self) -> Any:
+    def first(self) -> R | None:
         return self[0] if self else None
 
-    def one(self) -> Any:
+    def one(self) -> R:
         if len(self) != 1:
             raise RuntimeError(f"expected one row, got {len(self)}")
         return self[0]
 
-    def scalar(self) -> Any:
-        return self[0][0] if self else None
-
 
 class _Compiled:
     """A statement compiled once for psycopg: its SQL, its parameters' bind processors (a
-    JSONB parameter is serialised by SQLAlchemy's) and its columns' constant defaults."""
+    JSONB parameter is serialised by SQLAlchemy's), its columns' constant defaults, and
+    what makes its rows (found at its first run: the same SQL always has the same columns)."""
 
-    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+    def __init__(self, statement: Statement[Any] | Executable, dialect: Dialect) -> None:
+        self.row: type[NamedTuple] | None = None
+        if isinstance(statement, Statement):
+            self.row = statement.row
+            statement = statement.executable
+        self.make: Callable[[Iterable[Any]], Any] | None = None
         compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
         if compiled.positional:
             raise ValueError("only named parameters")
@@ -456,6 +476,27 @@ class _Compiled:
                 bound[name] = process(bound[name])
         return bound
 
+    def rows(
+        self, description: Sequence[psycopg.Column] | None, fetched: Iterable[Any]
+    ) -> Rows[Any]:
+        if description is None:
+            return Rows()
+        if self.make is None:
+            self.make = self._maker(tuple(column.name for column in description))
+        return Rows(map(self.make, fetched))
+
+    def _maker(self, names: tuple[str, ...]) -> Callable[[Iterable[Any]], Any]:
+        if self.row is None:
+            return _row_maker(names)
+        if self.row._fields != names:
+            raise TypeError(
+                f"{self.row.__name__}'s fields {self.row._fields} are not the columns {names}"
+            )
+        return self.row._make
+
+
+Params: TypeAlias = Mapping[str, Any] | None
+
 
 class _Context:
     """What SQLAlchemy's cursor and error events are given as the execution context: the
@@ -467,13 +508,13 @@ class _Context:
         pass
 
 
-_compiled: dict[int, tuple[Executable, _Compiled]] = {}
+_compiled: dict[int, tuple[Statement[Any] | Executable, _Compiled]] = {}
 # The services pass a handful of statements built at import. One built per call would be
 # compiled each time, and would otherwise keep every such statement alive here.
 _MAX_COMPILED = 256
 
 
-def _compile(statement: Executable, dialect: Dialect) -> _Compiled:
+def _compile(statement: Statement[Any] | Executable, dialect: Dialect) -> _Compiled:
     found = _compiled.get(id(statement))
     if found is None or found[0] is not statement:
         if len(_compiled) >= _MAX_COMPILED:
@@ -487,9 +528,9 @@ class _Run:
     the engine's cursor listeners around it."""
 
     def __init__(
-        self, sync: Connection, statement: Executable, params: Mapping[str, Any] | None
+        self, sync: Connection, statement: Statement[Any] | Executable, params: Params
     ) -> None:
-        compiled = _compile(statement, sync.dialect)
+        self.compiled = compiled = _compile(statement, sync.dialect)
         self.sync = sync
         self.sql, self.parameters = compiled.sql, compiled.parameters(params or {})
         self.context = _Context()
@@ -519,18 +560,20 @@ class _Run:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _rows(description: Sequence[psycopg.Column] | None, fetched: Iterable[tuple[Any, ...]]) -> Rows:
-    if description is None:
-        return Rows()
-    make = _row_class(tuple(column.name for column in description))._make  # type: ignore[attr-defined]
-    return Rows(map(make, fetched))
-
-
+@overload
 async def execute(
-    connection: AsyncConnection, statement: Executable, params: Mapping[str, Any] | None = None
-) -> Rows:
+    connection: AsyncConnection, statement: Statement[R], params: Params = None
+) -> Rows[R]: ...
+@overload
+async def execute(
+    connection: AsyncConnection, statement: Executable, params: Params = None
+) -> Rows[Row]: ...
+async def execute(
+    connection: AsyncConnection, statement: Statement[Any] | Executable, params: Params = None
+) -> Rows[Any]:
     """Run a hot statement (built once, at import) on ``connection``'s psycopg connection
-    directly, without SQLAlchemy's execution path; its rows as named tuples.
+    directly, without SQLAlchemy's execution path; its rows as named tuples (a
+    :class:`Statement`'s as its row type).
 
     SQLAlchemy's async execution (an execution context, a greenlet switch per driver call,
     its cursor adapter and result) cost 100-150 us of CPU per statement over psycopg's own
@@ -555,16 +598,26 @@ async def execute(
     run.before(cursor)
     try:
         await cursor.execute(run.sql, run.parameters)
-        rows = _rows(cursor.description, await cursor.fetchall() if cursor.description else ())
+        rows = run.compiled.rows(
+            cursor.description, await cursor.fetchall() if cursor.description else ()
+        )
     except BaseException as exc:
         await greenlet_spawn(run.failed, exc)  # closing a connection awaits the driver
     run.after(cursor)
     return rows
 
 
+@overload
 def execute_blocking(
-    connection: Connection, statement: Executable, params: Mapping[str, Any] | None = None
-) -> Rows:
+    connection: Connection, statement: Statement[R], params: Params = None
+) -> Rows[R]: ...
+@overload
+def execute_blocking(
+    connection: Connection, statement: Executable, params: Params = None
+) -> Rows[Row]: ...
+def execute_blocking(
+    connection: Connection, statement: Statement[Any] | Executable, params: Params = None
+) -> Rows[Any]:
     """:func:`execute` for a synchronous engine's connection (the worker's): two statements
     through SQLAlchemy 170 us of CPU, straight on psycopg 64 us."""
     raw = connection.connection
@@ -574,7 +627,9 @@ def execute_blocking(
     run.before(cursor)
     try:
         cursor.execute(run.sql, run.parameters)
-        rows = _rows(cursor.description, cursor.fetchall() if cursor.description else ())
+        rows = run.compiled.rows(
+            cursor.description, cursor.fetchall() if cursor.description else ()
+        )
     except BaseException as exc:
         run.failed(exc)
     run.after(cursor)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import cast
+from typing import NamedTuple, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import DateTime, Integer, String, Table, Text, func
@@ -43,6 +43,20 @@ class Item(Base):
 
 # The table, for Core statements (the api's repository, the worker).
 items = cast(Table, Item.__table__)
+
+
+class ItemRow(NamedTuple):
+    """A whole ``items`` row, in column order: the rows of ``db.Statement``s that select or
+    return ``*items.c``."""
+
+    id: int
+    name: str
+    description: str | None
+    status: str
+    slug: str | None
+    word_count: int | None
+    created_at: datetime
+    enriched_at: datetime | None
 
 
 def enrichment(name: str, description: str | None) -> dict[str, object]:

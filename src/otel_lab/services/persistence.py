@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from sqlalchemy import Executable, Row, Select, func, select
+from sqlalchemy import Executable, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from otel_lab import db
@@ -33,7 +33,7 @@ async def insert_once(
     insert: Executable,
     values: Mapping[str, object],
     stored: Select[Any],
-) -> tuple[Row[Any], bool]:
+) -> tuple[db.Row, bool]:
     """Run ``insert``; when its idempotency key was written before (a retry, or a concurrent
     attempt that won), the row ``stored`` reads instead (built once, its parameter the
     values' ``idempotency_key``), both built once and run on the driver (``db.execute``).

@@ -4,23 +4,19 @@ and no BEGIN/COMMIT round trips (docs/performance.md)."""
 
 from __future__ import annotations
 
-from typing import TypeAlias
-
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from otel_lab import db
-from otel_lab.items import ItemCreate, items
+from otel_lab.items import ItemCreate, ItemRow, items
 
-_INSERT_ITEM = (
+_INSERT_ITEM = db.Statement(
     insert(items)
     .values(name=bindparam("name"), description=bindparam("description"))
-    .returning(*items.c)
+    .returning(*items.c),
+    ItemRow,
 )
-_GET_ITEM = select(items).where(items.c.id == bindparam("item_id"))
-# A whole ``items`` row, in column order: what both statements return.
-# (id, name, description, status, slug, word_count, created_at, enriched_at)
-ItemRow: TypeAlias = db.Row
+_GET_ITEM = db.Statement(select(items).where(items.c.id == bindparam("item_id")), ItemRow)
 
 
 async def add(autocommit: AsyncEngine, body: ItemCreate) -> ItemRow:

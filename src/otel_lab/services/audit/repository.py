@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, Row, bindparam, select, text
+from sqlalchemy import DateTime, Integer, bindparam, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from otel_lab import db
 from otel_lab.services.audit.models import AuditLog
 from otel_lab.services.persistence import insert_once, paged
 
@@ -33,7 +34,7 @@ _STORED_LOG = select(_audit_logs).where(
 )
 
 
-async def insert_log(autocommit: AsyncEngine, log: dict[str, Any]) -> tuple[Row[Any], bool]:
+async def insert_log(autocommit: AsyncEngine, log: dict[str, Any]) -> tuple[db.Row, bool]:
     """Write ``log`` (one statement, autocommit); returns (row, replayed). A new row has only
     ``id`` and ``created_at``; a replayed one (the key was written before) is the whole row."""
     async with autocommit.connect() as connection:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import DateTime, Integer, Row, Table, bindparam, select, text, update
+from sqlalchemy import DateTime, Integer, Table, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from otel_lab import db
@@ -75,7 +75,7 @@ async def items_of(
 _BY_KEY = select(_orders).where(_orders.c.idempotency_key == bindparam("idempotency_key"))
 
 
-async def _with_items(connection: AsyncConnection, found: Row[Any]) -> OrderRow:
+async def _with_items(connection: AsyncConnection, found: db.Row) -> OrderRow:
     return found._mapping, (await items_of(connection, [found.id]))[found.id]
 
 
@@ -97,7 +97,7 @@ def _line_arrays(lines: Sequence[Line]) -> dict[str, list[Any]]:
 
 async def insert_order(
     connection: AsyncConnection, order: Mapping[Any, Any], lines: Sequence[Line]
-) -> tuple[Row[Any], OrderRow | None]:
+) -> tuple[db.Row, OrderRow | None]:
     """Write the order and its lines in one statement. Returns the new row's ``id`` and
     ``created_at`` and None, or, when the key already has an order (a retry, or a concurrent
     attempt won), that order and its lines."""

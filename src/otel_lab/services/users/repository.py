@@ -15,12 +15,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
-from typing import TypeAlias, cast
+from typing import NamedTuple, cast
 
 from opentelemetry import trace
 from sqlalchemy import (
-    Executable,
-    Select,
     Table,
     bindparam,
     delete,
@@ -38,13 +36,49 @@ from otel_lab.telemetry import Telemetry
 
 SCOPE = "otel_lab.users.repository"
 
-# A whole row of each table, in column order: what every statement below returns (but
-# ``_DELETE_*``). Its statements select the Table's columns, which SQLAlchemy cannot type.
-# Rows of ``db.execute`` (named tuples): users (id, name, email, tier, created_at, updated_at),
-# todos (id, user_id, title, description, completed, created_at, updated_at, completed_at).
-UserRow: TypeAlias = db.Row
-TodoColumns: TypeAlias = tuple[int, int, str, str | None, bool, datetime, datetime, datetime | None]
-TodoRow: TypeAlias = db.Row
+
+class UserRow(NamedTuple):
+    """A whole ``users`` row, in column order (``db.Statement`` checks it at the first run):
+    what the statements below return, typed (SQLAlchemy cannot type a Table's columns)."""
+
+    id: int
+    name: str
+    email: str
+    tier: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class TodoRow(NamedTuple):
+    """A whole ``todos`` row, in column order, as :class:`UserRow`."""
+
+    id: int
+    user_id: int
+    title: str
+    description: str | None
+    completed: bool
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+# The other statements' rows.
+class Count(NamedTuple):
+    total: int
+
+
+class TodoCounts(NamedTuple):
+    total: int
+    open: int
+
+
+class DeletedUser(NamedTuple):
+    id: int
+
+
+class DeletedTodo(NamedTuple):
+    id: int
+    user_id: int
 
 
 # Declarative tables are typed FromClause; the statements below want the Table they are.
@@ -52,27 +86,39 @@ _users = cast(Table, User.__table__)
 _todos = cast(Table, Todo.__table__)
 
 # Built once: a statement object keeps its cache key, so executing it skips even that walk.
-_GET_USER = select(_users).where(_users.c.id == bindparam("user_id"))
-_GET_USER_BY_EMAIL = select(_users).where(_users.c.email == bindparam("email"))
+_GET_USER = db.Statement(select(_users).where(_users.c.id == bindparam("user_id")), UserRow)
+_GET_USER_BY_EMAIL = db.Statement(
+    select(_users).where(_users.c.email == bindparam("email")), UserRow
+)
 _COUNT_USERS = select(func.count()).select_from(_users)
-_PAGE_USERS = (
-    select(_users).order_by(_users.c.id).limit(bindparam("limit")).offset(bindparam("offset"))
+_PAGE_USERS = db.Statement(
+    select(_users).order_by(_users.c.id).limit(bindparam("limit")).offset(bindparam("offset")),
+    UserRow,
 )
 _COUNT_TODOS_OF = select(func.count()).where(_todos.c.user_id == bindparam("user_id"))
-_COUNT_TODOS = select(func.count(), func.count().filter(_todos.c.completed.is_(False))).where(
-    _todos.c.user_id == bindparam("user_id")
+_COUNT_TODOS = db.Statement(
+    select(
+        func.count().label("total"),
+        func.count().filter(_todos.c.completed.is_(False)).label("open"),
+    ).where(_todos.c.user_id == bindparam("user_id")),
+    TodoCounts,
 )
-_DELETE_USER = delete(_users).where(_users.c.id == bindparam("user_id")).returning(_users.c.id)
+_DELETE_USER = db.Statement(
+    delete(_users).where(_users.c.id == bindparam("user_id")).returning(_users.c.id), DeletedUser
+)
 # Text: SQLAlchemy 2.0 does not cache its PostgreSQL insert().on_conflict_* constructs.
-_INSERT_USER = text(
-    """
-    INSERT INTO users (name, email, tier) VALUES (:name, :email, :tier)
-    ON CONFLICT (email) DO NOTHING
-    RETURNING id, name, email, tier, created_at, updated_at
-    """
-).columns(*_users.c)
+_INSERT_USER = db.Statement(
+    text(
+        """
+        INSERT INTO users (name, email, tier) VALUES (:name, :email, :tier)
+        ON CONFLICT (email) DO NOTHING
+        RETURNING id, name, email, tier, created_at, updated_at
+        """
+    ).columns(*_users.c),
+    UserRow,
+)
 # The todo is written only if its user exists: no row back means no such user.
-_INSERT_TODO = (
+_INSERT_TODO = db.Statement(
     insert(_todos)
     .from_select(
         ["user_id", "title", "description", "completed", "completed_at"],
@@ -84,23 +130,25 @@ _INSERT_TODO = (
             bindparam("completed_at", type_=_todos.c.completed_at.type),
         ).where(_users.c.id == bindparam("user_id")),
     )
-    .returning(*_todos.c)
+    .returning(*_todos.c),
+    TodoRow,
 )
-_GET_TODO = select(_todos).where(_todos.c.id == bindparam("todo_id"))
-_DELETE_TODO = (
+_GET_TODO = db.Statement(select(_todos).where(_todos.c.id == bindparam("todo_id")), TodoRow)
+_DELETE_TODO = db.Statement(
     delete(_todos)
     .where(_todos.c.id == bindparam("todo_id"))
-    .returning(_todos.c.id, _todos.c.user_id)
+    .returning(_todos.c.id, _todos.c.user_id),
+    DeletedTodo,
 )
 
 
 @lru_cache
 def _todo_queries(
     by_user: bool, by_completed: bool
-) -> tuple[Select[tuple[int]], Select[TodoColumns]]:
+) -> tuple[db.Statement[Count], db.Statement[TodoRow]]:
     """(count, page) of the todos, filtered by user and/or completion: four pairs, each
     built once."""
-    count, page = select(func.count()).select_from(_todos), select(_todos)
+    count, page = select(func.count().label("total")).select_from(_todos), select(_todos)
     for apply, condition in (
         (by_user, _todos.c.user_id == bindparam("user_id")),
         (by_completed, _todos.c.completed == bindparam("completed")),
@@ -108,7 +156,7 @@ def _todo_queries(
         if apply:
             count, page = count.where(condition), page.where(condition)
     page = page.order_by(_todos.c.id).limit(bindparam("limit")).offset(bindparam("offset"))
-    return count, page
+    return db.Statement(count, Count), db.Statement(page, TodoRow)
 
 
 class _Repository:
@@ -138,9 +186,10 @@ class UserRepository(_Repository):
     """Users as SQLAlchemy Core statements on one autocommit connection (each statement
     its own transaction, no BEGIN/COMMIT round trips); rows, not ORM objects."""
 
-    async def _one(self, statement: Executable, params: Mapping[str, object]) -> UserRow | None:
-        """The user row ``statement`` (built once) returns (each one given here returns whole
-        rows), run on the driver (``db.execute``)."""
+    async def _one(
+        self, statement: db.Statement[UserRow], params: Mapping[str, object]
+    ) -> UserRow | None:
+        """The user row ``statement`` (built once) returns, run on the driver (``db.execute``)."""
         return (await db.execute(self.connection, statement, params)).first()
 
     async def get(self, user_id: int) -> UserRow | None:
@@ -160,8 +209,9 @@ class UserRepository(_Repository):
     async def page(self, limit: int, offset: int) -> tuple[list[UserRow], int]:
         with self._span("list_users", **{"db.limit": limit, "db.offset": offset}) as span:
             total = await self.connection.scalar(_COUNT_USERS)
-            result = await self.connection.execute(_PAGE_USERS, {"limit": limit, "offset": offset})
-            users = list(result.all())
+            users = await db.execute(
+                self.connection, _PAGE_USERS, {"limit": limit, "offset": offset}
+            )
             span.set_attribute("db.rows", len(users))
             if faults.active("n-plus-one"):  # one more query per listed user, as lazy loads do
                 faults.mark(span, "n-plus-one")
@@ -184,8 +234,9 @@ class UserRepository(_Repository):
         with self._span("update_user", **{"user.id": user_id}):
             statement = (
                 update(_users).where(_users.c.id == user_id).values(**changes).returning(*_users.c)
-            )
-            return (await self.connection.execute(statement)).first()
+            )  # built per call (its columns vary): SQLAlchemy's execution, not db.execute
+            row = (await self.connection.execute(statement)).first()
+            return None if row is None else UserRow._make(row)
 
     async def delete(self, user_id: int) -> bool:
         """Delete the user (their todos go with it: ON DELETE CASCADE); False if unknown."""
@@ -198,9 +249,8 @@ class UserRepository(_Repository):
     async def todo_counts(self, user_id: int) -> tuple[int, int]:
         """(all todos, open todos) of a user: the profile enrichment reads these."""
         with self._span("count_todos", **{"user.id": user_id}):
-            result = await db.execute(self.connection, _COUNT_TODOS, {"user_id": user_id})
-            total, open_todos = result.one()
-            return int(total), int(open_todos)
+            counts = (await db.execute(self.connection, _COUNT_TODOS, {"user_id": user_id})).one()
+            return counts.total, counts.open
 
 
 class TodoRepository(_Repository):
@@ -225,10 +275,10 @@ class TodoRepository(_Repository):
             attributes["todo.completed"] = params["completed"] = completed
         count, page = _todo_queries(user_id is not None, completed is not None)
         with self._span("list_todos", **attributes) as span:
-            total = (await db.execute(self.connection, count, params)).scalar()
-            todos = list(await db.execute(self.connection, page, params))
+            total = (await db.execute(self.connection, count, params)).one().total
+            todos = await db.execute(self.connection, page, params)
             span.set_attribute("db.rows", len(todos))
-            return todos, int(total or 0)
+            return todos, total
 
     async def add(self, user_id: int, values: Mapping[str, object]) -> TodoRow | None:
         """Insert a todo for ``user_id``; None when there is no such user."""
@@ -244,10 +294,11 @@ class TodoRepository(_Repository):
         with self._span("update_todo", **{"todo.id": todo.id, "user.id": todo.user_id}):
             statement = (
                 update(_todos).where(_todos.c.id == todo.id).values(**changes).returning(*_todos.c)
-            )
-            return (await self.connection.execute(statement)).first()
+            )  # built per call (its columns vary): SQLAlchemy's execution, not db.execute
+            row = (await self.connection.execute(statement)).first()
+            return None if row is None else TodoRow._make(row)
 
-    async def delete(self, todo_id: int) -> db.Row | None:
+    async def delete(self, todo_id: int) -> DeletedTodo | None:
         """Delete the todo; its row (id, user_id), or None when there was none."""
         with self._span("delete_todo", **{"todo.id": todo_id}) as span:
             deleted = (
