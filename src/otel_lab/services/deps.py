@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 import redis.asyncio
-from celery import Celery
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from otel_lab.queue import TaskPublisher
 from otel_lab.settings import Settings
 from otel_lab.telemetry import Telemetry
 
@@ -50,4 +50,5 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 # For a route that opens a session only on some paths (a cache miss).
 SessionFactoryDep = Annotated[async_sessionmaker[AsyncSession], Depends(lifespan_state("sessions"))]
 RedisDep = Annotated[redis.asyncio.Redis, Depends(lifespan_state("redis"))]
-CeleryDep = Annotated[Celery, Depends(lifespan_state("celery"))]
+# Queues Celery tasks by name (the api's enrichment), from the event loop.
+TaskPublisherDep = Annotated[TaskPublisher, Depends(lifespan_state("tasks"))]

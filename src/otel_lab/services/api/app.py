@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.datastructures import State
 
 from otel_lab.cache import create_async_redis, create_redis
-from otel_lab.queue import create_celery_app
+from otel_lab.queue import create_task_publisher
 from otel_lab.registry import API
 from otel_lab.services.api import analyze, items, showcase, weather
 from otel_lab.services.api.analyze_service import WorkerService
@@ -30,18 +30,20 @@ async def lifespan(settings: Settings, telemetry: Telemetry) -> AsyncIterator[di
     register_queue_depth(create_redis(settings, Telemetry(enabled=False)))
     weather_client = weather.WeatherClient.from_settings(settings, telemetry)
     instrument_celery(telemetry)  # the publish spans (apply_async/...) go where the app's go
+    tasks = create_task_publisher(settings)
     try:
         async with database(settings, telemetry) as db:
             yield {
                 **db,
                 "redis": redis,
-                "celery": create_celery_app(settings),
+                "tasks": tasks,
                 "weather": weather_client,
                 "showcase": Showcase(telemetry, SERVICE_NAME),
                 "analysis": WorkerService(telemetry),
             }
     finally:
         await weather_client.aclose()
+        await tasks.aclose()
         await redis.aclose()
 
 

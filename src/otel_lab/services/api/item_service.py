@@ -11,17 +11,12 @@ pending sweep queues its enrichment once the broker is back (``worker.app``).
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
 import logging
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import anyio
 import redis.asyncio
-from celery import Celery
 from kombu.exceptions import KombuError
 from opentelemetry import trace
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,6 +27,7 @@ from starlette.responses import Response
 from otel_lab import faults
 from otel_lab.cache import CACHE_TIMEOUT_SECONDS
 from otel_lab.items import ITEM_ENRICHMENT, Item, ItemCreate, ItemOut
+from otel_lab.queue import TaskPublisher
 from otel_lab.services import deadline
 from otel_lab.services.api import item_repository
 from otel_lab.services.downstream import CircuitBreaker, CircuitOpenError
@@ -47,40 +43,30 @@ PUBLISH_DEADLINE_SECONDS = 1.5
 # trial call decides. Per process, as the failures they count are.
 cache_breaker = CircuitBreaker("cache", failure_threshold=3, reset_seconds=5.0)
 broker_breaker = CircuitBreaker("broker", failure_threshold=3, reset_seconds=5.0)
-# The publish blocks (kombu), so it runs on a thread: on an executor of its own, rather
-# than anyio's ``to_thread`` (its hand-off, a capacity limiter and a Python ``Queue`` per
-# call, cost the api about 0.1 ms of CPU more per ``POST /items``: docs/performance.md) or
-# the loop's default executor (which a hung broker would fill). Threads start on first
-# use, so a forked child starts none.
-_publisher = ThreadPoolExecutor(max_workers=8, thread_name_prefix="enrichment-publish")
 T = TypeVar("T")
 
 
-async def create(autocommit: AsyncEngine, celery: Celery, body: ItemCreate) -> ItemOut:
+async def create(autocommit: AsyncEngine, tasks: TaskPublisher, body: ItemCreate) -> ItemOut:
     """Insert the item, then queue its enrichment in the same trace."""
     out = ItemOut.model_validate(await item_repository.add(autocommit, body))
-    await _enqueue_enrichment(celery, out.id)
+    await _enqueue_enrichment(tasks, out.id)
     logger.info("item_created", extra={"item_id": out.id})
     return out
 
 
-async def _enqueue_enrichment(celery: Celery, item_id: int) -> None:
+async def _enqueue_enrichment(tasks: TaskPublisher, item_id: int) -> None:
     """A broker outage leaves the item pending (the sweep queues it later), never fails
     or holds the write: the publish gets a deadline, and is skipped while its breaker is
-    open. A publish cut off by the deadline finishes or fails on its thread (socket timeout).
-    The deadline is the request's too: what is left of it, less the time to answer in.
-    The thread runs in a copy of the request's context: the publish span and the trace
-    context the task carries are the request's."""
+    open. A publish cut off by the deadline is cancelled (the sweep queues the item if
+    its LPUSH did not get through). The deadline is the request's too: what is left of
+    it, less the time to answer in. The publish span and the trace context the task
+    carries are the request's (``queue.TaskPublisher``: on the event loop, no thread)."""
     try:
         broker_breaker.allow("publish")
         left = deadline.remaining()
         left -= deadline.margin(left)
-        publish = functools.partial(celery.send_task, ITEM_ENRICHMENT, args=[item_id], retry=True)
         with anyio.fail_after(max(0.0, min(PUBLISH_DEADLINE_SECONDS, left))):
-            # Cancelled by the deadline, the wait is abandoned; the thread goes on.
-            await asyncio.get_running_loop().run_in_executor(
-                _publisher, contextvars.copy_context().run, publish
-            )
+            await tasks.send_task(ITEM_ENRICHMENT, [item_id])
     except (KombuError, RedisError, OSError, TimeoutError, CircuitOpenError) as exc:
         if not isinstance(exc, CircuitOpenError):
             broker_breaker.record_failure()

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from otel_lab.items import ItemCreate, ItemOut
 from otel_lab.services.api import item_service
-from otel_lab.services.deps import AutocommitDep, CeleryDep, RedisDep, SettingsDep
+from otel_lab.services.deps import AutocommitDep, RedisDep, SettingsDep, TaskPublisherDep
 from otel_lab.services.params import path_id
 
 router = APIRouter(prefix="/items", tags=["items"])
@@ -20,9 +20,11 @@ ItemId = Annotated[int, path_id("The item's id")]
 
 
 @router.post("", status_code=201)
-async def create_item(body: ItemCreate, autocommit: AutocommitDep, celery: CeleryDep) -> ItemOut:
+async def create_item(
+    body: ItemCreate, autocommit: AutocommitDep, tasks: TaskPublisherDep
+) -> ItemOut:
     """Insert the item, then queue its enrichment in the same trace."""
-    return await item_service.create(autocommit, celery, body)
+    return await item_service.create(autocommit, tasks, body)
 
 
 @router.get("/{item_id}", response_model=ItemOut, responses={404: {"description": "No such item"}})
