@@ -564,7 +564,7 @@ class _Point:
     attrs_json: str | None
     start_ns: int | None
     time_ns: int
-    value: Any
+    value: Any  # a number for a sum or gauge (the kind says which points), NULL otherwise
     data: str | None
     exemplars: str | None
 

@@ -38,9 +38,15 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
 
-from otel_lab.console.model import AggregationTemporality, SpanKind, StatusCode
+from otel_lab.console.model import (
+    AggregationTemporality,
+    PointData,
+    SpanKind,
+    SQLValue,
+    StatusCode,
+)
+from otel_lab.jsontypes import JSONObject
 
 JOB = "console-derived"  # the prom_scrapes / prom_series job of the derived series
 INSTANCE = "console"
@@ -220,10 +226,10 @@ class Derived:
         from those arriving next (at start-up: what a previous run counted is not recounted)."""
         self._span_rowid: int | None = 0 if from_start else None
         self._point_rowid: int | None = 0 if from_start else None
-        self._calls: dict[tuple[Any, ...], tuple[list[_Slot], int, _Histogram]] = {}
+        self._calls: dict[tuple[SQLValue, ...], tuple[list[_Slot], int, _Histogram]] = {}
         self._edges: dict[tuple[str, str, str, bool], _Edge] = {}
         self._otlp: dict[tuple[str, str], _Latest] = {}
-        self._resources: dict[int, dict[str, Any]] = {}
+        self._resources: dict[int, JSONObject] = {}
 
     def close(self) -> None:
         if self._conn is not None:
@@ -351,7 +357,7 @@ class Derived:
         service: str,
         attrs: str | None,
         time_ns: int,
-        data: dict[str, Any],
+        data: PointData,
         exemplars: list[Exemplar],
         resource_id: int,
         delta: bool,

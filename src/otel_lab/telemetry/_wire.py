@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.util.types import AnyValue
 
-_Item = TypeVar("_Item")
+_Item = TypeVar("_Item", ReadableSpan, ReadableLogRecord)
 _pack_double = struct.Struct("<d").pack
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_fixed32 = struct.Struct("<I").pack
@@ -76,7 +77,7 @@ _KV_VALUE = _key(2, _LEN)
 _LIST_VALUES = _key(1, _LEN)  # ArrayValue.values and KeyValueList.values
 
 
-def any_value(value: Any) -> bytes:
+def any_value(value: AnyValue) -> bytes:
     """An ``AnyValue`` message (without its own length prefix)."""
     if value is None:
         return b""
@@ -99,7 +100,7 @@ def any_value(value: Any) -> bytes:
     raise TypeError(f"cannot encode a {type(value).__name__} as an OTLP AnyValue")
 
 
-def key_value(key: str, value: Any) -> bytes:
+def key_value(key: str, value: AnyValue) -> bytes:
     """A ``KeyValue`` message (without its own length prefix)."""
     return _len_field(_KV_KEY, key.encode("utf-8")) + _len_field(_KV_VALUE, any_value(value))
 
@@ -117,11 +118,11 @@ class _PairCache:
     __slots__ = ("_by_key", "_per_key", "_uncached")
 
     def __init__(self, per_key: int = 64) -> None:
-        self._by_key: dict[str, dict[tuple[type, Any], bytes]] = {}
+        self._by_key: dict[str, dict[tuple[type, AnyValue], bytes]] = {}
         self._uncached: set[str] = set()
         self._per_key = per_key
 
-    def field(self, field_key: bytes, key: str, value: Any) -> bytes:
+    def field(self, field_key: bytes, key: str, value: AnyValue) -> bytes:
         """The pair as a length-prefixed field ``field_key`` of its parent message."""
         if key in self._uncached or isinstance(value, (list, tuple, dict)):
             return _len_field(field_key, key_value(key, value))
@@ -140,7 +141,9 @@ class _PairCache:
         return field_key + encoded
 
 
-def _attributes(cache: _PairCache, field_key: bytes, attributes: Mapping[str, Any] | None) -> bytes:
+def _attributes(
+    cache: _PairCache, field_key: bytes, attributes: Mapping[str, AnyValue] | None
+) -> bytes:
     if not attributes:
         return b""
     return b"".join([cache.field(field_key, k, v) for k, v in attributes.items()])
@@ -160,7 +163,7 @@ def _resource(resource: Resource) -> bytes:
     )
 
 
-def key_value_field(field_key: bytes, key: str, value: Any) -> bytes:
+def key_value_field(field_key: bytes, key: str, value: AnyValue) -> bytes:
     return _len_field(field_key, key_value(key, value))
 
 
@@ -204,11 +207,12 @@ class _Envelopes:
         return hit[1]
 
 
-def _group(
-    items: Sequence[Any], encode: Callable[[Any], bytes]
-) -> dict[int, tuple[Resource, dict[int, tuple[Any, list[bytes]]]]]:
+_Groups = dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[bytes]]]]]
+
+
+def _group(items: Sequence[_Item], encode: Callable[[_Item], bytes]) -> _Groups:
     """Items grouped by resource, then scope (by identity), each already encoded."""
-    groups: dict[int, tuple[Resource, dict[int, tuple[Any, list[bytes]]]]] = {}
+    groups: _Groups = {}
     for item in items:
         resource = item.resource
         scope = item.instrumentation_scope or None
@@ -224,7 +228,7 @@ def _group(
 
 def _request(
     envelopes: _Envelopes,
-    groups: dict[int, tuple[Resource, dict[int, tuple[Any, list[bytes]]]]],
+    groups: _Groups,
     item_field: bytes,
 ) -> bytes:
     """ExportXServiceRequest { resource_X { resource, scope_X { scope, items } } }: the
@@ -289,7 +293,7 @@ _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
 
 
-def _flags(parent: Any) -> bytes:
+def _flags(parent: SpanContext | None) -> bytes:
     flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
     return _pack_fixed32(flags)
 

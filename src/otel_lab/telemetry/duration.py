@@ -89,7 +89,7 @@ class Instrument:
     name: str
     description: str
     boundaries: tuple[float, ...]
-    attributes: Callable[[Key], dict[str, Any]]
+    attributes: Callable[[Key], dict[str, str | int]]
     unit: str = "s"
 
 
@@ -222,9 +222,9 @@ def duration_histogram(
     return store if store is not None else SdkHistogram(meter_provider, scope, instrument)
 
 
-def _server_attributes(key: Key) -> dict[str, Any]:
+def _server_attributes(key: Key) -> dict[str, str | int]:
     method, status_code, route, error_type = key
-    attributes: dict[str, Any] = {
+    attributes: dict[str, str | int] = {
         "http.request.method": method,
         "http.response.status_code": status_code,
     }
@@ -296,7 +296,10 @@ class MeterProvider(sdk_metrics.MeterProvider):
         self._producers.append(producer)
 
     def _collect(
-        self, sdk_collect: Any, reader: MetricReader, timeout_millis: float = 10_000
+        self,
+        sdk_collect: Callable[..., MetricsData | None],
+        reader: MetricReader,
+        timeout_millis: float = 10_000,
     ) -> MetricsData | None:
         data: MetricsData | None = sdk_collect(reader, timeout_millis=timeout_millis)
         produced = [p for p in (producer(reader) for producer in self._producers) if p]

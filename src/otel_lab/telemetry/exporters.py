@@ -43,7 +43,12 @@ class ConfigurationError(ValueError):
     """An ``OTEL_*`` variable names something this process cannot do."""
 
 
-def _send(exporter: Any, data: bytes, count: int, what: str) -> bool:
+def _send(
+    exporter: trace_exporter.OTLPSpanExporter | _log_exporter.OTLPLogExporter,
+    data: bytes,
+    count: int,
+    what: str,
+) -> bool:
     """The official exporters' send step: size check, HTTP with retries, SDK metrics."""
     with exporter._metrics.export_operation(count) as result:
         if 0 < exporter._max_request_size < len(data):
@@ -90,7 +95,7 @@ def _env(name: str, signal: str) -> str | None:
     return specific if specific else os.environ.get(f"OTEL_EXPORTER_OTLP_{name}")
 
 
-def _otlp_options(signal: str) -> dict[str, Any]:
+def _otlp_options(signal: str) -> dict[str, float]:
     """A short timeout unless a standard timeout variable sets one (the Python exporters
     read them in seconds)."""
     return {} if _env("TIMEOUT", signal) else {"timeout": DEFAULT_EXPORT_TIMEOUT_SECONDS}

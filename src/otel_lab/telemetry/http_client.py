@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
 
 import aiohttp
 from opentelemetry import metrics, propagate, trace
@@ -42,10 +41,10 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.
 
 
 @functools.lru_cache(maxsize=512)
-def _target(url: URL) -> tuple[str, dict[str, Any], tuple[str | None, int | None]]:
+def _target(url: URL) -> tuple[str, dict[str, str | int], tuple[str | None, int | None]]:
     """``url.full``, the server attributes of a URL and the same as a key (a service calls
     a few URLs over and over, so each is worked out once)."""
-    server: dict[str, Any] = {}
+    server: dict[str, str | int] = {}
     if url.host:
         server[SERVER_ADDRESS] = url.host
     if url.port:
@@ -53,9 +52,9 @@ def _target(url: URL) -> tuple[str, dict[str, Any], tuple[str | None, int | None
     return redact_url(str(url)), server, (url.host or None, url.port or None)
 
 
-def _duration_attributes(key: Key) -> dict[str, Any]:
+def _duration_attributes(key: Key) -> dict[str, str | int]:
     address, port, method, status, error_type = key
-    attributes: dict[str, Any] = {}
+    attributes: dict[str, str | int] = {}
     if address is not None:
         attributes[SERVER_ADDRESS] = address
     if port is not None:

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.util.types import AnyValue
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
@@ -32,9 +34,11 @@ ACCESS_LOGGER = "otel_lab.request"
 _CORRELATION_FIELDS = ("trace_id", "span_id", "service")
 
 
-def _correlating_factory(service_name: str, base_factory: Any) -> Any:
-    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record: logging.LogRecord = base_factory(*args, **kwargs)
+def _correlating_factory(
+    service_name: str, base_factory: Callable[..., logging.LogRecord]
+) -> Callable[..., logging.LogRecord]:
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:  # LogRecord's own arguments
+        record = base_factory(*args, **kwargs)
         # Unset values are left off rather than set to None: OTLP attributes cannot be null.
         record.service = service_name
         if request_id := request_id_var.get():
@@ -66,7 +70,7 @@ class OTLPHandler(LoggingHandler):
     puts the trace context in the record's ``trace_id``/``span_id`` and the service on
     the resource."""
 
-    def _get_attributes(self, record: logging.LogRecord) -> tuple[dict[str, Any], str | None]:
+    def _get_attributes(self, record: logging.LogRecord) -> tuple[dict[str, AnyValue], str | None]:
         attributes, event_name = super()._get_attributes(record)
         for name in _CORRELATION_FIELDS:
             attributes.pop(name, None)
@@ -135,7 +139,7 @@ class AccessLog:
 
 
 _base_record_factory = logging.getLogRecordFactory()
-_stderr_handler: logging.StreamHandler[Any] | None = None
+_stderr_handler: logging.StreamHandler[TextIO] | None = None
 
 
 def configure_logging(service_name: str, level: str, otlp_handler: logging.Handler | None) -> None:

@@ -20,7 +20,6 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry._logs import set_logger_provider
@@ -51,7 +50,19 @@ _DEFAULTS = {
     "OTEL_BLRP_MAX_QUEUE_SIZE": 4096,
 }
 
-_state: dict[str, Any] = {}
+
+@dataclass
+class _Installed:
+    """What :func:`setup_telemetry` installed: returned again, flushed at shutdown (the
+    providers only when they are its own)."""
+
+    telemetry: Telemetry | None = None
+    tracer: TracerProvider | None = None
+    meter: MeterProvider | None = None
+    logger: LoggerProvider | None = None
+
+
+_state = _Installed()
 
 
 def telemetry_enabled() -> bool:
@@ -149,18 +160,17 @@ def setup_telemetry(
     The arguments are defaults: ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``
     override the first three. Returns the providers installed.
     """
-    installed = _state.get("telemetry")
-    if isinstance(installed, Telemetry):
-        return installed
+    if _state.telemetry is not None:
+        return _state.telemetry
     if not telemetry_enabled():
         configure_logging(service_name, log_level, otlp_handler=None)
-        _state["telemetry"] = off = Telemetry(enabled=False)
+        _state.telemetry = off = Telemetry(enabled=False)
         return off
 
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         # Zero-code mode: `opentelemetry-instrument` installed the providers before us.
         configure_logging(service_name, log_level, otlp_handler=LoggingHandler())
-        _state["telemetry"] = external = Telemetry()
+        _state.telemetry = external = Telemetry()
         return external
 
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
@@ -204,21 +214,18 @@ def setup_telemetry(
         otlp_handler=OTLPHandler(logger_provider=logger_provider) if log_exporters else None,
     )
     telemetry = Telemetry(tracer_provider, meter_provider)
-    _state.update(
-        tracer=tracer_provider, meter=meter_provider, logger=logger_provider, telemetry=telemetry
-    )
+    _state.tracer, _state.meter, _state.logger = tracer_provider, meter_provider, logger_provider
+    _state.telemetry = telemetry
     return telemetry
 
 
-def _flush_and_shutdown() -> None:
-    for key in ("tracer", "logger"):
-        provider = _state.get(key)
+def _flush_and_shutdown(installed: _Installed) -> None:
+    for provider in (installed.tracer, installed.logger):
         if provider is not None:
             provider.force_flush(_SHUTDOWN_FLUSH_MILLIS)
             provider.shutdown()
-    meter_provider = _state.get("meter")
-    if meter_provider is not None:
-        meter_provider.shutdown(timeout_millis=_SHUTDOWN_FLUSH_MILLIS)
+    if installed.meter is not None:
+        installed.meter.shutdown(timeout_millis=_SHUTDOWN_FLUSH_MILLIS)
 
 
 def shutdown_telemetry() -> None:
@@ -227,8 +234,11 @@ def shutdown_telemetry() -> None:
     The SDK's flush does not honour its timeout when the endpoint is unreachable
     (opentelemetry-python#4568), so it runs on a daemon thread that is given a deadline.
     """
-    if _state.get("tracer") is not None:
-        worker = threading.Thread(target=_flush_and_shutdown, name="otel-shutdown", daemon=True)
+    global _state
+    if _state.tracer is not None:
+        worker = threading.Thread(
+            target=_flush_and_shutdown, args=(_state,), name="otel-shutdown", daemon=True
+        )
         worker.start()
         worker.join(_SHUTDOWN_DEADLINE_SECONDS)
-    _state.clear()
+    _state = _Installed()

@@ -14,7 +14,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from otel_lab.console.otlp import Batch
 from otel_lab.console.store.ingest import IngestQueue
@@ -27,6 +27,7 @@ from otel_lab.console.store.writer import StoreStats, Writer
 __all__ = ["MINUTE_NS", "EvictionStats", "Store", "StoreStats", "hist_bounds", "hist_bucket"]
 
 log = logging.getLogger("otel_lab.console.store")
+T = TypeVar("T")
 
 
 class Store:
@@ -134,14 +135,13 @@ class Store:
         """Wait until everything queued so far is committed (for tests and benchmarks)."""
         return self._ingest.flush(timeout)
 
-    def call(self, fn: Callable[[sqlite3.Connection], Any], timeout: float = 120.0) -> Any:
+    def call(self, fn: Callable[[sqlite3.Connection], T], timeout: float = 120.0) -> T:
         """Run ``fn(db)`` in the writer thread after the batches queued so far; its result."""
         return self._ingest.call(fn, timeout)
 
     def clear(self) -> dict[str, int]:
         """Delete all telemetry (in the writer thread, after what is already queued)."""
-        cleared: dict[str, int] = self.call(self._clear)
-        return cleared
+        return self.call(self._clear)
 
     def _clear(self, _db: sqlite3.Connection) -> dict[str, int]:
         cleared = self._retention.clear()

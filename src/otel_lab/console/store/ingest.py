@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from otel_lab.console.otlp import Batch
 from otel_lab.console.store.retention import Retention
@@ -55,13 +55,16 @@ def _glibc_malloc_trim() -> Callable[[], object] | None:
 _malloc_trim = _glibc_malloc_trim()
 
 
-class Command:
+T = TypeVar("T")
+
+
+class Command(Generic[T]):
     """Work for the writer thread that must run in order with the queued batches."""
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, fn: Callable[[sqlite3.Connection], T]) -> None:
         self.fn = fn
         self.done = threading.Event()
-        self.result: Any = None
+        self.result: T  # set by run() unless it fails
         self.error: BaseException | None = None
 
     def run(self, db: sqlite3.Connection) -> None:
@@ -77,7 +80,11 @@ class Command:
         self.done.set()
 
 
-_STOP = object()
+class _Stop:
+    """The queue's end marker."""
+
+
+_STOP = _Stop()
 
 
 @dataclass
@@ -85,7 +92,7 @@ class _Take:
     """What the writer took from the queue in one round."""
 
     batches: list[Batch] = field(default_factory=list)
-    commands: list[Command] = field(default_factory=list)
+    commands: list[Command[Any]] = field(default_factory=list)
     rows: int = 0
     stop: bool = False
 
@@ -118,7 +125,7 @@ class IngestQueue:
         self.closed = False
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Batch | Command[Any] | _Stop] = queue.SimpleQueue()
         self._optimized_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="console-store-writer", daemon=True)
         self._thread.start()
@@ -151,7 +158,7 @@ class IngestQueue:
                 self._idle.wait(remaining)
         return True
 
-    def call(self, fn: Callable[[sqlite3.Connection], Any], timeout: float) -> Any:
+    def call(self, fn: Callable[[sqlite3.Connection], T], timeout: float) -> T:
         """Run ``fn(db)`` in the writer thread after the batches queued so far."""
         if self.closed:
             raise RuntimeError("store is closed")
@@ -194,7 +201,7 @@ class IngestQueue:
             if _malloc_trim is not None:
                 _malloc_trim()
 
-    def _first(self) -> Any:
+    def _first(self) -> Batch | Command[Any] | _Stop | None:
         try:
             if self.retention.plan is not None:
                 return self._queue.get_nowait()  # eviction pending: do not sleep
@@ -208,7 +215,7 @@ class IngestQueue:
         item = self._first()
         self.backlog = max(self.backlog, self.pending)
         while item is not None:
-            if item is _STOP:
+            if isinstance(item, _Stop):
                 take.stop = True
                 break
             if isinstance(item, Command):
@@ -232,7 +239,7 @@ class IngestQueue:
                 return
             if isinstance(item, Command):
                 item.refuse()
-            elif item is not _STOP:
+            elif not isinstance(item, _Stop):
                 take.add(item)
 
     def _commit(self, take: _Take) -> None:

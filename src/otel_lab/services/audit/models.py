@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import DateTime, Identity, Integer, String, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from otel_lab.db import Base
+from otel_lab.jsontypes import JSONObject
 
 
 class AuditLog(Base):
@@ -22,7 +22,7 @@ class AuditLog(Base):
     user_id: Mapped[int] = mapped_column(Integer, index=True)
     order_id: Mapped[int | None] = mapped_column(Integer, index=True)
     action: Mapped[str] = mapped_column(String(64))
-    details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    details: Mapped[JSONObject] = mapped_column(JSONB, default=dict)
     trace_id: Mapped[str | None] = mapped_column(String(32))
     request_id: Mapped[str | None] = mapped_column(String(128))
     # A retried call with the same key writes one row, not two.

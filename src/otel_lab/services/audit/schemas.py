@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from otel_lab.services.params import RowId
 
@@ -34,7 +34,7 @@ class AuditLogOut(BaseModel):
     user_id: int
     order_id: int | None
     action: str
-    details: dict[str, Any]
+    details: dict[str, JsonValue]
     trace_id: str | None
     request_id: str | None
     created_at: datetime
