@@ -22,7 +22,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from otel_lab.db import WARM_CONNECTIONS, create_blocking_engine, create_engine, warm_up
+from otel_lab.db import (
+    POOL_SIZE,
+    WARM_CONNECTIONS,
+    create_blocking_engine,
+    create_engine,
+    warm_up,
+)
 from otel_lab.runtime.embedded import EmbeddedPostgres
 from otel_lab.services import deadline as request_deadline
 from otel_lab.settings import Settings
@@ -124,9 +130,9 @@ def test_the_request_deadline_cuts_every_wait_shorter(postgres: EmbeddedPostgres
                         await conn.execute(text(SLOW))
                 assert time.monotonic() - started < 0.55
 
-            # Every pooled connection (10 + 10 overflow) taken: the next checkout waits.
+            # Every connection the pool may hold (POOL_SIZE) taken: the next checkout waits.
             async with AsyncExitStack() as held:
-                for _ in range(20):
+                for _ in range(POOL_SIZE):
                     await held.enter_async_context(engine.connect())
                 with request_deadline.within(budget):
                     started = time.monotonic()
