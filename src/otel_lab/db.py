@@ -605,9 +605,8 @@ async def execute(
     run.before(cursor)
     try:
         await cursor.execute(run.sql, run.parameters)
-        rows = run.compiled.rows(
-            cursor.description, await cursor.fetchall() if cursor.description else ()
-        )
+        description = cursor.description  # psycopg builds it anew at every read
+        rows = run.compiled.rows(description, await cursor.fetchall() if description else ())
     except BaseException as exc:
         await greenlet_spawn(run.failed, exc)  # closing a connection awaits the driver
     run.after(cursor)
@@ -634,9 +633,8 @@ def execute_blocking(
     run.before(cursor)
     try:
         cursor.execute(run.sql, run.parameters)
-        rows = run.compiled.rows(
-            cursor.description, cursor.fetchall() if cursor.description else ()
-        )
+        description = cursor.description
+        rows = run.compiled.rows(description, cursor.fetchall() if description else ())
     except BaseException as exc:
         run.failed(exc)
     run.after(cursor)

@@ -2,46 +2,53 @@
 status no other code path uses, written and deleted within one transaction of the caller's
 connection, one statement per step.
 
-Core statements built once (the ids as an expanding parameter), on a connection rather than
-an ORM session: the session's bulk-insert path, identity map and per-statement ORM
-compilation cost the api more than the rest of the request (docs/performance.md).
+Statements built once and run on the driver (``db.execute``, in the caller's transaction):
+the rows are written by one ``INSERT ... SELECT`` over an array of descriptions and the
+ids are passed as one array (``= ANY(:ids)``), so no statement depends on the number of
+rows (SQLAlchemy's expanding ``IN`` list and multi-row insert, which ``db.execute`` does
+not compile, cost the api about twice as much per step; docs/performance.md).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Integer, bindparam, delete, func, insert, select, update
+from sqlalchemy import ARRAY, Integer, any_, bindparam, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from otel_lab import db
 from otel_lab.items import items as _items
 
 SCRATCH_NAME = "db-operation scratch row"
+SCRATCH_STATUS = "scratch"
 
-_ids = bindparam("ids", type_=Integer, expanding=True)
-_ADD = insert(_items).returning(_items.c.id)
-_COUNT = select(func.count()).select_from(_items).where(_items.c.id.in_(_ids))
-_TOUCH = update(_items).where(_items.c.id.in_(_ids)).values(description="scratch, updated")
-_REMOVE = delete(_items).where(_items.c.id.in_(_ids))
+_ids = any_(bindparam("ids", type_=ARRAY(Integer)))
+_ADD = text(
+    """
+    INSERT INTO items (name, description, status)
+    SELECT :name, description, :status
+    FROM unnest(CAST(:descriptions AS text[])) WITH ORDINALITY AS scratch(description, n)
+    ORDER BY scratch.n
+    RETURNING id
+    """
+).columns(id=Integer)
+_COUNT = select(func.count()).select_from(_items).where(_items.c.id == _ids)
+_TOUCH = update(_items).where(_items.c.id == _ids).values(description=bindparam("description"))
+_REMOVE = delete(_items).where(_items.c.id == _ids)
 
 
 async def add(connection: AsyncConnection, rows: int) -> list[int]:
     """Insert ``rows`` scratch rows; their ids, ascending."""
-    result = await connection.execute(
-        _ADD,
-        [
-            {"name": SCRATCH_NAME, "description": f"scratch {n}", "status": "scratch"}
-            for n in range(1, rows + 1)
-        ],
-    )
-    return sorted(result.scalars().all())
+    descriptions = [f"scratch {n}" for n in range(1, rows + 1)]
+    params = {"name": SCRATCH_NAME, "status": SCRATCH_STATUS, "descriptions": descriptions}
+    return sorted(row.id for row in await db.execute(connection, _ADD, params))
 
 
 async def count(connection: AsyncConnection, ids: list[int]) -> int:
-    return await connection.scalar(_COUNT, {"ids": ids}) or 0
+    return int((await db.execute(connection, _COUNT, {"ids": ids})).scalar() or 0)
 
 
 async def touch(connection: AsyncConnection, ids: list[int]) -> None:
-    await connection.execute(_TOUCH, {"ids": ids})
+    await db.execute(connection, _TOUCH, {"ids": ids, "description": "scratch, updated"})
 
 
 async def remove(connection: AsyncConnection, ids: list[int]) -> None:
-    await connection.execute(_REMOVE, {"ids": ids})
+    await db.execute(connection, _REMOVE, {"ids": ids})
