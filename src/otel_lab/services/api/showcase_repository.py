@@ -11,6 +11,8 @@ not compile, cost the api about twice as much per step; docs/performance.md).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from sqlalchemy import ARRAY, Integer, any_, bindparam, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -20,17 +22,31 @@ from otel_lab.items import items as _items
 SCRATCH_NAME = "db-operation scratch row"
 SCRATCH_STATUS = "scratch"
 
+
+class ScratchId(NamedTuple):
+    id: int
+
+
+class Count(NamedTuple):
+    total: int
+
+
 _ids = any_(bindparam("ids", type_=ARRAY(Integer)))
-_ADD = text(
-    """
-    INSERT INTO items (name, description, status)
-    SELECT :name, description, :status
-    FROM unnest(CAST(:descriptions AS text[])) WITH ORDINALITY AS scratch(description, n)
-    ORDER BY scratch.n
-    RETURNING id
-    """
-).columns(id=Integer)
-_COUNT = select(func.count()).select_from(_items).where(_items.c.id == _ids)
+_ADD = db.Statement(
+    text(
+        """
+        INSERT INTO items (name, description, status)
+        SELECT :name, description, :status
+        FROM unnest(CAST(:descriptions AS text[])) WITH ORDINALITY AS scratch(description, n)
+        ORDER BY scratch.n
+        RETURNING id
+        """
+    ).columns(id=Integer),
+    ScratchId,
+)
+_COUNT = db.Statement(
+    select(func.count().label("total")).select_from(_items).where(_items.c.id == _ids), Count
+)
 _TOUCH = update(_items).where(_items.c.id == _ids).values(description=bindparam("description"))
 _REMOVE = delete(_items).where(_items.c.id == _ids)
 
@@ -43,7 +59,7 @@ async def add(connection: AsyncConnection, rows: int) -> list[int]:
 
 
 async def count(connection: AsyncConnection, ids: list[int]) -> int:
-    return int((await db.execute(connection, _COUNT, {"ids": ids})).scalar() or 0)
+    return (await db.execute(connection, _COUNT, {"ids": ids})).one().total
 
 
 async def touch(connection: AsyncConnection, ids: list[int]) -> None:
