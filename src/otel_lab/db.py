@@ -440,6 +440,12 @@ class Statement(Generic[R]):
         self.row = row
 
 
+class Count(NamedTuple):
+    """The row of a ``select(func.count().label("total"))``."""
+
+    total: int
+
+
 class Rows(list[R]):
     """A statement's rows, with the few ``Result`` methods the repositories use."""
 

@@ -27,10 +27,6 @@ class ScratchId(NamedTuple):
     id: int
 
 
-class Count(NamedTuple):
-    total: int
-
-
 _ids = any_(bindparam("ids", type_=ARRAY(Integer)))
 _ADD = db.Statement(
     text(
@@ -45,7 +41,7 @@ _ADD = db.Statement(
     ScratchId,
 )
 _COUNT = db.Statement(
-    select(func.count().label("total")).select_from(_items).where(_items.c.id == _ids), Count
+    select(func.count().label("total")).select_from(_items).where(_items.c.id == _ids), db.Count
 )
 _TOUCH = update(_items).where(_items.c.id == _ids).values(description=bindparam("description"))
 _REMOVE = delete(_items).where(_items.c.id == _ids)

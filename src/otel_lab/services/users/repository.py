@@ -63,10 +63,6 @@ class TodoRow(NamedTuple):
 
 
 # The other statements' rows.
-class Count(NamedTuple):
-    total: int
-
-
 class TodoCounts(NamedTuple):
     total: int
     open: int
@@ -145,7 +141,7 @@ _DELETE_TODO = db.Statement(
 @lru_cache
 def _todo_queries(
     by_user: bool, by_completed: bool
-) -> tuple[db.Statement[Count], db.Statement[TodoRow]]:
+) -> tuple[db.Statement[db.Count], db.Statement[TodoRow]]:
     """(count, page) of the todos, filtered by user and/or completion: four pairs, each
     built once."""
     count, page = select(func.count().label("total")).select_from(_todos), select(_todos)
@@ -156,7 +152,7 @@ def _todo_queries(
         if apply:
             count, page = count.where(condition), page.where(condition)
     page = page.order_by(_todos.c.id).limit(bindparam("limit")).offset(bindparam("offset"))
-    return db.Statement(count, Count), db.Statement(page, TodoRow)
+    return db.Statement(count, db.Count), db.Statement(page, TodoRow)
 
 
 class _Repository:
