@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 from celery.signals import after_task_publish, before_task_publish
 from kombu import Connection, Consumer, Message
 
@@ -46,7 +47,25 @@ def _without_ids(message: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def test_the_publisher_sends_celery_s_own_message(valkey: EmbeddedValkey) -> None:
+def _noop(item_id: int) -> None:
+    del item_id
+
+
+def _register(app: Celery) -> Celery:
+    app.task(name=ITEM_ENRICHMENT, shared=False, serializer="json", ignore_result=True)(_noop)
+    assert app.tasks[ITEM_ENRICHMENT]._get_exec_options()["serializer"] == "json"  # finalized
+    return app
+
+
+def _app(settings: Settings, registered: bool) -> Celery:
+    app = create_celery_app(settings)
+    return _register(app) if registered else app
+
+
+@pytest.mark.parametrize("registered", [False, True], ids=["the api", "task registered"])
+def test_the_publisher_sends_celery_s_own_message(valkey: EmbeddedValkey, registered: bool) -> None:
+    """In the api the task is a name only; a process that has it registered (a test that
+    imported the worker's tasks) gets its execution options merged by ``send_task``."""
     settings = Settings.model_validate({"REDIS_URL": valkey.url})
     broker = redis.Redis.from_url(valkey.url)
     signals: list[tuple[str, dict[str, Any]]] = []
@@ -58,7 +77,7 @@ def test_the_publisher_sends_celery_s_own_message(valkey: EmbeddedValkey) -> Non
     after_task_publish.connect(record, weak=False, dispatch_uid="test-queue-after")
     token = request_id_var.set("rid-publish")
     try:
-        create_celery_app(settings).send_task(ITEM_ENRICHMENT, args=[7], retry=True)
+        _app(settings, registered).send_task(ITEM_ENRICHMENT, args=[7], retry=True)
         (theirs,) = broker.lrange(DEFAULT_QUEUE, 0, -1)
         broker.delete(DEFAULT_QUEUE)
         their_signals = signals[:]
@@ -66,6 +85,8 @@ def test_the_publisher_sends_celery_s_own_message(valkey: EmbeddedValkey) -> Non
 
         async def publish() -> None:
             publisher = create_task_publisher(settings)
+            if registered:
+                _register(publisher.app)
             try:
                 await publisher.send_task(ITEM_ENRICHMENT, [7])
             finally:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import redis
 import redis.asyncio
 from celery import Celery
+from kombu.entity import maybe_delivery_mode
 from kombu.serialization import dumps as serialize
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import Base64
@@ -125,7 +126,8 @@ class _Kept:
     message it is asked to publish, in the envelope kombu's Redis transport pushes
     (``kombu.Producer.publish``, then the virtual channel's ``prepare_message`` and
     ``basic_publish``), instead of pushing it. Only what the services send: the anonymous
-    exchange (a queue's name as routing key), no compression, no priority."""
+    exchange (a queue's name as routing key), no compression, no priority; anything else
+    is refused rather than sent differently from kombu."""
 
     class connection:  # kombu's attribute: send_task's error translation
         _reraise_as_library_errors = staticmethod(contextlib.nullcontext)  # no I/O here
@@ -134,27 +136,34 @@ class _Kept:
         self.queue = ""
         self.message = ""
 
-    def publish(
+    def publish(  # kombu.Producer.publish's parameters, as send_task_message passes them
         self,
         body: object,
-        *,
-        exchange: str,
-        routing_key: str,
-        serializer: str,
-        compression: str | None,
-        delivery_mode: int,
-        headers: dict[str, object],
-        **rest: object,
+        routing_key: str = "",
+        delivery_mode: int | str | None = None,
+        mandatory: bool = False,  # AMQP's; kombu's Redis transport ignores both
+        immediate: bool = False,
+        priority: int = 0,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        serializer: str | None = None,
+        headers: dict[str, object] | None = None,
+        compression: str | None = None,
+        exchange: str | None = None,
+        retry: bool = False,  # the retries are the broker client's (create_task_publisher)
+        retry_policy: dict[str, object] | None = None,
+        declare: object = None,  # the worker declares its queue and binding; the
+        # anonymous exchange needs neither
+        expiration: float | None = None,
+        timeout: float | None = None,
+        confirm_timeout: float | None = None,
+        **properties: object,
     ) -> None:
-        # Celery's own: retry, retry_policy, declare (the worker declares the queue and its
-        # binding; the anonymous exchange needs neither), timeout, confirm_timeout.
-        properties = {
-            key: value
-            for key, value in rest.items()
-            if key not in {"retry", "retry_policy", "declare", "timeout", "confirm_timeout"}
-        }
-        if exchange or compression or properties.get("priority"):
-            raise ValueError("TaskPublisher sends to a queue by name, uncompressed, priority 0")
+        if exchange or compression or priority or content_type or expiration is not None:
+            raise ValueError(
+                "TaskPublisher sends to a queue by name: no exchange, compression, priority, "
+                "expiration or serialized body"
+            )
         content_type, content_encoding, data = serialize(body, serializer=serializer)
         self.queue = routing_key
         self.message = json_dumps(
@@ -162,11 +171,11 @@ class _Kept:
                 "body": Base64().encode(data),
                 "content-encoding": content_encoding,
                 "content-type": content_type,
-                "headers": headers,
+                "headers": headers or {},
                 "properties": {
                     **properties,
-                    "delivery_mode": delivery_mode,
-                    "delivery_info": {"exchange": exchange, "routing_key": routing_key},
+                    "delivery_mode": maybe_delivery_mode(delivery_mode),
+                    "delivery_info": {"exchange": "", "routing_key": routing_key},
                     "priority": 0,
                     "body_encoding": "base64",
                     "delivery_tag": uuid(),
