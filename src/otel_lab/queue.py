@@ -199,7 +199,9 @@ class TaskPublisher:
 
     A failed or hung broker: the client's socket timeouts and one more try on a fresh
     connection, as Celery's publish retry policy says; the caller's deadline cancels the
-    wait (and the command: its connection is dropped).
+    wait (and the command: its connection is dropped). The PRODUCER span ends when
+    ``send_task`` returns, before the LPUSH, so it does not show a failed push: the caller
+    records that on its own span (``item_service``: the ``enrichment.enqueue_failed`` event).
     """
 
     def __init__(self, app: Celery, client: redis.asyncio.Redis) -> None:
