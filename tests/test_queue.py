@@ -15,6 +15,7 @@ import redis
 from celery import Celery
 from celery.signals import after_task_publish, before_task_publish
 from kombu import Connection, Consumer, Message
+from opentelemetry.trace import SpanKind
 
 from otel_lab.items import ITEM_ENRICHMENT
 from otel_lab.queue import (
@@ -25,12 +26,26 @@ from otel_lab.queue import (
 )
 from otel_lab.runtime.embedded import EmbeddedValkey, embedded_valkey
 from otel_lab.settings import Settings
+from otel_lab.telemetry import Telemetry
+from otel_lab.telemetry.celery import instrument_celery
 from otel_lab.telemetry.context import request_id_var
+from tests.inprocess.conftest import Recorded, recording
 
 # What differs from one publish to the next: the task's id (and what repeats it), the
-# delivery tag, and the reply address Celery derives from the app and the thread.
-IDS = {("headers", "id"), ("headers", "root_id"), ("properties", "correlation_id"),
-       ("properties", "delivery_tag"), ("properties", "reply_to")}  # fmt: skip
+# delivery tag, the reply address Celery derives from the app and the thread, and the
+# trace context of the publish's own PRODUCER span.
+IDS = {("headers", "id"), ("headers", "root_id"), ("headers", "traceparent"),
+       ("properties", "correlation_id"), ("properties", "delivery_tag"),
+       ("properties", "reply_to")}  # fmt: skip
+
+
+@pytest.fixture
+def recorded() -> Iterator[Recorded]:
+    """Celery's instrumentation on in-memory telemetry, whatever an earlier test left."""
+    recorded = recording()
+    instrument_celery(recorded.telemetry)
+    yield recorded
+    instrument_celery(Telemetry(enabled=False))
 
 
 @pytest.fixture
@@ -63,7 +78,9 @@ def _app(settings: Settings, registered: bool) -> Celery:
 
 
 @pytest.mark.parametrize("registered", [False, True], ids=["the api", "task registered"])
-def test_the_publisher_sends_celery_s_own_message(valkey: EmbeddedValkey, registered: bool) -> None:
+def test_the_publisher_sends_celery_s_own_message(
+    valkey: EmbeddedValkey, recorded: Recorded, registered: bool
+) -> None:
     """In the api the task is a name only; a process that has it registered (a test that
     imported the worker's tasks) gets its execution options merged by ``send_task``."""
     settings = Settings.model_validate({"REDIS_URL": valkey.url})
@@ -105,6 +122,22 @@ def test_the_publisher_sends_celery_s_own_message(valkey: EmbeddedValkey, regist
     assert _without_ids(our_message) == _without_ids(their_message)
     assert json.dumps(_without_ids(our_message)) == json.dumps(_without_ids(their_message))
     assert our_message["properties"]["correlation_id"] == our_message["headers"]["id"]
+
+    # Each message carries its own publish's PRODUCER span, and the two spans match but
+    # for the task's id.
+    theirs_span, ours_span = recorded.spans.get_finished_spans()
+    for span, message in ((theirs_span, their_message), (ours_span, our_message)):
+        assert (span.name, span.kind) == ("apply_async/item_enrichment", SpanKind.PRODUCER)
+        context = span.get_span_context()
+        trace_id, span_id = message["headers"]["traceparent"].split("-")[1:3]
+        assert (int(trace_id, 16), int(span_id, 16)) == (context.trace_id, context.span_id)
+    ours_attributes, theirs_attributes = (
+        dict(ours_span.attributes or {}),
+        dict(theirs_span.attributes or {}),
+    )
+    assert ours_attributes.pop("messaging.message.id") == our_message["headers"]["id"]
+    assert theirs_attributes.pop("messaging.message.id") == their_message["headers"]["id"]
+    assert ours_attributes == theirs_attributes
 
     # The same signals, in the same order, with the same arguments (the message's own ids).
     assert (
