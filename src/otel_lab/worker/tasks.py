@@ -11,6 +11,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from typing import NamedTuple
 
 import redis
 from celery import shared_task
@@ -21,8 +22,8 @@ from sqlalchemy.exc import OperationalError
 
 from otel_lab import faults
 from otel_lab.cache import create_redis
-from otel_lab.db import create_blocking_engine, execute_blocking
-from otel_lab.items import ITEM_ENRICHMENT, Item, ItemOut, enrichment, items
+from otel_lab.db import Statement, create_blocking_engine, execute_blocking
+from otel_lab.items import ITEM_ENRICHMENT, Item, ItemOut, ItemRow, enrichment, items
 from otel_lab.settings import Settings
 from otel_lab.telemetry import Telemetry
 
@@ -64,14 +65,24 @@ def resources() -> TaskResources:
     return _resources
 
 
+class _ItemText(NamedTuple):
+    """What enrichment is derived from."""
+
+    name: str
+    description: str | None
+
+
 # Built once (db.execute_blocking compiles each once): the task's two round trips.
-_READ_ITEM = select(items.c.name, items.c.description).where(items.c.id == bindparam("item_id"))
+_READ_ITEM = Statement(
+    select(items.c.name, items.c.description).where(items.c.id == bindparam("item_id")), _ItemText
+)
 _ENRICHED = ("slug", "word_count", "status", "enriched_at")
-_ENRICH_ITEM = (
+_ENRICH_ITEM = Statement(
     update(items)
     .where(items.c.id == bindparam("item_id"))
     .values({name: bindparam(f"new_{name}") for name in _ENRICHED})
-    .returning(*items.c)
+    .returning(*items.c),
+    ItemRow,
 )
 
 
