@@ -210,8 +210,9 @@ class TaskPublisher:
 
     async def send_task(self, name: str, args: Sequence[object]) -> None:
         kept = _Kept()
-        # In a copy of the caller's context, as on the thread before: the instrumentation
-        # attaches its span to the current context while the signal runs.
+        # In a copy of the caller's context: the instrumentation makes its PRODUCER span
+        # current in before_task_publish and detaches it in after_task_publish, which a
+        # send_task that fails in between never sends; the request's context stays clean.
         contextvars.copy_context().run(
             self.app.send_task, name, args=list(args), producer=kept, retry=True
         )
