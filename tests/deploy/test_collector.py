@@ -11,6 +11,8 @@ import re
 
 import pytest
 
+from otel_lab.telemetry.metrics import LATENCY_BUCKETS
+
 from .conftest import COLLECTOR_CONFIG, COMPOSE_FILE, K8S_DIR, load_yaml, load_yaml_all
 
 AGENT_CONFIG = K8S_DIR / "base" / "otel-collector" / "agent.yaml"
@@ -189,6 +191,23 @@ def test_exporter_defaults_point_at_compose_services() -> None:
     assert defaults
     for host in defaults:
         assert host in services, f"{host} is not a compose service"
+
+
+def _seconds(duration: str) -> float:
+    """A Go duration of the connectors' bucket lists (``5ms``, ``2500ms``, ``1s``) in seconds."""
+    match = re.fullmatch(r"(\d+)(ms|s)", duration)
+    assert match, duration
+    return int(match[1]) / (1000 if match[2] == "ms" else 1)
+
+
+def test_connector_buckets_are_the_services_buckets() -> None:
+    """Span metrics and the service graph bucket like the services' own latency histograms
+    (and the console's derived series in embedded mode), so their quantiles line up."""
+    connectors = _load("stack/gateway")["connectors"]
+    spanmetrics = connectors["spanmetrics"]["histogram"]["explicit"]["buckets"]
+    servicegraph = connectors["servicegraph"]["latency_histogram_buckets"]
+    for buckets in (spanmetrics, servicegraph):
+        assert tuple(_seconds(b) for b in buckets) == LATENCY_BUCKETS
 
 
 def test_gateway_copy_matches_stack_config() -> None:

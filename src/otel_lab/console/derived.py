@@ -47,12 +47,14 @@ from otel_lab.console.model import (
     StatusCode,
 )
 from otel_lab.jsontypes import JSONObject
+from otel_lab.telemetry.metrics import LATENCY_BUCKETS
 
 JOB = "console-derived"  # the prom_scrapes / prom_series job of the derived series
 INSTANCE = "console"
 
-# deploy/otel-collector/config.yaml: the connectors' latency buckets (seconds).
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The connectors' latency buckets (seconds) in deploy/otel-collector/config.yaml: the
+# services' own (tests/deploy/test_collector.py checks the two agree).
+BUCKETS = LATENCY_BUCKETS
 # spanmetrics `dimensions` (attribute -> Prometheus label).
 SPAN_DIMENSIONS = ("http.request.method", "http.route", "http.response.status_code")
 # The SDK metrics pushed over OTLP that the dashboards read.

@@ -236,7 +236,7 @@ def _server_attributes(key: Key) -> dict[str, str | int]:
 
 
 # The server middleware's, keyed by (method, status code, route or None, error type or None);
-# the Prometheus request_latency_seconds buckets.
+# the semconv advisory bounds, as the client's and the Prometheus request_latency_seconds.
 SERVER_DURATION = Instrument(
     "http.server.request.duration",
     "Duration of HTTP server requests.",

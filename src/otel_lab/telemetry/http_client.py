@@ -33,11 +33,10 @@ from opentelemetry.util.http import redact_url
 from yarl import URL
 
 from otel_lab.telemetry.duration import Instrument, Key, duration_histogram
+from otel_lab.telemetry.metrics import LATENCY_BUCKETS
 from otel_lab.telemetry.middleware import known_methods
 
 SCOPE = "otel_lab.http_client"
-# The stable conventions' advisory boundaries for HTTP durations, in seconds.
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
 
 @functools.lru_cache(maxsize=512)
@@ -72,7 +71,7 @@ def _duration_attributes(key: Key) -> dict[str, str | int]:
 CLIENT_DURATION = Instrument(
     HTTP_CLIENT_REQUEST_DURATION,
     "Duration of HTTP client requests.",
-    DURATION_BUCKETS,
+    LATENCY_BUCKETS,
     _duration_attributes,
 )
 

@@ -25,7 +25,12 @@ from prometheus_client.utils import floatToGoString
 # `_created` series double the exposition size and no dashboard here uses them.
 disable_created_metrics()
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The one set of duration bucket bounds (seconds) of the package: the stable HTTP semantic
+# conventions' advisory boundaries for http.server.request.duration and
+# http.client.request.duration, which are also prometheus_client's default buckets. The
+# Prometheus latency histograms use them too, so a server's and a client's histogram of the
+# same call compare bucket by bucket (and histogram_quantile reads both alike).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 _LE = tuple(floatToGoString(bound) for bound in (*LATENCY_BUCKETS, math.inf))
 
