@@ -4,11 +4,14 @@ the same calls over real HTTP, each client exporting to its own in-memory export
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import aiohttp
 import pytest
+import uvicorn
 from aiohttp import web
+from fastapi import FastAPI
 from opentelemetry.instrumentation._semconv import _StabilityMode
 from opentelemetry.instrumentation.aiohttp_client import create_trace_config
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -18,9 +21,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from otel_lab.runtime.harness import free_ports
+from otel_lab.telemetry import TelemetryMiddleware
 from otel_lab.telemetry.duration import MeterProvider  # the SDK's, + plain histograms
 from otel_lab.telemetry.http_client import client_middleware
+from otel_lab.telemetry.metrics import LATENCY_BUCKETS, REQUEST_SERIES
 
+DURATION = "http.client.request.duration"
 CALLS = (
     ("GET", "/ok?Signature=secret&page=2", 200),
     ("POST", "/fail", 500),
@@ -51,6 +57,17 @@ class Recorder:
             ),
             key=lambda attributes: repr(sorted(attributes.items())),
         )
+
+    def points(self, name: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        return [
+            point
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == name
+            for point in metric.data.data_points
+        ]
 
 
 async def _serve(port: int) -> web.AppRunner:
@@ -133,6 +150,8 @@ def test_client_spans_and_metrics_match_the_contrib_instrumentation() -> None:
     assert actual[-1][3]["error.type"] == "ClientConnectorError"
     assert ours.duration_points() == theirs.duration_points()
     assert len(ours.duration_points()) == len(CALLS) + 1
+    bounds = {tuple(p.explicit_bounds) for r in (ours, theirs) for p in r.points(DURATION)}
+    assert bounds == {LATENCY_BUCKETS}  # the contrib's are the semconv advisory bounds too
 
 
 def test_the_server_receives_the_client_span_as_parent() -> None:
@@ -143,3 +162,63 @@ def test_the_server_receives_the_client_span_as_parent() -> None:
             trace_id, span_id = body["traceparent"].split("-")[1:3]
             assert int(trace_id, 16) == span.context.trace_id
             assert int(span_id, 16) == span.context.span_id
+
+
+def test_a_calls_server_and_client_durations_compare_bucket_by_bucket() -> None:
+    """One call over real HTTP, measured by the client middleware and by the server's (OTel
+    and Prometheus): the same bounds, so the client's bucket (its time includes the
+    server's) is the server's or a later one, and the Prometheus buckets are the OTel ones."""
+    recorder = Recorder()
+    app = FastAPI()
+    route = "/compare-buckets"  # its own Prometheus series in the process's registry
+
+    @app.get(route)
+    async def slow() -> dict[str, bool]:
+        await asyncio.sleep(0.06)  # (0.05, 0.075]: a bucket the server lacked before
+        return {"ok": True}
+
+    app.add_middleware(
+        TelemetryMiddleware,
+        tracer_provider=recorder.tracer_provider,
+        meter_provider=recorder.meter_provider,
+    )
+    (port,) = free_ports(1)
+
+    async def go() -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        try:
+            async with asyncio.timeout(10):
+                while not server.started:
+                    await asyncio.sleep(0.01)
+            middleware = client_middleware(recorder.tracer_provider, recorder.meter_provider)
+            async with (
+                aiohttp.ClientSession(middlewares=(middleware,)) as session,
+                session.get(f"http://127.0.0.1:{port}{route}") as response,
+            ):
+                assert response.status == 200
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(serving, 10)
+
+    asyncio.run(go())
+    (server,) = recorder.points("http.server.request.duration")
+    (client,) = recorder.points(DURATION)
+    assert tuple(server.explicit_bounds) == tuple(client.explicit_bounds) == LATENCY_BUCKETS
+    assert server.count == client.count == 1
+    assert server.sum <= client.sum
+    assert server.bucket_counts.index(1) <= client.bucket_counts.index(1)
+    assert server.bucket_counts.index(1) > LATENCY_BUCKETS.index(0.05)  # slept 60 ms
+    prometheus = {
+        sample.labels["le"]: sample.value
+        for family in REQUEST_SERIES.collect()
+        if family.name == "request_latency_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_bucket") and sample.labels["path"] == route
+    }
+    cumulative = [
+        float(sum(server.bucket_counts[: i + 1])) for i in range(len(LATENCY_BUCKETS) + 1)
+    ]
+    assert list(prometheus.values()) == cumulative
+    assert [float(le) for le in prometheus] == [*LATENCY_BUCKETS, math.inf]
