@@ -509,8 +509,15 @@ def _explicit_ranges(
     return out  # fmt: skip
 
 
+def _pow2(exponent: float) -> float:
+    """2.0 ** exponent, +inf past float's range (where ``**`` raises)."""
+    return math.inf if exponent >= 1024 else 2.0**exponent
+
+
 def _exponential_ranges(point: PointData) -> list[tuple[float, float, float]]:
-    base = 2 ** (2 ** -point.get("scale", 0))
+    """Bucket index i covers (2^(i/2^scale), 2^((i+1)/2^scale)]. In floats throughout: an
+    integer base (scale 0 or below) would make exact integers of thousands of digits."""
+    scale = point.get("scale", 0)
     out: list[tuple[float, float, float]] = []
     for sign, buckets in ((1, point.get("positive")), (-1, point.get("negative"))):
         if not buckets:
@@ -518,11 +525,37 @@ def _exponential_ranges(point: PointData) -> list[tuple[float, float, float]]:
         offset = buckets.get("offset", 0)
         for i, count in enumerate(buckets.get("bucket_counts", [])):
             if count:
-                a, b = base ** (offset + i), base ** (offset + i + 1)
+                a = _pow2(math.ldexp(offset + i, -scale))
+                b = _pow2(math.ldexp(offset + i + 1, -scale))
                 out.append((a, b, count) if sign > 0 else (-b, -a, count))
     if point.get("zero_count"):
         out.append((0.0, 0.0, point["zero_count"]))
     return out
+
+
+# How otlp.dumps writes the floats JSON cannot hold.
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _numbers(value: Any) -> Any:
+    if isinstance(value, str):
+        return _NON_FINITE.get(value, value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
+
+
+def _point_data(text: str | None) -> PointData:
+    """A point's ``data`` as otlp.py wrote it, with its NaN and infinities (stored as text)
+    numbers again, so the arithmetic below never meets a string."""
+    if not text:
+        return {}
+    data: PointData = json.loads(text)
+    if "NaN" in text or "Infinity" in text:
+        data = _numbers(data)
+    return data
 
 
 def _delta_counts(cur: Sequence[float], prev: Sequence[float] | None) -> list[float] | None:
@@ -640,9 +673,11 @@ class _SeriesBuilder:
         series = self.out.setdefault(key, _Series(labels))
         b = min((p.time_ns - self.w.since_ns) // self.bucket_ns, self.n - 1)
         acc = series.buckets.setdefault(b, _Bucket())
-        fields: PointData = json.loads(p.data) if p.data else {}  # as otlp.py wrote it
+        fields = _point_data(p.data)
         kind = self.kind
-        if kind == "sum" and self.meta.monotonic:
+        if kind in ("sum", "gauge") and p.value is None:
+            pass  # NaN, which SQLite stores as NULL: a gap in the series, not a number
+        elif kind == "sum" and self.meta.monotonic:
             self._add_counter(acc, raw_key, p)
         elif kind == "sum":
             acc.last[raw_key] = p.value
@@ -712,9 +747,11 @@ class _SeriesBuilder:
             if acc.delta is not None:
                 p["rate_per_second"] = acc.delta / self.bucket_seconds
         elif kind == "sum":
-            p["value"] = sum(acc.last.values())
+            if acc.last:
+                p["value"] = sum(acc.last.values())
         elif kind == "gauge":
-            p["value"] = acc.sum / acc.n
+            if acc.n:
+                p["value"] = acc.sum / acc.n
         elif acc.hist is not None:
             h = acc.hist
             p["count"] = h.count

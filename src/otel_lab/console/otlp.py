@@ -69,6 +69,10 @@ UNKNOWN_SERVICE = "unknown_service"
 # OTLP timestamps are unsigned 64-bit; SQLite integers are signed. Larger ones are rejected.
 MAX_TIME = 2**63 - 1
 TIME_RANGE = "timestamps must be below 2^63 ns"
+# The scales the OTLP data model allows an exponential histogram (its buckets' bounds are
+# 2^(i / 2^scale): beyond these they are no longer distinct floats).
+MIN_SCALE, MAX_SCALE = -10, 20
+SCALE_RANGE = f"exponential histogram scale must be in [{MIN_SCALE}, {MAX_SCALE}]"
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 _SEVERITY_INFO = 9
@@ -535,6 +539,9 @@ def decode_metrics(req: ExportMetricsServiceRequest) -> Batch:
                 for dp in data.data_points:
                     if dp.time_unix_nano > MAX_TIME or dp.start_time_unix_nano > MAX_TIME:
                         batch.reject(TIME_RANGE)
+                        continue
+                    if kind == "exponential_histogram" and not MIN_SCALE <= dp.scale <= MAX_SCALE:
+                        batch.reject(SCALE_RANGE)
                         continue
                     value, extra = decode_point(dp)
                     rows.append(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -543,7 +544,7 @@ class Evaluator:
             value = self.eval(tree, t_ms)
         except PromQLError:
             raise
-        except (ValueError, TypeError, IndexError, OverflowError, RecursionError) as exc:
+        except (ValueError, TypeError, IndexError, ArithmeticError, RecursionError) as exc:
             # An odd combination the subset does not check for up front: still the query's
             # fault, not the console's.
             raise PromQLError(f"cannot evaluate this query: {type(exc).__name__}: {exc}") from None
@@ -844,7 +845,10 @@ class Evaluator:
     def _label_replace(self, args: list[Node], t: int) -> Value:
         vec = self._vector(args[0], t, "label_replace")
         dst, repl, src, regex = (self._string(a, t, "label_replace") for a in args[1:5])
-        pattern = re.compile(f"^(?:{regex})$")
+        try:
+            pattern = re.compile(f"^(?:{regex})$")
+        except re.error as exc:
+            raise PromQLError(f"invalid regular expression in label_replace(): {exc}") from None
         out: Vector = []
         for labels, v in vec:
             d = dict(labels)
@@ -1006,13 +1010,28 @@ _RANGE_FUNCS: dict[str, RangeFn] = {
     "last_over_time": _over_time(lambda v: v[-1]),
 }
 
+# exp() of more than this is past float's range, where math.exp raises: +Inf, as in Go.
+_EXP_MAX = math.log(sys.float_info.max)
+
+
+def _round(v: float, to: float) -> float:
+    """Prometheus' round(v, to): to the nearest multiple of ``to``; NaN for ``to`` 0 (its
+    ``floor(v * (1/to) + 0.5) / (1/to)`` is Inf/Inf there)."""
+    if not math.isfinite(v):
+        return v
+    if to == 0:
+        return math.nan
+    scaled = v / to + 0.5
+    return math.floor(scaled) * to if math.isfinite(scaled) else v
+
+
 _SIMPLE: dict[str, Callable[..., float]] = {
     "abs": abs,
     "ceil": lambda v: float(math.ceil(v)) if math.isfinite(v) else v,
     "floor": lambda v: float(math.floor(v)) if math.isfinite(v) else v,
-    "round": lambda v, to=1.0: math.floor(v / to + 0.5) * to if math.isfinite(v) else v,
+    "round": lambda v, to=1.0: _round(v, to),
     "sqrt": lambda v: math.sqrt(v) if v >= 0 else math.nan,
-    "exp": math.exp,
+    "exp": lambda v: math.inf if v > _EXP_MAX else math.exp(v),
     "ln": lambda v: math.log(v) if v > 0 else (-math.inf if v == 0 else math.nan),
     "clamp_min": lambda v, lo: max(v, lo),
     "clamp_max": lambda v, hi: min(v, hi),

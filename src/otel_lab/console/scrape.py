@@ -33,6 +33,7 @@ import httpx
 from otel_lab.console import derived
 from otel_lab.console.config import Target
 from otel_lab.console.promql import NAME, Labels, Matcher, Series, matches_all
+from otel_lab.console.queries import INT64_MAX
 from otel_lab.console.store import Store
 
 log = logging.getLogger("otel_lab.console.scrape")
@@ -440,7 +441,10 @@ class StoreSource:
         self.conn = conn
 
     def select(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> list[Series]:
-        start_ns, end_ns = start_ms * 1_000_000, end_ms * 1_000_000
+        # SQLite integers are int64 (stored times are int64 ns); a query's offset or range
+        # can reach centuries past either end, which SQLite refuses (OverflowError).
+        start_ns = min(max(start_ms * 1_000_000, -INT64_MAX + FILL_LIMIT_NS), INT64_MAX)
+        end_ns = min(max(end_ms * 1_000_000, -INT64_MAX), INT64_MAX)
         names = [m.value for m in matchers if m.name == NAME and m.op == "="]
         if names:
             rows = self.conn.execute(

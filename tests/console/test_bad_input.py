@@ -1,0 +1,146 @@
+"""Inputs that answered 500 (or took the console's memory) before, found by fuzzing: odd
+PromQL on the Prometheus-compatible API, and OTLP metric points that the receiver accepts
+but the metric views could not read (NaN values, non-finite histogram fields, exponential
+histograms whose bounds overflow a float)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AGGREGATION_TEMPORALITY_DELTA,
+    Metric,
+)
+
+from .builders import NOW, metrics_request
+from .conftest import Console
+
+PROTOBUF = "application/x-protobuf"
+SECOND = 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        # re.error from an invalid regular expression
+        ("/api/prom/query", 'label_replace(vector(1), "a", "$1", "b", "(.*")'),
+        ("/api/prom/query_range", 'label_replace(vector(1), "a", "$1", "b", "(.*")'),
+    ],
+)
+def test_invalid_promql_is_a_prometheus_style_400(console: Console, path: str, query: str) -> None:
+    r = console.api(path, query=query)
+    assert r.status_code == 400, r.text
+    assert r.json()["errorType"] == "bad_data"
+    assert "label_replace" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("query", "value"),
+    [
+        ("round(vector(1.5), 0)", "NaN"),  # Prometheus: v * (1/0) / (1/0); was a ZeroDivisionError
+        ("round(vector(1.25), 0.5)", "1.5"),
+        ("exp(vector(1000))", "+Inf"),  # math.exp raises OverflowError there
+    ],
+)
+def test_promql_functions_at_their_edges_answer_as_prometheus(
+    console: Console, query: str, value: str
+) -> None:
+    r = console.api("/api/prom/query", query=query)
+    assert r.status_code == 200, r.text
+    ((_, shown),) = [sample["value"] for sample in r.json()["data"]["result"]]
+    assert shown == value
+
+
+@pytest.mark.parametrize(
+    "query", ["up offset 9999999999y", "count_over_time(up[99999999999999999999d])"]
+)
+def test_offsets_and_ranges_past_int64_nanoseconds_select_nothing(
+    console: Console, query: str
+) -> None:
+    """The store holds int64 nanoseconds; a selection reaching centuries before 1970 was an
+    OverflowError from SQLite (500) on a range query."""
+    r = console.api("/api/prom/query_range", query=query, start="1000", end="2000", step="100")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"status": "success", "data": {"resultType": "matrix", "result": []}}
+
+
+def _delta_histogram(name: str, at: int) -> Metric:
+    metric = Metric(name=name)
+    metric.histogram.aggregation_temporality = AGGREGATION_TEMPORALITY_DELTA
+    metric.histogram.data_points.add(
+        time_unix_nano=at, count=4, sum=math.nan, min=-math.inf, max=math.inf,
+        bucket_counts=[1, 2, 1], explicit_bounds=[0.1, 1.0],
+    )  # fmt: skip
+    return metric
+
+
+def _exponential(name: str, at: int, scale: int, offset: int, buckets: int) -> Metric:
+    metric = Metric(name=name)
+    metric.exponential_histogram.aggregation_temporality = AGGREGATION_TEMPORALITY_DELTA
+    dp = metric.exponential_histogram.data_points.add(
+        time_unix_nano=at, count=buckets, sum=1.0, scale=scale
+    )
+    dp.positive.offset = offset
+    dp.positive.bucket_counts.extend([1] * buckets)
+    return metric
+
+
+def test_odd_metric_points_are_read_not_answered_500(console: Console) -> None:
+    """Each point below was accepted and then made /api/metric-series answer 500: a NaN
+    gauge (SQLite stores NaN as NULL), a histogram whose sum, min and max are not finite
+    (stored as text in JSON), exponential histograms whose bounds pass float's range (at
+    scale 0 they were exact integers of up to 2,000 digits: seconds and gigabytes for a
+    point of 100,000 buckets)."""
+    sfx = uuid.uuid4().hex[:8]
+    at = NOW + 3 * SECOND
+    gauge = Metric(name=f"gauge.{sfx}")
+    gauge.gauge.data_points.add(time_unix_nano=at, as_double=math.nan)
+    gauge.gauge.data_points.add(time_unix_nano=at + SECOND, as_double=2.0)
+    nan_only = Metric(name=f"nan.{sfx}")
+    nan_only.gauge.data_points.add(time_unix_nano=at, as_double=math.nan)
+    wide = _exponential(f"wide.{sfx}", at, scale=0, offset=0, buckets=2000)
+    far = _exponential(f"far.{sfx}", at, scale=0, offset=2**31 - 1, buckets=3)
+    coarse = _exponential(f"coarse.{sfx}", at, scale=-10, offset=-(2**31), buckets=3)
+    # Outside the data model's [-10, 20]: refused at the door, like an out-of-range time.
+    invalid = _exponential(f"invalid.{sfx}", at, scale=100, offset=0, buckets=3)
+    summary = Metric(name=f"summary.{sfx}")
+    dp = summary.summary.data_points.add(time_unix_nano=at, count=3, sum=math.nan)
+    dp.quantile_values.add(quantile=0.5, value=math.inf)
+    metrics = [gauge, nan_only, _delta_histogram(f"hist.{sfx}", at), wide, far, coarse,
+               invalid, summary]  # fmt: skip
+    r = console.post("/v1/metrics", metrics_request(f"odd-{sfx}", metrics).SerializeToString(),
+                     PROTOBUF)  # fmt: skip
+    assert r.status_code == 200, r.text
+    refused = ExportMetricsServiceResponse.FromString(r.content).partial_success
+    assert refused.rejected_data_points == 1
+    assert "scale must be in [-10, 20]" in refused.error_message
+
+    window = {"since": str(NOW), "until": str(NOW + 10 * SECOND), "buckets": "10"}
+
+    def series(name: str) -> list[dict[str, Any]]:
+        def probe() -> list[dict[str, Any]] | None:
+            r = console.api("/api/metric-series", name=name, **window)
+            assert r.status_code in (200, 404), r.text  # 404 until the point is written
+            return r.json()["series"][0]["points"] if r.status_code == 200 else None
+
+        return console.wait_for(probe)
+
+    values = series(gauge.name)
+    assert "value" not in values[3] and values[4]["value"] == 2.0  # NaN is a gap
+    assert all("value" not in p for p in series(nan_only.name))
+    hist = series(f"hist.{sfx}")[3]
+    assert hist["count"] == 4 and hist["avg"] == "NaN"  # ConsoleJSON writes NaN as text
+    assert hist["p50"] == pytest.approx(0.55)
+    # 2,000 buckets (1, 2], (2, 4], ...: the median observation is the 1,000th.
+    assert series(wide.name)[3]["p50"] == pytest.approx(2.0**1000)
+    assert series(far.name)[3]["p50"] == "NaN"  # inf - inf: bounds past float's range
+    assert series(coarse.name)[3]["count"] == 3
+    assert series(summary.name)[3]["quantiles"] == {"0.5": "Infinity"}
+    refused_series = console.api("/api/metric-series", name=invalid.name, **window)
+    assert refused_series.status_code == 200 and refused_series.json()["series"] == []
