@@ -43,6 +43,7 @@ class Service:
         return [sys.executable, "-m", "uvicorn", "--factory", f"{self.module}:{self.attr}",
                 "--host", host, "--port", str(port),
                 "--no-access-log",  # request logs come from our middleware, with trace ids
+                "--http", "otel_lab.http_protocol:JsonErrorsProtocol",  # JSON 400s (see there)
                 "--timeout-graceful-shutdown", "3"]  # fmt: skip
 
 

@@ -26,6 +26,7 @@ from otel_lab.console.receiver import OtlpHttpProtocol, OtlpReceiver
 from otel_lab.console.scrape import Scraper
 from otel_lab.console.security import Security
 from otel_lab.console.store import Store
+from otel_lab.http_protocol import JsonErrorsProtocol
 
 log = logging.getLogger("otel_lab.console")
 
@@ -95,6 +96,7 @@ async def serve(
             _Server(
                 uvicorn.Config(
                     create_app(store, options=options),
+                    http=JsonErrorsProtocol,
                     lifespan="on",
                     access_log=False,
                     **common,

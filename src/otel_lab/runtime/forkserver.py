@@ -48,6 +48,7 @@ from typing import TypedDict
 PRELOAD: tuple[str, ...] = (
     "uvicorn.main",
     "uvicorn.protocols.http.httptools_impl",
+    "otel_lab.http_protocol",
     "uvicorn.lifespan.on",
     "fastapi",
     "fastapi_offline",
