@@ -1,7 +1,7 @@
 """Inputs that answered 500 (or took the console's memory) before, found by fuzzing: odd
 PromQL on the Prometheus-compatible API, and OTLP metric points that the receiver accepts
 but the metric views could not read (NaN values, non-finite histogram fields, exponential
-histograms whose bounds overflow a float)."""
+histograms whose bounds overflow a float, histograms with more counts than buckets)."""
 
 from __future__ import annotations
 
@@ -109,17 +109,24 @@ def test_odd_metric_points_are_read_not_answered_500(console: Console) -> None:
     coarse = _exponential(f"coarse.{sfx}", at, scale=-10, offset=-(2**31), buckets=3)
     # Outside the data model's [-10, 20]: refused at the door, like an out-of-range time.
     invalid = _exponential(f"invalid.{sfx}", at, scale=100, offset=0, buckets=3)
+    # Five counts for one bound: the bounds of buckets 2 to 4 do not exist (IndexError).
+    mismatched = Metric(name=f"mismatched.{sfx}")
+    mismatched.histogram.aggregation_temporality = AGGREGATION_TEMPORALITY_DELTA
+    mismatched.histogram.data_points.add(
+        time_unix_nano=at, count=15, bucket_counts=[1, 2, 3, 4, 5], explicit_bounds=[1.0]
+    )
     summary = Metric(name=f"summary.{sfx}")
     dp = summary.summary.data_points.add(time_unix_nano=at, count=3, sum=math.nan)
     dp.quantile_values.add(quantile=0.5, value=math.inf)
     metrics = [gauge, nan_only, _delta_histogram(f"hist.{sfx}", at), wide, far, coarse,
-               invalid, summary]  # fmt: skip
+               invalid, mismatched, summary]  # fmt: skip
     r = console.post("/v1/metrics", metrics_request(f"odd-{sfx}", metrics).SerializeToString(),
                      PROTOBUF)  # fmt: skip
     assert r.status_code == 200, r.text
     refused = ExportMetricsServiceResponse.FromString(r.content).partial_success
-    assert refused.rejected_data_points == 1
+    assert refused.rejected_data_points == 2
     assert "scale must be in [-10, 20]" in refused.error_message
+    assert "bucket_counts must be empty or one longer" in refused.error_message
 
     window = {"since": str(NOW), "until": str(NOW + 10 * SECOND), "buckets": "10"}
 
@@ -142,5 +149,6 @@ def test_odd_metric_points_are_read_not_answered_500(console: Console) -> None:
     assert series(far.name)[3]["p50"] == "NaN"  # inf - inf: bounds past float's range
     assert series(coarse.name)[3]["count"] == 3
     assert series(summary.name)[3]["quantiles"] == {"0.5": "Infinity"}
-    refused_series = console.api("/api/metric-series", name=invalid.name, **window)
-    assert refused_series.status_code == 200 and refused_series.json()["series"] == []
+    for name in (invalid.name, mismatched.name):
+        refused_series = console.api("/api/metric-series", name=name, **window)
+        assert refused_series.status_code == 200 and refused_series.json()["series"] == []

@@ -73,6 +73,7 @@ TIME_RANGE = "timestamps must be below 2^63 ns"
 # 2^(i / 2^scale): beyond these they are no longer distinct floats).
 MIN_SCALE, MAX_SCALE = -10, 20
 SCALE_RANGE = f"exponential histogram scale must be in [{MIN_SCALE}, {MAX_SCALE}]"
+BUCKETS_MISMATCH = "histogram bucket_counts must be empty or one longer than explicit_bounds"
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 _SEVERITY_INFO = 9
@@ -505,6 +506,18 @@ _POINT_DECODERS: dict[str, Callable[[Any], tuple[int | float | None, PointData |
 }
 
 
+def _point_problem(kind: str, dp: Any) -> str | None:
+    """Why a data point of a metric of type ``kind`` cannot be stored, if it cannot: the
+    metric views would fail on it."""
+    if dp.time_unix_nano > MAX_TIME or dp.start_time_unix_nano > MAX_TIME:
+        return TIME_RANGE
+    if kind == "exponential_histogram" and not MIN_SCALE <= dp.scale <= MAX_SCALE:
+        return SCALE_RANGE
+    if kind == "histogram" and dp.bucket_counts:
+        return None if len(dp.bucket_counts) == len(dp.explicit_bounds) + 1 else BUCKETS_MISMATCH
+    return None
+
+
 def decode_metrics(req: ExportMetricsServiceRequest) -> Batch:
     """The request's metrics (one row each) and their data points as rows."""
     batch = Batch()
@@ -537,11 +550,8 @@ def decode_metrics(req: ExportMetricsServiceRequest) -> Batch:
                 batch.metric_services.add((mid, service))
                 decode_point = _POINT_DECODERS[kind]
                 for dp in data.data_points:
-                    if dp.time_unix_nano > MAX_TIME or dp.start_time_unix_nano > MAX_TIME:
-                        batch.reject(TIME_RANGE)
-                        continue
-                    if kind == "exponential_histogram" and not MIN_SCALE <= dp.scale <= MAX_SCALE:
-                        batch.reject(SCALE_RANGE)
+                    if problem := _point_problem(kind, dp):
+                        batch.reject(problem)
                         continue
                     value, extra = decode_point(dp)
                     rows.append(
