@@ -128,6 +128,18 @@ def test_no_route_and_wrong_method_have_the_same_shape(recorded: Recorded) -> No
     assert wrong.status_code == 405 and wrong.json()["error_type"] == "method_not_allowed"
 
 
+@router.put("/echo")
+async def replace_echo() -> None: ...
+
+
+def test_a_405_allows_every_method_the_path_has(recorded: Recorded) -> None:
+    """FastAPI makes a route per method; Starlette's 405 named only the first route's
+    (``Allow: POST`` here), which schemathesis' allow_header_conformance check caught."""
+    response = _get(recorded, "/echo")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST, PUT"
+
+
 def test_validation_errors_keep_fastapis_shape_and_carry_the_request_id(
     recorded: Recorded,
 ) -> None:
