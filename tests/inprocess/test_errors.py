@@ -3,14 +3,19 @@ error counted once, for errors raised by routes and for the failures the factory
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 from fastapi import APIRouter, FastAPI
 from opentelemetry.trace import StatusCode
+from starlette.types import Message
 
+from otel_lab import request_body
 from otel_lab.services.base import create_service
 from otel_lab.services.errors import (
     ConflictError,
@@ -152,6 +157,46 @@ def test_validation_errors_keep_fastapis_shape_and_carry_the_request_id(
     body = response.json()
     assert body["request_id"] == response.headers["x-request-id"]
     assert body["detail"][0]["loc"] == ["body", "b"] or body["detail"][0]["loc"][0] == "body"
+
+
+async def _stalled_body() -> AsyncIterator[bytes]:
+    """Part of a body, then nothing (a client that stopped sending, the connection open)."""
+    yield b'{"a": '
+    await asyncio.sleep(3600)
+    yield b"1}"
+
+
+def test_a_body_that_stops_arriving_is_a_408_in_the_same_shape(
+    recorded: Recorded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn has no body timeout: such a request used to wait for the client forever."""
+    monkeypatch.setattr(request_body, "BODY_IDLE_SECONDS", 0.2)
+
+    async def go() -> httpx.Response:
+        async with served(_app(recorded)) as client:
+            return await client.post(
+                "/echo", content=_stalled_body(), headers={"content-type": "application/json"}
+            )
+
+    response = run(go())
+    assert response.status_code == 408
+    assert response.json() == {
+        "detail": "the request body stopped arriving (nothing for 0.2 s)",
+        "error_type": "request_timeout",
+        "request_id": response.headers["x-request-id"],
+    }
+
+
+def test_read_body_gives_up_on_a_stalled_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway's proxy and the console's OTLP receiver read bodies with read_body."""
+    monkeypatch.setattr(request_body, "BODY_IDLE_SECONDS", 0.1)
+    chunks = _stalled_body()
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": await anext(chunks), "more_body": True}
+
+    with pytest.raises(request_body.BodyStalledError):
+        run(request_body.read_body(receive, 1000))
 
 
 def test_a_body_over_the_limit_is_a_413_in_the_same_shape(recorded: Recorded) -> None:

@@ -31,7 +31,7 @@ from otel_lab.console import otlp
 from otel_lab.console.security import bearer_ok
 from otel_lab.console.store import Store
 from otel_lab.jsontypes import JSONObject
-from otel_lab.request_body import BodyTooLargeError, read_body
+from otel_lab.request_body import BodyStalledError, BodyTooLargeError, read_body
 
 log = logging.getLogger("otel_lab.console.receiver")
 
@@ -52,6 +52,7 @@ DECODE_IN_THREAD_BYTES = 64 * 1024
 
 # google.rpc.Code values used in error bodies.
 INVALID_ARGUMENT = 3
+DEADLINE_EXCEEDED = 4
 RESOURCE_EXHAUSTED = 8
 UNIMPLEMENTED = 12
 UNAVAILABLE = 14
@@ -255,6 +256,9 @@ class OtlpReceiver:
             body = await read_body(receive, MAX_BODY_BYTES)
         except BodyTooLargeError:
             await self._too_large(send, media_type)
+            return None
+        except BodyStalledError as exc:
+            await _send_status(send, 408, DEADLINE_EXCEEDED, exc.detail, media_type)
             return None
         except ClientDisconnect:
             return None
