@@ -1,6 +1,7 @@
 """Requests that HTTP/1.1 parsing refuses before any app code runs (uvicorn answers them
 itself) get the same JSON 400 as every other bad request, on every service, the gateway
-and the console's UI port (``otel_lab.http_protocol``); uvicorn's own is text/plain."""
+and the console's UI port (``otel_lab.http_protocol``), and on the OTLP port a
+google.rpc.Status in JSON as its other errors; uvicorn's own is text/plain."""
 
 from __future__ import annotations
 
@@ -52,3 +53,14 @@ def test_unparseable_requests_get_a_json_400(system: RunningSystem, server: str)
         assert status.startswith("HTTP/1.1 400"), (name, status, body)
         assert headers["content-type"] == "application/json", (name, headers, body)
         assert json.loads(body)["error_type"] == "bad_request", (name, body)
+
+
+def test_the_otlp_port_answers_unparseable_requests_with_a_json_status(
+    system: RunningSystem,
+) -> None:
+    url = f"http://127.0.0.1:{system.env['CONSOLE_OTLP_PORT']}"
+    for name, request in MALFORMED.items():
+        status, headers, body = _exchange(url, request.replace(b"/users", b"/v1/traces"))
+        assert status.startswith("HTTP/1.1 400"), (name, status, body)
+        assert headers["content-type"] == "application/json", (name, headers, body)
+        assert json.loads(body)["code"] == 3, (name, body)  # google.rpc.Code INVALID_ARGUMENT

@@ -4,7 +4,8 @@ A request line or framing that httptools refuses (an unknown method, raw non-ASC
 the path, a negative or doubled ``Content-Length``, a bad chunk) never reaches the app:
 uvicorn answers it itself, with a ``text/plain`` 400. Every other 4xx of the services and
 the console is JSON, so this one is too. Served with ``uvicorn --http
-otel_lab.http_protocol:JsonErrorsProtocol`` (``registry.Service.uvicorn_argv``).
+otel_lab.http_protocol:JsonErrorsProtocol`` (``registry.Service.uvicorn_argv``); the
+console's OTLP port answers in its own shape (``console.receiver.OtlpHttpProtocol``).
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import json
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
-def bad_request_body(message: str) -> bytes:
-    """The services' error shape (``services.errors``); no request, so no request ID."""
-    return json.dumps({"detail": message, "error_type": "bad_request", "request_id": None}).encode()
-
-
 class JsonErrorsProtocol(HttpToolsProtocol):
+    @staticmethod
+    def bad_request_body(message: str) -> bytes:
+        """The services' error shape (``services.errors``); no request, so no request ID."""
+        return json.dumps(
+            {"detail": message, "error_type": "bad_request", "request_id": None}
+        ).encode()
+
     def send_400_response(self, msg: str) -> None:
-        body = bad_request_body(msg)
+        body = self.bad_request_body(msg)
         head = [b"HTTP/1.1 400 Bad Request\r\n"]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]

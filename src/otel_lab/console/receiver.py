@@ -24,12 +24,12 @@ from google.rpc import status_pb2
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from otel_lab.console import otlp
 from otel_lab.console.security import bearer_ok
 from otel_lab.console.store import Store
+from otel_lab.http_protocol import JsonErrorsProtocol
 from otel_lab.jsontypes import JSONObject
 from otel_lab.request_body import BodyStalledError, BodyTooLargeError, read_body
 
@@ -391,9 +391,14 @@ def _grpc_percent_encode(text: str) -> str:
     return "".join(out)
 
 
-class OtlpHttpProtocol(HttpToolsProtocol):
+class OtlpHttpProtocol(JsonErrorsProtocol):
     """uvicorn's httptools protocol, plus: a connection that opens with the HTTP/2 preface
-    (a gRPC exporter) is answered over HTTP/2 with the hint instead of a bare 400."""
+    (a gRPC exporter) is answered over HTTP/2 with the hint instead of a bare 400; a
+    request it cannot parse gets a google.rpc.Status in JSON, as the receiver's errors."""
+
+    @staticmethod
+    def bad_request_body(message: str) -> bytes:
+        return _json_error(INVALID_ARGUMENT, message)
 
     def __init__(
         self,
