@@ -152,3 +152,17 @@ def test_odd_metric_points_are_read_not_answered_500(console: Console) -> None:
     for name in (invalid.name, mismatched.name):
         refused_series = console.api("/api/metric-series", name=name, **window)
         assert refused_series.status_code == 200 and refused_series.json()["series"] == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,  # one document nested past Python's recursion limit
+        b'{"resourceSpans": []}\n' + b'{"a": ' * 50_000,  # JSON Lines, the second line so
+    ],
+)
+def test_import_of_json_nested_too_deeply_is_a_400(console: Console, body: bytes) -> None:
+    """json.loads raises RecursionError there, which is no ValueError: it was a 500."""
+    r = console.http.post(console.ui_url + "/api/import", content=body)
+    assert r.status_code == 400, r.text
+    assert "nested too deeply" in r.json()["detail"]

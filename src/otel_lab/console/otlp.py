@@ -89,6 +89,9 @@ ACCESS_LOG_SCOPE = "otel_lab.http"
 _RED_KINDS = (SpanKind.SERVER, SpanKind.CONSUMER)
 
 
+NESTED_TOO_DEEPLY = "body is nested too deeply"
+
+
 class DecodeError(ValueError):
     """The body cannot be decoded as the OTLP message it claims to be (HTTP 400)."""
 
@@ -619,8 +622,10 @@ def parse_request(signal: Signal, body: bytes, fmt: Format) -> Message:
         return message
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except ValueError as exc:  # UnicodeDecodeError included
         raise DecodeError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # nested thousands deep
+        raise DecodeError(NESTED_TOO_DEEPLY) from None
     if not isinstance(document, dict):
         raise DecodeError(f"OTLP JSON body must be an object, got {type(document).__name__}")
     _hex_ids_to_base64(signal, document)
@@ -630,6 +635,8 @@ def parse_request(signal: Signal, body: bytes, fmt: Format) -> Message:
         raise DecodeError(
             f"body is not a valid OTLP JSON {message.DESCRIPTOR.name}: {exc}"
         ) from None
+    except RecursionError:
+        raise DecodeError(NESTED_TOO_DEEPLY) from None
     return message
 
 

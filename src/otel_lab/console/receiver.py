@@ -273,8 +273,6 @@ class OtlpReceiver:
             return _decode(signal, body, encoding, fmt)
         except otlp.DecodeError as exc:
             await _send_status(send, 400, INVALID_ARGUMENT, str(exc), media_type)
-        except RecursionError:  # json.loads or ParseDict on a body nested thousands deep
-            await _send_status(send, 400, INVALID_ARGUMENT, "body is nested too deeply", media_type)
         except otlp.BodyTooLarge:
             await self._too_large(send, media_type)
         return None

@@ -370,6 +370,8 @@ def parse_import(body: bytes) -> list[tuple[otlp.Signal, Batch]]:
         raise otlp.DecodeError("the file is empty")
     try:
         documents = [json.loads(stripped)]
+    except RecursionError:
+        raise otlp.DecodeError("the file is nested too deeply") from None
     except ValueError:
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -380,6 +382,8 @@ def parse_import(body: bytes) -> list[tuple[otlp.Signal, Batch]]:
                 raise otlp.DecodeError(
                     f"line {number} is not JSON ({exc}); expected OTLP JSON or JSON Lines"
                 ) from None
+            except RecursionError:
+                raise otlp.DecodeError(f"line {number} is nested too deeply") from None
     out: list[tuple[otlp.Signal, Batch]] = []
     for number, doc in enumerate(documents, 1):
         if not isinstance(doc, dict):
