@@ -154,8 +154,16 @@ SpanId = Annotated[bytes, BeforeValidator(_span_id), _HEX]
 TraceIdParam = Annotated[bytes | None, BeforeValidator(_trace_id), Blank, _HEX]
 SpanIdParam = Annotated[bytes | None, BeforeValidator(_span_id), Blank, _HEX]
 Signal = Annotated[Literal["spans", "logs", "metrics"], BeforeValidator(_lower)]
-Attrs = Annotated[list[str], Query(description="key=value"), AfterValidator(_check_attrs)]
-GroupBy = Annotated[list[str], Query()]
+# A filter is a condition in the SQL, a group_by key a label of every series: past a few
+# dozen, SQLite refuses the expression (more than 1,000 deep: was a 500) and grouping turns
+# quadratic (3,000 keys held a request for minutes).
+MAX_ATTRS = 50
+Attrs = Annotated[
+    list[str],
+    Query(description="key=value", max_length=MAX_ATTRS),
+    AfterValidator(_check_attrs),
+]
+GroupBy = Annotated[list[str], Query(max_length=MAX_ATTRS)]
 Milliseconds = Annotated[float | None, Query(ge=0, le=queries.INT64_MAX / 1_000_000), Blank]
 
 
