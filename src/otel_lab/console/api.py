@@ -10,6 +10,7 @@ so anything the UI shows can also be fetched as JSON.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -56,4 +57,32 @@ def create_app(store: Store, *, options: ApiOptions | None = None) -> UiGuard:
         app.include_router(area.router)
     web.mount_static(app)
     app.include_router(web.router)
+    _document_errors(app)
     return UiGuard(app, options.security)
+
+
+_ERROR = {"application/json": {"schema": {"type": "object"}}}
+
+
+def _document_errors(app: FastAPI) -> None:
+    """The schema names the errors the API answers: a bad parameter is a 400 (the error
+    handlers turn FastAPI's 422 into it, so a 422 never comes), an unknown item in the path
+    a 404; both JSON, ``{"detail": ...}`` (the PromQL endpoints: Prometheus' error shape)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()  # cached by FastAPI: changed in place once
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                responses = operation["responses"]
+                if responses.pop("422", None) is not None:
+                    responses["400"] = {"description": "Bad parameter", "content": _ERROR}
+                if "{" in path:
+                    responses["404"] = {"description": "Not found", "content": _ERROR}
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schema["components"]["schemas"].pop(unused, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
