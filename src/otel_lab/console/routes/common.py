@@ -168,7 +168,9 @@ Milliseconds = Annotated[float | None, Query(ge=0, le=queries.INT64_MAX / 1_000_
 
 
 def ms_to_ns(ms: float | None) -> int | None:
-    return round(ms * 1_000_000) if ms is not None else None
+    """Nanoseconds, at most int64's (the largest float ``Milliseconds`` allows rounds to
+    2^63 ns, one past what SQLite takes)."""
+    return min(round(ms * 1_000_000), queries.INT64_MAX) if ms is not None else None
 
 
 def oldest_ns(conn: sqlite3.Connection, table: str) -> int | None:
