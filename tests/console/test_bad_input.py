@@ -205,3 +205,9 @@ def test_the_largest_duration_filter_the_schema_allows_is_served(console: Consol
     schemathesis' boundary values found it."""
     r = console.api("/api/traces", min_duration_ms="0", max_duration_ms="9223372036854.775")
     assert r.status_code == 200, r.text
+
+
+def test_a_405_allows_every_method_of_the_path(console: Console) -> None:
+    """/api/sql takes GET and POST; Starlette's 405 named only the first route's."""
+    r = console.http.request("OPTIONS", console.ui_url + "/api/sql")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST", r.headers

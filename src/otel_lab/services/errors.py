@@ -22,11 +22,10 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Match
-from starlette.types import Scope
 
 from otel_lab.jsontypes import JSONObject, JSONValue
 from otel_lab.request_body import too_large
+from otel_lab.routing import allowed_methods
 from otel_lab.telemetry import metrics as prom
 from otel_lab.telemetry.context import request_id_var
 
@@ -174,23 +173,6 @@ _HTTP_ERROR_TYPES = {
 }
 
 
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
-
-def _allowed_methods(scope: Scope) -> str | None:
-    """Every method the path has a route for. FastAPI makes one route per method, and
-    Starlette's 405 lists only the first matching route's: ``Allow: GET`` for a path that
-    takes GET, PUT and DELETE. Asks the app's routes (``BaseRoute.matches``) method by
-    method, as routing would."""
-    routes = getattr(getattr(scope.get("app"), "router", None), "routes", ())
-    allowed = [
-        method
-        for method in _METHODS
-        if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in routes)
-    ]
-    return ", ".join(allowed) or None
-
-
 async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's and FastAPI's own errors (no route: 404, wrong method: 405, a body that
     cannot be read: 400 or 413) in the same shape."""
@@ -203,6 +185,6 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
         "request_id": request_id_var.get(),
     }
     headers = dict(getattr(exc, "headers", None) or {})
-    if status_code == HTTPStatus.METHOD_NOT_ALLOWED and (allow := _allowed_methods(request.scope)):
+    if status_code == HTTPStatus.METHOD_NOT_ALLOWED and (allow := allowed_methods(request.scope)):
         headers["Allow"] = allow
     return JSONResponse(body, status_code=status_code, headers=headers)

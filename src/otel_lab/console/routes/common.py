@@ -30,6 +30,7 @@ from otel_lab.console.promapi import PromState
 from otel_lab.console.queries import QueryError
 from otel_lab.console.security import Security
 from otel_lab.console.store import MINUTE_NS, Store
+from otel_lab.routing import allowed_methods
 
 log = logging.getLogger("otel_lab.console.api")
 T = TypeVar("T")
@@ -255,8 +256,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error(400, problems or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> ConsoleJSON:
-        return ConsoleJSON({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> ConsoleJSON:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and (allow := allowed_methods(request.scope)):
+            headers["Allow"] = allow
+        return ConsoleJSON({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> ConsoleJSON:
