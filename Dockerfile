@@ -22,11 +22,14 @@ FROM ${UV_IMAGE} AS uv
 
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS base
+# UVICORN_HTTP is uvicorn's --http: the services' protocol (otel_lab.registry.HTTP_PROTOCOL,
+# JSON 400s for requests it cannot parse), for every uvicorn command of compose and Kubernetes.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/app/.venv \
-    PATH=/app/.venv/bin:$PATH
+    PATH=/app/.venv/bin:$PATH \
+    UVICORN_HTTP=otel_lab.http_protocol:JsonErrorsProtocol
 RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --home-dir /app --shell /usr/sbin/nologin app \
  && mkdir -p /app && chown app:app /app

@@ -4,7 +4,8 @@ A request line or framing that httptools refuses (an unknown method, raw non-ASC
 the path, a negative or doubled ``Content-Length``, a bad chunk) never reaches the app:
 uvicorn answers it itself, with a ``text/plain`` 400. Every other 4xx of the services and
 the console is JSON, so this one is too. Served with ``uvicorn --http
-otel_lab.http_protocol:JsonErrorsProtocol`` (``registry.Service.uvicorn_argv``); the
+otel_lab.http_protocol:JsonErrorsProtocol`` (``registry.HTTP_PROTOCOL``; the image sets
+``UVICORN_HTTP`` to it for the compose and Kubernetes commands); the
 console's OTLP port answers in its own shape (``console.receiver.OtlpHttpProtocol``).
 """
 

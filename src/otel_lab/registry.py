@@ -15,6 +15,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+# uvicorn's HTTP protocol for every service: JSON 400s for what it cannot parse. The image
+# sets it as UVICORN_HTTP (Dockerfile), so the compose and Kubernetes commands get it too.
+HTTP_PROTOCOL = "otel_lab.http_protocol:JsonErrorsProtocol"
+
 
 @dataclass(frozen=True)
 class Service:
@@ -43,7 +47,7 @@ class Service:
         return [sys.executable, "-m", "uvicorn", "--factory", f"{self.module}:{self.attr}",
                 "--host", host, "--port", str(port),
                 "--no-access-log",  # request logs come from our middleware, with trace ids
-                "--http", "otel_lab.http_protocol:JsonErrorsProtocol",  # JSON 400s (see there)
+                "--http", HTTP_PROTOCOL,
                 "--timeout-graceful-shutdown", "3"]  # fmt: skip
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_lab.registry import SERVICES, WORKER
+from otel_lab.registry import HTTP_PROTOCOL, SERVICES, WORKER
 
 from .conftest import (
     COLLECTOR_CONFIG,
@@ -253,6 +253,24 @@ def test_dockerfile_stages() -> None:
     }
     for image in args.values():
         assert ":" in image and not image.endswith(":latest"), f"base image {image} is not pinned"
+
+
+def test_every_uvicorn_of_the_image_serves_the_services_http_protocol(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """compose and Kubernetes run plain ``uvicorn`` commands; the image's UVICORN_HTTP gives
+    each the protocol ``otel-lab up`` passes as ``--http`` (JSON 400s)."""
+    from uvicorn.main import main as uvicorn_command
+
+    stages = _stages(_dockerfile())
+    env: dict[str, str] = {}
+    for cmd in stages["base"]:
+        if cmd.cmd == "ENV":
+            env |= dict(zip(cmd.value[::2], cmd.value[1::2], strict=True))
+    assert env.get("UVICORN_HTTP") == HTTP_PROTOCOL
+    monkeypatch.setenv("UVICORN_HTTP", env["UVICORN_HTTP"])
+    context = uvicorn_command.make_context("uvicorn", ["--factory", "otel_lab.x:create_app"])
+    assert context.params["http"] == HTTP_PROTOCOL
 
 
 def _dockerignore_patterns() -> list[str]:
