@@ -74,6 +74,7 @@ TIME_RANGE = "timestamps must be below 2^63 ns"
 MIN_SCALE, MAX_SCALE = -10, 20
 SCALE_RANGE = f"exponential histogram scale must be in [{MIN_SCALE}, {MAX_SCALE}]"
 BUCKETS_MISMATCH = "histogram bucket_counts must be empty or one longer than explicit_bounds"
+NESTED_TOO_DEEPLY = "body is nested too deeply"  # JSON that json.loads recurses out of
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 _SEVERITY_INFO = 9
@@ -87,9 +88,6 @@ _point_row = partial(tuple.__new__, PointRow)
 ACCESS_LOG_SCOPE = "otel_lab.http"
 # The span kinds RED summarises (store/summaries.py).
 _RED_KINDS = (SpanKind.SERVER, SpanKind.CONSUMER)
-
-
-NESTED_TOO_DEEPLY = "body is nested too deeply"
 
 
 class DecodeError(ValueError):
