@@ -451,12 +451,19 @@ def _number(dp: NumberDataPoint) -> int | float:
     return value
 
 
+class _Refused(ValueError):
+    """A data point the metric views would fail on; the message says why."""
+
+
 def _histogram(dp: HistogramDataPoint) -> PointData:
+    counts, bounds = list(dp.bucket_counts), list(dp.explicit_bounds)
+    if counts and len(counts) != len(bounds) + 1:
+        raise _Refused(BUCKETS_MISMATCH)
     data: PointData = {
         "count": dp.count,
         "sum": dp.sum if dp.HasField("sum") else None,
-        "bucket_counts": list(dp.bucket_counts),
-        "explicit_bounds": list(dp.explicit_bounds),
+        "bucket_counts": counts,
+        "explicit_bounds": bounds,
     }
     if dp.HasField("min"):
         data["min"] = dp.min
@@ -466,6 +473,8 @@ def _histogram(dp: HistogramDataPoint) -> PointData:
 
 
 def _exponential_histogram(dp: ExponentialHistogramDataPoint) -> PointData:
+    if not MIN_SCALE <= dp.scale <= MAX_SCALE:
+        raise _Refused(SCALE_RANGE)
     data: PointData = {
         "count": dp.count,
         "sum": dp.sum if dp.HasField("sum") else None,
@@ -507,18 +516,6 @@ _POINT_DECODERS: dict[str, Callable[[Any], tuple[int | float | None, PointData |
 }
 
 
-def _point_problem(kind: str, dp: Any) -> str | None:
-    """Why a data point of a metric of type ``kind`` cannot be stored, if it cannot: the
-    metric views would fail on it."""
-    if dp.time_unix_nano > MAX_TIME or dp.start_time_unix_nano > MAX_TIME:
-        return TIME_RANGE
-    if kind == "exponential_histogram" and not MIN_SCALE <= dp.scale <= MAX_SCALE:
-        return SCALE_RANGE
-    if kind == "histogram" and dp.bucket_counts:
-        return None if len(dp.bucket_counts) == len(dp.explicit_bounds) + 1 else BUCKETS_MISMATCH
-    return None
-
-
 def decode_metrics(req: ExportMetricsServiceRequest) -> Batch:
     """The request's metrics (one row each) and their data points as rows."""
     batch = Batch()
@@ -551,10 +548,14 @@ def decode_metrics(req: ExportMetricsServiceRequest) -> Batch:
                 batch.metric_services.add((mid, service))
                 decode_point = _POINT_DECODERS[kind]
                 for dp in data.data_points:
-                    if problem := _point_problem(kind, dp):
-                        batch.reject(problem)
+                    if dp.time_unix_nano > MAX_TIME or dp.start_time_unix_nano > MAX_TIME:
+                        batch.reject(TIME_RANGE)
                         continue
-                    value, extra = decode_point(dp)
+                    try:
+                        value, extra = decode_point(dp)
+                    except _Refused as exc:
+                        batch.reject(str(exc))
+                        continue
                     rows.append(
                         _point_row(
                             (
