@@ -716,6 +716,18 @@ def microtrace() -> dict[str, Any]:
     )
 
 
+# The callers' client-duration bucket rates per called service (job). The client metric names
+# its peer by server.address and server.port only; the scrape target with that address (the
+# `up` series' instance, host:port, in Prometheus and in the console alike) gives the job.
+DOWNSTREAM_CLIENT = (
+    "sum by (le, server_address, server_port) "
+    f"(rate(http_client_request_duration_seconds_bucket[{RI}])) "
+    "* on (server_address, server_port) group_left (job) count by (job, server_address, "
+    'server_port) (label_replace(label_replace(up{job=~"$service"}, "server_address", "$1", '
+    '"instance", "(.+):[0-9]+"), "server_port", "$1", "instance", ".+:([0-9]+)"))'
+)
+
+
 def service_view() -> dict[str, Any]:
     """The service view of the gateway -> user -> order -> audit chain."""
     chain = 'job=~"gateway|user-service|order-service|audit-service"'
@@ -800,6 +812,27 @@ def service_view() -> dict[str, Any]:
                     "{{job}} {{path}}",
                     exemplar=True,
                 )
+            ],
+            unit="s",
+        ),
+        timeseries(
+            "Downstream call latency: client vs server (p95)",
+            "Per called service, the p95 of its callers' http.client.request.duration next to "
+            "the p95 of its own http.server.request.duration (the same bucket bounds). The gap "
+            "is the network, queueing and client overhead. The client metric names its peer by "
+            "server.address and server.port: the scrape target (up) at that address names the "
+            "service.",
+            [
+                prom(
+                    f"histogram_quantile(0.95, sum by (le, job) ({DOWNSTREAM_CLIENT}))",
+                    "{{job}} client",
+                ),
+                prom(
+                    f"histogram_quantile(0.95, sum by (le, job) "
+                    f"(rate(http_server_request_duration_seconds_bucket{{{SVC}}}[{RI}]))) "
+                    f"and on (job) sum by (job) ({DOWNSTREAM_CLIENT})",
+                    "{{job}} server",
+                ),
             ],
             unit="s",
         ),
@@ -1158,6 +1191,7 @@ def render_docs() -> str:
         "traces_spanmetrics_",
         "traces_service_graph_",
         "http_server_request_duration",
+        "http_client_request_duration",
     )
     for name, build in DASHBOARDS.items():
         d = build()

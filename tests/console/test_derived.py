@@ -160,6 +160,18 @@ def _item_reads_and_chains(item: int) -> Callable[[httpx.Client, int], None]:
     return send
 
 
+CALLED = ("user-service", "order-service", "audit-service")  # the chain's called services
+
+
+def _call_sides(panel: dict[str, Any]) -> set[tuple[str, str]]:
+    """(service, "client" or "server") of the client-vs-server panel's series with a value."""
+    return {
+        (s["labels"]["job"], "client" if s["ref"] == "A" else "server")
+        for s in panel["series"]
+        if any(v is not None for _, v in s["points"])
+    }
+
+
 def _panels(ui: httpx.Client, uid: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     board = ui.get(f"/api/dashboards/{uid}", params={"window": "1h"}).json()
     return board, {p["title"]: p for p in board["panels"]}
@@ -178,13 +190,17 @@ def test_collector_panels_fill_in_embedded_mode(
         latency = tracing["Latency p95 by route, OpenTelemetry metric"]
         red = tracing["Span RED by operation (span metrics)"]
         edges = services["Calls per edge"]
+        calls = services["Downstream call latency: client vs server (p95)"]
         seen.update(empty={"latency": latency["empty"], "red": red["empty"],
-                           "edges": edges["empty"]}, note=latency.get("note"))  # fmt: skip
+                           "edges": edges["empty"], "calls": _call_sides(calls)},
+                    note=latency.get("note"))  # fmt: skip
         if latency["empty"] or red["empty"] or edges["empty"]:
+            return None
+        if not {(s, side) for s in CALLED for side in ("client", "server")} <= _call_sides(calls):
             return None
         window = board["variables"]["$__rate_interval"]
         scraped = value(ui, f'sum(rate(requests_total{{job="api",path="{ROUTE}"}}[{window}]))')
-        return latency, {"red": red, "edges": edges}, scraped
+        return latency, {"red": red, "edges": edges, "calls": calls}, scraped
 
     with steady_traffic(str(gateway.base_url), _item_reads_and_chains(item)):
         # The panels' rate window (31 s for a 1 h board at a 1 s scrape) filled with the
@@ -205,8 +221,16 @@ def test_collector_panels_fill_in_embedded_mode(
     assert latency["links"] and "kind" not in latency["links"][0], latency["links"]
     linked = latency["links"][0]["trace_id"]
     assert ui.get(f"/api/traces/{linked}").status_code == 200
-    for table in tables.values():
-        assert {link.get("kind") for link in table["links"]} >= {"slowest"}, table["links"]
+    for name in ("red", "edges"):
+        links = tables[name]["links"]
+        assert {link.get("kind") for link in links} >= {"slowest"}, links
+
+    # Each called service of the chain: its callers' client p95 and its own server p95.
+    calls = tables["calls"]
+    for s in calls["series"]:
+        p95 = [v for _, v in s["points"] if v is not None]
+        assert p95 and all(0 < v < 10 for v in p95), s
+    assert "gateway" not in {s["labels"]["job"] for s in calls["series"]}, calls["series"]
 
     routes = {s["labels"].get("http_route") for s in latency["series"]}
     assert ROUTE in routes, routes

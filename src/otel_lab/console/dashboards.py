@@ -47,6 +47,10 @@ DERIVED_SERIES: dict[str, str] = {
         "the SDKs' OTel metric, pushed over OTLP through the Collector into Prometheus' "
         "OTLP receiver (in embedded mode the console translates the points it receives)"
     ),
+    "http_client_request_duration_seconds": (
+        "the SDKs' OTel metric, pushed over OTLP through the Collector into Prometheus' "
+        "OTLP receiver (in embedded mode the console translates the points it receives)"
+    ),
 }
 # Series prefix -> why embedded mode cannot have it; the console shows the reason on a panel
 # that stays empty. None left: the console derives what the Collector makes (above).

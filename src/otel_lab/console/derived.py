@@ -58,7 +58,7 @@ BUCKETS = LATENCY_BUCKETS
 # spanmetrics `dimensions` (attribute -> Prometheus label).
 SPAN_DIMENSIONS = ("http.request.method", "http.route", "http.response.status_code")
 # The SDK metrics pushed over OTLP that the dashboards read.
-OTLP_METRICS = ("http.server.request.duration",)
+OTLP_METRICS = ("http.server.request.duration", "http.client.request.duration")
 # A series of an OTLP metric with no point for this long is gone (Prometheus' lookback).
 OTLP_LOOKBACK_NS = 300 * 1_000_000_000
 MAX_SERIES = 20_000  # a cardinality guard: new label sets beyond it are not tracked
