@@ -1,7 +1,7 @@
 """Embedded mode: the series the Collector makes in stack mode exist in the console (issue 11).
 
 Span metrics (``traces_spanmetrics_*``), the service graph (``traces_service_graph_*``) and
-the SDKs' OTLP histogram ``http_server_request_duration_seconds_*`` are derived by the console
+the SDKs' OTLP histograms ``http_{server,client}_request_duration_seconds_*`` are derived by the console
 from the spans and metric points it stores (``otel_lab.console.derived``). The whole system
 runs (the session fixture ``system``, shared with test_scraped.py); requests go through the
 gateway; the counts are checked against the requests sent and against the services' own

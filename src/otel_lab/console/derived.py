@@ -3,8 +3,9 @@
 In stack mode three kinds of Prometheus series do not come from a scrape of the services:
 the Collector's spanmetrics connector counts every span (``traces_spanmetrics_*``), its
 servicegraph connector pairs client and server spans into edges (``traces_service_graph_*``),
-and the SDKs' OTel histogram ``http.server.request.duration`` is pushed over OTLP into
-Prometheus' OTLP receiver (``http_server_request_duration_seconds_*``). In embedded mode the
+and the SDKs' OTel histograms ``http.server.request.duration`` and
+``http.client.request.duration`` are pushed over OTLP into Prometheus' OTLP receiver
+(``http_{server,client}_request_duration_seconds_*``). In embedded mode the
 console is the OTLP receiver and stores every span and metric point, so it derives the same
 series from its store, with the connectors' names, labels and semantics (the settings of
 ``deploy/otel-collector/config.yaml``), and hands them to the scraper as one more job
