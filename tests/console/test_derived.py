@@ -1,10 +1,10 @@
 """Embedded mode: the series the Collector makes in stack mode exist in the console (issue 11).
 
 Span metrics (``traces_spanmetrics_*``), the service graph (``traces_service_graph_*``) and
-the SDKs' OTLP histograms ``http_{server,client}_request_duration_seconds_*`` are derived by the console
-from the spans and metric points it stores (``otel_lab.console.derived``). The whole system
-runs (the session fixture ``system``, shared with test_scraped.py); requests go through the
-gateway; the counts are checked against the requests sent and against the services' own
+the SDKs' OTLP histograms ``http_{server,client}_request_duration_seconds_*`` are derived by
+the console from the spans and metric points it stores (``otel_lab.console.derived``). The
+whole system runs (the session fixture ``system``, shared with test_scraped.py); requests go
+through the gateway; the counts are checked against the requests sent and against the services' own
 ``requests_total`` scraped from ``/metrics``, and the dashboard panels that read these series
 (empty in embedded mode before) are read back through ``/api/dashboards``.
 """
