@@ -105,6 +105,16 @@ def test_counts_agree_with_the_requests_sent(
             f'{{client="{c}",server="{s}",failed="false"}})'
             for c, s in CHAIN
         },
+        # The callers' client histogram, its peer's job found as the client-vs-server panel
+        # finds it (by server address and port from the scrape targets).
+        **{
+            f"client->{s}": "sum(sum by (server_address, server_port) "
+            "(http_client_request_duration_seconds_count) * on (server_address, server_port) "
+            "group_left (job) count by (job, server_address, server_port) (label_replace("
+            f'label_replace(up{{job="{s}"}}, "server_address", "$1", "instance", "(.+):[0-9]+"), '
+            '"server_port", "$1", "instance", ".+:([0-9]+)")))'
+            for _, s in CHAIN
+        },
     }
     # One failing request (a 500 of api) and one item created (its enrichment task: a Celery
     # PRODUCER span in api, the CONSUMER span in the worker).
