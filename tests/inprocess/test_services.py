@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from fastapi import FastAPI
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import REGISTRY
+from psycopg import sql
 
 from otel_lab.services.api.app import create_app as create_api
 from otel_lab.services.audit.app import create_app as create_audit
@@ -103,6 +105,101 @@ def test_audit_writes_once_per_key(recorded: Recorded, database_url: str) -> Non
     # The engine is traced to the app's providers: its statements are in this test's memory.
     statements = [s.name for s in recorded.spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
     assert any(name.startswith("INSERT") for name in statements), statements
+
+
+def _posts(app: FastAPI, key: str, *bodies: dict[str, Any]) -> list[httpx.Response]:
+    """``POST /process`` with each body in turn, all under the Idempotency-Key ``key``."""
+
+    async def go() -> list[httpx.Response]:
+        async with served(app) as client:
+            headers = {"Idempotency-Key": key}
+            return [await client.post("/process", json=b, headers=headers) for b in bodies]
+
+    return run(go())
+
+
+def _forget_fingerprint(database_url: str, table: str, key: str) -> None:
+    """What a row written before migration 0003 looks like: no request fingerprint."""
+    update = sql.SQL("UPDATE {} SET request_fingerprint = NULL WHERE idempotency_key = %s")
+    with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+        assert conn.execute(update.format(sql.Identifier(table)), (key,)).rowcount == 1
+
+
+def _chain_app(factory: Any, recorded: Recorded, database_url: str) -> FastAPI:
+    """audit- or order-service (audit-service down: the order's audit is deferred)."""
+    settings = settings_for(
+        DATABASE_URL=database_url, AUDIT_SERVICE_URL=closed_url(), DOWNSTREAM_RETRY_ATTEMPTS=1
+    )
+    app: FastAPI = factory(settings, recorded.telemetry)
+    return app
+
+
+def _stored_id(response: httpx.Response) -> int:
+    """The audit row's or the order's id in a ``POST /process`` answer."""
+    body = response.json()
+    return int(body["order"]["id"] if "order" in body else body["audit"]["id"])
+
+
+_AUDIT_BODY = {"user_id": 7, "order_id": 9, "action": "buy", "order_total": 5.0, "item_count": 1}
+_ORDER_BODY = {"user_id": 1001, "action": "buy"}
+REUSED = {
+    "detail": "this Idempotency-Key was used for a different request: send that request "
+    "again for its result, or use a new key for a new request",
+    "error_type": "idempotency_key_reused",
+}
+
+
+@pytest.mark.parametrize(
+    ("factory", "body", "changed", "same"),
+    [
+        (create_audit, _AUDIT_BODY, {"order_total": 6.0}, {}),
+        (create_orders, _ORDER_BODY, {"action": "sell"}, {"user_tier": "gold"}),
+        (
+            create_orders,
+            _ORDER_BODY,
+            {"items": [{"sku": "SKU-MUG"}]},
+            {"simulate_failure": "order_transient"},
+        ),
+    ],
+)
+def test_a_key_reused_for_another_request_is_a_422(
+    recorded: Recorded,
+    database_url: str,
+    factory: Any,
+    body: dict[str, Any],
+    changed: dict[str, Any],
+    same: dict[str, Any],
+) -> None:
+    """The IETF draft (section 2.7) and Stripe: a key reused with a different payload is a
+    422, not the first request's result. The same request again still replays, also when
+    only what a retry may change differs (``same``: the failure switch, the tier)."""
+    app = _chain_app(factory, recorded, database_url)
+    first, reused, again = _posts(
+        app, uuid.uuid4().hex, body, {**body, **changed}, {**body, **same}
+    )
+    assert first.status_code == 200, first.text
+    assert reused.status_code == 422, reused.text
+    assert reused.json() == {**REUSED, "request_id": reused.headers["x-request-id"]}
+    assert again.status_code == 200, again.text
+    assert _stored_id(again) == _stored_id(first)
+
+
+@pytest.mark.parametrize(
+    ("factory", "body", "table"),
+    [(create_audit, _AUDIT_BODY, "audit_logs"), (create_orders, _ORDER_BODY, "orders")],
+)
+def test_a_key_stored_without_a_fingerprint_still_replays(
+    recorded: Recorded, database_url: str, factory: Any, body: dict[str, Any], table: str
+) -> None:
+    """Rows written before migration 0003 have no fingerprint: what they acknowledged
+    stays theirs, and a retry gets it back, whatever its body."""
+    app = _chain_app(factory, recorded, database_url)
+    key = uuid.uuid4().hex
+    (first,) = _posts(app, key, body)
+    _forget_fingerprint(database_url, table, key)
+    (again,) = _posts(app, key, {**body, "action": "other"})
+    assert first.status_code == again.status_code == 200, again.text
+    assert _stored_id(again) == _stored_id(first)
 
 
 # --------------------------------------------------------------------------- order-service

@@ -173,6 +173,23 @@ def test_idempotency_key_returns_the_same_order(gateway: httpx.Client) -> None:
     assert second.json()["audit"]["replayed"] is True
 
 
+def test_idempotency_key_reused_for_another_request_is_a_422(gateway: httpx.Client) -> None:
+    """The key reused with another action: order-service finds its order was another
+    request's, and user-service passes that 422 on to the client (not a 502: the client's
+    mistake, not order-service failing). No second order; the first request still replays."""
+    key = f"test-{uuid.uuid4().hex}"
+    first = _process(gateway, {"user_id": 1006, "action": "idem"}, **{"Idempotency-Key": key})
+    reused = _process(gateway, {"user_id": 1006, "action": "other"}, **{"Idempotency-Key": key})
+    assert first.status_code == 200, first.text
+    assert reused.status_code == 422, reused.text
+    body = reused.json()
+    assert body["error_type"] == "idempotency_key_reused", body
+    assert body["service"] == "order-service" and body["step"] == "order_creation", body
+    assert "different request" in body["detail"]
+    again = _process(gateway, {"user_id": 1006, "action": "idem"}, **{"Idempotency-Key": key})
+    assert again.status_code == 200 and again.json()["order"] == first.json()["order"]
+
+
 # --------------------------------------------------------------------------- traces
 
 

@@ -63,6 +63,7 @@ from yarl import URL
 from otel_lab.jsontypes import JSONValue
 from otel_lab.services import deadline
 from otel_lab.services.errors import (
+    IdempotencyKeyReusedError,
     InvalidInputError,
     ServiceError,
     mark_failed,
@@ -414,6 +415,26 @@ def _detail_of(response: Reply) -> str:
     return response.reason_phrase or f"HTTP {response.status_code}"
 
 
+def _error_of(service: str, step: str, response: Reply) -> ServiceError:
+    """The error a caller answers for a downstream's error answer: a
+    :class:`DownstreamHTTPError`, except the client's own mistake that the downstream
+    found, an ``Idempotency-Key`` reused for another request, passed on as the 422 it is
+    (naming where it was found), not as a failure of the downstream."""
+    reused = IdempotencyKeyReusedError
+    if response.status_code == reused.status_code:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("error_type") == reused.error_type:
+            return reused(
+                _detail_of(response),
+                service=str(body.get("service") or service),
+                step=str(body.get("step") or step),
+            )
+    return DownstreamHTTPError(service, step, response.status_code, _detail_of(response))
+
+
 class _RequestOptions(TypedDict, total=False):
     """What :meth:`Downstream.send` hands on to ``aiohttp.ClientSession.request``."""
 
@@ -510,9 +531,7 @@ class Downstream:
                 )  # fmt: skip
                 span.set_attribute("http.response.status_code", response.status_code)
                 if raise_for_status and response.status_code >= 400:
-                    raise DownstreamHTTPError(
-                        self.name, step, response.status_code, _detail_of(response)
-                    )
+                    raise _error_of(self.name, step, response)
                 return response
             except DownstreamError as exc:
                 mark_failed(span, exc, exc.error_type)
@@ -797,7 +816,8 @@ async def call_next_hop(
     downstream: Downstream, step: str, payload: Mapping[str, JSONValue], key: str
 ) -> Reply:
     """``POST /process`` on the chain's next service: retried safely (it honours the
-    Idempotency-Key ``key``); an answer >= 400 is raised as a :class:`DownstreamError`."""
+    Idempotency-Key ``key``); an answer >= 400 is raised as a :class:`DownstreamError`, or
+    as the 422 of a key reused for another request (the client's, passed on)."""
     return await downstream.request(
         "POST", "/process", step=step, idempotent=True, raise_for_status=True, json=payload,
         headers=outbound_headers(key),

@@ -85,6 +85,21 @@ class ConflictError(ServiceError):
     error_type = "conflict"
 
 
+class IdempotencyKeyReusedError(ServiceError):
+    """An ``Idempotency-Key`` already used for a different request (422).
+
+    draft-ietf-httpapi-idempotency-key-header-07, section 2.7 (Error Scenarios): a key reused
+    with a different payload SHOULD get a 422 (section 2.4: the server compares a
+    fingerprint of the request). Replaying the first result instead would tell the client
+    its second, different request was done. Raised by the service that stored the key; the
+    services in front of it pass it on as it is (``services.downstream``): the client's
+    mistake, not a failed dependency.
+    """
+
+    status_code = 422
+    error_type = "idempotency_key_reused"
+
+
 class PayloadTooLargeError(ServiceError):
     status_code = 413
     error_type = "payload_too_large"

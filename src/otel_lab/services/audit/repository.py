@@ -19,9 +19,9 @@ _INSERT_LOG = (
     text(
         """
         INSERT INTO audit_logs (event_type, user_id, order_id, action, details, trace_id,
-                                request_id, idempotency_key)
+                                request_id, idempotency_key, request_fingerprint)
         VALUES (:event_type, :user_id, :order_id, :action, :details, :trace_id,
-                :request_id, :idempotency_key)
+                :request_id, :idempotency_key, :request_fingerprint)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id, created_at
         """
@@ -36,7 +36,8 @@ _STORED_LOG = select(_audit_logs).where(
 
 async def insert_log(autocommit: AsyncEngine, log: dict[str, Any]) -> tuple[db.Row, bool]:
     """Write ``log`` (one statement, autocommit); returns (row, replayed). A new row has only
-    ``id`` and ``created_at``; a replayed one (the key was written before) is the whole row."""
+    ``id`` and ``created_at``; a replayed one (the key was written before) is the whole row.
+    A key written before by another request is a 422 (``persistence.check_replay``)."""
     async with autocommit.connect() as connection:
         return await insert_once(connection, _INSERT_LOG, log, _STORED_LOG)
 

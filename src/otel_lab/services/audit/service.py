@@ -13,6 +13,7 @@ from otel_lab.registry import CHAIN
 from otel_lab.services.audit import repository
 from otel_lab.services.audit.schemas import AuditProcessRequest, AuditProcessResponse, AuditRecord
 from otel_lab.services.errors import ServiceError
+from otel_lab.services.persistence import fingerprint
 from otel_lab.telemetry import Telemetry
 from otel_lab.telemetry.context import request_id_var
 
@@ -77,6 +78,8 @@ async def record(
             "trace_id": format(span.get_span_context().trace_id, "032x"),
             "request_id": request_id_var.get(),
             "idempotency_key": key,
+            # a retry without the failure switch is the same request
+            "request_fingerprint": fingerprint(body, exclude={"simulate_failure"}),
         }
         row, replayed = await repository.insert_log(autocommit, log)
         if replayed:  # a retry, or a concurrent attempt with the same key

@@ -35,6 +35,9 @@ class Order(Base):
     )
     # A retried chain call carries the same key and gets the same order back.
     idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    # Which request the key was first used for (services/persistence.py): another request
+    # with the key is a 422. None in rows older than migration 0003.
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     trace_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), index=True

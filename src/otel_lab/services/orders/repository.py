@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from otel_lab import db
 from otel_lab.services.orders.models import Order, OrderItem
 from otel_lab.services.orders.pricing import Line
-from otel_lab.services.persistence import insert_once, paged
+from otel_lab.services.persistence import check_replay, insert_once, paged
 
 # Declarative tables are typed FromClause; update() wants the Table they are.
 _orders = cast(Table, Order.__table__)
@@ -28,9 +28,10 @@ _INSERT_ORDER = text(
     """
     WITH new_order AS (
         INSERT INTO orders (user_id, action, status, currency, subtotal, discount, tax, total,
-                            item_count, audit_status, idempotency_key, trace_id)
+                            item_count, audit_status, idempotency_key, request_fingerprint,
+                            trace_id)
         VALUES (:user_id, :action, :status, :currency, :subtotal, :discount, :tax, :total,
-                :item_count, :audit_status, :idempotency_key, :trace_id)
+                :item_count, :audit_status, :idempotency_key, :request_fingerprint, :trace_id)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id, created_at
     ), new_items AS (
@@ -79,10 +80,16 @@ async def _with_items(connection: AsyncConnection, found: db.Row) -> OrderRow:
     return found._mapping, (await items_of(connection, [found.id]))[found.id]
 
 
-async def stored_order(connection: AsyncConnection, key: str) -> OrderRow | None:
-    """The order (and lines) an earlier attempt with ``key`` wrote, if any."""
+async def stored_order(
+    connection: AsyncConnection, key: str, request_fingerprint: str
+) -> OrderRow | None:
+    """The order (and lines) an earlier attempt with ``key`` wrote, if any; a 422 when that
+    attempt was another request (``persistence.check_replay``)."""
     found = (await db.execute(connection, _BY_KEY, {"idempotency_key": key})).first()
-    return None if found is None else await _with_items(connection, found)
+    if found is None:
+        return None
+    check_replay(found, request_fingerprint)
+    return await _with_items(connection, found)
 
 
 def _line_arrays(lines: Sequence[Line]) -> dict[str, list[Any]]:
@@ -100,7 +107,7 @@ async def insert_order(
 ) -> tuple[db.Row, OrderRow | None]:
     """Write the order and its lines in one statement. Returns the new row's ``id`` and
     ``created_at`` and None, or, when the key already has an order (a retry, or a concurrent
-    attempt won), that order and its lines."""
+    attempt won), that order and its lines; a 422 when that order was another request's."""
     row, replayed = await insert_once(
         connection, _INSERT_ORDER, {**order, **_line_arrays(lines)}, _BY_KEY
     )

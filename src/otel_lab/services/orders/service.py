@@ -20,12 +20,18 @@ from otel_lab.services.errors import ServiceError
 from otel_lab.services.orders import pricing, repository
 from otel_lab.services.orders.pricing import default_items, price_order
 from otel_lab.services.orders.schemas import OrderOut, OrderProcessRequest
+from otel_lab.services.persistence import fingerprint
 from otel_lab.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 SCOPE = "otel_lab.orders"
 
 _ITEM_COLUMNS = ("sku", "name", "quantity", "unit_price", "line_total")
+
+# What a retry may change without being another request: the demo's failure switch (a
+# retry without it writes the audit that was deferred), and the tier, which user-service
+# reads from the user (a tier changed between a call and its retry is the same order).
+REPLAY_EXCLUDES = {"simulate_failure", "user_tier"}
 
 
 class SimulatedFailureError(ServiceError):
@@ -67,15 +73,18 @@ async def create_order(
 ) -> tuple[dict[str, Any], list[Mapping[Any, Any]], bool]:
     """Order creation and pricing in one statement; returns (order, items, replayed).
 
-    A call whose key already has an order (a retry) gets that order back, not a second one.
+    A call whose key already has an order (a retry) gets that order back, not a second one;
+    a different request with that key is a 422 (:data:`REPLAY_EXCLUDES`).
     """
+    request_fingerprint = fingerprint(body, exclude=REPLAY_EXCLUDES)
     with telemetry.tracer(SCOPE).start_as_current_span(
         "order_creation",
         attributes={"operation.type": "business_logic", "user.id": str(body.user_id)},
     ) as span:
         if body.simulate_failure in ("order", "order_transient"):
             # A retry of a call that failed on purpose must find what the first one stored.
-            if (stored := await repository.stored_order(connection, key)) is not None:
+            stored = await repository.stored_order(connection, key, request_fingerprint)
+            if stored is not None:
                 return _replayed(span, *stored)
             if body.simulate_failure == "order":
                 raise SimulatedFailureError("simulated failure in order creation")
@@ -100,6 +109,7 @@ async def create_order(
             "item_count": len(priced.lines),
             "audit_status": "pending",
             "idempotency_key": key,
+            "request_fingerprint": request_fingerprint,
             "trace_id": format(span.get_span_context().trace_id, "032x"),
         }
         if faults.active("slow-database"):  # a real slow query, on the order's connection
