@@ -427,6 +427,31 @@ def test_gateway_unknown_path_and_unreachable_upstream(recorded: Recorded) -> No
     assert unreachable.json()["service"] == "api" and unreachable.json()["step"] == "proxy"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/health", "GET"),
+        ("POST", "/ready", "GET"),
+        ("DELETE", "/metrics", "GET"),
+        ("POST", "/openapi.json", "GET, HEAD"),
+        ("TRACE", "/items/1", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    ],
+)
+def test_gateway_wrong_method_on_a_path_it_knows_is_a_405(
+    recorded: Recorded, method: str, path: str, allow: str
+) -> None:
+    """The gateway's own paths with another method are a 405 naming what they take (it was
+    a 404 "no service owns /health"); a method it does not proxy, on a proxied path, too."""
+    app = create_gateway(settings_for(API_URL=closed_url()), recorded.telemetry)
+    response = _call(app, method, path)
+    assert response.status_code == 405, response.text
+    assert response.headers["allow"] == allow
+    body = response.json()
+    assert (body["detail"], body["error_type"]) == ("Method Not Allowed", "method_not_allowed")
+    assert body["request_id"] == response.headers.get("x-request-id")  # /metrics has none
+    assert _call(app, method, "/nowhere").status_code == 404
+
+
 def test_gateway_body_limit(recorded: Recorded) -> None:
     settings = settings_for(API_URL=closed_url(), GATEWAY_MAX_BODY_BYTES=8)
 

@@ -83,6 +83,35 @@ def test_unknown_path_is_a_json_404(gateway: httpx.Client) -> None:
         assert "/process" in body["routes"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", "/api/v1/process", "POST"),
+        ("PATCH", "/users", "GET, POST"),
+        ("POST", "/orders/1", "GET"),
+        ("PUT", "/api/v1/audit", "GET"),
+    ],
+)
+def test_wrong_method_on_a_proxied_path_is_the_services_405(
+    gateway: httpx.Client, system: RunningSystem, method: str, path: str, allow: str
+) -> None:
+    """The owning service's 405 and its ``Allow`` come back as they are: not a 404, not
+    a 502 (the gateway proxies every method; the service knows what its path takes)."""
+    response = gateway.request(method, path)
+    assert response.status_code == 405, response.text
+    assert response.headers["allow"] == allow
+    assert response.json()["error_type"] == "method_not_allowed"
+    direct = httpx.request(method, system.url(owner_of(path) or "") + path.removeprefix(API_PREFIX))
+    assert (direct.status_code, direct.headers["allow"]) == (405, allow)
+
+
+def test_wrong_method_on_the_gateways_own_path_is_a_405(gateway: httpx.Client) -> None:
+    response = gateway.put("/health")
+    assert response.status_code == 405, response.text
+    assert response.headers["allow"] == "GET"
+    assert response.json()["error_type"] == "method_not_allowed"
+
+
 def test_gateway_health_ready_and_metrics_are_its_own(gateway: httpx.Client) -> None:
     assert gateway.get("/health").json() == {"status": "ok", "service": "gateway"}
     ready = gateway.get("/ready")

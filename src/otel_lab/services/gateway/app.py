@@ -6,7 +6,8 @@ under ``/api/v1/``, goes to the service that owns it (:data:`ROUTES`, the one ro
 table). The trace starts here (or continues a caller's ``traceparent``), the request ID is
 set or validated here and sent on, and the answer comes back with its status, body and
 headers. Its own ``/health``, ``/ready`` (which checks every upstream) and ``/metrics`` stay
-local.
+local; another method on them is a 405 with ``Allow``, and on a service's path the
+service's own 405 comes back.
 
 Failures: an upstream that cannot be reached answers 502, one that does not answer in time
 504, and one whose breaker is open 503 with ``Retry-After``; each JSON body names the
@@ -250,11 +251,17 @@ class ProxyDispatch:
         await response(scope, receive, send)
 
 
-async def not_found(request: Request) -> None:
-    """No service owns the path: 404 with the prefixes that exist."""
-    raise NotFoundError(
-        f"no service owns {request.url.path}", routes=sorted(ROUTES), api_prefix=API_PREFIX
-    )
+async def no_route(request: Request, exc: Exception) -> Response:
+    """The router's own errors: no service owns the path (404, with the prefixes that
+    exist), or the gateway's own path does not take the method (``PUT /health``: 405 with
+    ``Allow``, as the services answer it)."""
+    if getattr(exc, "status_code", None) == 404:
+        return error_json(
+            NotFoundError(
+                f"no service owns {request.url.path}", routes=sorted(ROUTES), api_prefix=API_PREFIX
+            )
+        )
+    return await handle_http_exception(request, exc)
 
 
 @asynccontextmanager
@@ -316,7 +323,9 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
     for route in app.router.routes:  # the app's own paths must not be a service's
         assert owner_of(getattr(route, "path", "")) is None, route
     app.router.routes.extend(routes)
-    app.add_api_route("/{path:path}", not_found, methods=PROXY_METHODS, include_in_schema=False)
+    # No catch-all route: the router's 404 and 405 (a path it knows, another method) both
+    # reach no_route.
+    app.add_exception_handler(StarletteHTTPException, no_route)
     # Innermost of the middleware (appended, where add_middleware would put it outermost).
     app.user_middleware.append(Middleware(ProxyDispatch))
     app.middleware_stack = ProxyFront(app, routes)
