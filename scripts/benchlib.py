@@ -71,7 +71,7 @@ def wrk(
     )
 
 
-_TRIVIAL_APP = """
+TRIVIAL_APP = """
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
@@ -88,7 +88,7 @@ def trivial_endpoint(port: int) -> Iterator[str]:
     """A uvicorn endpoint in a child process that reads any request and answers ``{"ok":
     true}`` (so a client benchmark counts only the client); yields its URL once it answers."""
     serve = f"import uvicorn; uvicorn.run(app, port={port}, log_level='warning', access_log=False)"
-    server = subprocess.Popen([sys.executable, "-c", _TRIVIAL_APP + "\n" + serve])
+    server = subprocess.Popen([sys.executable, "-c", TRIVIAL_APP + "\n" + serve])
     url = f"http://127.0.0.1:{port}/call"
     try:
         deadline = time.monotonic() + 20

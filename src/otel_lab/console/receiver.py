@@ -389,14 +389,19 @@ def _grpc_percent_encode(text: str) -> str:
     return "".join(out)
 
 
-class OtlpHttpProtocol(JsonErrorsProtocol):
-    """uvicorn's httptools protocol, plus: a connection that opens with the HTTP/2 preface
-    (a gRPC exporter) is answered over HTTP/2 with the hint instead of a bare 400; a
-    request it cannot parse gets a google.rpc.Status in JSON, as the receiver's errors."""
+# The google.rpc.Code of each error the protocol answers itself (gRPC's own servers answer
+# RESOURCE_EXHAUSTED for metadata over their limit).
+_PROTOCOL_ERROR_CODES = {400: INVALID_ARGUMENT, 408: DEADLINE_EXCEEDED, 431: RESOURCE_EXHAUSTED}
 
-    @staticmethod
-    def bad_request_body(message: str) -> bytes:
-        return _json_error(INVALID_ARGUMENT, message)
+
+class OtlpHttpProtocol(JsonErrorsProtocol):
+    """uvicorn's httptools protocol with the services' limits, plus: a connection that opens
+    with the HTTP/2 preface (a gRPC exporter) is answered over HTTP/2 with the hint instead
+    of a bare 400; a request it cannot parse (400), a head too large (431) or too slow (408)
+    gets a google.rpc.Status in JSON, as the receiver's errors."""
+
+    def error_response_body(self, status: int, message: str) -> bytes:
+        return _json_error(_PROTOCOL_ERROR_CODES[status], message)
 
     def __init__(
         self,
@@ -411,6 +416,7 @@ class OtlpHttpProtocol(JsonErrorsProtocol):
         self._grpc: _GrpcHintConnection | None = None
 
     def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()  # armed at connect; the gRPC path skips uvicorn's
         if self._grpc is not None:
             self._grpc.received(data)
             return

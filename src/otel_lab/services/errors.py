@@ -1,7 +1,8 @@
 """The services' one error model: handlers raise, :func:`handle_service_error` answers.
 
 Every error a service answers is a :class:`ServiceError` (or is translated into one, see
-``services.base``) and becomes the same JSON body::
+``services.base``) and becomes the same JSON body (``http_protocol.error_body``, which
+uvicorn's own answers use too)::
 
     {"detail": "...", "error_type": "...", "request_id": "...", ...context}
 
@@ -23,6 +24,7 @@ from opentelemetry.trace import Status, StatusCode
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from otel_lab.http_protocol import error_body, error_type_for
 from otel_lab.jsontypes import JSONObject, JSONValue
 from otel_lab.request_body import too_large
 from otel_lab.routing import allowed_methods
@@ -60,12 +62,7 @@ class ServiceError(Exception):
         self.context = context
 
     def body(self) -> JSONObject:
-        return {
-            "detail": self.detail,
-            "error_type": self.error_type,
-            "request_id": request_id_var.get(),
-            **self.context,
-        }
+        return {**error_body(self.detail, self.error_type, request_id_var.get()), **self.context}
 
 
 class InvalidInputError(ServiceError):
@@ -192,13 +189,9 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
     """Starlette's and FastAPI's own errors (no route: 404, wrong method: 405, a body that
     cannot be read: 400 or 413) in the same shape."""
     status_code: int = getattr(exc, "status_code", 500)
-    phrase = HTTPStatus(status_code).phrase
-    error_type = _HTTP_ERROR_TYPES.get(status_code) or phrase.lower().replace(" ", "_")
-    body = {
-        "detail": getattr(exc, "detail", phrase),
-        "error_type": error_type.replace("-", "_"),
-        "request_id": request_id_var.get(),
-    }
+    error_type = _HTTP_ERROR_TYPES.get(status_code) or error_type_for(status_code)
+    detail = getattr(exc, "detail", HTTPStatus(status_code).phrase)
+    body = error_body(detail, error_type, request_id_var.get())
     headers = dict(getattr(exc, "headers", None) or {})
     if status_code == HTTPStatus.METHOD_NOT_ALLOWED and (allow := allowed_methods(request.scope)):
         headers["Allow"] = allow
