@@ -81,6 +81,9 @@ def _document_errors(app: FastAPI) -> None:
                     responses["400"] = {"description": "Bad parameter", "content": _ERROR}
                 if "{" in path:
                     responses["404"] = {"description": "Not found", "content": _ERROR}
+                for code, response in responses.items():  # declared by a route: the shape
+                    if code.startswith("4"):
+                        response.setdefault("content", _ERROR)
         for unused in ("HTTPValidationError", "ValidationError"):
             schema["components"]["schemas"].pop(unused, None)
         return schema

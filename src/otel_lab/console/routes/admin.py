@@ -95,7 +95,22 @@ def stats(store: StoreDep, options: OptionsDep) -> ConsoleJSON:
     )
 
 
-@router.get("/export", response_model=None)
+NDJSON = "application/x-ndjson"
+
+
+@router.get(
+    "/export",
+    response_model=None,
+    # What it sends: JSON Lines, not the router's default JSON (an error still is JSON).
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "OTLP JSON Lines, one OTLP JSON document a line",
+            "content": {NDJSON: {"schema": {"type": "string"}}},
+        },
+        404: {"description": "No such trace"},
+    },
+)
 def export(
     store: StoreDep,
     trace_id: TraceIdParam = None,
@@ -133,7 +148,7 @@ def export(
 
     return StreamingResponse(
         lines(),
-        media_type="application/x-ndjson",
+        media_type=NDJSON,
         headers={"content-disposition": f'attachment; filename="{filename}"'},
     )
 
