@@ -46,6 +46,7 @@ from otel_lab.services.errors import (
     InvalidInputError,
     PayloadTooLargeError,
     ServiceError,
+    document_errors,
     error_json,
     handle_http_exception,
     handle_service_error,
@@ -259,6 +260,7 @@ def create_service(
     app.add_exception_handler(UnicodeEncodeError, _text_not_unicode)
     app.add_exception_handler(RedisError, _cache_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_failed)
+    document_errors(app, dependencies=lifespan is not None)
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, str]:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from fastapi import FastAPI
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
+from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -196,3 +198,75 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
     if status_code == HTTPStatus.METHOD_NOT_ALLOWED and (allow := allowed_methods(request.scope)):
         headers["Allow"] = allow
     return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+# --------------------------------------------------------------------------- OpenAPI
+
+
+class ErrorBody(BaseModel):
+    """The JSON body of a service's errors: what went wrong, its type and the request's
+    ID, and what the caller needs to act on it (step, service, ...) besides."""
+
+    model_config = ConfigDict(extra="allow", title="Error")
+
+    detail: str
+    error_type: str
+    request_id: str | None
+
+
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+_VALIDATION_REF = {"$ref": "#/components/schemas/HTTPValidationError"}
+# What any route of a service can answer besides its own errors, and when.
+_BODY_TOO_LARGE = "Request body too large (PayloadTooLargeError)"
+_NOT_FOUND = "No such item, or no such path"
+_UNAVAILABLE = "A dependency (named in error_type) is unavailable, or its circuit is open"
+_OUT_OF_TIME = "A dependency did not answer within the request's deadline"
+_INVALID = "Invalid input: a field error (FastAPI's detail list) or a value refused (Error)"
+
+
+def document_errors(app: FastAPI, *, dependencies: bool) -> None:
+    """``/openapi.json`` names the errors the routes answer, each with the shared shape
+    (``Error``; a 422 is that or FastAPI's validation list), in one place for every service:
+
+    - what a route declares (``responses={409: {"description": ...}}``), given the shape;
+    - what follows from its signature: 422 for parameters or a body, 413 for a body, 404
+      for a path with an item in it;
+    - ``dependencies``: 503 and 504 on every route but the operational ones, since each
+      reaches the database, the cache or another service under the request's deadline.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()  # cached by FastAPI: changed in place once
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["Error"] = ErrorBody.model_json_schema()
+        invalid: dict[str, Any] = {"anyOf": [_VALIDATION_REF, _ERROR_REF]}
+        if "HTTPValidationError" not in components:  # no route has parameters or a body
+            invalid = _ERROR_REF
+        for path, operations in schema.get("paths", {}).items():
+            for operation in operations.values():
+                _add_errors(path, operation, dependencies, invalid)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_errors(
+    path: str, operation: dict[str, Any], dependencies: bool, invalid: dict[str, Any]
+) -> None:
+    responses: dict[str, Any] = operation["responses"]
+    if "requestBody" in operation:
+        responses.setdefault("413", {"description": _BODY_TOO_LARGE})
+    if "{" in path:
+        responses.setdefault("404", {"description": _NOT_FOUND})
+    if dependencies and "operations" not in operation.get("tags", ()):
+        responses.setdefault("503", {"description": _UNAVAILABLE})
+        responses.setdefault("504", {"description": _OUT_OF_TIME})
+    if "422" in responses and "content" in responses["422"]:  # FastAPI's: a field error
+        responses["422"] = {"description": _INVALID}
+    for code, response in responses.items():
+        if code[:1] in ("4", "5") and "content" not in response:
+            shape = invalid if code == "422" else _ERROR_REF
+            response["content"] = {"application/json": {"schema": shape}}

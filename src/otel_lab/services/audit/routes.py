@@ -18,7 +18,10 @@ router = APIRouter(tags=["audit"])
 @router.post(
     "/process",
     responses={
-        422: {"description": "Invalid input, or simulate_failure while simulations are off"},
+        422: {
+            "description": "Invalid input, simulate_failure while simulations are off, or an "
+            "Idempotency-Key used for a different request"
+        },
         500: {"description": "The simulated audit failure (simulate_failure: audit)"},
     },
 )

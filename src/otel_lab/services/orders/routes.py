@@ -33,9 +33,15 @@ AuditServiceDep = Annotated[Downstream, Depends(lifespan_state("audit"))]
 @router.post(
     "/process",
     responses={
-        422: {"description": "Invalid input, or simulate_failure while simulations are off"},
+        422: {
+            "description": "Invalid input, simulate_failure while simulations are off, or an "
+            "Idempotency-Key used for a different request"
+        },
         500: {"description": "The simulated order failure (simulate_failure: order)"},
-        503: {"description": "The simulated transient failure's first attempt"},
+        503: {
+            "description": "A dependency is unavailable, or the simulated transient failure's "
+            "first attempt"
+        },
     },
 )
 async def process(

@@ -123,7 +123,11 @@ async def _enrich_profile(
     "/process",
     responses={
         404: {"description": "Unknown user_id (step user_validation)"},
-        422: {"description": "Invalid input, or simulate_failure while simulations are off"},
+        422: {
+            "description": "Invalid input, simulate_failure while simulations are off, or an "
+            "Idempotency-Key used for a different request (found by order-service or "
+            "audit-service)"
+        },
         502: {"description": "order-service failed (step order_creation)"},
         503: {"description": "order-service unreachable, or its circuit is open"},
         504: {"description": "order-service did not answer in time"},

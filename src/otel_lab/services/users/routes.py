@@ -7,7 +7,7 @@ in the ``X-Total-Count`` header.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
@@ -41,7 +41,10 @@ async def _service(
 Service = Annotated[UserService, Depends(_service)]
 
 
-@users_router.post("", status_code=201)
+EMAIL_TAKEN: dict[int | str, dict[str, Any]] = {409: {"description": "The email is taken"}}
+
+
+@users_router.post("", status_code=201, responses=EMAIL_TAKEN)
 async def create_user(body: UserCreate, service: Service) -> UserOut:
     """Create a user; 409 when the email is taken."""
     return UserOut.model_validate(await service.create_user(body))
@@ -61,7 +64,7 @@ async def get_user(user_id: UserId, service: Service) -> UserOut:
     return UserOut.model_validate(await service.get_user(user_id))
 
 
-@users_router.put("/{user_id}")
+@users_router.put("/{user_id}", responses=EMAIL_TAKEN)
 async def update_user(user_id: UserId, body: UserUpdate, service: Service) -> UserOut:
     """Change the given fields; 409 when the new email is taken."""
     return UserOut.model_validate(await service.update_user(user_id, body))
