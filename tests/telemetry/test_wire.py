@@ -167,3 +167,22 @@ def test_unsupported_values_are_refused(value: object) -> None:
 
     with pytest.raises(TypeError):
         any_value(value)
+
+
+def test_a_span_built_outside_the_sdks_tracer_encodes_the_same() -> None:
+    """A ReadableSpan made directly (an exporter test, another SDK part) holds a plain dict,
+    not ``BoundedAttributes``: the encoder takes the public property then."""
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    context = SpanContext(0x1, 0x2, is_remote=False, trace_flags=TraceFlags(1))
+    span = ReadableSpan(
+        "built",
+        context=context,
+        resource=RESOURCE,
+        attributes={"http.route": "/x", "n": 1, "flag": True},
+        start_time=1,
+        end_time=2,
+    )
+    ours = ExportTraceServiceRequest.FromString(SpanEncoder().encode([span]))
+    assert ours == ExportTraceServiceRequest.FromString(encode_spans([span]).SerializeToString())
+    assert len(ours.resource_spans[0].scope_spans[0].spans[0].attributes) == 3
