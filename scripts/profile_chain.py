@@ -1,0 +1,118 @@
+"""Where a request's CPU goes in each service, and what telemetry adds to it: py-spy
+(``record --gil``) on every service a request crosses, under wrk, with telemetry on and off.
+
+For each variant it starts a whole system (the harness), drives one request shape through
+the gateway with wrk while py-spy samples each service, and turns the samples into
+microseconds per request (samples / rate / requests). Then, per service, the frames whose
+inclusive cost differs most between "on" and "off": what telemetry adds, frame by frame.
+Sampling slows the services (py-spy stops them to read their stacks), so the absolute
+figures are inflated, about equally in both variants; read the differences and shares, and
+take the CPU per request of record from ``make bench``.
+
+    .venv/bin/python scripts/profile_chain.py                        # the chain, on and off
+    .venv/bin/python scripts/profile_chain.py --path /items/1 --services api --keep /tmp/prof
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib import wrk
+
+from otel_lab.runtime.harness import running_system
+
+CHAIN = ("gateway", "user-service", "order-service", "audit-service")
+CHAIN_BODY = '{"user_id": 1001, "action": "bench"}'
+VARIANTS = {"on": {}, "off": {"OTEL_SDK_DISABLED": "true"}}
+
+
+def profile(
+    variant: str, path: str, services: tuple[str, ...], seconds: int, rate: int, out: Path
+) -> int:
+    """Run one variant; py-spy's raw stacks go to ``out/<variant>-<service>.txt``. Returns
+    the number of requests wrk completed while sampling."""
+    body = CHAIN_BODY if path == "/api/v1/process" else None
+    with (
+        tempfile.TemporaryDirectory() as data,
+        running_system(Path(data), env=VARIANTS[variant]) as system,
+    ):
+        url = system.url("gateway") + path
+        wrk(url, duration=3, connections=8, tmp=Path(data), body=body)  # warm up
+        spies = [
+            subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record", "--gil", "--nonblocking", "-r", str(rate), "-d", str(seconds),
+                    "-f", "raw", "-o", str(out / f"{variant}-{service}.txt"),
+                    "-p", str(system.pid(service)),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for service in services
+        ]  # fmt: skip
+        time.sleep(1)  # py-spy attached
+        result = wrk(url, duration=seconds - 2, connections=8, tmp=Path(data), body=body)
+        for spy in spies:
+            spy.wait()
+        return result.requests
+
+
+def us_per_frame(raw: Path, rate: int, requests: int) -> tuple[dict[str, float], float]:
+    """Inclusive microseconds per request of each frame (a frame counted once per stack),
+    and of the whole process (every thread)."""
+    samples: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        for frame in set(stack.split(";")):
+            samples[frame] += int(count)
+    scale = 1e6 / rate / max(requests, 1)
+    return {frame: n * scale for frame, n in samples.items()}, total * scale
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--path", default="/api/v1/process", help="sent to the gateway")
+    parser.add_argument("--services", nargs="+", default=list(CHAIN))
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--keep", type=Path, help="keep py-spy's raw output here")
+    args = parser.parse_args()
+
+    out = args.keep or Path(tempfile.mkdtemp())
+    out.mkdir(parents=True, exist_ok=True)
+    services = tuple(args.services)
+    requests = {
+        variant: profile(variant, args.path, services, args.seconds, args.rate, out)
+        for variant in VARIANTS
+    }
+    print(
+        f"{args.path}: {requests['on']} requests on, {requests['off']} off, in {args.seconds - 2} s"
+    )
+    for service in services:
+        on, off = (
+            us_per_frame(out / f"{v}-{service}.txt", args.rate, requests[v]) for v in VARIANTS
+        )
+        # Only a stack's root frames are in every sample: the largest figure is the total.
+        print(
+            f"\n{service}: {max(on.values()):.0f} us on, {max(off.values()):.0f} us off per request"
+        )
+        print(f"{'on':>8} {'off':>8} {'added':>8}  frame")
+        added = sorted(set(on) | set(off), key=lambda f: off.get(f, 0.0) - on.get(f, 0.0))
+        shown = [f for f in added if f in on and f not in off][: args.top]
+        for frame in shown:
+            print(f"{on.get(frame, 0.0):8.0f} {off.get(frame, 0.0):8.0f} "
+                  f"{on.get(frame, 0.0) - off.get(frame, 0.0):+8.0f}  {frame}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
