@@ -86,26 +86,33 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", type=Path, help="keep py-spy's raw output here")
+    parser.add_argument(
+        "--reuse", nargs=2, type=int, metavar=("ON", "OFF"),
+        help="analyse --keep's output again, given the requests of that run (on, off)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     out = args.keep or Path(tempfile.mkdtemp())
     out.mkdir(parents=True, exist_ok=True)
     services = tuple(args.services)
-    requests = {
-        variant: profile(variant, args.path, services, args.seconds, args.rate, out)
-        for variant in VARIANTS
-    }
+    if args.reuse:  # the raw output of an earlier run in --keep, and its request counts
+        requests = dict(zip(VARIANTS, args.reuse, strict=True))
+    else:
+        requests = {
+            variant: profile(variant, args.path, services, args.seconds, args.rate, out)
+            for variant in VARIANTS
+        }
     print(
         f"{args.path}: {requests['on']} requests on, {requests['off']} off, in {args.seconds - 2} s"
     )
     for service in services:
-        on, off = (
+        (on, total_on), (off, total_off) = (
             us_per_frame(out / f"{v}-{service}.txt", args.rate, requests[v]) for v in VARIANTS
         )
-        # Only a stack's root frames are in every sample: the largest figure is the total.
-        print(
-            f"\n{service}: {max(on.values()):.0f} us on, {max(off.values()):.0f} us off per request"
-        )
+        print(f"\n{service}: {total_on:.0f} us on, {total_off:.0f} us off per request")
+        # The frames that exist only with telemetry on, by their cost: the outermost of them
+        # are where telemetry's work starts (an outer one includes what it wraps: the
+        # client middleware's ``await handler(request)`` is the rest of the aiohttp call).
         print(f"{'on':>8} {'off':>8} {'added':>8}  frame")
         added = sorted(set(on) | set(off), key=lambda f: off.get(f, 0.0) - on.get(f, 0.0))
         shown = [f for f in added if f in on and f not in off][: args.top]
