@@ -136,12 +136,12 @@ class _PairCache:
         for key, value in attributes.items():
             kind = type(value)
             if kind in _UNCACHED_TYPES:
-                parts.append(_len_field(field_key, key_value(key, value)))
+                parts.append(key_value_field(field_key, key, value))
                 continue
             cache_key = (key, kind, value)
             encoded = pairs.get(cache_key)
             if encoded is None:
-                encoded = _len_field(field_key, key_value(key, value))
+                encoded = key_value_field(field_key, key, value)
                 seen = distinct.get(key, 0)
                 if seen < self._per_key:
                     distinct[key] = seen + 1
