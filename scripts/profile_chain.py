@@ -92,6 +92,8 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
 
+    if args.reuse and not args.keep:
+        parser.error("--reuse reads the output an earlier run left in --keep")
     out = args.keep or Path(tempfile.mkdtemp())
     out.mkdir(parents=True, exist_ok=True)
     services = tuple(args.services)
@@ -113,12 +115,10 @@ def main() -> None:
         # The frames that exist only with telemetry on, by their cost: the outermost of them
         # are where telemetry's work starts (an outer one includes what it wraps: the
         # client middleware's ``await handler(request)`` is the rest of the aiohttp call).
-        print(f"{'on':>8} {'off':>8} {'added':>8}  frame")
-        added = sorted(set(on) | set(off), key=lambda f: off.get(f, 0.0) - on.get(f, 0.0))
-        shown = [f for f in added if f in on and f not in off][: args.top]
-        for frame in shown:
-            print(f"{on.get(frame, 0.0):8.0f} {off.get(frame, 0.0):8.0f} "
-                  f"{on.get(frame, 0.0) - off.get(frame, 0.0):+8.0f}  {frame}")  # fmt: skip
+        print(f"{'us':>8}  frame")
+        only_on = sorted((f for f in on if f not in off), key=on.__getitem__, reverse=True)
+        for frame in only_on[: args.top]:
+            print(f"{on[frame]:8.0f}  {frame}")
 
 
 if __name__ == "__main__":
