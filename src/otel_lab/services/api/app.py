@@ -15,7 +15,7 @@ from otel_lab.services.api import analyze, items, showcase, weather
 from otel_lab.services.api.analyze_service import WorkerService
 from otel_lab.services.api.queue_metrics import register_queue_depth
 from otel_lab.services.api.showcase_service import Showcase
-from otel_lab.services.base import create_service, database, database_ready
+from otel_lab.services.base import create_service, database, database_ready, include_routes
 from otel_lab.settings import Settings, get_settings
 from otel_lab.telemetry import Telemetry
 from otel_lab.telemetry.celery import instrument_celery
@@ -64,6 +64,5 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
         readiness_checks={"database": database_ready, "cache": _cache_ready},
         telemetry=telemetry,
     )
-    for router in (items.router, analyze.router, weather.router, showcase.router):
-        app.include_router(router)
+    include_routes(app, items.router, analyze.router, weather.router, showcase.router)
     return app

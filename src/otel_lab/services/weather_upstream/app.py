@@ -35,7 +35,7 @@ from opentelemetry import trace
 
 from otel_lab import __version__, faults
 from otel_lab.registry import WEATHER_UPSTREAM
-from otel_lab.services.base import create_service
+from otel_lab.services.base import create_service, include_routes
 from otel_lab.services.deps import TelemetryDep
 from otel_lab.services.errors import ServiceError, handle_service_error
 from otel_lab.services.weather_upstream.schemas import Observation
@@ -233,5 +233,5 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
         app = create_service(
             SERVICE_NAME, settings, title=TITLE, description=DESCRIPTION, telemetry=telemetry
         )
-    app.include_router(router)
+    include_routes(app, router)
     return app
