@@ -1,8 +1,10 @@
 """What the services' structure costs per request: typed ``Depends`` aliases for lifespan
 state (instead of reading ``app.state``; async, and the same as plain ``def`` functions,
-which FastAPI runs on a worker thread) and a response model (instead of a ``JSONResponse``
-built by hand), each measured alone on a bare FastAPI app driven through ASGI in-process, so
-neither the network nor telemetry is in the figure.
+which FastAPI runs on a worker thread), a response model (instead of a ``JSONResponse``
+built by hand) and routers registered with FastAPI's ``include_router`` (nested, matched
+twice) against ``services.base.include_routes`` (the routes on the app), each measured
+alone on a bare FastAPI app driven through ASGI in-process, so neither the network nor
+telemetry is in the figure.
 
     .venv/bin/python scripts/bench_deps.py                # 20,000 requests per variant
     .venv/bin/python scripts/bench_deps.py --requests 50000
@@ -18,10 +20,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from otel_lab.services.base import include_routes
 from otel_lab.services.deps import lifespan_state
 
 Engine = Annotated[object, Depends(lifespan_state("engine"))]
@@ -72,6 +75,28 @@ def _app() -> FastAPI:
     return app
 
 
+def _routers_app(*, flattened: bool) -> FastAPI:
+    """Four routers of five routes each, as the api has four: a request for the last route
+    of the last router, either through FastAPI's included routers or on the app itself."""
+    app = FastAPI()
+    routers = []
+    for i in range(4):
+        router = APIRouter(prefix=f"/r{i}", tags=[f"r{i}"])
+        for j in range(5):
+
+            @router.get(f"/p{j}/{{item_id}}")
+            async def route(item_id: int) -> JSONResponse:
+                return JSONResponse({"id": item_id, "name": "x", "tags": ["a", "b"]})
+
+        routers.append(router)
+    if flattened:
+        include_routes(app, *routers)
+    else:
+        for router in routers:
+            app.include_router(router)
+    return app
+
+
 async def _drive(app: FastAPI, path: str, requests: int) -> float:
     """CPU seconds per request for ``requests`` GETs of ``path``."""
     state = {"engine": object(), "redis": object(), "settings": object()}
@@ -105,13 +130,18 @@ def main() -> None:
         path: asyncio.run(_drive(app, path + "/7", args.requests))
         for path in ("/state", "/deps", "/sync", "/dict", "/model")
     }
+    for name, flattened in (("/included", False), ("/flattened", True)):
+        figures[name] = asyncio.run(
+            _drive(_routers_app(flattened=flattened), "/r3/p4/7", args.requests)
+        )
     for label, base, variant in (
         ("3 lifespan-state Depends vs app.state", "/state", "/deps"),
         ("the same as plain-def dependencies", "/state", "/sync"),
         ("response model vs JSONResponse", "/dict", "/model"),
+        ("include_router vs include_routes", "/included", "/flattened"),
     ):
         b, v = figures[base] * 1e6, figures[variant] * 1e6
-        print(f"{label:40s} {b:7.1f} us -> {v:7.1f} us per request ({v / b:.2f}x, +{v - b:.1f} us)")
+        print(f"{label:40s} {b:7.1f} us -> {v:7.1f} us per request ({v / b:.2f}x, {v - b:+.1f} us)")
 
 
 if __name__ == "__main__":
