@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import httpx
@@ -80,3 +82,14 @@ def test_only_path_operations_are_flattened() -> None:
     router.add_route("/plain", lambda request: PlainTextResponse("plain"))
     with pytest.raises(TypeError, match="only FastAPI path operations"):
         include_routes(FastAPI(), router)
+
+
+def test_routers_with_a_lifespan_of_their_own_are_refused() -> None:
+    @asynccontextmanager
+    async def lifespan(app: APIRouter) -> AsyncIterator[None]:
+        yield
+
+    with pytest.raises(TypeError, match="a lifespan of its own"):
+        include_routes(FastAPI(), APIRouter(lifespan=lifespan))
+    with pytest.raises(TypeError, match="a lifespan of its own"):
+        include_routes(FastAPI(), APIRouter(on_startup=[lambda: None]))

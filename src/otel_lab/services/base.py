@@ -295,16 +295,25 @@ def create_service(
 
 def include_routes(app: FastAPI, *routers: APIRouter) -> None:
     """``app.include_router(router)`` for each router, with its routes registered on the
-    app's own router, as ``include_router`` did before FastAPI 0.16x.
+    app's own router, as ``include_router`` did in earlier FastAPI releases.
 
     FastAPI 0.165 keeps an included router as a nested router that is matched again when
     it handles the request: about 30 us of CPU per request on a route of the fourth of
     four routers (docs/performance.md). Each route is registered afresh on the app, so it
     takes the app's ``dependency_overrides``; the router's prefix, tags, dependencies and
     responses are already part of its routes. ``tests/inprocess/test_routes.py`` checks
-    the routes and ``/openapi.json`` against ``include_router``'s.
+    the routes and ``/openapi.json`` against ``include_router``'s. A router with its own
+    lifespan or start-up and shutdown handlers is refused: ``include_router`` would have
+    merged them into the app's, and dropping them silently would change what runs.
     """
+    default_lifespan = type(APIRouter().lifespan_context)
     for router in routers:
+        if (
+            router.on_startup
+            or router.on_shutdown
+            or (type(router.lifespan_context) is not default_lifespan)
+        ):
+            raise TypeError(f"{router!r} has a lifespan of its own: use app.include_router")
         for route in router.routes:
             if not isinstance(route, APIRoute):
                 raise TypeError(f"{route!r}: only FastAPI path operations are flattened")
