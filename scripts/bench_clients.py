@@ -1,8 +1,12 @@
-"""What one service-to-service call costs the caller: httpx versus aiohttp, bare and traced.
+"""What one service-to-service call costs the caller: httpx, aiohttp and the services' own
+client (``otel_lab.http_client``), bare and traced.
 
-Starts a trivial uvicorn endpoint in a child process, then sends ``--calls`` POSTs (8 at a
-time, keep-alive) with each client in this process and prints this process's CPU time per
-call. The server's CPU is not counted: only the client differs.
+Starts a trivial uvicorn endpoint in a child process, then sends ``--calls`` POSTs
+(keep-alive; one at a time, as a service under light load makes them, and 8 at a time)
+with each client in this process and prints this process's CPU time per call. The server's
+CPU is not counted: only the client differs. Traced: httpx and aiohttp with their contrib
+instrumentations, ours with ``telemetry.http_client``, all to a provider that makes spans
+and exports none.
 
     .venv/bin/python scripts/bench_clients.py
 """
@@ -11,55 +15,66 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
+from collections.abc import Awaitable, Callable
 
+import aiohttp
 import httpx
 from benchlib import trivial_endpoint
-from opentelemetry import trace
+from opentelemetry.instrumentation.aiohttp_client import create_trace_config
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 
+from otel_lab.http_client import HTTPClient
 from otel_lab.runtime.harness import free_ports
-from otel_lab.services.downstream import create_client
-from otel_lab.settings import get_settings
-from otel_lab.telemetry import Telemetry
+from otel_lab.telemetry.http_client import client_middleware
 
 BODY = b'{"user_id": 1001, "action": "bench"}'
-CONCURRENCY = 8
+CLIENTS = ("httpx", "aiohttp", "otel_lab.http_client")
+
+Call = Callable[[], Awaitable[None]]
 
 
-async def run(name: str, url: str, calls: int) -> float:
-    """CPU microseconds per call for one client."""
-    traced = name.endswith("traced")
-    if name.startswith("httpx"):
+def _client(name: str, url: str, provider: TracerProvider | None) -> tuple[Call, Call]:
+    """One POST with the client ``name`` (traced to ``provider`` unless None), and its close."""
+    if name == "httpx":
         client = httpx.AsyncClient(limits=httpx.Limits(max_connections=100))
-        if traced:
-            HTTPXClientInstrumentor.instrument_client(client)
+        if provider is not None:
+            HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
 
-        async def one() -> None:
-            response = await client.post(url, content=BODY, timeout=5)
-            response.raise_for_status()
+        async def post_httpx() -> None:
+            (await client.post(url, content=BODY, timeout=5)).raise_for_status()
 
-        close = client.aclose
-    else:
-        # the services' own client, traced to the global provider or not at all
-        session = create_client(get_settings(), Telemetry(enabled=traced))
+        return post_httpx, client.aclose
+    if name == "aiohttp":
+        configs = [] if provider is None else [create_trace_config(tracer_provider=provider)]
+        session = aiohttp.ClientSession(trace_configs=configs)
 
-        async def one() -> None:
+        async def post_aiohttp() -> None:
             async with session.post(url, data=BODY) as response:
                 await response.read()
                 response.raise_for_status()
 
-        close = session.close
+        return post_aiohttp, session.close
+    ours = HTTPClient(middlewares=() if provider is None else (client_middleware(provider),))
+
+    async def post_ours() -> None:
+        assert (await ours.request("POST", url, body=BODY)).status_code == 200
+
+    return post_ours, ours.close
+
+
+async def run(name: str, url: str, calls: int, concurrency: int, traced: bool) -> float:
+    """CPU microseconds per call for one client."""
+    one, close = _client(name, url, TracerProvider() if traced else None)
 
     async def worker(count: int) -> None:
         for _ in range(count):
             await one()
 
-    await asyncio.gather(*(worker(20) for _ in range(CONCURRENCY)))  # warm-up
+    await asyncio.gather(*(worker(20) for _ in range(concurrency)))  # warm-up
     started = time.process_time()
-    await asyncio.gather(*(worker(calls // CONCURRENCY) for _ in range(CONCURRENCY)))
+    await asyncio.gather(*(worker(calls // concurrency) for _ in range(concurrency)))
     cpu = time.process_time() - started
     await close()
     return cpu / calls * 1e6
@@ -70,18 +85,17 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=3000)
     args = parser.parse_args()
     (port,) = free_ports(1)
+    print(f"{args.calls} POSTs per figure, keep-alive; CPU of the calling process per call")
+    print(f"  {'client':28} {'1 at a time':>12} {'8 at a time':>12}")
     with trivial_endpoint(port) as url:
-        results = {}
-        for name in ("httpx", "aiohttp"):
-            os.environ["OTEL_SDK_DISABLED"] = "true"
-            results[name] = asyncio.run(run(name, url, args.calls))
-        trace.set_tracer_provider(TracerProvider())  # spans made, not exported
-        for name in ("httpx", "aiohttp"):
-            os.environ["OTEL_SDK_DISABLED"] = "false"
-            results[f"{name} traced"] = asyncio.run(run(f"{name} traced", url, args.calls))
-    print(f"{args.calls} POSTs, {CONCURRENCY} at a time, keep-alive; CPU of the calling process")
-    for name, micros in results.items():
-        print(f"  {name:16} {micros:7.0f} us per call")
+        for traced in (False, True):
+            for name in CLIENTS:
+                figures = [
+                    asyncio.run(run(name, url, args.calls, concurrency, traced))
+                    for concurrency in (1, 8)
+                ]
+                label = f"{name} traced" if traced else name
+                print(f"  {label:28} " + " ".join(f"{us:9.0f} us" for us in figures))
     return 0
 
 

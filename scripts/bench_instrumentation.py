@@ -5,8 +5,9 @@ speed drifts), batches of requests go through each variant in turn, over many ro
 figure is the median CPU time of the process (all threads, the batch export thread and its
 encoding included) per request:
 
-- HTTP client: one aiohttp POST to a trivial uvicorn endpoint in a child process, bare,
-  with ``opentelemetry-instrumentation-aiohttp-client``'s trace config, and with
+- HTTP client: one POST to a trivial uvicorn endpoint in a child process, with aiohttp
+  bare and with ``opentelemetry-instrumentation-aiohttp-client``'s trace config, and with
+  the services' client (``otel_lab.http_client``) bare and with
   ``otel_lab.telemetry.http_client``'s middleware;
 - database: one pool checkout and two ``SELECT 1`` on an embedded PostgreSQL the script
   starts, with no instrumentation, with ``opentelemetry-instrumentation-sqlalchemy``, and
@@ -54,6 +55,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from otel_lab.http_client import HTTPClient
 from otel_lab.runtime.embedded import embedded_postgres, embedded_valkey
 from otel_lab.runtime.harness import free_ports
 from otel_lab.telemetry._wire import SpanEncoder
@@ -126,9 +128,12 @@ async def http_clients(url: str, rounds: int) -> dict[str, float]:
     )
     ours = client_middleware(ours_tp, ours_mp)
     sessions = {  # name: (session, the provider of its parent span)
-        "bare": (aiohttp.ClientSession(), contrib_tp),
+        "aiohttp bare": (aiohttp.ClientSession(), contrib_tp),
         "contrib aiohttp-client": (aiohttp.ClientSession(trace_configs=[contrib]), contrib_tp),
-        "telemetry.http_client": (aiohttp.ClientSession(middlewares=(ours,)), ours_tp),
+    }
+    clients = {
+        "otel_lab.http_client bare": (HTTPClient(), ours_tp),
+        "telemetry.http_client": (HTTPClient(middlewares=(ours,)), ours_tp),
     }
 
     def post(session: aiohttp.ClientSession) -> Request:
@@ -138,12 +143,21 @@ async def http_clients(url: str, rounds: int) -> dict[str, float]:
 
         return call
 
+    def post_ours(client: HTTPClient) -> Request:
+        async def call() -> None:
+            await client.request("POST", url, body=BODY)
+
+        return call
+
     variants = {name: _under_a_parent(tp, post(s)) for name, (s, tp) in sessions.items()}
+    variants |= {name: _under_a_parent(tp, post_ours(c)) for name, (c, tp) in clients.items()}
     try:
         return await _compare(variants, rounds, batch=400)
     finally:
         for session, _ in sessions.values():
             await session.close()
+        for client, _ in clients.values():
+            await client.close()
 
 
 async def databases(url: str, rounds: int) -> dict[str, float]:
@@ -229,12 +243,16 @@ async def caches(url: str, rounds: int) -> dict[str, float]:
             await client.aclose()
 
 
-def _print(title: str, results: dict[str, float]) -> None:
-    bare = results["bare"]
+def _print(title: str, results: dict[str, float], against: dict[str, str] | None = None) -> None:
+    """Each variant's figure and its telemetry cost: against ``bare``, or the variant named
+    for it in ``against`` (and none for a variant named there as a baseline)."""
+    against = against or {}
+    baselines = set(against.values()) | {"bare"}
     print(title)
     for name, micros in results.items():
-        extra = "" if name == "bare" else f"   telemetry {micros - bare:+6.0f} us"
-        print(f"  {name:24} {micros:7.0f} us per request{extra}")
+        base = results[against.get(name, "bare")] if name not in baselines else micros
+        extra = "" if name in baselines else f"   telemetry {micros - base:+6.0f} us"
+        print(f"  {name:26} {micros:7.0f} us per request{extra}")
 
 
 def main() -> int:
@@ -256,7 +274,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, embedded_valkey(Path(tmp) / "kv") as kv:
         cache = asyncio.run(caches(kv.url, args.rounds))
     print(f"median of {args.rounds} interleaved batches; CPU of this process per request")
-    _print("one aiohttp POST under a parent span:", http)
+    _print(
+        "one POST under a parent span:",
+        http,
+        {
+            "contrib aiohttp-client": "aiohttp bare",
+            "telemetry.http_client": "otel_lab.http_client bare",
+        },
+    )
     _print("one pool checkout + two SELECT 1 under a parent span:", database)
     _print("one cache GET under a parent span:", cache)
     return 0

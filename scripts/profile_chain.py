@@ -114,7 +114,7 @@ def main() -> None:
         print(f"\n{service}: {total_on:.0f} us on, {total_off:.0f} us off per request")
         # The frames that exist only with telemetry on, by their cost: the outermost of them
         # are where telemetry's work starts (an outer one includes what it wraps: the
-        # client middleware's ``await handler(request)`` is the rest of the aiohttp call).
+        # client middleware's ``await handler(request)`` is the rest of the HTTP call).
         print(f"{'us':>8}  frame")
         only_on = sorted((f for f in on if f not in off), key=on.__getitem__, reverse=True)
         for frame in only_on[: args.top]:

@@ -456,7 +456,7 @@ async def _breaker_scenario(
     assert [r["retry.reason"] for r in retries] == ["ConnectError"] * 2
     assert all(isinstance(r["retry.delay_s"], float) for r in retries)
     refused = [(a.attributes or {}).get("error.type") for a in attempts]
-    assert refused == ["ClientConnectorError"] * 3
+    assert refused == ["ConnectError"] * 3
     assert _retries("ConnectError") == before + 2
     spans.clear()
 

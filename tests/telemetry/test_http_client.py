@@ -1,5 +1,7 @@
-"""``telemetry.http_client`` against the contrib aiohttp client instrumentation it replaces:
-the same calls over real HTTP, each client exporting to its own in-memory exporters."""
+"""``telemetry.http_client`` on ``otel_lab.http_client`` against the contrib aiohttp client
+instrumentation on aiohttp: the same calls over real HTTP, each client exporting to its own
+in-memory exporters. The spans and metrics agree but for what names the exception of a
+refused connection (each client's own class)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from otel_lab.http_client import ConnectError, HTTPClient
 from otel_lab.runtime.harness import free_ports
 from otel_lab.telemetry import TelemetryMiddleware
 from otel_lab.telemetry.duration import MeterProvider  # the SDK's, + plain histograms
@@ -86,7 +89,7 @@ async def _serve(port: int) -> web.AppRunner:
     return runner
 
 
-async def _calls(session: aiohttp.ClientSession, base: str, closed: str) -> list[Any]:
+async def _contrib_calls(session: aiohttp.ClientSession, base: str, closed: str) -> list[Any]:
     seen = []
     for method, path, status in CALLS:
         async with session.request(method, base + path) as response:
@@ -95,6 +98,17 @@ async def _calls(session: aiohttp.ClientSession, base: str, closed: str) -> list
     with pytest.raises(aiohttp.ClientConnectorError):
         async with session.get(closed + "/ok"):
             pass
+    return seen
+
+
+async def _calls(client: HTTPClient, base: str, closed: str) -> list[Any]:
+    seen = []
+    for method, path, status in CALLS:
+        reply = await client.request(method, base + path)
+        assert reply.status_code == status
+        seen.append(reply.json() if status == 200 else None)
+    with pytest.raises(ConnectError):
+        await client.request("GET", closed + "/ok")
     return seen
 
 
@@ -112,10 +126,10 @@ def _run_both() -> tuple[Recorder, list[Any], Recorder, list[Any]]:
                 sem_conv_opt_in_mode=_StabilityMode.HTTP,
             )
             async with aiohttp.ClientSession(trace_configs=[contrib]) as session:
-                expected = await _calls(session, base, closed)
+                expected = await _contrib_calls(session, base, closed)
             middleware = client_middleware(ours.tracer_provider, ours.meter_provider)
-            async with aiohttp.ClientSession(middlewares=(middleware,)) as session:
-                actual = await _calls(session, base, closed)
+            async with HTTPClient(middlewares=(middleware,)) as client:
+                actual = await _calls(client, base, closed)
             return expected, actual
         finally:
             await runner.cleanup()
@@ -124,10 +138,18 @@ def _run_both() -> tuple[Recorder, list[Any], Recorder, list[Any]]:
     return theirs, expected, ours, actual
 
 
+REFUSED = {"ClientConnectorError": "CONNECT_ERROR", "ConnectError": "CONNECT_ERROR"}
+
+
 def _shape(span: ReadableSpan) -> tuple[Any, ...]:
+    """What is compared: the port and each client's name for a refused connection replaced."""
     attributes = dict(span.attributes or {})
     port = attributes.pop("server.port")
     attributes["url.full"] = str(attributes["url.full"]).replace(f":{port}", ":PORT")
+    if "error.type" in attributes:
+        attributes["error.type"] = REFUSED.get(
+            str(attributes["error.type"]), attributes["error.type"]
+        )
     return (
         span.name,
         span.kind,
@@ -147,11 +169,21 @@ def test_client_spans_and_metrics_match_the_contrib_instrumentation() -> None:
     assert all(shape[1] == SpanKind.CLIENT for shape in actual)
     assert actual[0][3]["url.full"] == "http://127.0.0.1:PORT/ok?Signature=REDACTED&page=2"
     assert actual[3][0] == "HTTP" and actual[3][3]["http.request.method"] == "_OTHER"
-    assert actual[-1][3]["error.type"] == "ClientConnectorError"
-    assert ours.duration_points() == theirs.duration_points()
+    assert actual[-1][3]["error.type"] == "CONNECT_ERROR"
+    (refused,) = [s for s in ours.spans.get_finished_spans() if s.status.description]
+    assert refused.attributes and refused.attributes["error.type"] == "ConnectError"
+    assert refused.events[0].name == "exception"
+    assert _points(ours) == _points(theirs)
     assert len(ours.duration_points()) == len(CALLS) + 1
     bounds = {tuple(p.explicit_bounds) for r in (ours, theirs) for p in r.points(DURATION)}
     assert bounds == {LATENCY_BUCKETS}  # the contrib's are the semconv advisory bounds too
+
+
+def _points(recorder: Recorder) -> list[dict[str, Any]]:
+    return [
+        {k: REFUSED.get(str(v), v) if k == "error.type" else v for k, v in point.items()}
+        for point in recorder.duration_points()
+    ]
 
 
 def test_the_server_receives_the_client_span_as_parent() -> None:
@@ -193,11 +225,9 @@ def test_a_calls_server_and_client_durations_compare_bucket_by_bucket() -> None:
                 while not server.started:
                     await asyncio.sleep(0.01)
             middleware = client_middleware(recorder.tracer_provider, recorder.meter_provider)
-            async with (
-                aiohttp.ClientSession(middlewares=(middleware,)) as session,
-                session.get(f"http://127.0.0.1:{port}{route}") as response,
-            ):
-                assert response.status == 200
+            async with HTTPClient(middlewares=(middleware,)) as client:
+                reply = await client.request("GET", f"http://127.0.0.1:{port}{route}")
+                assert reply.status_code == 200
         finally:
             server.should_exit = True
             await asyncio.wait_for(serving, 10)

@@ -1,7 +1,7 @@
 """Start ``python -m module ...`` children by forking a process that has already imported
 what they share.
 
-Every service imports FastAPI, pydantic, SQLAlchemy, psycopg, aiohttp, uvicorn and the
+Every service imports FastAPI, pydantic, SQLAlchemy, psycopg, uvicorn and the
 OpenTelemetry SDK: about a second of CPU each, eight times over on two cores, which was
 most of what ``otel-lab up`` spent getting ready. The fork server imports those libraries
 once (:data:`PRELOAD`: libraries and our own modules that do nothing at import) and forks
@@ -56,7 +56,6 @@ PRELOAD: tuple[str, ...] = (
     "sqlalchemy.ext.asyncio",
     "sqlalchemy.dialects.postgresql.psycopg",
     "psycopg",
-    "aiohttp",
     "redis.asyncio",
     "opentelemetry.sdk.trace",
     "opentelemetry.sdk.metrics",
@@ -69,6 +68,7 @@ PRELOAD: tuple[str, ...] = (
     "kombu.transport.redis",
     "otel_lab.telemetry",
     "otel_lab.telemetry.database",
+    "otel_lab.http_client",
     "otel_lab.telemetry.http_client",
     "otel_lab.services.base",
     "otel_lab.services.downstream",

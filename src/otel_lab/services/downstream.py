@@ -2,12 +2,12 @@
 
 What a call gets here, so no service hand-rolls its own:
 
-- a shared ``aiohttp.ClientSession`` per process with a keep-alive pool, traced by the
-  ``telemetry.http_client`` middleware (a CLIENT span per attempt with the stable HTTP
-  attributes, and W3C ``traceparent``/``baggage`` injection). aiohttp rather than httpx:
-  on this kind of machine an httpx call costs about 0.8 ms of CPU, an aiohttp call about
-  0.12 ms
-  (docs/performance.md), and a chain request makes three;
+- a shared :class:`otel_lab.http_client.HTTPClient` per process with a keep-alive pool,
+  traced by the ``telemetry.http_client`` middleware (a CLIENT span per attempt with the
+  stable HTTP attributes, and W3C ``traceparent``/``baggage`` injection). Our own small
+  client rather than httpx or aiohttp: on this kind of machine an httpx call cost about
+  0.8 ms of CPU, an aiohttp call about 0.13 ms, this one about 0.04 ms
+  (docs/performance.md), and the gateway makes one per request;
 - bounded retries with exponential backoff and jitter (``tenacity``) for transient failures:
   a connection that could not be made (the request never left, so any method is safe), and
   502/503/504 answers or broken connections when the call is idempotent (a safe method, or a
@@ -40,10 +40,8 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypedDict
+from urllib.parse import urlencode
 
-import aiohttp
-from multidict import CIMultiDictProxy
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context
 from opentelemetry.processor.baggage import BaggageSpanProcessor
@@ -58,8 +56,15 @@ from tenacity import (
     wait_exponential_jitter,
 )
 from tenacity.stop import stop_base
-from yarl import URL
 
+from otel_lab.http_client import (
+    ConnectError,
+    HTTPClient,
+    Middleware,
+    Origin,
+    Reply,
+    TransportError,
+)
 from otel_lab.jsontypes import JSONValue
 from otel_lab.services import deadline
 from otel_lab.services.errors import (
@@ -324,83 +329,37 @@ class _RetryFits(stop_base):
         return left < max(took, 2 * deadline.PROPAGATION_MARGIN_SECONDS)
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A downstream's complete answer (the body is read before the connection is released)."""
-
-    status_code: int
-    reason_phrase: str
-    headers: CIMultiDictProxy[str]
-    raw_headers: tuple[tuple[bytes, bytes], ...]
-    content: bytes
-
-    def json(self) -> Any:
-        return jsonlib.loads(self.content)
-
-
-# Below uvicorn's keep-alive timeout (5 s), so the server never closes a connection that the
-# pool is about to reuse (a POST on such a connection would fail, and is not retried).
-KEEPALIVE_SECONDS = 4.0
-
-
-def _middlewares(telemetry: Telemetry) -> tuple[aiohttp.ClientMiddlewareType, ...]:
+def _middlewares(telemetry: Telemetry) -> tuple[Middleware, ...]:
     """Client spans, context propagation and the duration metric, when telemetry is on."""
     if not telemetry.enabled:
         return ()
     return (client_middleware(telemetry.tracer_provider, telemetry.meter_provider),)
 
 
-def create_client(settings: Settings, telemetry: Telemetry) -> aiohttp.ClientSession:
+def create_client(settings: Settings, telemetry: Telemetry) -> HTTPClient:
     """The process's shared client: a keep-alive pool, short connect timeout, traced to
-    ``telemetry``'s providers.
-
-    No cookie jar: the client is shared by every request of the process, so a cookie one
-    upstream answer set would be sent with other users' requests (the gateway forwards the
-    caller's own ``Cookie`` header); and a jar is asked for cookies on every call.
+    ``telemetry``'s providers. It keeps no cookies (it is shared by every request of the
+    process, so one caller's cookie must not travel with another's request).
 
     Create it inside the running event loop (a lifespan) and close it there.
     """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=KEEPALIVE_SECONDS),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(
-            total=settings.downstream_timeout_seconds,
-            sock_connect=settings.downstream_connect_timeout_seconds,
-        ),
+    return HTTPClient(
+        connect_timeout=settings.downstream_connect_timeout_seconds,
+        max_connections=100,
         middlewares=_middlewares(telemetry),
-        auto_decompress=True,
     )
 
 
-async def probe(client: aiohttp.ClientSession, url: str, *, timeout: float) -> Reply:
+async def probe(client: HTTPClient, url: str, *, timeout: float) -> Reply:
     """One plain GET with a deadline, no retries and no breaker (for ``/ready`` checks)."""
-    async with client.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-        body = await response.read()
-    return _reply(response, body)
-
-
-def _reply(response: aiohttp.ClientResponse, body: bytes) -> Reply:
-    return Reply(
-        response.status, response.reason or "", response.headers, response.raw_headers, body
-    )
-
-
-# Transport failures by the names errors and ``retry.reason`` have always used (httpx's),
-# so dashboards, alerts and clients do not depend on which HTTP client is underneath.
-_FAILURE_NAMES: tuple[tuple[type[BaseException], str], ...] = (
-    (aiohttp.ConnectionTimeoutError, "ConnectTimeout"),
-    (aiohttp.ClientConnectorError, "ConnectError"),
-    (TimeoutError, "ReadTimeout"),
-    (aiohttp.ServerDisconnectedError, "RemoteProtocolError"),
-    (aiohttp.ClientPayloadError, "ReadError"),
-    (aiohttp.ClientOSError, "NetworkError"),
-)
+    return await client.request("GET", url, timeout=timeout)
 
 
 def failure_name(exc: BaseException) -> str:
-    for kind, name in _FAILURE_NAMES:
-        if isinstance(exc, kind):
-            return name
+    """How errors, ``retry.reason`` and logs name a transport failure: the client's
+    exception class (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``,
+    ``RemoteProtocolError``, ``NetworkError``: httpx's names, which these fields have
+    always used)."""
     return type(exc).__name__
 
 
@@ -435,13 +394,14 @@ def _error_of(service: str, step: str, response: Reply) -> ServiceError:
     return DownstreamHTTPError(service, step, response.status_code, _detail_of(response))
 
 
-class _RequestOptions(TypedDict, total=False):
-    """What :meth:`Downstream.send` hands on to ``aiohttp.ClientSession.request``."""
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What every attempt of one call sends."""
 
-    params: Mapping[str, str] | None
-    headers: Mapping[str, str] | None
-    json: JSONValue
-    data: bytes
+    method: str
+    target: str  # the path and query on the downstream, encoded
+    headers: Mapping[str, str]
+    body: bytes
 
 
 class Downstream:
@@ -463,7 +423,7 @@ class Downstream:
         self,
         name: str,
         base_url: str,
-        client: aiohttp.ClientSession,
+        client: HTTPClient,
         *,
         settings: Settings,
         count_http_errors: bool = True,
@@ -475,13 +435,11 @@ class Downstream:
         self.tracer = telemetry.tracer(SCOPE)
         self.name = name
         self.base_url = base_url.rstrip("/")
+        self.origin, self.base_path = Origin.of(self.base_url)
         self.client = client
         self.count_http_errors = count_http_errors
         self.retry = retry or RetryPolicy.from_settings(self.settings)
-        self.timeout = aiohttp.ClientTimeout(
-            total=timeout or self.settings.downstream_timeout_seconds,
-            sock_connect=self.settings.downstream_connect_timeout_seconds,
-        )
+        self.timeout = timeout or self.settings.downstream_timeout_seconds  # per attempt
         self.breaker = CircuitBreaker(
             name,
             failure_threshold=self.settings.breaker_failure_threshold,
@@ -564,27 +522,26 @@ class Downstream:
         method = method.upper()
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
-        request_kwargs: _RequestOptions = {"params": params, "headers": headers}
-        if json is not None:
-            request_kwargs["json"] = json
-        elif content:  # no body, no Content-Type (aiohttp would add octet-stream)
-            request_kwargs["data"] = content
         # Sent as given: the path and query were already encoded by whoever made them.
-        url = URL(self.base_url + path, encoded=True)
+        target = self.base_path + path
+        if params:
+            target += ("&" if "?" in target else "?") + urlencode(params)
+        body, sent_headers = content or b"", dict(headers or {})
+        if json is not None:
+            body = jsonlib.dumps(json).encode()
+            sent_headers["Content-Type"] = "application/json"
         return await self._with_retries(
-            trace.get_current_span(), method, url, step, operation or f"{self.name}:{step}",
-            idempotent, request_kwargs,
+            trace.get_current_span(), _Call(method, target, sent_headers, body), step,
+            operation or f"{self.name}:{step}", idempotent,
         )  # fmt: skip
 
     async def _with_retries(
         self,
         span: trace.Span,
-        method: str,
-        url: URL,
+        call: _Call,
         step: str,
         operation: str,
         idempotent: bool,
-        request_kwargs: _RequestOptions,
     ) -> tuple[Reply, int]:
         policy = self.retry
         began = time.monotonic()
@@ -600,7 +557,7 @@ class Downstream:
             # retrying is replayed as tenacity's first attempt, so what follows (waits, stops,
             # the "retry" events) is what tenacity does.
             try:
-                reply = await self._attempt(method, url, step, idempotent, request_kwargs, until)
+                reply = await self._attempt(call, step, idempotent, until)
                 return reply, attempts
             except _RetryableError as failed:
                 replay: _RetryableError | None = failed
@@ -630,9 +587,7 @@ class Downstream:
                     attempts += 1
                     fits.started = time.monotonic()
                     try:
-                        reply = await self._attempt(
-                            method, url, step, idempotent, request_kwargs, until
-                        )
+                        reply = await self._attempt(call, step, idempotent, until)
                         return reply, attempts
                     except CircuitOpenError:
                         # Opened by our own earlier attempts: the real cause says more.
@@ -658,13 +613,7 @@ class Downstream:
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     async def _attempt(
-        self,
-        method: str,
-        url: URL,
-        step: str,
-        idempotent: bool,
-        kwargs: _RequestOptions,
-        until: float = math.inf,
+        self, call: _Call, step: str, idempotent: bool, until: float = math.inf
     ) -> Reply:
         if deadline.expired():
             # Nothing left to give the next hop: not called, and not its failure.
@@ -674,28 +623,24 @@ class Downstream:
             )
         breaker = self.breaker
         breaker.allow(step)  # raises CircuitOpenError: never retried
-        timeout = self.timeout
-        remaining = until - time.monotonic()
-        if remaining < (timeout.total or math.inf):  # the deadline is nearer than a full try
-            timeout = aiohttp.ClientTimeout(
-                total=max(remaining, 0.001), sock_connect=timeout.sock_connect
-            )
+        # The deadline may be nearer than a full try.
+        timeout = max(min(self.timeout, until - time.monotonic()), 0.001)
+        headers = call.headers
         if (budget := deadline.header_value()) is not None:
-            kwargs = {
-                **kwargs,
-                "headers": {**(kwargs.get("headers") or {}), deadline.HEADER: budget},
-            }
+            headers = {**headers, deadline.HEADER: budget}
         try:
-            async with self.client.request(method, url, timeout=timeout, **kwargs) as answer:
-                response = _reply(answer, await answer.read())
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            response = await self.client.request(
+                call.method, (self.origin, call.target), headers=headers, body=call.body,
+                timeout=timeout,
+            )  # fmt: skip
+        except ConnectError as exc:
             breaker.record_failure()
             # The request never left: safe to try again whatever the method.
             reason = f"unavailable: connection failed ({failure_name(exc)})"
             raise _RetryableError(DownstreamUnavailableError(self.name, step, reason)) from exc
-        except TimeoutError as exc:  # aiohttp's read timeouts are TimeoutErrors too
+        except TimeoutError as exc:  # the answer did not come in time
             breaker.record_failure()
-            reason = f"timed out after {timeout.total:.3g}s ({failure_name(exc)})"
+            reason = f"timed out after {timeout:.3g}s ({failure_name(exc)})"
             if deadline.expired():
                 deadline.exceeded(self.name)
                 reason += ": the request's deadline ran out"
@@ -703,7 +648,7 @@ class Downstream:
             if self.retry.retry_timeouts:
                 raise _RetryableError(timed_out) from exc
             raise timed_out from exc
-        except aiohttp.ClientError as exc:
+        except TransportError as exc:
             breaker.record_failure()
             error = DownstreamUnavailableError(
                 self.name, step, f"unavailable: connection broken ({failure_name(exc)})"

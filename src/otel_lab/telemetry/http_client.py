@@ -1,23 +1,21 @@
-"""HTTP client telemetry for an ``aiohttp.ClientSession``: a CLIENT span per request, the
-W3C context in its headers, and the ``http.client.request.duration`` histogram.
+"""HTTP client telemetry for ``otel_lab.http_client``: a CLIENT span per request, the W3C
+context in its headers, and the ``http.client.request.duration`` histogram.
 
-It is an aiohttp client middleware (``ClientSession(middlewares=[...])``, aiohttp 3.12+)
-rather than ``opentelemetry-instrumentation-aiohttp-client``'s trace config, because a
-trace config switches on aiohttp's whole request-tracing machinery (a signal and a params
-object for every stage of every request) on top of the instrumentation's own work: about
-100 us of CPU per call against about 35 us here (``scripts/bench_clients.py``). The span and
-the metric carry what the contrib's carry in the stable HTTP conventions (the method or
-``_OTHER``, ``url.full`` without credentials and with sensitive query values redacted,
-``server.address``, ``server.port``, ``http.response.status_code``, ``error.type``);
-``tests/telemetry/test_http_client.py`` compares both on the same calls.
+It is one of the client's middlewares (``HTTPClient(middlewares=[...])``). The span and the
+metric carry what ``opentelemetry-instrumentation-aiohttp-client`` records in the stable
+HTTP conventions (the method or ``_OTHER``, ``url.full`` without credentials and with
+sensitive query values redacted, ``server.address``, ``server.port``,
+``http.response.status_code``, ``error.type``); ``tests/telemetry/test_http_client.py``
+makes the same calls through both and compares. It costs about 35 us of CPU per call, the
+contrib's trace config on aiohttp about 100 (``scripts/bench_clients.py``).
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from typing import TYPE_CHECKING
 
-import aiohttp
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.http_attributes import (
@@ -30,25 +28,23 @@ from opentelemetry.semconv.attributes.url_attributes import URL_FULL
 from opentelemetry.semconv.metrics.http_metrics import HTTP_CLIENT_REQUEST_DURATION
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.http import redact_url
-from yarl import URL
 
 from otel_lab.telemetry.duration import Instrument, Key, duration_histogram
 from otel_lab.telemetry.metrics import LATENCY_BUCKETS
 from otel_lab.telemetry.middleware import known_methods
 
+if TYPE_CHECKING:  # the client's types only: the telemetry package imports nothing else
+    from otel_lab.http_client import Handler, Middleware, Origin, Reply, Request
+
 SCOPE = "otel_lab.http_client"
 
 
 @functools.lru_cache(maxsize=512)
-def _target(url: URL) -> tuple[str, dict[str, str | int], tuple[str | None, int | None]]:
-    """``url.full``, the server attributes of a URL and the same as a key (a service calls
-    a few URLs over and over, so each is worked out once)."""
-    server: dict[str, str | int] = {}
-    if url.host:
-        server[SERVER_ADDRESS] = url.host
-    if url.port:
-        server[SERVER_PORT] = url.port
-    return redact_url(str(url)), server, (url.host or None, url.port or None)
+def _target(origin: Origin, target: str) -> tuple[str, dict[str, str | int]]:
+    """``url.full`` and the server attributes of a request (a service calls a few URLs over
+    and over, so each is worked out once)."""
+    server: dict[str, str | int] = {SERVER_ADDRESS: origin.host, SERVER_PORT: origin.port}
+    return redact_url(origin.url + target), server
 
 
 def _duration_attributes(key: Key) -> dict[str, str | int]:
@@ -79,17 +75,15 @@ CLIENT_DURATION = Instrument(
 def client_middleware(
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: metrics.MeterProvider | None = None,
-) -> aiohttp.ClientMiddlewareType:
-    """The middleware to pass to ``aiohttp.ClientSession(middlewares=[...])``."""
+) -> Middleware:
+    """The middleware to pass to ``HTTPClient(middlewares=[...])``."""
     tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
     duration = duration_histogram(meter_provider, SCOPE, CLIENT_DURATION)
     methods = known_methods()
 
-    async def traced(
-        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
-    ) -> aiohttp.ClientResponse:
+    async def traced(request: Request, handler: Handler) -> Reply:
         started = time.perf_counter()
-        url_full, server, (address, port) = _target(request.url)
+        url_full, server = _target(request.origin, request.target)
         method = request.method
         status: int | None = None
         error_type: str | None = None
@@ -108,14 +102,14 @@ def client_middleware(
         propagate.inject(request.headers, context=trace.set_span_in_context(span))
         try:
             response = await handler(request)
-        except BaseException as error:  # a timeout arrives as a cancellation
+        except BaseException as error:  # the client's errors, or the caller's cancellation
             error_type = type(error).__qualname__
             span.set_attribute(ERROR_TYPE, error_type)
             span.set_status(Status(StatusCode.ERROR, error_type))
             span.record_exception(error)
             raise
         else:
-            status = response.status
+            status = response.status_code
             if status >= 400:
                 error_type = str(status)
                 span.set_attributes({HTTP_RESPONSE_STATUS_CODE: status, ERROR_TYPE: error_type})
@@ -127,7 +121,7 @@ def client_middleware(
             span.end()
             duration.record(
                 max(time.perf_counter() - started, 0.0),
-                (address, port, measured_method, status, error_type),
+                (request.origin.host, request.origin.port, measured_method, status, error_type),
                 # The exemplar's span: the current one (the caller's), as the SDK takes it.
                 trace.get_current_span().get_span_context(),
             )

@@ -1,7 +1,7 @@
 """``GET /weather/{city}``: a real outbound HTTP call that fails well.
 
 The upstream (``WEATHER_API_URL``; by default the offline ``weather_upstream`` service) is
-called through one shared ``aiohttp`` session whose object is instrumented, so every
+called through one shared ``otel_lab.http_client`` client whose object is instrumented, so every
 attempt is a CLIENT span whose context travels in ``traceparent`` and the upstream's
 server span joins the same trace. Around the attempts, a ``weather.fetch`` span carries
 the retries as events and the outcome; ``api_operation_seconds{operation="weather.current"}``
@@ -23,9 +23,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import ValidationError
-from yarl import URL
 
 from otel_lab import __version__
+from otel_lab.http_client import Reply
 from otel_lab.registry import WEATHER_UPSTREAM
 from otel_lab.services.deps import lifespan_state
 from otel_lab.services.downstream import (
@@ -33,7 +33,6 @@ from otel_lab.services.downstream import (
     Downstream,
     DownstreamError,
     DownstreamTimeoutError,
-    Reply,
     RetryPolicy,
     create_client,
 )
@@ -141,7 +140,7 @@ class WeatherClient:
                 "api.operation": OPERATION,
                 "operation.type": "external_api",
                 "weather.city": city,
-                "server.address": URL(self._upstream.base_url).host or "",
+                "server.address": self._upstream.origin.host,
             },
             record_exception=False,  # recorded below, only for real failures (not a 404)
             set_status_on_exception=False,

@@ -36,6 +36,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from otel_lab.http_client import Reply
 from otel_lab.registry import GATEWAY, SERVICES
 from otel_lab.request_body import BodyTooLargeError, declared_over, read_body
 from otel_lab.services.base import create_service
@@ -43,7 +44,6 @@ from otel_lab.services.downstream import (
     IDEMPOTENT_METHODS,
     Downstream,
     DownstreamError,
-    Reply,
     RetryPolicy,
     create_client,
     probe,
@@ -76,7 +76,7 @@ _DROP_REQUEST = _HOP_BY_HOP | {
 }  # fmt: skip
 _DROP_RESPONSE = {
     name.encode() for name in _HOP_BY_HOP | {
-        # the body is re-framed here (the client has decoded it); our middleware adds its own
+        # the body is re-framed here (the client has de-chunked it); our middleware adds its own
         "content-length", "content-encoding", "traceresponse", "x-request-id", "server", "date",
     }
 }  # fmt: skip
