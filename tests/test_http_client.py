@@ -4,11 +4,13 @@ event loop answers each request as the test says (keep-alive, close, chunks, sil
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import trustme
 
 from otel_lab import http_client
 from otel_lab.http_client import (
@@ -40,6 +42,7 @@ class Server:
         (self.port,) = free_ports(1)
         self.url = f"http://127.0.0.1:{self.port}"
         self.close_after = False
+        self.tls: ssl.SSLContext | None = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -66,11 +69,15 @@ class Server:
             writer.close()
 
     async def __aenter__(self) -> Server:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, ssl=self.tls)
         return self
 
     async def __aexit__(self, *_: object) -> None:
         self._server.close()
+
+
+def client_origin(server: Server) -> http_client.Origin:
+    return http_client.Origin("http", "127.0.0.1", server.port)
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -141,6 +148,48 @@ def test_connection_close_and_a_head_answer_end_the_connection() -> None:
     run(test)
 
 
+def test_an_interim_answer_is_skipped_for_the_final_one() -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" + OK
+
+    async def test() -> None:
+        async with Server(always(interim)) as server, HTTPClient() as client:
+            reply = await client.request("POST", server.url + "/", body=b"x")
+            assert (reply.status_code, reply.json()) == (200, {"ok": True})
+            assert (await client.request("GET", server.url + "/")).status_code == 200
+            assert server.connections == 1
+
+    run(test)
+
+
+def test_https_verifies_the_server_against_the_trusted_authorities(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default TLS context: a certificate from an authority the system does not trust is
+    refused before anything is sent; trusted (``SSL_CERT_FILE``), the call goes through."""
+    authority = trustme.CA()
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(tls)
+    trusted = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(trusted))
+
+    async def test() -> None:
+        server = Server(always(OK))
+        server.tls = tls
+        url = f"https://127.0.0.1:{server.port}/secure"
+        async with server:
+            async with HTTPClient() as client:
+                with pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                    await client.request("GET", url)
+            assert server.requests == []
+            monkeypatch.setenv("SSL_CERT_FILE", str(trusted))
+            async with HTTPClient() as client:
+                assert (await client.request("GET", url)).json() == {"ok": True}
+            ((head, _),) = server.requests
+            assert head.startswith(b"GET /secure HTTP/1.1\r\n")
+
+    run(test)
+
+
 def test_a_refused_connection_is_a_connect_error() -> None:
     (port,) = free_ports(1)
 
@@ -205,6 +254,9 @@ def test_a_header_with_a_line_break_is_refused_before_anything_is_sent() -> None
                     await client.request("GET", server.url + "/", headers=headers)
             with pytest.raises(InvalidRequestError, match="not an http"):
                 await client.request("GET", "ftp://example.com/")
+            for target in ("/a b", "/a\r\nX: 1", "a"):
+                with pytest.raises(InvalidRequestError, match="not a request target"):
+                    await client.request("GET", (client_origin(server), target))
             assert server.requests == []
 
     run(test)

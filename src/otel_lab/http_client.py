@@ -200,6 +200,10 @@ class _Connection(asyncio.Protocol):
         parser, answer = self._parser, self._answer
         if parser is None or answer is None or answer.done():
             return
+        if 100 <= parser.get_status_code() < 200:
+            # An interim answer (100 Continue): the final one follows, on the same parser.
+            self._reason, self._headers, self._body = b"", [], []
+            return
         self._parser = None
         if self._head_only or not parser.should_keep_alive():
             self.close()
@@ -248,6 +252,8 @@ class _Connection(asyncio.Protocol):
 def _head(request: Request) -> bytes:
     """The request line and headers, with ``Host``, ``User-Agent`` and ``Content-Length``
     added unless given (latin-1, as HTTP/1.1 headers are)."""
+    if not request.target.startswith("/") or any(c in request.target for c in " \r\n"):
+        raise InvalidRequestError(f"not a request target: {request.target!r}")
     lines = [f"{request.method} {request.target} HTTP/1.1"]
     given = set()
     for name, value in request.headers.items():

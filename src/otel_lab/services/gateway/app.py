@@ -69,7 +69,8 @@ _HOP_BY_HOP = frozenset(
      "trailer", "trailers", "transfer-encoding", "upgrade"}
 )  # fmt: skip
 _DROP_REQUEST = _HOP_BY_HOP | {
-    "host", "content-length", "accept-encoding",
+    # uvicorn answered a client's "Expect: 100-continue"; the body is sent on whole
+    "host", "content-length", "accept-encoding", "expect",
     # trace context is injected by the instrumented client from the gateway's own span
     "traceparent", "tracestate", "baggage",
     "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
