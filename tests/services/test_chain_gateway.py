@@ -9,6 +9,7 @@ stays healthy for the other tests.
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
@@ -155,17 +156,35 @@ def test_inbound_baggage_is_dropped_at_the_gateway(gateway: httpx.Client, consol
 
 
 class _SlowHandler(BaseHTTPRequestHandler):
-    """A real upstream that answers too late (the gateway under test gives up first)."""
+    """A real upstream that answers too late (the gateway under test gives up first), but
+    for ``/audit/gzip``: at once, gzip-encoded, in chunks."""
+
+    protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
+        if self.path == "/audit/gzip":
+            self._gzip_in_chunks()
+            return
         time.sleep(2.0)
         try:
             self.send_response(200)
             self.send_header("content-type", "application/json")
+            self.send_header("content-length", "2")
             self.end_headers()
             self.wfile.write(b"{}")
         except OSError:
             pass  # the gateway under test gave up long ago, as it should
+
+    def _gzip_in_chunks(self) -> None:
+        body = gzip.compress(b'{"encoded": true}')
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-encoding", "gzip")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for part in (body[:10], body[10:]):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+        self.wfile.write(b"0\r\n\r\n")
 
     def log_message(self, *args: object) -> None:
         pass
@@ -233,6 +252,17 @@ def broken_gateway(
     yield url
     process.terminate()
     process.wait(10)
+
+
+def test_an_encoded_chunked_answer_comes_back_with_its_encoding(broken_gateway: str) -> None:
+    """The gateway re-frames the body (the chunks joined, a Content-Length of its own) and
+    passes the upstream's Content-Encoding on with the bytes it describes."""
+    response = httpx.get(broken_gateway + "/audit/gzip", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-encoding"] == "gzip"
+    assert "transfer-encoding" not in response.headers
+    assert int(response.headers["content-length"]) == len(gzip.compress(b'{"encoded": true}'))
+    assert response.json() == {"encoded": True}  # httpx decodes it
 
 
 def test_upstream_timeout_is_a_504_naming_the_service(broken_gateway: str) -> None:

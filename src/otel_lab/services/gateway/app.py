@@ -77,8 +77,9 @@ _DROP_REQUEST = _HOP_BY_HOP | {
 }  # fmt: skip
 _DROP_RESPONSE = {
     name.encode() for name in _HOP_BY_HOP | {
-        # the body is re-framed here (the client has de-chunked it); our middleware adds its own
-        "content-length", "content-encoding", "traceresponse", "x-request-id", "server", "date",
+        # The body is re-framed here (the client has de-chunked it, and decodes nothing, so
+        # a Content-Encoding stays with its body); our middleware adds its own.
+        "content-length", "traceresponse", "x-request-id", "server", "date",
     }
 }  # fmt: skip
 
