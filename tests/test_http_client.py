@@ -217,6 +217,21 @@ def test_no_answer_is_a_read_timeout_and_the_connection_is_not_reused() -> None:
     run(test)
 
 
+def test_an_answer_framed_by_the_close_ends_with_it() -> None:
+    """No length, no chunks (an HTTP/1.0 server): the body is what came before the close."""
+    unframed = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it"
+
+    async def test() -> None:
+        async with Server(always(unframed)) as server, HTTPClient() as client:
+            server.close_after = True
+            for _ in range(2):
+                reply = await client.request("GET", server.url + "/", timeout=2)
+                assert (reply.status_code, reply.content) == (200, b"all of it")
+            assert server.connections == 2
+
+    run(test)
+
+
 def test_a_server_that_closes_mid_answer_is_a_protocol_error() -> None:
     cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
 

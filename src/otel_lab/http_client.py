@@ -153,6 +153,7 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._head_only = False
+        self._headers_done = False
 
     # asyncio.Protocol
 
@@ -173,8 +174,18 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if exc is not None:
             self._fail(NetworkError(f"connection failed: {exc}"))
+        elif self._parser is not None and self._ends_at_close():
+            self._complete(self._parser)
         else:
             self._fail(RemoteProtocolError("server closed the connection before a complete answer"))
+
+    def _ends_at_close(self) -> bool:
+        """Whether the answer's body is framed by the connection's end (neither a length
+        nor chunks, as HTTP/1.0 servers may answer): then the close completes it."""
+        if not self._headers_done:
+            return False
+        names = {name.lower() for name, _ in self._headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
 
     # httptools callbacks
 
@@ -185,6 +196,7 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._headers_done = True
         if self._head_only:  # no body follows; httptools cannot be told so, so stop here
             self.on_message_complete()
 
@@ -203,17 +215,22 @@ class _Connection(asyncio.Protocol):
         if 100 <= parser.get_status_code() < 200:
             # An interim answer (100 Continue): the final one follows, on the same parser.
             self._reason, self._headers, self._body = b"", [], []
+            self._headers_done = False
             return
+        self._complete(parser)
+
+    def _complete(self, parser: httptools.HttpResponseParser) -> None:
         self._parser = None
         if self._head_only or not parser.should_keep_alive():
             self.close()
-        reply = Reply(
-            parser.get_status_code(),
-            self._reason.decode("latin-1"),
-            tuple(self._headers),
-            b"".join(self._body),
-        )
-        answer.set_result(reply)
+        if self._answer is not None and not self._answer.done():
+            reply = Reply(
+                parser.get_status_code(),
+                self._reason.decode("latin-1"),
+                tuple(self._headers),
+                b"".join(self._body),
+            )
+            self._answer.set_result(reply)
 
     # the exchange
 
@@ -223,7 +240,7 @@ class _Connection(asyncio.Protocol):
         self._answer = answer = asyncio.get_running_loop().create_future()
         self._parser = httptools.HttpResponseParser(self)
         self._reason, self._headers, self._body, self._size = b"", [], [], 0
-        self._head_only = head_only
+        self._head_only, self._headers_done = head_only, False
         self.transport.write(head + body)
         return answer
 
