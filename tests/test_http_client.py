@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -202,10 +203,8 @@ def test_a_refused_connection_is_a_connect_error() -> None:
 
 
 def test_no_answer_is_a_read_timeout_and_the_connection_is_not_reused() -> None:
-    answers = iter([None, OK])
-
     async def test() -> None:
-        async with Server(lambda head, body: next(answers)) as server, HTTPClient() as client:
+        async with Server(first_unanswered()) as server, HTTPClient() as client:
             started = time.monotonic()
             with pytest.raises(ReadTimeout) as timed_out:
                 await client.request("GET", server.url + "/", timeout=0.3)
@@ -217,27 +216,23 @@ def test_no_answer_is_a_read_timeout_and_the_connection_is_not_reused() -> None:
     run(test)
 
 
-def test_an_answer_framed_by_the_close_ends_with_it() -> None:
-    """No length, no chunks (an HTTP/1.0 server): the body is what came before the close."""
+def test_a_close_ends_an_unframed_answer_and_breaks_a_framed_one() -> None:
+    """No length, no chunks (an HTTP/1.0 server): the body is what came before the close.
+    With a length the close cuts short, the answer is incomplete: a protocol error."""
     unframed = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it"
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
+    answers = iter([unframed, unframed, cut])
 
     async def test() -> None:
-        async with Server(always(unframed)) as server, HTTPClient() as client:
+        async with (
+            Server(lambda head, body: next(answers)) as server,
+            HTTPClient() as client,
+        ):
             server.close_after = True
             for _ in range(2):
                 reply = await client.request("GET", server.url + "/", timeout=2)
                 assert (reply.status_code, reply.content) == (200, b"all of it")
             assert server.connections == 2
-
-    run(test)
-
-
-def test_a_server_that_closes_mid_answer_is_a_protocol_error() -> None:
-    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
-
-    async def test() -> None:
-        async with Server(always(cut)) as server, HTTPClient() as client:
-            server.close_after = True
             with pytest.raises(RemoteProtocolError, match="before a complete answer"):
                 await client.request("GET", server.url + "/")
 
@@ -277,16 +272,24 @@ def test_a_header_with_a_line_break_is_refused_before_anything_is_sent() -> None
     run(test)
 
 
-def test_the_pool_limit_queues_requests_and_a_full_pool_times_out() -> None:
-    answers = iter([None, OK])
+def first_unanswered() -> Script:
+    """Leaves the first request unanswered and answers the others."""
+    answers = iter([None])
+    return lambda head, body: next(answers, OK)
 
+
+@asynccontextmanager
+async def one_slot_held(timeout: float) -> AsyncIterator[tuple[Server, HTTPClient, Any]]:
+    """A client of one connection, that connection waiting on an unanswered request."""
+    async with Server(first_unanswered()) as server, HTTPClient(max_connections=1) as client:
+        held = asyncio.create_task(client.request("GET", server.url + "/", timeout=timeout))
+        await asyncio.sleep(0.05)
+        yield server, client, held
+
+
+def test_the_pool_limit_queues_requests_and_a_full_pool_times_out() -> None:
     async def test() -> None:
-        async with (
-            Server(lambda head, body: next(answers, OK)) as server,
-            HTTPClient(max_connections=1) as client,
-        ):
-            hung = asyncio.create_task(client.request("GET", server.url + "/", timeout=0.5))
-            await asyncio.sleep(0.05)
+        async with one_slot_held(timeout=0.5) as (server, client, hung):
             with pytest.raises(ConnectTimeout, match="no free connection"):
                 await client.request("GET", server.url + "/", timeout=0.1)
             assert len(server.requests) == 1  # the second never left
@@ -299,15 +302,8 @@ def test_the_pool_limit_queues_requests_and_a_full_pool_times_out() -> None:
 
 
 def test_a_cancelled_call_frees_its_slot_and_drops_its_connection() -> None:
-    answers = iter([None, OK])
-
     async def test() -> None:
-        async with (
-            Server(lambda head, body: next(answers, OK)) as server,
-            HTTPClient(max_connections=1) as client,
-        ):
-            call = asyncio.create_task(client.request("GET", server.url + "/", timeout=5))
-            await asyncio.sleep(0.05)
+        async with one_slot_held(timeout=5) as (server, client, call):
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call
