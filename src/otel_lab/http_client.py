@@ -2,11 +2,12 @@
 asyncio protocols, responses parsed by httptools (the parser uvicorn reads the services'
 requests with).
 
-Why not a library: aiohttp, what these calls used before, costs 132-137 us of CPU per POST
-in the caller on this kind of machine; this client 37 us, pyreqwest (Rust's reqwest) 93 us,
-rnet and aiosonic more than aiohttp (``scripts/bench_clients.py``, docs/performance.md). The
-gateway makes such a call for every request it proxies and a chain request makes three, so
-the client was the largest cost left in the gateway. What the services need is small: HTTP/1.1
+Why not a library: aiohttp, what these calls used before, costs the caller 147 us of CPU
+per POST made one at a time and 77 us eight at a time on this kind of machine, this client
+67 and 24 us (``scripts/bench_clients.py``); pyreqwest (Rust's reqwest) came closest of the
+others tried, rnet and aiosonic cost more than aiohttp (docs/performance.md). The gateway
+makes such a call for every request it proxies and a chain request makes three, so the
+client was the largest cost left in the gateway. What the services need is small: HTTP/1.1
 to a known origin, whole bodies of known length, answers framed by ``Content-Length``,
 chunks or close, timeouts, and a keep-alive pool; so that is all this is. No redirects,
 cookies, proxies, HTTP/2, content decoding (no ``Accept-Encoding`` is sent, so a server

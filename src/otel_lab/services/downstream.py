@@ -345,7 +345,6 @@ def create_client(settings: Settings, telemetry: Telemetry) -> HTTPClient:
     """
     return HTTPClient(
         connect_timeout=settings.downstream_connect_timeout_seconds,
-        max_connections=100,
         middlewares=_middlewares(telemetry),
     )
 
