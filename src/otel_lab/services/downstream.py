@@ -5,9 +5,9 @@ What a call gets here, so no service hand-rolls its own:
 - a shared :class:`otel_lab.http_client.HTTPClient` per process with a keep-alive pool,
   traced by the ``telemetry.http_client`` middleware (a CLIENT span per attempt with the
   stable HTTP attributes, and W3C ``traceparent``/``baggage`` injection). Our own small
-  client rather than httpx or aiohttp: on this kind of machine an httpx call cost about
-  0.8 ms of CPU, an aiohttp call about 0.13 ms, this one about 0.04 ms
-  (docs/performance.md), and the gateway makes one per request;
+  client rather than httpx or aiohttp: on this kind of machine an httpx call costs about
+  0.5 ms of CPU, an aiohttp call 0.08-0.15 ms, this one 0.02-0.07 ms
+  (``scripts/bench_clients.py``), and the gateway makes one per request;
 - bounded retries with exponential backoff and jitter (``tenacity``) for transient failures:
   a connection that could not be made (the request never left, so any method is safe), and
   502/503/504 answers or broken connections when the call is idempotent (a safe method, or a
