@@ -28,6 +28,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from types import TracebackType
 from typing import Any, Self, cast
 from urllib.parse import urlsplit
@@ -78,9 +79,10 @@ class InvalidRequestError(ValueError):
 # --------------------------------------------------------------------------- messages
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Origin:
-    """Where a request goes: scheme, host and port (``http://127.0.0.1:8001``)."""
+    """Where a request goes: scheme, host and port (``http://127.0.0.1:8001``). A process
+    has a few, so their forms are worked out once each (no ``slots``: ``cached_property``)."""
 
     scheme: str
     host: str
@@ -96,11 +98,16 @@ class Origin:
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         return cls(parts.scheme, parts.hostname, port), target
 
-    @property
-    def url(self) -> str:
+    @cached_property
+    def authority(self) -> str:
+        """What the ``Host`` header says: the host, and the port unless the scheme's own."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
-        return f"{self.scheme}://{host}" + ("" if self.port == default else f":{self.port}")
+        return host if self.port == default else f"{host}:{self.port}"
+
+    @cached_property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.authority}"
 
 
 @dataclass(slots=True)
@@ -113,10 +120,6 @@ class Request:
     headers: dict[str, str]
     body: bytes = b""
     timeout: float = 5.0  # seconds for the whole exchange, connecting included
-
-    @property
-    def url(self) -> str:
-        return self.origin.url + self.target
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +283,7 @@ def _head(request: Request) -> bytes:
         lines.append(f"{name}: {value}")
         given.add(name.lower())
     if "host" not in given:
-        lines.append(f"Host: {request.origin.url.split('://', 1)[1]}")
+        lines.append(f"Host: {request.origin.authority}")
     if "user-agent" not in given:
         lines.append(f"User-Agent: {USER_AGENT}")
     if "content-length" not in given and (request.body or request.method not in _NO_BODY):

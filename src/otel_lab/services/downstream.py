@@ -542,10 +542,10 @@ class Downstream:
         target = self.base_path + path
         if params:
             target += ("&" if "?" in target else "?") + urlencode(params)
-        body, sent_headers = content or b"", dict(headers or {})
+        body, sent_headers = content or b"", headers or {}  # the client copies them
         if json is not None:
             body = jsonlib.dumps(json).encode()
-            sent_headers["Content-Type"] = "application/json"
+            sent_headers = {**sent_headers, "Content-Type": "application/json"}
         return await self._with_retries(
             trace.get_current_span(), _Call(method, target, sent_headers, body), step,
             operation or f"{self.name}:{step}", idempotent,
