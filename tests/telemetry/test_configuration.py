@@ -18,8 +18,8 @@ from otel_lab.runtime.plan import child_env
 from otel_lab.settings import Settings
 
 PROBE = r"""
-import json, logging
-from opentelemetry import metrics, trace
+import asyncio, json, logging
+from opentelemetry import baggage, metrics, propagate, trace
 from otel_lab.telemetry import TelemetryMiddleware, setup_telemetry
 from otel_lab.telemetry.logs import OTLPHandler
 setup_telemetry("probe")
@@ -33,7 +33,8 @@ def describe_span(p):
     return {"exporter": type(e).__module__ + "." + type(e).__name__,
             "endpoint": getattr(e, "_endpoint", None), "timeout": getattr(client, "_timeout", None),
             "max_queue_size": batch._max_queue_size, "schedule_delay": batch._schedule_delay_millis,
-            "max_export_batch_size": batch._max_export_batch_size}
+            "max_export_batch_size": batch._max_export_batch_size,
+            "export_timeout": batch._export_timeout_millis}
 mp = metrics.get_meter_provider()
 readers = list(mp._measurement_consumer._reader_storages)
 handlers = [h for h in logging.getLogger().handlers if isinstance(h, OTLPHandler)]
@@ -43,14 +44,32 @@ if handlers:
         b = p._batch_processor
         lp_processors.append({"exporter": type(b._exporter).__name__,
                               "max_queue_size": b._max_queue_size,
-                              "schedule_delay": b._schedule_delay_millis})
-print(json.dumps({
+                              "schedule_delay": b._schedule_delay_millis,
+                              "max_export_batch_size": b._max_export_batch_size,
+                              "export_timeout": b._export_timeout_millis})
+seen = {}
+async def app(scope, receive, send):
+    parent = trace.get_current_span().parent
+    seen["parent_trace_id"] = f"{parent.trace_id:032x}" if parent else None
+    seen["baggage"] = dict(baggage.get_all())
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+async def noop_send(message): pass
+async def receive(): return {"type": "http.request", "body": b""}
+headers = [(b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+           (b"baggage", b"user.id=42")]
+asyncio.run(TelemetryMiddleware(app)({"type": "http", "method": "GET", "path": "/p",
+    "headers": headers, "query_string": b""}, receive, noop_send))
+print("PROBE " + json.dumps({
     "resource": dict(tp.resource.attributes),
     "spans": [describe_span(p) for p in processors],
     "readers": [{"exporter": type(r._exporter).__name__, "interval": r._export_interval_millis,
                  "timeout": r._export_timeout_millis} for r in readers],
     "logs": lp_processors,
     "duration": duration,
+    "sampler": tp.sampler.get_description(),
+    "propagator_fields": sorted(propagate.get_global_textmap().fields),
+    "propagated": seen,
 }))
 """
 
@@ -64,7 +83,9 @@ def configured(**variables: str) -> dict:
         [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # Console exporters print to stdout too, also at exit: the probe's line is marked.
+    (line,) = (line for line in done.stdout.splitlines() if line.startswith("PROBE "))
+    return json.loads(line.removeprefix("PROBE "))
 
 
 def test_defaults_export_everything_over_otlp_http() -> None:
@@ -105,13 +126,15 @@ def test_batch_span_processor_variables() -> None:
         OTEL_BSP_MAX_QUEUE_SIZE="77",
         OTEL_BSP_SCHEDULE_DELAY="1234",
         OTEL_BSP_MAX_EXPORT_BATCH_SIZE="11",
+        OTEL_BSP_EXPORT_TIMEOUT="4321",
     )
     span = found["spans"][0]
-    assert (span["max_queue_size"], span["schedule_delay"], span["max_export_batch_size"]) == (
-        77,
-        1234,
-        11,
-    )
+    assert (
+        span["max_queue_size"],
+        span["schedule_delay"],
+        span["max_export_batch_size"],
+        span["export_timeout"],
+    ) == (77, 1234, 11, 4321)
 
 
 def test_batch_log_record_processor_variables() -> None:
@@ -119,9 +142,15 @@ def test_batch_log_record_processor_variables() -> None:
         OTEL_BLRP_MAX_QUEUE_SIZE="55",
         OTEL_BLRP_SCHEDULE_DELAY="321",
         OTEL_BLRP_MAX_EXPORT_BATCH_SIZE="50",
+        OTEL_BLRP_EXPORT_TIMEOUT="6543",
     )
-    assert found["logs"][0]["max_queue_size"] == 55
-    assert found["logs"][0]["schedule_delay"] == 321
+    logs = found["logs"][0]
+    assert (
+        logs["max_queue_size"],
+        logs["schedule_delay"],
+        logs["max_export_batch_size"],
+        logs["export_timeout"],
+    ) == (55, 321, 50, 6543)
 
 
 def test_metric_export_variables() -> None:
@@ -177,6 +206,34 @@ def test_per_signal_protocol() -> None:
     found = configured(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="grpc")
     assert found["spans"][0]["exporter"].startswith("opentelemetry.exporter.otlp.proto.grpc")
     assert found["logs"][0]["exporter"] == "OTLPLogExporter"
+
+
+def test_sampler_variables() -> None:
+    assert configured()["sampler"].startswith("ParentBased{root:AlwaysOnSampler")
+    found = configured(OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="0.25")
+    assert found["sampler"] == "TraceIdRatioBased{0.25}"
+
+
+TRACEPARENT_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"  # PROBE's incoming traceparent
+
+
+@pytest.mark.parametrize(
+    ("propagators", "fields", "parent", "baggage"),
+    [
+        (None, ["baggage", "traceparent", "tracestate"], TRACEPARENT_TRACE_ID, {"user.id": "42"}),
+        ("tracecontext", ["traceparent", "tracestate"], TRACEPARENT_TRACE_ID, {}),
+        ("baggage", ["baggage"], None, {"user.id": "42"}),
+        ("none", [], None, {}),
+    ],
+)
+def test_propagators_variable_decides_what_the_middleware_extracts(
+    propagators: str | None, fields: list[str], parent: str | None, baggage: dict[str, str]
+) -> None:
+    """The server middleware reads only what ``OTEL_PROPAGATORS`` names (the default
+    ``tracecontext,baggage``); the HTTP client injects through the same global propagator."""
+    found = configured(**({"OTEL_PROPAGATORS": propagators} if propagators else {}))
+    assert found["propagator_fields"] == fields
+    assert found["propagated"] == {"parent_trace_id": parent, "baggage": baggage}
 
 
 def test_an_unknown_exporter_is_a_clear_error() -> None:
