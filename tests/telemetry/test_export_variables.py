@@ -78,27 +78,26 @@ def collector() -> Iterator[tuple[str, list[Received]]]:
         server.server_close()
 
 
-def emit(**variables: str) -> None:
+def exported(collector: tuple[str, list[Received]], **variables: str) -> dict[str, Received]:
+    """Run EMIT with the collector as the endpoint and ``variables`` over it; what the
+    collector received, by path (one request per signal)."""
+    url, received = collector
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(OTEL_METRIC_EXPORT_INTERVAL="60000", **variables)
+    env.update(OTEL_METRIC_EXPORT_INTERVAL="60000", OTEL_EXPORTER_OTLP_ENDPOINT=url)
+    env.update(variables)
     done = subprocess.run(
         [sys.executable, "-c", EMIT], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-
-
-def by_path(received: list[Received]) -> dict[str, Received]:
     paths = [r.path for r in received]
-    assert len(paths) == len(set(paths)), paths  # one request per signal
+    assert len(paths) == len(set(paths)), paths
     return {r.path: r for r in received}
 
 
 def test_the_general_endpoint_gets_each_signal_at_its_path(
     collector: tuple[str, list[Received]],
 ) -> None:
-    url, received = collector
-    emit(OTEL_EXPORTER_OTLP_ENDPOINT=url)
-    found = by_path(received)
+    found = exported(collector)
     assert set(found) == {"/v1/traces", "/v1/metrics", "/v1/logs"}
     spans = ExportTraceServiceRequest.FromString(found["/v1/traces"].decoded())
     resource = {a.key: a.value.string_value for a in spans.resource_spans[0].resource.attributes}
@@ -117,24 +116,23 @@ def test_the_general_endpoint_gets_each_signal_at_its_path(
 
 def test_per_signal_endpoints_are_used_as_given(collector: tuple[str, list[Received]]) -> None:
     """The spec: a per-signal endpoint is the whole URL, no /v1/<signal> appended."""
-    url, received = collector
-    emit(
+    url = collector[0]
+    found = exported(
+        collector,
         OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",  # nothing listens: must not be used
         OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"{url}/tenant-a/spans",
         OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=f"{url}/tenant-a/points",
         OTEL_EXPORTER_OTLP_LOGS_ENDPOINT=f"{url}/tenant-a/records",
     )
-    assert set(by_path(received)) == {"/tenant-a/spans", "/tenant-a/points", "/tenant-a/records"}
+    assert set(found) == {"/tenant-a/spans", "/tenant-a/points", "/tenant-a/records"}
 
 
 def test_headers_general_and_per_signal(collector: tuple[str, list[Received]]) -> None:
-    url, received = collector
-    emit(
-        OTEL_EXPORTER_OTLP_ENDPOINT=url,
+    found = exported(
+        collector,
         OTEL_EXPORTER_OTLP_HEADERS="x-tenant=acme,authorization=Bearer%20secret",
         OTEL_EXPORTER_OTLP_TRACES_HEADERS="x-tenant=tracing-team",
     )
-    found = by_path(received)
     assert found["/v1/traces"].headers["x-tenant"] == "tracing-team"
     assert found["/v1/logs"].headers["x-tenant"] == "acme"
     assert found["/v1/logs"].headers["authorization"] == "Bearer secret"  # URL-decoded
@@ -142,13 +140,9 @@ def test_headers_general_and_per_signal(collector: tuple[str, list[Received]]) -
 
 
 def test_compression_general_and_per_signal(collector: tuple[str, list[Received]]) -> None:
-    url, received = collector
-    emit(
-        OTEL_EXPORTER_OTLP_ENDPOINT=url,
-        OTEL_EXPORTER_OTLP_COMPRESSION="gzip",
-        OTEL_EXPORTER_OTLP_LOGS_COMPRESSION="none",
+    found = exported(
+        collector, OTEL_EXPORTER_OTLP_COMPRESSION="gzip", OTEL_EXPORTER_OTLP_LOGS_COMPRESSION="none"
     )
-    found = by_path(received)
     for path in ("/v1/traces", "/v1/metrics"):
         assert found[path].headers.get("content-encoding") == "gzip", path
         assert found[path].body[:2] == b"\x1f\x8b", path  # really gzip on the wire
