@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from benchlib import cpu_seconds, wrk
+from benchlib import cpu_seconds, minor_faults, wrk
 
 from otel_lab.runtime.harness import RunningSystem, running_system
 
@@ -68,6 +68,7 @@ class Sample:
     seconds: float
     cpu_seconds: float  # of the scenario's service processes
     main_cpu_seconds: float = 0.0  # of their main threads (the event loops)
+    minor_faults: int = 0  # of the scenario's service processes
     console_cpu_seconds: float = 0.0
     spans_ingested: int = 0
     errors: int = 0
@@ -79,6 +80,10 @@ class Sample:
     @property
     def main_us_per_request(self) -> float:
         return self.main_cpu_seconds / max(self.requests, 1) * 1e6
+
+    @property
+    def faults_per_request(self) -> float:
+        return self.minor_faults / max(self.requests, 1)
 
     @property
     def requests_per_second(self) -> float:
@@ -143,6 +148,7 @@ def measure(
     console_before = _cpu_seconds([console_pid])
     cpu_before = _cpu_seconds(pids)
     main_before = _main_thread_cpu_seconds(pids)
+    faults_before = sum(map(minor_faults, pids))
     started = time.monotonic()
     run = wrk(
         url, duration=duration, connections=connections, tmp=tmp,
@@ -152,14 +158,16 @@ def measure(
     seconds = time.monotonic() - started
     cpu = _cpu_seconds(pids) - cpu_before
     main = _main_thread_cpu_seconds(pids) - main_before
+    faults = sum(map(minor_faults, pids)) - faults_before
     if variant.name == "off":
-        return Sample(requests, seconds, cpu, main, errors=errors)
+        return Sample(requests, seconds, cpu, main, faults, errors=errors)
     time.sleep(1.5)  # the exporters' schedule delay: let the console ingest this batch
     return Sample(
         requests,
         seconds,
         cpu,
         main,
+        faults,
         console_cpu_seconds=_cpu_seconds([console_pid]) - console_before,
         spans_ingested=_spans_written(system) - spans_before,
         errors=errors,
@@ -229,7 +237,8 @@ def report(
             f"    main threads (event loops) off {main_off:.0f} / on {main_on:.0f} us, other"
             f" threads (export, metric reader, thread pool) off {cpu_off - main_off:.0f} /"
             f" on {cpu_on - main_on:.0f} us; console CPU per span: {idle_share:.1f} us of it"
-            " is the console's idle work"
+            " is the console's idle work; minor page faults per request off"
+            f" {_median(so, 'faults_per_request'):.2f} / on {_median(sn, 'faults_per_request'):.2f}"
         )
         if scenario.budget_ms:
             budget_off, budget_on = scenario.budget_ms

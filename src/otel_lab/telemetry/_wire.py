@@ -234,23 +234,31 @@ def _request(
 ) -> bytes:
     """ExportXServiceRequest { resource_X { resource, scope_X { scope, items } } }: the
     three levels share field numbers 1 (resource/scope), 2 (children) and 3 (schema_url)
-    in both the trace and the logs protocol."""
-    out = bytearray()
+    in both the trace and the logs protocol.
+
+    The pieces are collected in a list, each level's length prefix worked out from its
+    pieces' lengths, and joined once: one allocation of the whole body. Nesting by copying
+    (each level's buffer appended to its parent's) copied a 2048-span body of about 1 MB
+    five times, and fresh pages for those copies are minor page faults (about 3.5 us each
+    on this kind of VM): 0.47 faults per ``GET /health`` span before, docs/instrumentation.md.
+    """
+    parts: list[bytes] = []
     for resource, scopes in groups.values():
-        body = bytearray(_len_field(_ENVELOPE_HEAD, envelopes.resource(resource)))
+        resource_parts = [_len_field(_ENVELOPE_HEAD, envelopes.resource(resource))]
         for scope, encoded in scopes.values():
-            scoped = bytearray(_len_field(_ENVELOPE_HEAD, envelopes.scope(scope)))
+            scope_parts = [_len_field(_ENVELOPE_HEAD, envelopes.scope(scope))]
             for item in encoded:
-                scoped += item_field
-                scoped += _varint(len(item))
-                scoped += item
+                scope_parts.append(item_field + _varint(len(item)))
+                scope_parts.append(item)
             if scope is not None and scope.schema_url:
-                scoped += _len_field(_ENVELOPE_SCHEMA, scope.schema_url.encode())
-            body += _len_field(_ENVELOPE_CHILDREN, scoped)
+                scope_parts.append(_len_field(_ENVELOPE_SCHEMA, scope.schema_url.encode()))
+            resource_parts.append(_ENVELOPE_CHILDREN + _varint(sum(map(len, scope_parts))))
+            resource_parts += scope_parts
         if resource.schema_url:
-            body += _len_field(_ENVELOPE_SCHEMA, resource.schema_url.encode())
-        out += _len_field(_ENVELOPE_HEAD, body)
-    return bytes(out)
+            resource_parts.append(_len_field(_ENVELOPE_SCHEMA, resource.schema_url.encode()))
+        parts.append(_ENVELOPE_HEAD + _varint(sum(map(len, resource_parts))))
+        parts += resource_parts
+    return b"".join(parts)
 
 
 _ENVELOPE_HEAD = _key(1, _LEN)
