@@ -6,6 +6,7 @@ Dependencies that are down are real too: a loopback port nothing listens on.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
@@ -20,6 +21,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import REGISTRY
 from psycopg import sql
 
+from otel_lab import db
+from otel_lab.services import base
 from otel_lab.services.api.app import create_app as create_api
 from otel_lab.services.audit.app import create_app as create_audit
 from otel_lab.services.gateway.app import create_app as create_gateway
@@ -391,7 +394,12 @@ def test_error_simulation_fails_as_asked(
     assert errors_total("simulated_error") == before + 1
 
 
-def test_a_database_that_is_down_is_a_503(recorded: Recorded, redis_url: str) -> None:
+def test_a_database_that_is_down_is_a_503(
+    recorded: Recorded, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Start-up waits up to db.WARM_UP_SECONDS (15 s) for a PostgreSQL that may still be
+    # starting, then serves cold; each call below starts the app: give up at once instead.
+    monkeypatch.setattr(base, "warm_up", functools.partial(db.warm_up, within=0.0))
     port = closed_url().rsplit(":", 1)[1]
     down = f"postgresql+psycopg://postgres@127.0.0.1:{port}/otel_lab"
     before = errors_total("database_unavailable")
