@@ -123,14 +123,16 @@ def per_span(encode: object, batches: list[list[ReadableSpan]]) -> tuple[float, 
     """(us of CPU, minor page faults) per span, encoding every batch on a new thread."""
     found: list[tuple[float, float]] = []
 
+    spans = sum(map(len, batches))
+
     def run() -> None:
         faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
         started = time.thread_time()
         for batch in batches:
             encode(batch)  # type: ignore[operator]
-        spans = sum(map(len, batches))
+        cpu = time.thread_time() - started
         faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults
-        found.append(((time.thread_time() - started) / spans * 1e6, faults / spans))
+        found.append((cpu / spans * 1e6, faults / spans))
 
     thread = threading.Thread(target=run)
     thread.start()

@@ -21,12 +21,18 @@ TICKS = os.sysconf("SC_CLK_TCK")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
+def _stat(pid: int, task: int | None = None) -> list[str]:
+    """The fields of /proc/<pid>/stat (or of one thread's) after the command name, which
+    may hold spaces: index 0 is field 3 of proc(5)."""
+    where = f"/proc/{pid}/task/{task}" if task is not None else f"/proc/{pid}"
+    stat = Path(f"{where}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
 def cpu_seconds(pid: int, task: int | None = None) -> float:
     """utime + stime of one process (fields 14 and 15 of /proc/<pid>/stat), or of one of
     its threads (``task``: the thread id)."""
-    where = f"/proc/{pid}/task/{task}" if task is not None else f"/proc/{pid}"
-    stat = Path(f"{where}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
+    fields = _stat(pid, task)
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
@@ -35,8 +41,7 @@ def minor_faults(pid: int) -> int:
     kernel maps on first touch, about 3.5 us each on this kind of VM. A process that keeps
     mapping and unmapping memory (large buffers, short-lived greenlets' frame stacks) pays
     them on every request."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2 :].split()[7])
+    return int(_stat(pid)[7])
 
 
 @dataclass(frozen=True)

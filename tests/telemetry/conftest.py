@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -33,3 +34,11 @@ def stable_semantic_conventions() -> Iterator[None]:
 def stable_semconv() -> Iterator[None]:
     with stable_semantic_conventions():
         yield
+
+
+def without_otel_variables(**variables: str) -> dict[str, str]:
+    """This process's environment for a child that sets telemetry up: none of the ``OTEL_*``
+    variables the test run may carry, then ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(variables)
+    return env

@@ -7,7 +7,6 @@ per process) with the variables under test, and reads back what was installed.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from otel_lab.runtime.plan import child_env
 from otel_lab.settings import Settings
+from tests.telemetry.conftest import without_otel_variables
 
 PROBE = r"""
 import asyncio, json, logging, os
@@ -26,15 +26,16 @@ setup_telemetry("probe")
 duration = type(TelemetryMiddleware(None).duration).__name__
 tp = trace.get_tracer_provider()
 processors = tp._active_span_processor._span_processors
+def batching(batch):  # the same four settings for spans and log records
+    return {"batching": [batch._max_queue_size, batch._schedule_delay_millis,
+                         batch._max_export_batch_size, batch._export_timeout_millis]}
 def describe_span(p):
     batch = p._batch_processor
     e = batch._exporter
     client = getattr(e, "_client", None)
     return {"exporter": type(e).__module__ + "." + type(e).__name__,
             "endpoint": getattr(e, "_endpoint", None), "timeout": getattr(client, "_timeout", None),
-            "max_queue_size": batch._max_queue_size, "schedule_delay": batch._schedule_delay_millis,
-            "max_export_batch_size": batch._max_export_batch_size,
-            "export_timeout": batch._export_timeout_millis}
+            **batching(batch)}
 mp = metrics.get_meter_provider()
 readers = list(mp._measurement_consumer._reader_storages)
 handlers = [h for h in logging.getLogger().handlers if isinstance(h, OTLPHandler)]
@@ -42,11 +43,7 @@ lp_processors = []
 if handlers:
     for p in handlers[0]._logger_provider._multi_log_record_processor._log_record_processors:
         b = p._batch_processor
-        lp_processors.append({"exporter": type(b._exporter).__name__,
-                              "max_queue_size": b._max_queue_size,
-                              "schedule_delay": b._schedule_delay_millis,
-                              "max_export_batch_size": b._max_export_batch_size,
-                              "export_timeout": b._export_timeout_millis})
+        lp_processors.append({"exporter": type(b._exporter).__name__, **batching(b)})
 seen = {}
 async def app(scope, receive, send):
     parent = trace.get_current_span().parent
@@ -77,14 +74,15 @@ os._exit(0)
 """
 
 TRACEPARENT_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"  # PROBE's incoming traceparent
-_CLEAN = [k for k in os.environ if k.startswith("OTEL_")]
 
 
 def configured(**variables: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in _CLEAN}
-    env.update(variables)
     done = subprocess.run(
-        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", PROBE],
+        env=without_otel_variables(**variables),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     # Console exporters print to stdout too, also at exit: the probe's line is marked.
@@ -97,8 +95,8 @@ def test_defaults_export_everything_over_otlp_http() -> None:
     assert [s["exporter"] for s in found["spans"]] == [
         "otel_lab.telemetry.exporters.OTLPSpanExporter"
     ]
-    assert found["spans"][0]["max_queue_size"] == 4096
-    assert found["spans"][0]["max_export_batch_size"] == 2048
+    # queue, schedule delay (the SDK's), batch size, export timeout (the SDK's)
+    assert found["spans"][0]["batching"] == [4096, 5000, 2048, 30000]
     assert found["spans"][0]["timeout"] == 2.0
     assert found["readers"] == [
         {"exporter": "OTLPMetricExporter", "interval": 10_000, "timeout": 2000}
@@ -139,13 +137,7 @@ def test_batch_span_processor_variables() -> None:
         OTEL_BSP_MAX_EXPORT_BATCH_SIZE="11",
         OTEL_BSP_EXPORT_TIMEOUT="4321",
     )
-    span = found["spans"][0]
-    assert (
-        span["max_queue_size"],
-        span["schedule_delay"],
-        span["max_export_batch_size"],
-        span["export_timeout"],
-    ) == (77, 1234, 11, 4321)
+    assert found["spans"][0]["batching"] == [77, 1234, 11, 4321]
 
 
 def test_batch_log_record_processor_variables() -> None:
@@ -155,13 +147,7 @@ def test_batch_log_record_processor_variables() -> None:
         OTEL_BLRP_MAX_EXPORT_BATCH_SIZE="50",
         OTEL_BLRP_EXPORT_TIMEOUT="6543",
     )
-    logs = found["logs"][0]
-    assert (
-        logs["max_queue_size"],
-        logs["schedule_delay"],
-        logs["max_export_batch_size"],
-        logs["export_timeout"],
-    ) == (55, 321, 50, 6543)
+    assert found["logs"][0]["batching"] == [55, 321, 50, 6543]
 
 
 def test_metric_export_variables() -> None:
@@ -244,8 +230,7 @@ def test_propagators_variable_decides_what_the_middleware_extracts(
 
 
 def test_an_unknown_exporter_is_a_clear_error() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in _CLEAN}
-    env["OTEL_TRACES_EXPORTER"] = "zipkin-smoke-signals"
+    env = without_otel_variables(OTEL_TRACES_EXPORTER="zipkin-smoke-signals")
     done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True)
     assert done.returncode != 0
     assert "OTEL_TRACES_EXPORTER='zipkin-smoke-signals'" in done.stderr

@@ -9,7 +9,6 @@ that only looked honoured (read back from an object, but not sent) would fail he
 from __future__ import annotations
 
 import gzip
-import os
 import subprocess
 import sys
 import threading
@@ -23,6 +22,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tests.telemetry.conftest import without_otel_variables
 
 EMIT = r"""
 import logging
@@ -82,9 +83,8 @@ def exported(collector: tuple[str, list[Received]], **variables: str) -> dict[st
     """Run EMIT with the collector as the endpoint and ``variables`` over it; what the
     collector received, by path (one request per signal)."""
     url, received = collector
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(OTEL_METRIC_EXPORT_INTERVAL="60000", OTEL_EXPORTER_OTLP_ENDPOINT=url)
-    env.update(variables)
+    defaults = {"OTEL_METRIC_EXPORT_INTERVAL": "60000", "OTEL_EXPORTER_OTLP_ENDPOINT": url}
+    env = without_otel_variables(**{**defaults, **variables})
     done = subprocess.run(
         [sys.executable, "-c", EMIT], env=env, capture_output=True, text=True, timeout=60
     )

@@ -240,7 +240,7 @@ def _request(
     pieces' lengths, and joined once: one allocation of the whole body. Nesting by copying
     (each level's buffer appended to its parent's) copied a 2048-span body of about 1 MB
     five times, and fresh pages for those copies are minor page faults (about 3.5 us each
-    on this kind of VM): 0.47 faults per ``GET /health`` span before, docs/instrumentation.md.
+    on this kind of VM): 0.46 faults per ``GET /health`` span before, docs/instrumentation.md.
     """
     parts: list[bytes] = []
     for resource, scopes in groups.values():
