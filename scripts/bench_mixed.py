@@ -36,19 +36,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import cpu_seconds
+
 from otel_lab.loadgen.runner import LoadPlan, run
 from otel_lab.loadgen.scenarios import SCENARIOS
 from otel_lab.runtime.harness import running_system
 
 NAMES = ("gateway", "user-service", "order-service", "audit-service", "api",
          "weather-upstream", "worker")  # fmt: skip
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def measure(host: str, pids: dict[str, int], idle: dict[str, float], plan: LoadPlan) -> str:
